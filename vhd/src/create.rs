@@ -82,11 +82,13 @@ pub fn create_fixed(storage: &dyn Storage, opts: &CreateOptions) -> Result<Foote
     Ok(footer)
 }
 
-/// Writes the metadata of a dynamic or differencing image: footer copy, header, BAT of
-/// unallocated entries, locator data, trailing footer placed so block data is aligned.
+/// Writes the metadata of a dynamic or differencing image: footer copy, header, locator
+/// data, then the BAT, whose entry count is raised so the BAT ends exactly where the
+/// trailing footer (and so the first block) goes, at the position that makes block data
+/// 4 KiB-aligned. qemu places new blocks at the BAT end, so it lands on the same aligned
+/// position and never leaves our old footer inside a block (notes D.4 item 6).
 fn write_sparse(storage: &dyn Storage, footer: &Footer, mut header: DynamicHeader, locators: &[(u32, Vec<u8>)]) -> Result<()> {
-    let bat_bytes = header.bat_bytes();
-    let mut pos = TABLE_OFFSET + bat_bytes;
+    let mut pos = TABLE_OFFSET;
     let mut loc_writes = Vec::new();
     for (i, (code, data)) in locators.iter().enumerate() {
         let space = (data.len() as u64).next_multiple_of(512).max(512);
@@ -99,18 +101,23 @@ fn write_sparse(storage: &dyn Storage, footer: &Footer, mut header: DynamicHeade
         loc_writes.push((pos, data));
         pos += space;
     }
+    header.table_offset = pos;
     let align = DATA_ALIGN.min(u64::from(header.block_size));
-    let footer_pos = crate::image::place_block(pos, u64::from(bitmap_size(header.block_size)), align);
+    let footer_pos = crate::image::place_block(pos + header.bat_bytes(), u64::from(bitmap_size(header.block_size)), align);
+    let padded = (footer_pos - pos) / 4;
+    if padded <= crate::header::MAX_TABLE_ENTRIES {
+        header.max_table_entries = padded as u32;
+    }
     storage.set_len(0)?;
     storage.write_at(&footer.encode(), 0)?;
     storage.write_at(&header.encode(), HEADER_OFFSET)?;
-    let entries = vec![bat::UNALLOCATED; header.max_table_entries as usize];
-    storage.write_at(&bat::encode(&entries), TABLE_OFFSET)?;
     for (off, data) in loc_writes {
         let mut buf = data.clone();
         buf.resize(buf.len().next_multiple_of(512).max(512), 0);
         storage.write_at(&buf, off)?;
     }
+    let entries = vec![bat::UNALLOCATED; header.max_table_entries as usize];
+    storage.write_at(&bat::encode(&entries), header.table_offset)?;
     storage.write_at(&footer.encode(), footer_pos)?;
     storage.flush()?;
     Ok(())
