@@ -213,6 +213,11 @@ pub(crate) fn load(
         let f = img.footer.encode();
         img.storage.write_at(&f, footer_pos).map_err(|e| Error::io("rewrite trailing footer", e))?;
         img.storage.flush().map_err(|e| Error::io("flush repaired footer", e))?;
+        for w in &mut img.warnings {
+            if w.starts_with("no valid footer") {
+                *w = format!("repaired: {w}; footer rewritten at {footer_pos:#x}");
+            }
+        }
     }
     Ok(img)
 }
