@@ -103,20 +103,34 @@ pub enum ImageCommand {
 }
 
 fn block_size_arg(v: Option<u64>) -> Result<Option<u32>> {
-    v.map(|b| u32::try_from(b).context("block size too large")).transpose()
+    v.map(|b| u32::try_from(b).context("block size too large"))
+        .transpose()
 }
 
 pub fn run(cmd: ImageCommand) -> Result<u8> {
     match cmd {
-        ImageCommand::Create { file, size, disk_type, block_size, parent, preallocate } => {
+        ImageCommand::Create {
+            file,
+            size,
+            disk_type,
+            block_size,
+            parent,
+            preallocate,
+        } => {
             let bs = block_size_arg(block_size)?;
             if let Some(p) = parent {
                 create_differencing_file(&file, &p, bs)
                     .with_context(|| format!("create differencing image {}", file.display()))?;
-                println!("created {} (differencing, parent {})", file.display(), p.display());
+                println!(
+                    "created {} (differencing, parent {})",
+                    file.display(),
+                    p.display()
+                );
                 return Ok(0);
             }
-            let Some(size) = size else { bail!("--size or --parent is required") };
+            let Some(size) = size else {
+                bail!("--size or --parent is required")
+            };
             let t = match disk_type {
                 CreateType::Fixed => DiskType::Fixed,
                 CreateType::Dynamic => DiskType::Dynamic,
@@ -133,7 +147,8 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
         }
         ImageCommand::Info { file, json, parent } => info(&file, json, parent),
         ImageCommand::Check { file, json, parent } => {
-            let r = check_path(&file, parent.as_deref()).with_context(|| format!("check {}", file.display()))?;
+            let r = check_path(&file, parent.as_deref())
+                .with_context(|| format!("check {}", file.display()))?;
             if json {
                 let findings: Vec<_> = r
                     .findings
@@ -164,12 +179,22 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
                 match r.exit_code() {
                     0 => println!("No errors were found on the image."),
                     2 => println!("{} errors were found on the image.", r.corruptions()),
-                    _ => println!("{} leaked bytes were found on the image; `csvadm image compact` reclaims them.", r.leaked_bytes),
+                    _ => println!(
+                        "{} leaked bytes were found on the image; `csvadm image compact` reclaims them.",
+                        r.leaked_bytes
+                    ),
                 }
             }
             Ok(r.exit_code() as u8)
         }
-        ImageCommand::Convert { src, dst, to, from, block_size, parent } => {
+        ImageCommand::Convert {
+            src,
+            dst,
+            to,
+            from,
+            block_size,
+            parent,
+        } => {
             let format = from.map(|f| match f {
                 ConvertFrom::Raw => SourceFormat::Raw,
                 ConvertFrom::Vpc => SourceFormat::Vpc,
@@ -179,9 +204,9 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
             let target = match to {
                 ConvertTo::Raw => ConvertTarget::Raw,
                 ConvertTo::Fixed => ConvertTarget::Fixed,
-                ConvertTo::Dynamic => {
-                    ConvertTarget::Dynamic { block_size: block_size_arg(block_size)?.unwrap_or(DEFAULT_BLOCK_SIZE) }
-                }
+                ConvertTo::Dynamic => ConvertTarget::Dynamic {
+                    block_size: block_size_arg(block_size)?.unwrap_or(DEFAULT_BLOCK_SIZE),
+                },
             };
             let bar = Bar::new("converting");
             convert(&source, &dst, target, &mut |d, t| bar.update(d, t))
@@ -191,17 +216,22 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
         }
         ImageCommand::Expand { file, size } => {
             let mut img = open_rw(&file)?;
-            img.expand(size).with_context(|| format!("expand {}", file.display()))?;
-            img.close().with_context(|| format!("close {}", file.display()))?;
+            img.expand(size)
+                .with_context(|| format!("expand {}", file.display()))?;
+            img.close()
+                .with_context(|| format!("close {}", file.display()))?;
             println!("expanded {} to {} bytes", file.display(), size);
             Ok(0)
         }
         ImageCommand::Compact { file } => {
             let mut img = open_rw(&file)?;
             let bar = Bar::new("compacting");
-            let s = img.compact(&mut |d, t| bar.update(d, t)).with_context(|| format!("compact {}", file.display()))?;
+            let s = img
+                .compact(&mut |d, t| bar.update(d, t))
+                .with_context(|| format!("compact {}", file.display()))?;
             bar.finish();
-            img.close().with_context(|| format!("close {}", file.display()))?;
+            img.close()
+                .with_context(|| format!("close {}", file.display()))?;
             println!(
                 "compacted {}: {} -> {} bytes ({} zero blocks freed, {} blocks moved)",
                 file.display(),
@@ -212,17 +242,27 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
             );
             Ok(0)
         }
-        ImageCommand::Merge { child, keep_child, parent } => {
+        ImageCommand::Merge {
+            child,
+            keep_child,
+            parent,
+        } => {
             let bar = Bar::new("merging");
-            let s = merge(&child, &MergeOptions { keep_child, parent }, &mut |d, t| bar.update(d, t))
-                .with_context(|| format!("merge {}", child.display()))?;
+            let s = merge(&child, &MergeOptions { keep_child, parent }, &mut |d, t| {
+                bar.update(d, t)
+            })
+            .with_context(|| format!("merge {}", child.display()))?;
             bar.finish();
             println!(
                 "merged {} into {} ({} bytes){}",
                 child.display(),
                 s.parent.display(),
                 s.bytes_merged,
-                if s.child_removed { ", child removed" } else { "" }
+                if s.child_removed {
+                    ", child removed"
+                } else {
+                    ""
+                }
             );
             Ok(0)
         }
@@ -230,7 +270,14 @@ pub fn run(cmd: ImageCommand) -> Result<u8> {
 }
 
 fn open_rw(file: &Path) -> Result<Image> {
-    Image::open(file, &OpenOptions { read_only: false, parent: None }).with_context(|| format!("open image {}", file.display()))
+    Image::open(
+        file,
+        &OpenOptions {
+            read_only: false,
+            parent: None,
+        },
+    )
+    .with_context(|| format!("open image {}", file.display()))
 }
 
 fn human(n: u64) -> String {
@@ -241,14 +288,26 @@ fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn info(file: &Path, as_json: bool, parent: Option<PathBuf>) -> Result<u8> {
-    let img = Image::open(file, &OpenOptions { read_only: true, parent })
-        .with_context(|| format!("open image {}", file.display()))?;
+    let img = Image::open(
+        file,
+        &OpenOptions {
+            read_only: true,
+            parent,
+        },
+    )
+    .with_context(|| format!("open image {}", file.display()))?;
     let f = img.footer();
-    let file_size = std::fs::metadata(file).with_context(|| format!("stat {}", file.display()))?.len();
+    let file_size = std::fs::metadata(file)
+        .with_context(|| format!("stat {}", file.display()))?
+        .len();
     let chain = img.chain();
     let parent_path = chain.get(1).map(|c| c.identity.clone());
     let creator_version = format!("{}.{}", f.creator_version >> 16, f.creator_version & 0xFFFF);
@@ -281,16 +340,33 @@ fn info(file: &Path, as_json: bool, parent: Option<PathBuf>) -> Result<u8> {
     println!("image:            {}", file.display());
     println!("format:           vpc (VHD)");
     println!("type:             {}", img.disk_type());
-    println!("virtual size:     {} ({} bytes)", human(img.virtual_size()), img.virtual_size());
+    println!(
+        "virtual size:     {} ({} bytes)",
+        human(img.virtual_size()),
+        img.virtual_size()
+    );
     if f.qemu_size() != img.virtual_size() {
-        println!("qemu size:        {} bytes (CHS geometry of a `{}` creator)", f.qemu_size(), f.creator_app_str());
+        println!(
+            "qemu size:        {} bytes (CHS geometry of a `{}` creator)",
+            f.qemu_size(),
+            f.creator_app_str()
+        );
     }
-    println!("file size:        {} ({} bytes)", human(file_size), file_size);
+    println!(
+        "file size:        {} ({} bytes)",
+        human(file_size),
+        file_size
+    );
     if let (Some(bs), Some(n), Some(h)) = (img.block_size(), img.allocated_blocks(), img.header()) {
         println!("block size:       {}", human(u64::from(bs)));
         println!("allocated blocks: {} of {}", n, h.max_table_entries);
     }
-    println!("creator:          {} {} ({})", f.creator_app_str(), creator_version, host);
+    println!(
+        "creator:          {} {} ({})",
+        f.creator_app_str(),
+        creator_version,
+        host
+    );
     println!(
         "geometry:         {}/{}/{}",
         f.geometry.cylinders, f.geometry.heads, f.geometry.sectors_per_track
@@ -299,7 +375,13 @@ fn info(file: &Path, as_json: bool, parent: Option<PathBuf>) -> Result<u8> {
     if chain.len() > 1 {
         println!("parent chain:");
         for (i, c) in chain.iter().enumerate() {
-            println!("  {}{} ({}, {})", "  ".repeat(i), c.identity, c.disk_type, c.uuid);
+            println!(
+                "  {}{} ({}, {})",
+                "  ".repeat(i),
+                c.identity,
+                c.disk_type,
+                c.uuid
+            );
         }
     }
     for w in img.warnings() {

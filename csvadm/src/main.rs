@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "csvadm", version, about = "Cluster Shared Volumes administration")]
+#[command(
+    name = "csvadm",
+    version,
+    about = "Cluster Shared Volumes administration"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -7,7 +7,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("invalid size {s:?}: expected a number with an optional K/M/G/T suffix"));
+        return Err(format!(
+            "invalid size {s:?}: expected a number with an optional K/M/G/T suffix"
+        ));
     }
     let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
     let shift = match suffix.to_ascii_uppercase().as_str() {
@@ -16,9 +18,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        _ => return Err(format!("invalid size suffix in {s:?}: use K, M, G or T (binary units)")),
+        _ => {
+            return Err(format!(
+                "invalid size suffix in {s:?}: use K, M, G or T (binary units)"
+            ));
+        }
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[cfg(test)]

@@ -13,9 +13,16 @@ pub const ENTRIES_PER_SECTOR: u32 = 128;
 pub fn parse(b: &[u8], entries: u32) -> Result<Vec<u32>, FormatError> {
     let need = entries as usize * 4;
     if b.len() < need {
-        return Err(FormatError::Truncated { structure: Structure::Bat, need, got: b.len() });
+        return Err(FormatError::Truncated {
+            structure: Structure::Bat,
+            need,
+            got: b.len(),
+        });
     }
-    Ok(b[..need].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(b[..need]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// Encodes BAT values, padded with `0xFF` to a whole sector (as qemu and Hyper-V do).

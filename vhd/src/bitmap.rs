@@ -4,7 +4,8 @@
 
 /// True when sector `i` is marked present.
 pub fn get(bm: &[u8], i: u32) -> bool {
-    bm.get((i / 8) as usize).is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+    bm.get((i / 8) as usize)
+        .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
 }
 
 /// Marks sectors `start..end` present (bits past the slice are ignored).
@@ -84,7 +85,10 @@ mod tests {
         assert_eq!(bm[2], 0xF0);
         assert!(all_set(&bm, 9, 20));
         assert!(!all_set(&bm, 8, 20));
-        assert_eq!(runs(&bm, 0, 24), vec![(0, 1, true), (1, 9, false), (9, 20, true), (20, 24, false)]);
+        assert_eq!(
+            runs(&bm, 0, 24),
+            vec![(0, 1, true), (1, 9, false), (9, 20, true), (20, 24, false)]
+        );
     }
 
     #[test]

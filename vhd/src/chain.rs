@@ -46,7 +46,11 @@ pub struct ChildRef<'a> {
 /// each candidate's UUID and takes the first that matches.
 pub trait ParentResolver {
     /// Returns the candidates and a description of every place tried (for errors).
-    fn candidates(&self, child: ChildRef<'_>, hints: &ParentHints) -> (Vec<ParentCandidate>, Vec<String>);
+    fn candidates(
+        &self,
+        child: ChildRef<'_>,
+        hints: &ParentHints,
+    ) -> (Vec<ParentCandidate>, Vec<String>);
 }
 
 /// A resolver that finds nothing (images without parents, or storage-only callers).
@@ -72,7 +76,11 @@ impl<F> ParentResolver for FnResolver<F>
 where
     F: Fn(ChildRef<'_>, &ParentHints) -> (Vec<ParentCandidate>, Vec<String>),
 {
-    fn candidates(&self, child: ChildRef<'_>, hints: &ParentHints) -> (Vec<ParentCandidate>, Vec<String>) {
+    fn candidates(
+        &self,
+        child: ChildRef<'_>,
+        hints: &ParentHints,
+    ) -> (Vec<ParentCandidate>, Vec<String>) {
         (self.0)(child, hints)
     }
 }
@@ -86,22 +94,36 @@ pub struct PathResolver {
 impl PathResolver {
     fn push(out: &mut Vec<ParentCandidate>, tried: &mut Vec<String>, p: PathBuf) {
         tried.push(p.display().to_string());
-        let Ok(canon) = std::fs::canonicalize(&p) else { return };
+        let Ok(canon) = std::fs::canonicalize(&p) else {
+            return;
+        };
         let identity = canon.display().to_string();
         if out.iter().any(|c| c.identity == identity) {
             return;
         }
         if let Ok(fs) = FileStorage::open(&canon, true) {
-            out.push(ParentCandidate { storage: Arc::new(fs), identity, path: Some(canon) });
+            out.push(ParentCandidate {
+                storage: Arc::new(fs),
+                identity,
+                path: Some(canon),
+            });
         }
     }
 }
 
 impl ParentResolver for PathResolver {
-    fn candidates(&self, child: ChildRef<'_>, hints: &ParentHints) -> (Vec<ParentCandidate>, Vec<String>) {
+    fn candidates(
+        &self,
+        child: ChildRef<'_>,
+        hints: &ParentHints,
+    ) -> (Vec<ParentCandidate>, Vec<String>) {
         let mut out = Vec::new();
         let mut tried = Vec::new();
-        let dir = child.path.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        let dir = child
+            .path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         if child.depth == 0 {
             if let Some(p) = &self.explicit {
                 Self::push(&mut out, &mut tried, p.clone());
@@ -111,7 +133,11 @@ impl ParentResolver for PathResolver {
         for code in ordered {
             for (c, path) in hints.locators.iter().filter(|(c, _)| *c == code) {
                 let p = Path::new(path);
-                let full = if *c == PLATFORM_W2RU || p.is_relative() { dir.join(p) } else { p.to_path_buf() };
+                let full = if *c == PLATFORM_W2RU || p.is_relative() {
+                    dir.join(p)
+                } else {
+                    p.to_path_buf()
+                };
                 Self::push(&mut out, &mut tried, full);
             }
         }
@@ -153,7 +179,13 @@ mod tests {
 
     #[test]
     fn relative_paths() {
-        assert_eq!(relative_path(Path::new("/a/b"), Path::new("/a/b/p.vhd")), PathBuf::from("p.vhd"));
-        assert_eq!(relative_path(Path::new("/a/b"), Path::new("/a/c/p.vhd")), PathBuf::from("../c/p.vhd"));
+        assert_eq!(
+            relative_path(Path::new("/a/b"), Path::new("/a/b/p.vhd")),
+            PathBuf::from("p.vhd")
+        );
+        assert_eq!(
+            relative_path(Path::new("/a/b"), Path::new("/a/c/p.vhd")),
+            PathBuf::from("../c/p.vhd")
+        );
     }
 }

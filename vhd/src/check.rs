@@ -36,15 +36,24 @@ pub struct CheckReport {
 
 impl CheckReport {
     fn add(&mut self, severity: Severity, message: impl Into<String>) {
-        self.findings.push(Finding { severity, message: message.into() });
+        self.findings.push(Finding {
+            severity,
+            message: message.into(),
+        });
     }
 
     pub fn corruptions(&self) -> usize {
-        self.findings.iter().filter(|f| f.severity == Severity::Corruption).count()
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Corruption)
+            .count()
     }
 
     pub fn leaks(&self) -> usize {
-        self.findings.iter().filter(|f| f.severity == Severity::Leak).count()
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Leak)
+            .count()
     }
 
     /// 0 clean, 2 corruption, 3 leaks only.
@@ -62,7 +71,10 @@ impl CheckReport {
 /// Checks the image file at `path`. Problems that prevent opening become corruption
 /// findings; only failures to reach the file are errors.
 pub fn check_path(path: &Path, parent: Option<&Path>) -> Result<CheckReport> {
-    let opts = OpenOptions { read_only: true, parent: parent.map(Path::to_path_buf) };
+    let opts = OpenOptions {
+        read_only: true,
+        parent: parent.map(Path::to_path_buf),
+    };
     match Image::open(path, &opts) {
         Ok(img) => Ok(check_image(&img)),
         Err(e @ Error::Path(..)) => Err(e),
@@ -78,10 +90,16 @@ pub fn check_path(path: &Path, parent: Option<&Path>) -> Result<CheckReport> {
 pub fn check_image(img: &Image) -> CheckReport {
     let mut r = CheckReport::default();
     for w in img.warnings() {
-        let sev = if w.starts_with("no valid footer") { Severity::Corruption } else { Severity::Warning };
+        let sev = if w.starts_with("no valid footer") {
+            Severity::Corruption
+        } else {
+            Severity::Warning
+        };
         r.add(sev, w.clone());
     }
-    let Some(d) = img.dynamic.as_ref() else { return r };
+    let Some(d) = img.dynamic.as_ref() else {
+        return r;
+    };
     if img.footer.disk_type == DiskType::Differencing && img.parent.is_none() {
         r.add(Severity::Corruption, "differencing image without parent");
     }
@@ -96,7 +114,10 @@ pub fn check_image(img: &Image) -> CheckReport {
         if w[0].0 + span > w[1].0 {
             r.add(
                 Severity::Corruption,
-                format!("blocks {} and {} overlap (offsets {:#x}, {:#x})", w[0].1, w[1].1, w[0].0, w[1].0),
+                format!(
+                    "blocks {} and {} overlap (offsets {:#x}, {:#x})",
+                    w[0].1, w[1].1, w[0].0, w[1].0
+                ),
             );
         }
     }
@@ -104,10 +125,16 @@ pub fn check_image(img: &Image) -> CheckReport {
     let leaked = leaked_space(d, &blocks, footer_pos);
     if leaked > 0 {
         r.leaked_bytes = leaked;
-        r.add(Severity::Leak, format!("{leaked} bytes of leaked space (compact reclaims it)"));
+        r.add(
+            Severity::Leak,
+            format!("{leaked} bytes of leaked space (compact reclaims it)"),
+        );
     }
     if let (Ok(len), true) = (img.storage.len(), footer_pos % 512 != 0) {
-        r.add(Severity::Warning, format!("trailing footer at unaligned offset {footer_pos:#x} (file length {len})"));
+        r.add(
+            Severity::Warning,
+            format!("trailing footer at unaligned offset {footer_pos:#x} (file length {len})"),
+        );
     }
     r
 }

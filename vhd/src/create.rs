@@ -7,10 +7,14 @@ use crate::bat;
 use crate::chain::relative_path;
 use crate::error::{Error, FormatError, Result};
 use crate::footer::{DiskType, Footer, MAX_VIRTUAL_SIZE, unix_to_vhd, vhd_now};
-use crate::header::{DEFAULT_BLOCK_SIZE, DynamicHeader, HEADER_SIZE, bitmap_size, validate_block_size};
+use crate::header::{
+    DEFAULT_BLOCK_SIZE, DynamicHeader, HEADER_SIZE, bitmap_size, validate_block_size,
+};
 use crate::image::DATA_ALIGN;
 use crate::image::{Image, OpenOptions};
-use crate::locator::{LocatorEntry, PLATFORM_W2KU, PLATFORM_W2RU, encode_parent_name, encode_windows_path};
+use crate::locator::{
+    LocatorEntry, PLATFORM_W2KU, PLATFORM_W2RU, encode_parent_name, encode_windows_path,
+};
 use crate::storage::{FileStorage, Storage};
 use std::path::Path;
 use std::sync::Arc;
@@ -35,7 +39,14 @@ pub struct CreateOptions {
 
 impl CreateOptions {
     pub fn new(disk_type: DiskType, size: u64) -> CreateOptions {
-        CreateOptions { disk_type, size, block_size: DEFAULT_BLOCK_SIZE, preallocate: false, uuid: None, timestamp: None }
+        CreateOptions {
+            disk_type,
+            size,
+            block_size: DEFAULT_BLOCK_SIZE,
+            preallocate: false,
+            uuid: None,
+            timestamp: None,
+        }
     }
 }
 
@@ -56,7 +67,11 @@ pub struct ParentInfo {
 
 fn validate_size(size: u64) -> Result<()> {
     if size > MAX_VIRTUAL_SIZE {
-        return Err(FormatError::SizeTooLarge { size, limit: MAX_VIRTUAL_SIZE }.into());
+        return Err(FormatError::SizeTooLarge {
+            size,
+            limit: MAX_VIRTUAL_SIZE,
+        }
+        .into());
     }
     if size % 512 != 0 {
         return Err(FormatError::SizeNotSectorAligned(size).into());
@@ -87,7 +102,12 @@ pub fn create_fixed(storage: &dyn Storage, opts: &CreateOptions) -> Result<Foote
 /// trailing footer (and so the first block) goes, at the position that makes block data
 /// 4 KiB-aligned. qemu places new blocks at the BAT end, so it lands on the same aligned
 /// position and never leaves our old footer inside a block (notes D.4 item 6).
-fn write_sparse(storage: &dyn Storage, footer: &Footer, mut header: DynamicHeader, locators: &[(u32, Vec<u8>)]) -> Result<()> {
+fn write_sparse(
+    storage: &dyn Storage,
+    footer: &Footer,
+    mut header: DynamicHeader,
+    locators: &[(u32, Vec<u8>)],
+) -> Result<()> {
     let mut pos = TABLE_OFFSET;
     let mut loc_writes = Vec::new();
     for (i, (code, data)) in locators.iter().enumerate() {
@@ -103,7 +123,11 @@ fn write_sparse(storage: &dyn Storage, footer: &Footer, mut header: DynamicHeade
     }
     header.table_offset = pos;
     let align = DATA_ALIGN.min(u64::from(header.block_size));
-    let footer_pos = crate::image::place_block(pos + header.bat_bytes(), u64::from(bitmap_size(header.block_size)), align);
+    let footer_pos = crate::image::place_block(
+        pos + header.bat_bytes(),
+        u64::from(bitmap_size(header.block_size)),
+        align,
+    );
     let padded = (footer_pos - pos) / 4;
     if padded <= crate::header::MAX_TABLE_ENTRIES {
         header.max_table_entries = padded as u32;
@@ -126,7 +150,11 @@ fn write_sparse(storage: &dyn Storage, footer: &Footer, mut header: DynamicHeade
 fn table_entries(size: u64, block_size: u32) -> Result<u32> {
     let n = size.div_ceil(u64::from(block_size));
     if n > crate::header::MAX_TABLE_ENTRIES {
-        return Err(FormatError::TableTooLarge { entries: n, limit: crate::header::MAX_TABLE_ENTRIES }.into());
+        return Err(FormatError::TableTooLarge {
+            entries: n,
+            limit: crate::header::MAX_TABLE_ENTRIES,
+        }
+        .into());
     }
     Ok(n as u32)
 }
@@ -141,13 +169,22 @@ pub fn create_dynamic(storage: &dyn Storage, opts: &CreateOptions) -> Result<Foo
         opts.timestamp.unwrap_or_else(vhd_now),
         opts.uuid.unwrap_or_else(Uuid::new_v4),
     );
-    let header = DynamicHeader::new(TABLE_OFFSET, table_entries(opts.size, opts.block_size)?, opts.block_size);
+    let header = DynamicHeader::new(
+        TABLE_OFFSET,
+        table_entries(opts.size, opts.block_size)?,
+        opts.block_size,
+    );
     write_sparse(storage, &footer, header, &[])?;
     Ok(footer)
 }
 
 /// Writes an empty differencing image over `parent`.
-pub fn create_differencing(storage: &dyn Storage, parent: &ParentInfo, block_size: u32, uuid: Option<Uuid>) -> Result<Footer> {
+pub fn create_differencing(
+    storage: &dyn Storage,
+    parent: &ParentInfo,
+    block_size: u32,
+    uuid: Option<Uuid>,
+) -> Result<Footer> {
     validate_size(parent.virtual_size)?;
     validate_block_size(block_size)?;
     let footer = Footer::new(
@@ -156,8 +193,11 @@ pub fn create_differencing(storage: &dyn Storage, parent: &ParentInfo, block_siz
         vhd_now(),
         uuid.unwrap_or_else(Uuid::new_v4),
     );
-    let mut header =
-        DynamicHeader::new(TABLE_OFFSET, table_entries(parent.virtual_size, block_size)?, block_size);
+    let mut header = DynamicHeader::new(
+        TABLE_OFFSET,
+        table_entries(parent.virtual_size, block_size)?,
+        block_size,
+    );
     header.parent_uuid = parent.uuid;
     header.parent_timestamp = parent.timestamp;
     header.parent_name = encode_parent_name(&parent.name);
@@ -179,7 +219,8 @@ pub fn create_file(path: &Path, opts: &CreateOptions) -> Result<Footer> {
         DiskType::Fixed => {
             let r = create_fixed(&fs, opts);
             if r.is_ok() && opts.preallocate {
-                fs.preallocate(0, opts.size + 512).map_err(|e| Error::io("preallocate", e))?;
+                fs.preallocate(0, opts.size + 512)
+                    .map_err(|e| Error::io("preallocate", e))?;
                 fs.flush()?;
             }
             r
@@ -206,23 +247,42 @@ fn create_new(path: &Path) -> Result<FileStorage> {
 /// Creates a differencing image file over the image at `parent_path` (opened to check it,
 /// chain included). Parent time stamp: the parent file's modification time, as the spec
 /// asks and Windows and blktap record.
-pub fn create_differencing_file(path: &Path, parent_path: &Path, block_size: Option<u32>) -> Result<Footer> {
-    let parent = Image::open(parent_path, &OpenOptions { read_only: true, parent: None })?;
-    let canon = std::fs::canonicalize(parent_path).map_err(|e| Error::Path(parent_path.to_path_buf(), e))?;
+pub fn create_differencing_file(
+    path: &Path,
+    parent_path: &Path,
+    block_size: Option<u32>,
+) -> Result<Footer> {
+    let parent = Image::open(
+        parent_path,
+        &OpenOptions {
+            read_only: true,
+            parent: None,
+        },
+    )?;
+    let canon = std::fs::canonicalize(parent_path)
+        .map_err(|e| Error::Path(parent_path.to_path_buf(), e))?;
     let mtime = std::fs::metadata(&canon)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or_else(vhd_now, |d| unix_to_vhd(d.as_secs()));
-    let name = canon.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = canon
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let child_dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| std::path::PathBuf::from("."), Path::to_path_buf);
-    let child_dir = std::fs::canonicalize(&child_dir).map_err(|e| Error::Path(child_dir.clone(), e))?;
+    let child_dir =
+        std::fs::canonicalize(&child_dir).map_err(|e| Error::Path(child_dir.clone(), e))?;
     let rel = relative_path(&child_dir, &canon);
     let rel = rel.to_string_lossy();
-    let relative = if rel.starts_with("..") { rel.into_owned() } else { format!("./{rel}") };
+    let relative = if rel.starts_with("..") {
+        rel.into_owned()
+    } else {
+        format!("./{rel}")
+    };
     let info = ParentInfo {
         uuid: parent.footer().uuid,
         virtual_size: parent.virtual_size(),
@@ -231,7 +291,9 @@ pub fn create_differencing_file(path: &Path, parent_path: &Path, block_size: Opt
         absolute: Some(canon.to_string_lossy().into_owned()),
         relative: Some(relative),
     };
-    let bs = block_size.or(parent.block_size()).unwrap_or(DEFAULT_BLOCK_SIZE);
+    let bs = block_size
+        .or(parent.block_size())
+        .unwrap_or(DEFAULT_BLOCK_SIZE);
     let fs = create_new(path)?;
     let r = create_differencing(&fs, &info, bs, None);
     if r.is_err() {

@@ -30,11 +30,22 @@ impl std::fmt::Display for Structure {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     #[error("{structure}: need {need} bytes, got {got}")]
-    Truncated { structure: Structure, need: usize, got: usize },
+    Truncated {
+        structure: Structure,
+        need: usize,
+        got: usize,
+    },
     #[error("{structure}: bad cookie {found:?}")]
-    BadCookie { structure: Structure, found: [u8; 8] },
+    BadCookie {
+        structure: Structure,
+        found: [u8; 8],
+    },
     #[error("{structure}: bad checksum (stored {stored:#010x}, computed {computed:#010x})")]
-    BadChecksum { structure: Structure, stored: u32, computed: u32 },
+    BadChecksum {
+        structure: Structure,
+        stored: u32,
+        computed: u32,
+    },
     #[error("{structure}: unsupported version {version:#010x}")]
     UnsupportedVersion { structure: Structure, version: u32 },
     #[error("footer: unsupported disk type {0}")]
@@ -52,7 +63,11 @@ pub enum FormatError {
     #[error("dynamic header: {entries} table entries exceed the limit {limit}")]
     TableTooLarge { entries: u64, limit: u64 },
     #[error("dynamic header: {entries} blocks of {block_size} bytes cannot hold {size} bytes")]
-    TableTooSmall { entries: u32, block_size: u32, size: u64 },
+    TableTooSmall {
+        entries: u32,
+        block_size: u32,
+        size: u64,
+    },
     #[error("dynamic header: table offset {0:#x} is invalid")]
     BadTableOffset(u64),
     #[error("parent locator {index}: {reason}")]
@@ -67,23 +82,38 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{context}: {source}")]
-    IoAt { context: String, source: std::io::Error },
+    IoAt {
+        context: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Format(#[from] FormatError),
     #[error("file is truncated: {what} needs {need} bytes, file has {len}")]
-    Truncated { what: &'static str, need: u64, len: u64 },
+    Truncated {
+        what: &'static str,
+        need: u64,
+        len: u64,
+    },
     #[error("file has no valid footer at its end ({0}) nor a usable copy at offset 0")]
     NoFooter(FormatError),
     #[error("BAT entry {block} points at sector {sector:#x}, past the data end {end:#x}")]
     BatEntryOutOfRange { block: u32, sector: u32, end: u64 },
     #[error("BAT entry {block} (offset {offset:#x}) overlaps {what}")]
-    BatOverlapsMetadata { block: u32, offset: u64, what: &'static str },
+    BatOverlapsMetadata {
+        block: u32,
+        offset: u64,
+        what: &'static str,
+    },
     #[error("parent chain loops back to {0}")]
     ParentLoop(String),
     #[error("parent chain is deeper than {0} images")]
     ChainTooDeep(usize),
     #[error("parent {path}: unique id {found} does not match the child's parent id {expected}")]
-    ParentUuidMismatch { path: String, expected: uuid::Uuid, found: uuid::Uuid },
+    ParentUuidMismatch {
+        path: String,
+        expected: uuid::Uuid,
+        found: uuid::Uuid,
+    },
     #[error("parent of differencing image not found (tried: {0})")]
     ParentNotFound(String),
     #[error("image is read-only")]
@@ -93,7 +123,10 @@ pub enum Error {
     #[error("image file would exceed the 32-bit sector offsets of the BAT")]
     ImageFull,
     #[error("operation needs a {needed} image, this one is {found}")]
-    WrongDiskType { needed: &'static str, found: &'static str },
+    WrongDiskType {
+        needed: &'static str,
+        found: &'static str,
+    },
     #[error("new size {new} is smaller than the current size {current}")]
     Shrink { new: u64, current: u64 },
     #[error("{0}")]
@@ -107,7 +140,10 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with a short context ("write BAT sector 3").
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::IoAt { context: context.into(), source }
+        Error::IoAt {
+            context: context.into(),
+            source,
+        }
     }
 }
 

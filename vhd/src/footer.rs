@@ -134,16 +134,26 @@ impl Footer {
         let mut cookie = [0u8; 8];
         cookie.copy_from_slice(&b[0..8]);
         if cookie != FOOTER_COOKIE {
-            return Err(FormatError::BadCookie { structure: Structure::Footer, found: cookie });
+            return Err(FormatError::BadCookie {
+                structure: Structure::Footer,
+                found: cookie,
+            });
         }
         let stored = be32(b, CHECKSUM_AT);
         let computed = checksum(b, CHECKSUM_AT);
         if stored != computed {
-            return Err(FormatError::BadChecksum { structure: Structure::Footer, stored, computed });
+            return Err(FormatError::BadChecksum {
+                structure: Structure::Footer,
+                stored,
+                computed,
+            });
         }
         let version = be32(b, 12);
         if version >> 16 != 1 {
-            return Err(FormatError::UnsupportedVersion { structure: Structure::Footer, version });
+            return Err(FormatError::UnsupportedVersion {
+                structure: Structure::Footer,
+                version,
+            });
         }
         let disk_type = DiskType::from_code(be32(b, 60))?;
         let raw_offset = be64(b, 16);
@@ -159,7 +169,10 @@ impl Footer {
         };
         let current_size = be64(b, 48);
         if current_size > MAX_VIRTUAL_SIZE {
-            return Err(FormatError::SizeTooLarge { size: current_size, limit: MAX_VIRTUAL_SIZE });
+            return Err(FormatError::SizeTooLarge {
+                size: current_size,
+                limit: MAX_VIRTUAL_SIZE,
+            });
         }
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[68..84]);
@@ -203,7 +216,16 @@ impl Footer {
 
     /// Creator application as text, e.g. `win `, `vpc `, `qem2`.
     pub fn creator_app_str(&self) -> String {
-        self.creator_app.iter().map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' }).collect()
+        self.creator_app
+            .iter()
+            .map(|&c| {
+                if c.is_ascii_graphic() || c == b' ' {
+                    c as char
+                } else {
+                    '.'
+                }
+            })
+            .collect()
     }
 
     /// The size qemu (>= 10) reports: the CHS capacity for creators `vpc ` and `qemu`
@@ -244,7 +266,10 @@ mod tests {
         assert_eq!(Footer::parse(&b).unwrap(), f);
         let mut bad = b;
         bad[100] ^= 1;
-        assert!(matches!(Footer::parse(&bad), Err(FormatError::BadChecksum { .. })));
+        assert!(matches!(
+            Footer::parse(&bad),
+            Err(FormatError::BadChecksum { .. })
+        ));
     }
 
     #[test]

@@ -91,12 +91,15 @@ const FUZZ_WRITE_BLOCK_LIMIT: u32 = 4 << 20;
 /// status, then on success write a pattern, flush, reopen and read it back.
 pub fn open_image(data: &[u8]) {
     let storage = Arc::new(MemStorage::from_vec(data.to_vec()));
-    let Ok(img) = Image::open_storage(storage.clone(), false, "fuzz", &NoParents) else { return };
+    let Ok(img) = Image::open_storage(storage.clone(), false, "fuzz", &NoParents) else {
+        return;
+    };
     let size = img.virtual_size();
     let mut buf = vec![0u8; 64 * 1024];
     for off in [0, size / 2, size.saturating_sub(buf.len() as u64)] {
         let n = (size - off.min(size)).min(buf.len() as u64) as usize;
-        img.read_at(&mut buf[..n], off).expect("in-range read of an opened image");
+        img.read_at(&mut buf[..n], off)
+            .expect("in-range read of an opened image");
     }
     if let Ok(ext) = img.block_status(0, size) {
         assert_eq!(ext.iter().map(|e| e.length).sum::<u64>(), size);
@@ -115,7 +118,8 @@ pub fn open_image(data: &[u8]) {
     }
     let is_fixed = img.disk_type() == DiskType::Fixed;
     drop(img);
-    let again = Image::open_storage(storage.clone(), true, "fuzz", &NoParents).expect("reopen after write");
+    let again =
+        Image::open_storage(storage.clone(), true, "fuzz", &NoParents).expect("reopen after write");
     let mut back = vec![0u8; pattern.len()];
     again.read_at(&mut back, off + 7).expect("read back");
     assert_eq!(back, pattern, "fixed={is_fixed}");

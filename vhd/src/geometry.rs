@@ -53,10 +53,7 @@ impl Geometry {
 
     /// Capacity in bytes the geometry describes.
     pub fn capacity(&self) -> u64 {
-        u64::from(self.cylinders)
-            * u64::from(self.heads)
-            * u64::from(self.sectors_per_track)
-            * 512
+        u64::from(self.cylinders) * u64::from(self.heads) * u64::from(self.sectors_per_track) * 512
     }
 
     pub fn from_u32(v: u32) -> Geometry {
@@ -97,14 +94,21 @@ mod tests {
         let g = Geometry::for_size(4 << 20);
         assert_eq!((g.cylinders, g.heads, g.sectors_per_track), (120, 4, 17));
         let g = Geometry::for_size(127 << 30);
-        assert_eq!((g.cylinders, g.heads, g.sectors_per_track), (65278, 16, 255));
+        assert_eq!(
+            (g.cylinders, g.heads, g.sectors_per_track),
+            (65278, 16, 255)
+        );
         let g = Geometry::for_size(2040 << 30);
         assert!(g.is_max());
     }
 
     #[test]
     fn u32_round_trip() {
-        let g = Geometry { cylinders: 65278, heads: 16, sectors_per_track: 255 };
+        let g = Geometry {
+            cylinders: 65278,
+            heads: 16,
+            sectors_per_track: 255,
+        };
         assert_eq!(Geometry::from_u32(g.to_u32()), g);
     }
 }

@@ -87,7 +87,10 @@ impl DynamicHeader {
         let mut cookie = [0u8; 8];
         cookie.copy_from_slice(&b[0..8]);
         if cookie != HEADER_COOKIE {
-            return Err(FormatError::BadCookie { structure: Structure::DynamicHeader, found: cookie });
+            return Err(FormatError::BadCookie {
+                structure: Structure::DynamicHeader,
+                found: cookie,
+            });
         }
         let stored = be32(b, CHECKSUM_AT);
         let computed = checksum(b, CHECKSUM_AT);
@@ -154,7 +157,12 @@ impl DynamicHeader {
         b[32..36].copy_from_slice(&self.block_size.to_be_bytes());
         b[40..56].copy_from_slice(self.parent_uuid.as_bytes());
         b[56..60].copy_from_slice(&self.parent_timestamp.to_be_bytes());
-        for (i, unit) in self.parent_name.iter().take(PARENT_NAME_BYTES / 2).enumerate() {
+        for (i, unit) in self
+            .parent_name
+            .iter()
+            .take(PARENT_NAME_BYTES / 2)
+            .enumerate()
+        {
             b[64 + 2 * i..66 + 2 * i].copy_from_slice(&unit.to_be_bytes());
         }
         for (i, loc) in self.locators.iter().enumerate() {
@@ -211,7 +219,10 @@ mod tests {
         ));
         h.block_size = 2 << 20;
         h.max_table_entries = u32::MAX;
-        assert!(matches!(DynamicHeader::parse(&h.encode()), Err(FormatError::TableTooLarge { .. })));
+        assert!(matches!(
+            DynamicHeader::parse(&h.encode()),
+            Err(FormatError::TableTooLarge { .. })
+        ));
     }
 
     #[test]

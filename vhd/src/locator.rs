@@ -61,7 +61,13 @@ impl LocatorEntry {
         self.platform_code
             .to_be_bytes()
             .iter()
-            .map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' })
+            .map(|&c| {
+                if c.is_ascii_graphic() || c == b' ' {
+                    c as char
+                } else {
+                    '.'
+                }
+            })
             .collect()
     }
 
@@ -84,12 +90,17 @@ impl LocatorEntry {
         if self.data_length > MAX_LOCATOR_DATA {
             return Err(bad("data length too large"));
         }
-        let space = self.data_space_bytes().ok_or(bad("data space neither sectors nor bytes"))?;
+        let space = self
+            .data_space_bytes()
+            .ok_or(bad("data space neither sectors nor bytes"))?;
         let space = space.max(u64::from(self.data_length));
         if self.data_offset % 512 != 0 {
             return Err(bad("data offset not sector aligned"));
         }
-        let end = self.data_offset.checked_add(space).ok_or(bad("data offset overflows"))?;
+        let end = self
+            .data_offset
+            .checked_add(space)
+            .ok_or(bad("data offset overflows"))?;
         if self.data_offset < 512 || end > file_len {
             return Err(bad("data outside the file"));
         }
@@ -107,8 +118,10 @@ pub fn decode_path(index: usize, platform: u32, data: &[u8]) -> Result<String, F
             if data.len() % 2 != 0 {
                 return Err(bad("odd UTF-16 data length"));
             }
-            let units: Vec<u16> =
-                data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            let units: Vec<u16> = data
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
             let end = units.iter().position(|&u| u == 0).unwrap_or(units.len());
             String::from_utf16(&units[..end]).map_err(|_| bad("invalid UTF-16"))?
         }
@@ -119,7 +132,9 @@ pub fn decode_path(index: usize, platform: u32, data: &[u8]) -> Result<String, F
         PLATFORM_MACX => {
             let end = data.iter().position(|&c| c == 0).unwrap_or(data.len());
             let url = std::str::from_utf8(&data[..end]).map_err(|_| bad("invalid UTF-8"))?;
-            let rest = url.strip_prefix("file://").ok_or(bad("MacX locator is not a file URL"))?;
+            let rest = url
+                .strip_prefix("file://")
+                .ok_or(bad("MacX locator is not a file URL"))?;
             // file://localhost/path and file:///path
             let rest = rest.strip_prefix("localhost").unwrap_or(rest);
             percent_decode(rest).ok_or(bad("bad percent escape"))?
@@ -151,12 +166,17 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// Encodes a path for a `W2ku`/`W2ru` locator: `/` becomes `\`, UTF-16LE, no NUL.
 pub fn encode_windows_path(path: &str) -> Vec<u8> {
-    path.replace('/', "\\").encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
+    path.replace('/', "\\")
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect()
 }
 
 /// The parent unicode name field: UTF-16 code units of `name`, at most 256.
 pub fn encode_parent_name(name: &str) -> Vec<u16> {
-    name.encode_utf16().take(crate::header::PARENT_NAME_BYTES / 2).collect()
+    name.encode_utf16()
+        .take(crate::header::PARENT_NAME_BYTES / 2)
+        .collect()
 }
 
 #[cfg(test)]
@@ -173,13 +193,20 @@ mod tests {
 
     #[test]
     fn macx_urls() {
-        assert_eq!(decode_path(0, PLATFORM_MACX, b"file:///a%20b/p.vhd").unwrap(), "/a b/p.vhd");
+        assert_eq!(
+            decode_path(0, PLATFORM_MACX, b"file:///a%20b/p.vhd").unwrap(),
+            "/a b/p.vhd"
+        );
         assert!(decode_path(0, PLATFORM_MACX, b"http://x").is_err());
     }
 
     #[test]
     fn data_space_heuristic() {
-        let mut e = LocatorEntry { platform_code: PLATFORM_W2RU, data_space: 1, ..Default::default() };
+        let mut e = LocatorEntry {
+            platform_code: PLATFORM_W2RU,
+            data_space: 1,
+            ..Default::default()
+        };
         assert_eq!(e.data_space_bytes(), Some(512));
         e.data_space = 1024;
         assert_eq!(e.data_space_bytes(), Some(1024));

@@ -40,7 +40,10 @@ impl FileStorage {
     }
 
     pub fn open(path: &Path, read_only: bool) -> io::Result<FileStorage> {
-        let file = std::fs::OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)?;
         Ok(FileStorage { file })
     }
 
@@ -67,13 +70,18 @@ impl FileStorage {
 
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let l = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     #[allow(unsafe_code)]
     // SAFETY: fallocate takes a valid open descriptor (borrowed from `file` for the call)
     // and plain integers; it touches no memory of ours.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, l) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 impl Storage for FileStorage {
@@ -137,7 +145,9 @@ impl MemStorage {
     }
 
     pub fn from_vec(data: Vec<u8>) -> MemStorage {
-        MemStorage { data: RwLock::new(data) }
+        MemStorage {
+            data: RwLock::new(data),
+        }
     }
 
     /// A copy of the current bytes.
@@ -147,7 +157,10 @@ impl MemStorage {
 }
 
 fn too_big() -> io::Error {
-    io::Error::new(io::ErrorKind::OutOfMemory, "in-memory storage limit exceeded")
+    io::Error::new(
+        io::ErrorKind::OutOfMemory,
+        "in-memory storage limit exceeded",
+    )
 }
 
 impl Storage for MemStorage {
@@ -187,7 +200,10 @@ impl Storage for MemStorage {
         if len > MEM_STORAGE_LIMIT {
             return Err(too_big());
         }
-        self.data.write().unwrap_or_else(|e| e.into_inner()).resize(len as usize, 0);
+        self.data
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .resize(len as usize, 0);
         Ok(())
     }
 }

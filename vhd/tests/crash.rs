@@ -30,7 +30,10 @@ impl Storage for LogStorage {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.log.lock().unwrap().push(Event::Write(offset, buf.to_vec()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(Event::Write(offset, buf.to_vec()));
         self.inner.write_at(buf, offset)
     }
     fn flush(&self) -> std::io::Result<()> {
@@ -51,8 +54,17 @@ const BS: u32 = 64 << 10;
 
 /// Disjoint writes (offset, data); flushes after ops 1 and 3.
 fn ops() -> Vec<(u64, Vec<u8>)> {
-    let p = |n: usize, s: u8| (0..n).map(|i| (i as u8).wrapping_mul(31) ^ s | 1).collect::<Vec<u8>>();
-    vec![(200_005, p(3000, 1)), (4096, p(4096, 2)), (700_000, p(70_000, 3)), (900_000, p(100, 4))]
+    let p = |n: usize, s: u8| {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31) ^ s | 1)
+            .collect::<Vec<u8>>()
+    };
+    vec![
+        (200_005, p(3000, 1)),
+        (4096, p(4096, 2)),
+        (700_000, p(70_000, 3)),
+        (900_000, p(100, 4)),
+    ]
 }
 const FLUSH_AFTER: [usize; 2] = [1, 2];
 
@@ -85,9 +97,18 @@ fn run(diff: bool) {
         p.close().unwrap();
     }
     let pb = parent_bytes.clone();
-    let resolver = FnResolver(move |_: vhd::chain::ChildRef<'_>, _: &vhd::chain::ParentHints| {
-        (vec![ParentCandidate { storage: pb.clone(), identity: "parent".into(), path: None }], vec![])
-    });
+    let resolver = FnResolver(
+        move |_: vhd::chain::ChildRef<'_>, _: &vhd::chain::ParentHints| {
+            (
+                vec![ParentCandidate {
+                    storage: pb.clone(),
+                    identity: "parent".into(),
+                    path: None,
+                }],
+                vec![],
+            )
+        },
+    );
     let resolver: &dyn ParentResolver = if diff { &resolver } else { &NoParents };
     let base = MemStorage::new();
     if diff {
@@ -107,7 +128,13 @@ fn run(diff: bool) {
     }
     // a first flushed write, part of the base state
     {
-        let img = Image::open_storage(Arc::new(MemStorage::from_vec(base.to_vec())), false, "c", resolver).unwrap();
+        let img = Image::open_storage(
+            Arc::new(MemStorage::from_vec(base.to_vec())),
+            false,
+            "c",
+            resolver,
+        )
+        .unwrap();
         drop(img);
     }
     let base_bytes = {
@@ -117,7 +144,10 @@ fn run(diff: bool) {
         img.close().unwrap();
         s.to_vec()
     };
-    let logged = Arc::new(LogStorage { inner: MemStorage::from_vec(base_bytes.clone()), log: Mutex::new(Vec::new()) });
+    let logged = Arc::new(LogStorage {
+        inner: MemStorage::from_vec(base_bytes.clone()),
+        log: Mutex::new(Vec::new()),
+    });
     let ops = ops();
     {
         let img = Image::open_storage(logged.clone(), false, "c", resolver).unwrap();
@@ -133,12 +163,31 @@ fn run(diff: bool) {
         logged.log.lock().unwrap().push(Event::Commit(ops.len()));
     }
     let log = logged.log.lock().unwrap().clone();
-    let old = |_off: u64, len: usize| -> Vec<u8> { if diff { vec![0xEE; len] } else { vec![0u8; len] } };
+    let old = |_off: u64, len: usize| -> Vec<u8> {
+        if diff {
+            vec![0xEE; len]
+        } else {
+            vec![0u8; len]
+        }
+    };
     let mut states = 0;
     for n in 0..=log.len() {
         let prefix = &log[..n];
-        let durable_upto = prefix.iter().rposition(|e| matches!(e, Event::Flush)).map_or(0, |i| i + 1);
-        let committed = prefix.iter().filter_map(|e| if let Event::Commit(c) = e { Some(*c) } else { None }).max().unwrap_or(0);
+        let durable_upto = prefix
+            .iter()
+            .rposition(|e| matches!(e, Event::Flush))
+            .map_or(0, |i| i + 1);
+        let committed = prefix
+            .iter()
+            .filter_map(|e| {
+                if let Event::Commit(c) = e {
+                    Some(*c)
+                } else {
+                    None
+                }
+            })
+            .max()
+            .unwrap_or(0);
         let mut candidates = vec![(apply(&base_bytes, prefix, None), "prefix")];
         candidates.push((apply(&base_bytes, &log[..durable_upto], None), "last flush"));
         for skip in durable_upto..n {
@@ -149,26 +198,42 @@ fn run(diff: bool) {
         for (bytes, kind) in candidates {
             states += 1;
             let s = Arc::new(MemStorage::from_vec(bytes));
-            let img = Image::open_storage(s.clone(), false, "c", resolver)
-                .unwrap_or_else(|e| panic!("diff={diff} crash after event {n} ({kind}): open failed: {e}"));
+            let img = Image::open_storage(s.clone(), false, "c", resolver).unwrap_or_else(|e| {
+                panic!("diff={diff} crash after event {n} ({kind}): open failed: {e}")
+            });
             let r = vhd::check::check_image(&img);
-            assert!(r.corruptions() == 0, "diff={diff} n={n} {kind}: {:?}", r.findings);
+            assert!(
+                r.corruptions() == 0,
+                "diff={diff} n={n} {kind}: {:?}",
+                r.findings
+            );
             let mut first = vec![0u8; 4096];
             img.read_at(&mut first, 0).unwrap();
-            assert_eq!(first, vec![7u8; 4096], "diff={diff} n={n} {kind}: base write lost");
+            assert_eq!(
+                first,
+                vec![7u8; 4096],
+                "diff={diff} n={n} {kind}: base write lost"
+            );
             for (i, (off, data)) in ops.iter().enumerate() {
                 let mut b = vec![0u8; data.len()];
                 img.read_at(&mut b, *off).unwrap();
                 if i < committed {
                     assert!(b == *data, "diff={diff} n={n} {kind}: flushed op {i} lost");
                 } else {
-                    assert!(b == *data || b == old(*off, data.len()), "diff={diff} n={n} {kind}: op {i} torn");
+                    assert!(
+                        b == *data || b == old(*off, data.len()),
+                        "diff={diff} n={n} {kind}: op {i} torn"
+                    );
                 }
             }
             drop(img);
             // after the read-write open repaired it, a read-only open is clean too
             let again = Image::open_storage(s, true, "c", resolver).unwrap();
-            assert!(again.warnings().is_empty(), "diff={diff} n={n} {kind}: {:?}", again.warnings());
+            assert!(
+                again.warnings().is_empty(),
+                "diff={diff} n={n} {kind}: {:?}",
+                again.warnings()
+            );
         }
     }
     assert!(states > log.len());

@@ -23,8 +23,27 @@ fn write(img: &Image, model: &mut [u8], off: u64, data: &[u8]) {
 fn build_chain(dir: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let base = dir.join("base.vhd");
     let bs = base.to_str().unwrap();
-    qemu_img(&["create", "-q", "-f", "vpc", "-o", "subformat=dynamic,force_size=on", bs, "24M"]);
-    qemu_io(&["-f", "vpc", "-c", "write -P 0x11 0 3M", "-c", "write -P 0x22 8M 1M", "-c", "write -P 0x33 20M 4M", bs]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vpc",
+        "-o",
+        "subformat=dynamic,force_size=on",
+        bs,
+        "24M",
+    ]);
+    qemu_io(&[
+        "-f",
+        "vpc",
+        "-c",
+        "write -P 0x11 0 3M",
+        "-c",
+        "write -P 0x22 8M 1M",
+        "-c",
+        "write -P 0x33 20M 4M",
+        bs,
+    ]);
     let base_model = qemu_raw(&base, dir);
     create_differencing_file(&dir.join("mid.vhd"), &base, Some(512 << 10)).unwrap();
     let mid = open_rw(&dir.join("mid.vhd"));
@@ -55,8 +74,14 @@ fn two_level_chain_matches_libvhdi() {
     assert_eq!(img.chain().len(), 3);
     assert_eq!(read_all(&img), top_model);
     assert_eq!(vhd::check::check_image(&img).exit_code(), 0);
-    assert!(pyvhdi_read(&[&top, &mid, &base], None, d) == top_model, "libvhdi reads the top of the chain");
-    assert!(pyvhdi_read(&[&mid, &base], None, d) == mid_model, "libvhdi reads the middle");
+    assert!(
+        pyvhdi_read(&[&top, &mid, &base], None, d) == top_model,
+        "libvhdi reads the top of the chain"
+    );
+    assert!(
+        pyvhdi_read(&[&mid, &base], None, d) == mid_model,
+        "libvhdi reads the middle"
+    );
     // block status merges the chain: base data at 0, holes where no image has data
     let ext = img.block_status(0, SIZE).unwrap();
     assert_eq!(ext.iter().map(|e| e.length).sum::<u64>(), SIZE);
@@ -75,10 +100,16 @@ fn unaligned_child_writes_follow_the_spec() {
     create_differencing_file(&top, &d.join("mid.vhd"), Some(64 << 10)).unwrap();
     let img = open_rw(&top);
     let mut model = mid_model.clone();
-    for (i, (off, len)) in
-        [(1u64, 10usize), (700, 300), (65536 - 3, 9), ((8 << 20) + 100, 1000), ((20 << 20) + 511, 2), (4095, 1)]
-            .into_iter()
-            .enumerate()
+    for (i, (off, len)) in [
+        (1u64, 10usize),
+        (700, 300),
+        (65536 - 3, 9),
+        ((8 << 20) + 100, 1000),
+        ((20 << 20) + 511, 2),
+        (4095, 1),
+    ]
+    .into_iter()
+    .enumerate()
     {
         write(&img, &mut model, off, &pattern(len, 40 + i as u8));
         let mut b = vec![0u8; 2048];
@@ -99,7 +130,11 @@ fn merge_and_compact() {
     let (base, mid, top) = (d.join("base.vhd"), d.join("mid.vhd"), d.join("top.vhd"));
     let s = merge(&top, &MergeOptions::default(), &mut |_, _| {}).unwrap();
     assert!(s.child_removed && !top.exists());
-    assert_eq!(read_all(&open_ro(&mid)), top_model, "merged parent has the child's content");
+    assert_eq!(
+        read_all(&open_ro(&mid)),
+        top_model,
+        "merged parent has the child's content"
+    );
     assert!(pyvhdi_read(&[&mid, &base], None, d) == top_model);
     // compact: a zero block over parent zeros goes, one hiding parent data stays
     let img = open_rw(&mid);
@@ -115,7 +150,10 @@ fn merge_and_compact() {
     assert_eq!(read_all(&img), expect);
     let st = img.compact(&mut |_, _| {}).unwrap();
     assert!(st.blocks_deallocated >= 1, "{st:?}");
-    assert_eq!(img.allocated_blocks().unwrap(), blocks - st.blocks_deallocated);
+    assert_eq!(
+        img.allocated_blocks().unwrap(),
+        blocks - st.blocks_deallocated
+    );
     img.close().unwrap();
     let after = std::fs::metadata(&mid).unwrap().len();
     assert!(after < before, "{after} < {before}");
@@ -133,7 +171,12 @@ fn compact_dynamic_reclaims_zero_blocks_and_leaks() {
     let img = open_rw(&p);
     let mut model = vec![0u8; SIZE as usize];
     for b in 0..12u64 {
-        write(&img, &mut model, b * (2 << 20) + 4096, &pattern(4096, b as u8));
+        write(
+            &img,
+            &mut model,
+            b * (2 << 20) + 4096,
+            &pattern(4096, b as u8),
+        );
     }
     // zero some blocks again (stay allocated) and unmap others (leak until compact)
     img.write_zeroes(2 << 20, 2 << 20, false).unwrap();
@@ -174,10 +217,23 @@ fn parent_resolution() {
     let other = d.join("other");
     std::fs::create_dir(&other).unwrap();
     std::fs::rename(moved.join("mid.vhd"), other.join("renamed.vhd")).unwrap();
-    let err = Image::open(&moved.join("top.vhd"), &OpenOptions { read_only: true, parent: None }).unwrap_err();
+    let err = Image::open(
+        &moved.join("top.vhd"),
+        &OpenOptions {
+            read_only: true,
+            parent: None,
+        },
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::ParentNotFound(_)), "{err}");
-    let opts = OpenOptions { read_only: true, parent: Some(other.join("renamed.vhd")) };
-    assert!(Image::open(&moved.join("top.vhd"), &opts).is_err(), "renamed mid's own parent link is gone");
+    let opts = OpenOptions {
+        read_only: true,
+        parent: Some(other.join("renamed.vhd")),
+    };
+    assert!(
+        Image::open(&moved.join("top.vhd"), &opts).is_err(),
+        "renamed mid's own parent link is gone"
+    );
     std::fs::rename(moved.join("base.vhd"), other.join("base.vhd")).unwrap();
     let img = Image::open(&moved.join("top.vhd"), &opts).unwrap();
     assert_eq!(img.chain().len(), 3);
@@ -185,7 +241,10 @@ fn parent_resolution() {
     // wrong parent: UUID mismatch is a typed error
     let wrong = d.join("wrong.vhd");
     create_file(&wrong, &CreateOptions::new(DiskType::Dynamic, SIZE)).unwrap();
-    let opts = OpenOptions { read_only: true, parent: Some(wrong) };
+    let opts = OpenOptions {
+        read_only: true,
+        parent: Some(wrong),
+    };
     let err = Image::open(&moved.join("top.vhd"), &opts).unwrap_err();
     assert!(matches!(err, Error::ParentUuidMismatch { .. }), "{err}");
 }

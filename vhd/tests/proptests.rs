@@ -14,7 +14,11 @@ use vhd::locator::LocatorEntry;
 use vhd::{Image, MemStorage, bitmap};
 
 fn disk_type() -> impl Strategy<Value = DiskType> {
-    prop_oneof![Just(DiskType::Fixed), Just(DiskType::Dynamic), Just(DiskType::Differencing)]
+    prop_oneof![
+        Just(DiskType::Fixed),
+        Just(DiskType::Dynamic),
+        Just(DiskType::Differencing)
+    ]
 }
 
 proptest! {
@@ -178,12 +182,28 @@ fn run_model(diff: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
     let pc = parent.clone();
-    let resolver = FnResolver(move |_: vhd::chain::ChildRef<'_>, _: &vhd::chain::ParentHints| {
-        (vec![ParentCandidate { storage: pc.clone(), identity: "p".into(), path: None }], vec![])
-    });
+    let resolver = FnResolver(
+        move |_: vhd::chain::ChildRef<'_>, _: &vhd::chain::ParentHints| {
+            (
+                vec![ParentCandidate {
+                    storage: pc.clone(),
+                    identity: "p".into(),
+                    path: None,
+                }],
+                vec![],
+            )
+        },
+    );
     let storage = Arc::new(MemStorage::new());
     if diff {
-        let info = ParentInfo { uuid: pf.uuid, virtual_size: MSIZE, timestamp: 0, name: "p".into(), absolute: None, relative: None };
+        let info = ParentInfo {
+            uuid: pf.uuid,
+            virtual_size: MSIZE,
+            timestamp: 0,
+            name: "p".into(),
+            absolute: None,
+            relative: None,
+        };
         create_differencing(storage.as_ref(), &info, MBS, None).unwrap();
     } else {
         let mut o = CreateOptions::new(DiskType::Dynamic, MSIZE);
@@ -231,7 +251,11 @@ fn run_model(diff: bool, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut at = 0u64;
     for e in img.block_status(0, MSIZE).unwrap() {
         if e.kind == vhd::ExtentKind::Hole {
-            prop_assert!(model[at as usize..(at + e.length) as usize].iter().all(|&x| x == 0));
+            prop_assert!(
+                model[at as usize..(at + e.length) as usize]
+                    .iter()
+                    .all(|&x| x == 0)
+            );
         }
         at += e.length;
     }

@@ -49,14 +49,21 @@ fn our_images_read_by_qemu() {
         assert_eq!(read_all(&img), model);
         img.close().unwrap();
         assert_eq!(qemu_size(&p), size);
-        assert!(qemu_raw(&p, dir.path()) == model, "qemu reads what we wrote ({t}, {size})");
+        assert!(
+            qemu_raw(&p, dir.path()) == model,
+            "qemu reads what we wrote ({t}, {size})"
+        );
         let r = vhd::check::check_path(&p, None).unwrap();
         assert_eq!(r.exit_code(), 0, "{:?}", r.findings);
         // data areas of dynamic blocks are 4 KiB-aligned
         let img = open_ro(&p);
         for b in 0..img.header().map_or(0, |h| h.max_table_entries) {
             if let Some(e) = img.bat_entry(b) {
-                assert_eq!((u64::from(e) * 512 + 512) % 4096, 0, "block {b} data aligned");
+                assert_eq!(
+                    (u64::from(e) * 512 + 512) % 4096,
+                    0,
+                    "block {b} data aligned"
+                );
             }
         }
     }
@@ -65,7 +72,12 @@ fn our_images_read_by_qemu() {
 #[test]
 fn qemu_images_read_by_us() {
     let dir = tempfile::tempdir().unwrap();
-    for (sub, force) in [("dynamic", false), ("dynamic", true), ("fixed", false), ("fixed", true)] {
+    for (sub, force) in [
+        ("dynamic", false),
+        ("dynamic", true),
+        ("fixed", false),
+        ("fixed", true),
+    ] {
         let p = dir.path().join(format!("q-{sub}-{force}.vhd"));
         let ps = p.to_str().unwrap();
         let mut opts = format!("subformat={sub}");
@@ -73,14 +85,24 @@ fn qemu_images_read_by_us() {
             opts.push_str(",force_size=on");
         }
         qemu_img(&["create", "-q", "-f", "vpc", "-o", &opts, ps, "40M"]);
-        qemu_io(&[
-            "-f", "vpc", "-c", "write -P 0x5a 0 4k", "-c", "write -P 0xa5 1000 70000", "-c",
-            "write -P 0x33 3M 2M", "-c", "write -P 0x77 30M 512",
-        ]
-        .iter()
-        .copied()
-        .chain([ps])
-        .collect::<Vec<_>>());
+        qemu_io(
+            &[
+                "-f",
+                "vpc",
+                "-c",
+                "write -P 0x5a 0 4k",
+                "-c",
+                "write -P 0xa5 1000 70000",
+                "-c",
+                "write -P 0x33 3M 2M",
+                "-c",
+                "write -P 0x77 30M 512",
+            ]
+            .iter()
+            .copied()
+            .chain([ps])
+            .collect::<Vec<_>>(),
+        );
         let expect = qemu_raw(&p, dir.path());
         let img = open_ro(&p);
         assert_eq!(img.virtual_size(), qemu_size(&p), "{sub} force={force}");
@@ -100,7 +122,10 @@ fn qemu_images_read_by_us() {
         img.write_at(&w, 1).unwrap();
         model[1..9001].copy_from_slice(&w);
         img.close().unwrap();
-        assert!(qemu_raw(&p, dir.path()) == model, "qemu reads our writes into its {sub} image");
+        assert!(
+            qemu_raw(&p, dir.path()) == model,
+            "qemu reads our writes into its {sub} image"
+        );
     }
 }
 
@@ -119,5 +144,9 @@ fn qemu_writes_into_our_dynamic_image_keep_old_footer_hidden() {
     let mut b = vec![0u8; 8192];
     img.read_at(&mut b, 512).unwrap();
     assert!(b.iter().all(|&x| x == 0));
-    assert_eq!((u64::from(img.bat_entry(0).unwrap()) * 512 + 512) % 4096, 0, "qemu's block data aligned too");
+    assert_eq!(
+        (u64::from(img.bat_entry(0).unwrap()) * 512 + 512) % 4096,
+        0,
+        "qemu's block data aligned too"
+    );
 }

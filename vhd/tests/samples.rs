@@ -23,7 +23,10 @@ fn sample_sizes_per_tool() {
         assert_eq!(img.footer().qemu_size(), qemu, "{name}");
         assert_eq!(qemu_size(&p), qemu, "{name}: qemu-img");
         let info = run("vhdiinfo", "libvhdi-utils", &[p.to_str().unwrap()]);
-        assert!(info.contains(&CURRENT_SIZE.to_string()), "{name}: vhdiinfo says\n{info}");
+        assert!(
+            info.contains(&CURRENT_SIZE.to_string()),
+            "{name}: vhdiinfo says\n{info}"
+        );
         assert_eq!(img.allocated_blocks(), Some(0));
         assert!(img.warnings().is_empty(), "{:?}", img.warnings());
         assert_eq!(vhd::check::check_image(&img).exit_code(), 0);
@@ -37,8 +40,13 @@ fn write_samples_then_other_readers_agree() {
         let p = sample(name, dir.path());
         let old_footer_pos = std::fs::metadata(&p).unwrap().len() - 512;
         // (offset, length, seed): first block only partly written, unaligned, far blocks
-        let writes: [(u64, usize, u8); 5] =
-            [(0, 512, 1), (8192 + 3, 5000, 2), (1 << 30, 1 << 20, 3), (100 << 30, 4096, 4), ((2 << 20) - 512, 1024, 5)];
+        let writes: [(u64, usize, u8); 5] = [
+            (0, 512, 1),
+            (8192 + 3, 5000, 2),
+            (1 << 30, 1 << 20, 3),
+            (100 << 30, 4096, 4),
+            ((2 << 20) - 512, 1024, 5),
+        ];
         let img = open_rw(&p);
         for &(off, len, seed) in &writes {
             img.write_at(&pattern(len, seed), off).unwrap();
@@ -48,7 +56,10 @@ fn write_samples_then_other_readers_agree() {
         assert_eq!(img.allocated_blocks(), Some(4), "{name}");
         // the first block went where the trailing footer was, data 4 KiB-aligned
         let first = u64::from(img.bat_entry(0).unwrap()) * 512;
-        assert!(first >= old_footer_pos && first < old_footer_pos + 4096, "{name}: block 0 at {first:#x}");
+        assert!(
+            first >= old_footer_pos && first < old_footer_pos + 4096,
+            "{name}: block 0 at {first:#x}"
+        );
         assert_eq!((first + 512) % 4096, 0);
         assert_eq!(vhd::check::check_image(&img).exit_code(), 0, "{name}");
         let ps = p.to_str().unwrap();
@@ -58,7 +69,12 @@ fn write_samples_then_other_readers_agree() {
         for &(off, len, _) in &writes {
             ranges.push((off, len as u64));
         }
-        for (off, len) in [(512u64, 7680u64), (3584, 16), (8192 + 5003, 4096), ((1 << 30) + (1 << 20), 65536)] {
+        for (off, len) in [
+            (512u64, 7680u64),
+            (3584, 16),
+            (8192 + 5003, 4096),
+            ((1 << 30) + (1 << 20), 65536),
+        ] {
             cmds.push(format!("read -P 0 {off} {len}"));
             ranges.push((off, len));
         }

@@ -24,11 +24,17 @@ pub(crate) struct Bitmaps {
 
 impl Bitmaps {
     pub(crate) fn new(bytes: usize, sectors: u32) -> Bitmaps {
-        Bitmaps { shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(), bytes, sectors }
+        Bitmaps {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            bytes,
+            sectors,
+        }
     }
 
     pub(crate) fn lock(&self, block: u32) -> MutexGuard<'_, Shard> {
-        self.shards[block as usize % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[block as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Sets the bitmap of a newly loaded or allocated block (full bitmaps are not stored).
@@ -56,13 +62,17 @@ impl Bitmaps {
 
     pub(crate) fn all_present(&self, block: u32, start: u32, end: u32) -> bool {
         let s = self.lock(block);
-        s.partial.get(&block).is_none_or(|bm| bitmap::all_set(bm, start, end))
+        s.partial
+            .get(&block)
+            .is_none_or(|bm| bitmap::all_set(bm, start, end))
     }
 
     /// A copy of the block's bitmap (all ones when full).
     pub(crate) fn get(&self, block: u32) -> Vec<u8> {
         let s = self.lock(block);
-        s.partial.get(&block).map_or_else(|| bitmap::full(self.bytes), |b| b.to_vec())
+        s.partial
+            .get(&block)
+            .map_or_else(|| bitmap::full(self.bytes), |b| b.to_vec())
     }
 
     /// Takes the dirty set of every shard: (block, bitmap bytes).
@@ -72,7 +82,10 @@ impl Bitmaps {
             let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
             let dirty: Vec<u32> = s.dirty.drain().collect();
             for b in dirty {
-                let bytes = s.partial.get(&b).map_or_else(|| bitmap::full(self.bytes), |x| x.to_vec());
+                let bytes = s
+                    .partial
+                    .get(&b)
+                    .map_or_else(|| bitmap::full(self.bytes), |x| x.to_vec());
                 out.push((b, bytes));
             }
         }
@@ -86,6 +99,8 @@ impl Bitmaps {
     }
 
     pub(crate) fn any_dirty(&self) -> bool {
-        self.shards.iter().any(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).dirty.is_empty())
+        self.shards
+            .iter()
+            .any(|s| !s.lock().unwrap_or_else(|e| e.into_inner()).dirty.is_empty())
     }
 }

@@ -12,7 +12,10 @@ impl Image {
     /// True when BAT sectors or bitmaps wait for a flush.
     pub fn is_dirty(&self) -> bool {
         let Some(d) = &self.dynamic else { return false };
-        !d.dirty_bat.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        !d.dirty_bat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
             || d.bitmaps.as_ref().is_some_and(|b| b.any_dirty())
     }
 
@@ -59,15 +62,23 @@ impl Image {
             return self.storage.flush().map_err(|e| Error::io("flush", e));
         }
         let res = (|| -> Result<()> {
-            self.storage.flush().map_err(|e| Error::io("flush data", e))?;
+            self.storage
+                .flush()
+                .map_err(|e| Error::io("flush data", e))?;
             for (s, bytes) in &bat_sectors {
                 let off = d.header.table_offset + u64::from(*s) * 512;
-                self.storage.write_at(bytes, off).map_err(|e| Error::io(format!("write BAT sector {s}"), e))?;
+                self.storage
+                    .write_at(bytes, off)
+                    .map_err(|e| Error::io(format!("write BAT sector {s}"), e))?;
             }
             for (_, off, bytes) in &bitmaps {
-                self.storage.write_at(bytes, *off).map_err(|e| Error::io("write sector bitmap", e))?;
+                self.storage
+                    .write_at(bytes, *off)
+                    .map_err(|e| Error::io("write sector bitmap", e))?;
             }
-            self.storage.flush().map_err(|e| Error::io("flush metadata", e))
+            self.storage
+                .flush()
+                .map_err(|e| Error::io("flush metadata", e))
         })();
         if res.is_err() {
             // Keep them dirty so a later flush retries.

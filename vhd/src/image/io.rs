@@ -41,7 +41,11 @@ impl Image {
     pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
-            _ => Err(Error::OutOfRange { offset, len, size: self.size }),
+            _ => Err(Error::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
         }
     }
 
@@ -61,32 +65,41 @@ impl Image {
         let Some(d) = &self.dynamic else {
             return Ok(self.storage.read_at(buf, offset)?);
         };
-        chunks(offset, buf.len() as u64, d.block_shift, |block, in_block, pos, n| {
-            let out = &mut buf[pos..pos + n];
-            let e = d.entry(block);
-            if e == UNALLOCATED {
-                return self.read_parent(out, offset + pos as u64);
-            }
-            let data = u64::from(e) * 512 + u64::from(d.bitmap_bytes);
-            let runs = match &d.bitmaps {
-                None => None,
-                Some(bm) => bm.runs(block, (in_block / 512) as u32, (in_block + n as u64).div_ceil(512) as u32),
-            };
-            let Some(runs) = runs else {
-                return Ok(self.storage.read_at(out, data + in_block)?);
-            };
-            for (s0, s1, present) in runs {
-                let a = (u64::from(s0) * 512).max(in_block);
-                let b = (u64::from(s1) * 512).min(in_block + n as u64);
-                let part = &mut out[(a - in_block) as usize..(b - in_block) as usize];
-                if present {
-                    self.storage.read_at(part, data + a)?;
-                } else {
-                    self.read_parent(part, offset + pos as u64 + (a - in_block))?;
+        chunks(
+            offset,
+            buf.len() as u64,
+            d.block_shift,
+            |block, in_block, pos, n| {
+                let out = &mut buf[pos..pos + n];
+                let e = d.entry(block);
+                if e == UNALLOCATED {
+                    return self.read_parent(out, offset + pos as u64);
                 }
-            }
-            Ok(())
-        })
+                let data = u64::from(e) * 512 + u64::from(d.bitmap_bytes);
+                let runs = match &d.bitmaps {
+                    None => None,
+                    Some(bm) => bm.runs(
+                        block,
+                        (in_block / 512) as u32,
+                        (in_block + n as u64).div_ceil(512) as u32,
+                    ),
+                };
+                let Some(runs) = runs else {
+                    return Ok(self.storage.read_at(out, data + in_block)?);
+                };
+                for (s0, s1, present) in runs {
+                    let a = (u64::from(s0) * 512).max(in_block);
+                    let b = (u64::from(s1) * 512).min(in_block + n as u64);
+                    let part = &mut out[(a - in_block) as usize..(b - in_block) as usize];
+                    if present {
+                        self.storage.read_at(part, data + a)?;
+                    } else {
+                        self.read_parent(part, offset + pos as u64 + (a - in_block))?;
+                    }
+                }
+                Ok(())
+            },
+        )
     }
 
     /// Reads from the parent; zeros where there is no parent or past its size.
@@ -104,7 +117,11 @@ impl Image {
     pub(crate) fn read_clamped(&self, out: &mut [u8], offset: u64) -> Result<()> {
         let avail = self.size.saturating_sub(offset).min(out.len() as u64) as usize;
         out[avail..].fill(0);
-        if avail > 0 { self.read_at(&mut out[..avail], offset) } else { Ok(()) }
+        if avail > 0 {
+            self.read_at(&mut out[..avail], offset)
+        } else {
+            Ok(())
+        }
     }
 
     /// Writes `buf` at `offset` of the virtual disk. Not durable until `flush()`.
@@ -114,9 +131,12 @@ impl Image {
         let Some(d) = &self.dynamic else {
             return Ok(self.storage.write_at(buf, offset)?);
         };
-        chunks(offset, buf.len() as u64, d.block_shift, |block, in_block, pos, n| {
-            self.write_chunk(block, in_block, &buf[pos..pos + n])
-        })
+        chunks(
+            offset,
+            buf.len() as u64,
+            d.block_shift,
+            |block, in_block, pos, n| self.write_chunk(block, in_block, &buf[pos..pos + n]),
+        )
     }
 
     pub(crate) fn write_chunk(&self, block: u32, in_block: u64, data: &[u8]) -> Result<()> {
@@ -148,7 +168,12 @@ impl Image {
         let mut shard = bms.lock(block);
         let s0 = (in_block / 512) as u32;
         let s1 = (in_block + data.len() as u64).div_ceil(512) as u32;
-        let present = |s: u32| shard.partial.get(&block).is_none_or(|bm| crate::bitmap::get(bm, s));
+        let present = |s: u32| {
+            shard
+                .partial
+                .get(&block)
+                .is_none_or(|bm| crate::bitmap::get(bm, s))
+        };
         let (start, aligned) = self.sector_align(block, in_block, data, present)?;
         self.storage.write_at(&aligned, data_off + start)?;
         let full = match shard.partial.get_mut(&block) {
@@ -252,7 +277,9 @@ impl Image {
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_writable()?;
         self.check_range(offset, len)?;
-        let Some(d) = &self.dynamic else { return Ok(()) };
+        let Some(d) = &self.dynamic else {
+            return Ok(());
+        };
         if d.bitmaps.is_some() {
             return Ok(());
         }

@@ -163,7 +163,10 @@ impl Image {
     /// Number of allocated blocks (dynamic/differencing), `None` for fixed.
     pub fn allocated_blocks(&self) -> Option<u64> {
         self.dynamic.as_ref().map(|d| {
-            d.bat.iter().filter(|e| e.load(Ordering::Relaxed) != UNALLOCATED).count() as u64
+            d.bat
+                .iter()
+                .filter(|e| e.load(Ordering::Relaxed) != UNALLOCATED)
+                .count() as u64
         })
     }
 

@@ -34,10 +34,21 @@ impl Image {
     /// Opens an image file (and, for differencing images, its parents read-only).
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Image> {
         let canon = std::fs::canonicalize(path).map_err(|e| Error::Path(path.to_path_buf(), e))?;
-        let fs = FileStorage::open(&canon, opts.read_only).map_err(|e| Error::Path(canon.clone(), e))?;
-        let resolver = PathResolver { explicit: opts.parent.clone() };
+        let fs =
+            FileStorage::open(&canon, opts.read_only).map_err(|e| Error::Path(canon.clone(), e))?;
+        let resolver = PathResolver {
+            explicit: opts.parent.clone(),
+        };
         let identity = canon.display().to_string();
-        open_chain(Arc::new(fs), opts.read_only, identity, Some(canon), &resolver, 0, &mut Visited::default())
+        open_chain(
+            Arc::new(fs),
+            opts.read_only,
+            identity,
+            Some(canon),
+            &resolver,
+            0,
+            &mut Visited::default(),
+        )
     }
 
     /// Opens an image on any storage; parents come from `resolver` (opened read-only).
@@ -47,7 +58,15 @@ impl Image {
         identity: &str,
         resolver: &dyn ParentResolver,
     ) -> Result<Image> {
-        open_chain(storage, read_only, identity.to_string(), None, resolver, 0, &mut Visited::default())
+        open_chain(
+            storage,
+            read_only,
+            identity.to_string(),
+            None,
+            resolver,
+            0,
+            &mut Visited::default(),
+        )
     }
 
     /// What this differencing image says about its parent (`None` for other types).
@@ -97,11 +116,20 @@ fn open_chain(
     visited.identities.push(identity.clone());
     let mut img = load(storage, read_only, identity, path)?;
     if visited.uuids.contains(&img.footer.uuid) {
-        return Err(Error::ParentLoop(format!("{} (unique id {})", img.identity, img.footer.uuid)));
+        return Err(Error::ParentLoop(format!(
+            "{} (unique id {})",
+            img.identity, img.footer.uuid
+        )));
     }
     visited.uuids.push(img.footer.uuid);
-    let Some(hints) = img.parent_hints() else { return Ok(img) };
-    let child = ChildRef { identity: &img.identity, path: img.path.as_deref(), depth };
+    let Some(hints) = img.parent_hints() else {
+        return Ok(img);
+    };
+    let child = ChildRef {
+        identity: &img.identity,
+        path: img.path.as_deref(),
+        depth,
+    };
     let (candidates, tried) = resolver.candidates(child, &hints);
     let mut first_err: Option<Error> = None;
     for c in candidates {
@@ -111,7 +139,15 @@ fn open_chain(
         }
         match read_footer(c.storage.as_ref()) {
             Ok(f) if f.uuid == hints.parent_uuid => {
-                let parent = open_chain(c.storage, true, c.identity, c.path, resolver, depth + 1, visited)?;
+                let parent = open_chain(
+                    c.storage,
+                    true,
+                    c.identity,
+                    c.path,
+                    resolver,
+                    depth + 1,
+                    visited,
+                )?;
                 img.parent = Some(Arc::new(parent));
                 return Ok(img);
             }
@@ -134,7 +170,11 @@ fn open_chain(
 pub(crate) fn read_footer(storage: &dyn Storage) -> Result<Footer> {
     let len = storage.len()?;
     if len < FOOTER_SIZE as u64 {
-        return Err(Error::Truncated { what: "footer", need: FOOTER_SIZE as u64, len });
+        return Err(Error::Truncated {
+            what: "footer",
+            need: FOOTER_SIZE as u64,
+            len,
+        });
     }
     let mut tail = [0u8; FOOTER_SIZE];
     storage.read_at(&mut tail, len - FOOTER_SIZE as u64)?;
@@ -160,7 +200,11 @@ pub(crate) fn load(
 ) -> Result<Image> {
     let len = storage.len()?;
     if len < FOOTER_SIZE as u64 {
-        return Err(Error::Truncated { what: "footer", need: FOOTER_SIZE as u64, len });
+        return Err(Error::Truncated {
+            what: "footer",
+            need: FOOTER_SIZE as u64,
+            len,
+        });
     }
     let mut warnings = Vec::new();
     let mut tail = [0u8; FOOTER_SIZE];
@@ -197,22 +241,34 @@ pub(crate) fn load(
     };
     if img.footer.disk_type == DiskType::Fixed {
         if footer_pos < size {
-            return Err(Error::Truncated { what: "fixed disk data", need: size + 512, len });
+            return Err(Error::Truncated {
+                what: "fixed disk data",
+                need: size + 512,
+                len,
+            });
         }
         return Ok(img);
     }
     if !repair {
         match Footer::parse(&head) {
             Ok(f) if f == img.footer => {}
-            Ok(_) => img.warnings.push("footer copy at offset 0 differs from the trailing footer".into()),
-            Err(e) => img.warnings.push(format!("footer copy at offset 0 is invalid: {e}")),
+            Ok(_) => img
+                .warnings
+                .push("footer copy at offset 0 differs from the trailing footer".into()),
+            Err(e) => img
+                .warnings
+                .push(format!("footer copy at offset 0 is invalid: {e}")),
         }
     }
     img.dynamic = Some(load_dynamic(&img, len, footer_pos)?);
     if repair && !read_only {
         let f = img.footer.encode();
-        img.storage.write_at(&f, footer_pos).map_err(|e| Error::io("rewrite trailing footer", e))?;
-        img.storage.flush().map_err(|e| Error::io("flush repaired footer", e))?;
+        img.storage
+            .write_at(&f, footer_pos)
+            .map_err(|e| Error::io("rewrite trailing footer", e))?;
+        img.storage
+            .flush()
+            .map_err(|e| Error::io("flush repaired footer", e))?;
         for w in &mut img.warnings {
             if w.starts_with("no valid footer") {
                 *w = format!("repaired: {w}; footer rewritten at {footer_pos:#x}");
@@ -223,10 +279,19 @@ pub(crate) fn load(
 }
 
 fn load_dynamic(img: &Image, len: u64, footer_pos: u64) -> Result<Dyn> {
-    let hdr_off = img.footer.data_offset.ok_or(FormatError::BadDataOffset(u64::MAX))?;
-    let hdr_end = hdr_off.checked_add(HEADER_SIZE as u64).ok_or(FormatError::BadDataOffset(hdr_off))?;
+    let hdr_off = img
+        .footer
+        .data_offset
+        .ok_or(FormatError::BadDataOffset(u64::MAX))?;
+    let hdr_end = hdr_off
+        .checked_add(HEADER_SIZE as u64)
+        .ok_or(FormatError::BadDataOffset(hdr_off))?;
     if hdr_end > len {
-        return Err(Error::Truncated { what: "dynamic header", need: hdr_end, len });
+        return Err(Error::Truncated {
+            what: "dynamic header",
+            need: hdr_end,
+            len,
+        });
     }
     let mut hb = vec![0u8; HEADER_SIZE];
     img.storage.read_at(&mut hb, hdr_off)?;
@@ -235,13 +300,24 @@ fn load_dynamic(img: &Image, len: u64, footer_pos: u64) -> Result<Dyn> {
     let bat_off = header.table_offset;
     let bat_end = bat_off + header.bat_bytes();
     if bat_end > len {
-        return Err(Error::Truncated { what: "BAT", need: bat_end, len });
+        return Err(Error::Truncated {
+            what: "BAT",
+            need: bat_end,
+            len,
+        });
     }
     let overlaps = |s: u64, e: u64, s2: u64, e2: u64| s < e2 && s2 < e;
-    if overlaps(bat_off, bat_end, 0, 512) || overlaps(bat_off, bat_end, hdr_off, hdr_end) || bat_end > footer_pos {
+    if overlaps(bat_off, bat_end, 0, 512)
+        || overlaps(bat_off, bat_end, hdr_off, hdr_end)
+        || bat_end > footer_pos
+    {
         return Err(FormatError::BadTableOffset(bat_off).into());
     }
-    let mut meta = vec![(0, 512, "footer copy"), (hdr_off, hdr_end, "dynamic header"), (bat_off, bat_end, "BAT")];
+    let mut meta = vec![
+        (0, 512, "footer copy"),
+        (hdr_off, hdr_end, "dynamic header"),
+        (bat_off, bat_end, "BAT"),
+    ];
     let is_diff = img.footer.disk_type == DiskType::Differencing;
     let mut warnings = Vec::new();
     if is_diff {
@@ -269,10 +345,18 @@ fn load_dynamic(img: &Image, len: u64, footer_pos: u64) -> Result<Dyn> {
         let start = u64::from(e) * 512;
         let end = start + block_span;
         if end > footer_pos {
-            return Err(Error::BatEntryOutOfRange { block: i as u32, sector: e, end: footer_pos });
+            return Err(Error::BatEntryOutOfRange {
+                block: i as u32,
+                sector: e,
+                end: footer_pos,
+            });
         }
         if let Some(&(_, _, what)) = meta.iter().find(|&&(s, me, _)| overlaps(start, end, s, me)) {
-            return Err(Error::BatOverlapsMetadata { block: i as u32, offset: start, what });
+            return Err(Error::BatOverlapsMetadata {
+                block: i as u32,
+                offset: start,
+                what,
+            });
         }
     }
     let bitmaps = if is_diff {

@@ -56,7 +56,11 @@ impl Image {
             }
             let runs = match &d.bitmaps {
                 None => None,
-                Some(bm) => bm.runs(block, (in_block / 512) as u32, (in_block + n).div_ceil(512) as u32),
+                Some(bm) => bm.runs(
+                    block,
+                    (in_block / 512) as u32,
+                    (in_block + n).div_ceil(512) as u32,
+                ),
             };
             let Some(runs) = runs else {
                 push(out, n, ExtentKind::Data);

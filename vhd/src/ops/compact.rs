@@ -34,18 +34,29 @@ impl Image {
         }
         self.dyn_ref()?;
         self.flush()?;
-        let mut stats = CompactStats { bytes_before: self.storage.len()?, ..Default::default() };
-        let Some(d) = self.dynamic.as_ref() else { return Ok(stats) };
-        let allocated: Vec<u32> = (0..d.bat.len() as u32).filter(|&b| d.entry(b) != UNALLOCATED).collect();
+        let mut stats = CompactStats {
+            bytes_before: self.storage.len()?,
+            ..Default::default()
+        };
+        let Some(d) = self.dynamic.as_ref() else {
+            return Ok(stats);
+        };
+        let allocated: Vec<u32> = (0..d.bat.len() as u32)
+            .filter(|&b| d.entry(b) != UNALLOCATED)
+            .collect();
         let total = allocated.len() as u64 * 2;
         let bs = d.block_size as usize;
         let mut buf = vec![0u8; bs.min(COPY_CHUNK)];
         let mut pbuf = vec![0u8; bs.min(COPY_CHUNK)];
         for (i, &b) in allocated.iter().enumerate() {
             progress(i as u64, total);
-            let Some(data_off) = d.data_offset(b) else { continue };
+            let Some(data_off) = d.data_offset(b) else {
+                continue;
+            };
             let bm = d.bitmaps.as_ref().map(|bms| bms.get(b));
-            let mut droppable = bm.as_ref().is_none_or(|bm| !bitmap::is_empty(bm, d.sectors_per_block()));
+            let mut droppable = bm
+                .as_ref()
+                .is_none_or(|bm| !bitmap::is_empty(bm, d.sectors_per_block()));
             let mut at = 0usize;
             while droppable && at < bs {
                 let n = buf.len().min(bs - at);
@@ -59,7 +70,9 @@ impl Image {
                         for s in 0..(n / 512) {
                             let sec = ((at / 512) + s) as u32;
                             let r = s * 512..(s + 1) * 512;
-                            if bitmap::get(bm, sec) && (!is_zero(&buf[r.clone()]) || !is_zero(&pbuf[r])) {
+                            if bitmap::get(bm, sec)
+                                && (!is_zero(&buf[r.clone()]) || !is_zero(&pbuf[r]))
+                            {
                                 droppable = false;
                                 break;
                             }
@@ -74,7 +87,8 @@ impl Image {
             }
         }
         self.flush()?;
-        stats.blocks_moved = self.pack(&mut |done, _| progress(allocated.len() as u64 + done, total))?;
+        stats.blocks_moved =
+            self.pack(&mut |done, _| progress(allocated.len() as u64 + done, total))?;
         stats.bytes_after = self.storage.len()?;
         progress(total, total);
         Ok(stats)
@@ -84,7 +98,9 @@ impl Image {
     fn pack(&mut self, progress: Progress<'_>) -> Result<u64> {
         let st = self.storage.clone();
         let footer_bytes = self.footer.encode();
-        let Some(d) = self.dynamic.as_ref() else { return Ok(0) };
+        let Some(d) = self.dynamic.as_ref() else {
+            return Ok(0);
+        };
         let span = d.block_span();
         let bm = u64::from(d.bitmap_bytes);
         let mut blocks: Vec<(u64, u32)> = (0..d.bat.len() as u32)
@@ -92,8 +108,19 @@ impl Image {
             .collect();
         blocks.sort_unstable();
         let first = blocks.first().map_or(d.lock_alloc().footer_pos, |b| b.0);
-        let front_end = d.meta.iter().filter(|m| m.0 < first).map(|m| m.1).max().unwrap_or(512);
-        let overlaps_meta = |s: u64| d.meta.iter().find(|m| s < m.1 && m.0 < s + span).map(|m| m.1);
+        let front_end = d
+            .meta
+            .iter()
+            .filter(|m| m.0 < first)
+            .map(|m| m.1)
+            .max()
+            .unwrap_or(512);
+        let overlaps_meta = |s: u64| {
+            d.meta
+                .iter()
+                .find(|m| s < m.1 && m.0 < s + span)
+                .map(|m| m.1)
+        };
         // target slots, skipping metadata (a relocated BAT stays where it is)
         let mut slots = Vec::with_capacity(blocks.len());
         let mut p = place_block(front_end, bm, d.align);
@@ -115,7 +142,8 @@ impl Image {
             let mut at = 0u64;
             while at < span {
                 let n = (span - at).min(copy.len() as u64) as usize;
-                st.read_at(&mut copy[..n], from + at).map_err(io("read block"))?;
+                st.read_at(&mut copy[..n], from + at)
+                    .map_err(io("read block"))?;
                 st.write_at(&copy[..n], to + at).map_err(io("copy block"))?;
                 at += n as u64;
             }
@@ -123,9 +151,11 @@ impl Image {
                 // the copy reaches past the trailing footer: zero any gap, footer after it
                 if to > alloc.footer_pos {
                     let gap = vec![0u8; (to - alloc.footer_pos) as usize];
-                    st.write_at(&gap, alloc.footer_pos).map_err(io("zero gap"))?;
+                    st.write_at(&gap, alloc.footer_pos)
+                        .map_err(io("zero gap"))?;
                 }
-                st.write_at(&footer_bytes, to + span).map_err(io("write footer"))?;
+                st.write_at(&footer_bytes, to + span)
+                    .map_err(io("write footer"))?;
                 alloc.footer_pos = to + span;
             }
             drop(alloc);
@@ -135,8 +165,11 @@ impl Image {
             let vals: Vec<u32> = bat::blocks_in_sector(sector, d.header.max_table_entries)
                 .map(|x| d.bat[x as usize].load(Ordering::Acquire))
                 .collect();
-            st.write_at(&bat::encode(&vals), d.header.table_offset + u64::from(sector) * 512)
-                .map_err(io("write BAT sector"))?;
+            st.write_at(
+                &bat::encode(&vals),
+                d.header.table_offset + u64::from(sector) * 512,
+            )
+            .map_err(io("write BAT sector"))?;
             st.flush().map_err(io("flush BAT"))?;
             Ok(())
         };
@@ -156,7 +189,9 @@ impl Image {
                 unplaced.insert(to, b);
                 moves += 1;
             }
-            let Some((s, b)) = unplaced.pop_last() else { break };
+            let Some((s, b)) = unplaced.pop_last() else {
+                break;
+            };
             move_block(b, s, slot)?;
             moves += 1;
             progress(moves, slots.len() as u64);
@@ -166,7 +201,8 @@ impl Image {
         let new_pos = blocks_end.max(meta_end);
         let mut alloc = d.lock_alloc();
         if new_pos < alloc.footer_pos {
-            st.write_at(&footer_bytes, new_pos).map_err(io("write footer"))?;
+            st.write_at(&footer_bytes, new_pos)
+                .map_err(io("write footer"))?;
             st.flush().map_err(io("flush"))?;
             st.set_len(new_pos + 512).map_err(io("truncate"))?;
             st.flush().map_err(io("flush"))?;

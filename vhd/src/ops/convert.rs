@@ -89,7 +89,11 @@ pub fn probe(path: &Path) -> Result<SourceFormat> {
 }
 
 /// Opens a convert source read-only.
-pub fn open_source(path: &Path, format: Option<SourceFormat>, parent: Option<&Path>) -> Result<Source> {
+pub fn open_source(
+    path: &Path,
+    format: Option<SourceFormat>,
+    parent: Option<&Path>,
+) -> Result<Source> {
     let format = match format {
         Some(f) => f,
         None => probe(path)?,
@@ -97,10 +101,14 @@ pub fn open_source(path: &Path, format: Option<SourceFormat>, parent: Option<&Pa
     match format {
         SourceFormat::Vpc => Ok(Source::Vhd(Image::open(
             path,
-            &OpenOptions { read_only: true, parent: parent.map(Path::to_path_buf) },
+            &OpenOptions {
+                read_only: true,
+                parent: parent.map(Path::to_path_buf),
+            },
         )?)),
         SourceFormat::Raw => {
-            let storage = FileStorage::open(path, true).map_err(|e| Error::Path(path.to_path_buf(), e))?;
+            let storage =
+                FileStorage::open(path, true).map_err(|e| Error::Path(path.to_path_buf(), e))?;
             let size = storage.len()?;
             Ok(Source::Raw { storage, size })
         }
@@ -109,7 +117,12 @@ pub fn open_source(path: &Path, format: Option<SourceFormat>, parent: Option<&Pa
 
 /// Copies `src` into a new file `dst` of the target format. `dst` must not exist; it is
 /// removed again on failure.
-pub fn convert(src: &Source, dst: &Path, target: ConvertTarget, progress: Progress<'_>) -> Result<()> {
+pub fn convert(
+    src: &Source,
+    dst: &Path,
+    target: ConvertTarget,
+    progress: Progress<'_>,
+) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -139,14 +152,27 @@ fn convert_into(
             None
         }
         ConvertTarget::Fixed => {
-            create_fixed(storage.as_ref(), &CreateOptions::new(DiskType::Fixed, vhd_size))?;
-            Some(Image::open_storage(storage.clone(), false, &dst.display().to_string(), &crate::chain::NoParents)?)
+            create_fixed(
+                storage.as_ref(),
+                &CreateOptions::new(DiskType::Fixed, vhd_size),
+            )?;
+            Some(Image::open_storage(
+                storage.clone(),
+                false,
+                &dst.display().to_string(),
+                &crate::chain::NoParents,
+            )?)
         }
         ConvertTarget::Dynamic { block_size } => {
             let mut o = CreateOptions::new(DiskType::Dynamic, vhd_size);
             o.block_size = block_size;
             create_dynamic(storage.as_ref(), &o)?;
-            Some(Image::open_storage(storage.clone(), false, &dst.display().to_string(), &crate::chain::NoParents)?)
+            Some(Image::open_storage(
+                storage.clone(),
+                false,
+                &dst.display().to_string(),
+                &crate::chain::NoParents,
+            )?)
         }
     };
     let mut buf = vec![0u8; COPY_CHUNK];

@@ -22,13 +22,20 @@ impl Image {
             return Err(Error::ReadOnly);
         }
         if new_size > MAX_VIRTUAL_SIZE {
-            return Err(FormatError::SizeTooLarge { size: new_size, limit: MAX_VIRTUAL_SIZE }.into());
+            return Err(FormatError::SizeTooLarge {
+                size: new_size,
+                limit: MAX_VIRTUAL_SIZE,
+            }
+            .into());
         }
         if new_size % 512 != 0 {
             return Err(FormatError::SizeNotSectorAligned(new_size).into());
         }
         if new_size < self.size {
-            return Err(Error::Shrink { new: new_size, current: self.size });
+            return Err(Error::Shrink {
+                new: new_size,
+                current: self.size,
+            });
         }
         if new_size == self.size {
             return Ok(());
@@ -40,9 +47,11 @@ impl Image {
         let st = self.storage.clone();
         let Some(d) = self.dynamic.as_mut() else {
             let old = self.size;
-            st.write_at(&footer.encode(), new_size).map_err(io("write new footer"))?;
+            st.write_at(&footer.encode(), new_size)
+                .map_err(io("write new footer"))?;
             st.flush().map_err(io("flush"))?;
-            st.write_at(&[0u8; 512], old).map_err(io("zero old footer"))?;
+            st.write_at(&[0u8; 512], old)
+                .map_err(io("zero old footer"))?;
             st.flush().map_err(io("flush"))?;
             self.footer = footer;
             self.size = new_size;
@@ -50,7 +59,11 @@ impl Image {
         };
         let needed = new_size.div_ceil(u64::from(d.block_size));
         if needed > MAX_TABLE_ENTRIES {
-            return Err(FormatError::TableTooLarge { entries: needed, limit: MAX_TABLE_ENTRIES }.into());
+            return Err(FormatError::TableTooLarge {
+                entries: needed,
+                limit: MAX_TABLE_ENTRIES,
+            }
+            .into());
         }
         let needed = needed as u32;
         let footer_pos = d.lock_alloc().footer_pos;
@@ -73,33 +86,48 @@ impl Image {
                     limit = limit.min(m.0);
                 }
             }
-            d.bat.extend((d.bat.len()..needed as usize).map(|_| AtomicU32::new(UNALLOCATED)));
-            let vals: Vec<u32> = d.bat.iter().map(|a| a.load(std::sync::atomic::Ordering::Acquire)).collect();
+            d.bat
+                .extend((d.bat.len()..needed as usize).map(|_| AtomicU32::new(UNALLOCATED)));
+            let vals: Vec<u32> = d
+                .bat
+                .iter()
+                .map(|a| a.load(std::sync::atomic::Ordering::Acquire))
+                .collect();
             let encoded = bat::encode(&vals);
             if old_off + new_bytes <= limit {
-                st.write_at(&encoded, old_off).map_err(io("write grown BAT"))?;
+                st.write_at(&encoded, old_off)
+                    .map_err(io("write grown BAT"))?;
                 st.flush().map_err(io("flush"))?;
             } else {
                 let new_off = footer_pos.next_multiple_of(512);
                 let new_footer = new_off + new_bytes;
-                st.write_at(&encoded, new_off).map_err(io("write relocated BAT"))?;
-                st.write_at(&self.footer.encode(), new_footer).map_err(io("write footer"))?;
+                st.write_at(&encoded, new_off)
+                    .map_err(io("write relocated BAT"))?;
+                st.write_at(&self.footer.encode(), new_footer)
+                    .map_err(io("write footer"))?;
                 st.flush().map_err(io("flush"))?;
                 d.header.table_offset = new_off;
                 d.lock_alloc().footer_pos = new_footer;
             }
             d.header.max_table_entries = needed;
-            let bat_region = (d.header.table_offset, d.header.table_offset + d.header.bat_bytes(), "BAT");
+            let bat_region = (
+                d.header.table_offset,
+                d.header.table_offset + d.header.bat_bytes(),
+                "BAT",
+            );
             if let Some(m) = d.meta.iter_mut().find(|m| m.2 == "BAT") {
                 *m = bat_region;
             }
-            st.write_at(&d.header.encode(), d.header_offset).map_err(io("write header"))?;
+            st.write_at(&d.header.encode(), d.header_offset)
+                .map_err(io("write header"))?;
             st.flush().map_err(io("flush"))?;
         }
         let footer_pos = d.lock_alloc().footer_pos;
-        st.write_at(&footer.encode(), footer_pos).map_err(io("write trailing footer"))?;
+        st.write_at(&footer.encode(), footer_pos)
+            .map_err(io("write trailing footer"))?;
         st.flush().map_err(io("flush"))?;
-        st.write_at(&footer.encode(), 0).map_err(io("write footer copy"))?;
+        st.write_at(&footer.encode(), 0)
+            .map_err(io("write footer copy"))?;
         st.flush().map_err(io("flush"))?;
         self.footer = footer;
         self.size = new_size;

@@ -26,27 +26,52 @@ pub struct MergeStats {
 
 /// Merges the child image at `child_path` into its parent.
 pub fn merge(child_path: &Path, opts: &MergeOptions, progress: Progress<'_>) -> Result<MergeStats> {
-    let child = Image::open(child_path, &OpenOptions { read_only: true, parent: opts.parent.clone() })?;
+    let child = Image::open(
+        child_path,
+        &OpenOptions {
+            read_only: true,
+            parent: opts.parent.clone(),
+        },
+    )?;
     if child.disk_type() != DiskType::Differencing {
-        return Err(Error::WrongDiskType { needed: "differencing", found: child.disk_type().name() });
+        return Err(Error::WrongDiskType {
+            needed: "differencing",
+            found: child.disk_type().name(),
+        });
     }
     let parent_path = child
         .parent()
         .and_then(|p| p.path().map(Path::to_path_buf))
         .ok_or_else(|| Error::Invalid("parent has no file path".into()))?;
-    let mut parent = Image::open(&parent_path, &OpenOptions { read_only: false, parent: None })?;
+    let mut parent = Image::open(
+        &parent_path,
+        &OpenOptions {
+            read_only: false,
+            parent: None,
+        },
+    )?;
     if child.virtual_size() > parent.virtual_size() {
         parent.expand(child.virtual_size())?;
     }
     let d = child.dyn_ref()?;
-    let bms = d.bitmaps.as_ref().ok_or_else(|| Error::Invalid("child has no bitmaps".into()))?;
+    let bms = d
+        .bitmaps
+        .as_ref()
+        .ok_or_else(|| Error::Invalid("child has no bitmaps".into()))?;
     let spb = d.sectors_per_block();
-    let allocated: Vec<u32> = (0..d.bat.len() as u32).filter(|&b| d.data_offset(b).is_some()).collect();
-    let mut stats = MergeStats { parent: parent_path.clone(), ..Default::default() };
+    let allocated: Vec<u32> = (0..d.bat.len() as u32)
+        .filter(|&b| d.data_offset(b).is_some())
+        .collect();
+    let mut stats = MergeStats {
+        parent: parent_path.clone(),
+        ..Default::default()
+    };
     let mut buf = Vec::new();
     for (i, &b) in allocated.iter().enumerate() {
         progress(i as u64, allocated.len() as u64);
-        let Some(data_off) = d.data_offset(b) else { continue };
+        let Some(data_off) = d.data_offset(b) else {
+            continue;
+        };
         let bm = bms.get(b);
         let base = u64::from(b) << d.block_shift;
         for (s0, s1, present) in bitmap::runs(&bm, 0, spb) {

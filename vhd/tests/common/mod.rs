@@ -10,7 +10,9 @@ use vhd::{Image, OpenOptions};
 /// with its stderr when it fails.
 pub fn run(tool: &str, package: &str, args: &[&str]) -> String {
     let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run {tool} ({e}); install the Debian package {package} (scripts/install-deps)")
+        panic!(
+            "cannot run {tool} ({e}); install the Debian package {package} (scripts/install-deps)"
+        )
     });
     assert!(
         out.status.success(),
@@ -38,9 +40,20 @@ pub fn qemu_size(path: &Path) -> u64 {
 
 /// Whole disk content as qemu reads it (`qemu-img convert -f vpc -O raw`).
 pub fn qemu_raw(path: &Path, dir: &Path) -> Vec<u8> {
-    let raw = dir.join(format!("{}.qemu.raw", path.file_name().unwrap().to_str().unwrap()));
+    let raw = dir.join(format!(
+        "{}.qemu.raw",
+        path.file_name().unwrap().to_str().unwrap()
+    ));
     let _ = std::fs::remove_file(&raw);
-    qemu_img(&["convert", "-f", "vpc", "-O", "raw", path.to_str().unwrap(), raw.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "vpc",
+        "-O",
+        "raw",
+        path.to_str().unwrap(),
+        raw.to_str().unwrap(),
+    ]);
     let d = std::fs::read(&raw).unwrap();
     std::fs::remove_file(&raw).unwrap();
     d
@@ -81,9 +94,17 @@ pub fn pyvhdi_read(chain: &[&Path], ranges: Option<&[(u64, u64)]>, dir: &Path) -
     let out = dir.join("pyvhdi.out");
     let r = match ranges {
         None => "all".to_string(),
-        Some(rs) => rs.iter().map(|(o, n)| format!("{o}:{n}")).collect::<Vec<_>>().join(","),
+        Some(rs) => rs
+            .iter()
+            .map(|(o, n)| format!("{o}:{n}"))
+            .collect::<Vec<_>>()
+            .join(","),
     };
-    let mut args = vec![script.to_str().unwrap().to_string(), out.to_str().unwrap().to_string(), r];
+    let mut args = vec![
+        script.to_str().unwrap().to_string(),
+        out.to_str().unwrap().to_string(),
+        r,
+    ];
     args.extend(chain.iter().map(|p| p.to_str().unwrap().to_string()));
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     run("/usr/bin/python3", "python3-libvhdi", &a);
@@ -93,7 +114,11 @@ pub fn pyvhdi_read(chain: &[&Path], ranges: Option<&[(u64, u64)]>, dir: &Path) -
 /// Decompresses a Microsoft-written sample from ../shared/vhd-samples into `dir`.
 pub fn sample(name: &str, dir: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vhd-samples");
-    let root = if root.exists() { root } else { PathBuf::from("/work/shared/vhd-samples") };
+    let root = if root.exists() {
+        root
+    } else {
+        PathBuf::from("/work/shared/vhd-samples")
+    };
     let src = root.join(format!("{name}.bz2"));
     assert!(src.exists(), "sample {} missing", src.display());
     let dst = dir.join(name);
@@ -108,15 +133,31 @@ pub fn sample(name: &str, dir: &Path) -> PathBuf {
 
 /// Deterministic non-zero pattern.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| ((i as u32).wrapping_mul(2654435761) >> 24) as u8 ^ seed | 1).collect()
+    (0..len)
+        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 24) as u8 ^ seed | 1)
+        .collect()
 }
 
 pub fn open_rw(p: &Path) -> Image {
-    Image::open(p, &OpenOptions { read_only: false, parent: None }).unwrap()
+    Image::open(
+        p,
+        &OpenOptions {
+            read_only: false,
+            parent: None,
+        },
+    )
+    .unwrap()
 }
 
 pub fn open_ro(p: &Path) -> Image {
-    Image::open(p, &OpenOptions { read_only: true, parent: None }).unwrap()
+    Image::open(
+        p,
+        &OpenOptions {
+            read_only: true,
+            parent: None,
+        },
+    )
+    .unwrap()
 }
 
 /// Our full read of an image.
@@ -132,7 +173,9 @@ pub fn qemu_read(path: &Path, off: u64, len: usize) -> Vec<u8> {
     let out = qemu_io(&["-f", "vpc", "-r", "-c", &cmd, path.to_str().unwrap()]);
     let mut v = Vec::with_capacity(len);
     for line in out.lines() {
-        let Some((addr, rest)) = line.split_once(":  ") else { continue };
+        let Some((addr, rest)) = line.split_once(":  ") else {
+            continue;
+        };
         if u64::from_str_radix(addr, 16).is_err() {
             continue;
         }
