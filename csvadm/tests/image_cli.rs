@@ -1,5 +1,6 @@
 //! `csvadm image ...` end to end: each command runs the built binary on files in a temp
 //! dir; results are judged by qemu-img (sizes, content) and exit codes.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use vhd::create::{CreateOptions, create_file};
 use vhd::{DiskType, FileStorage, Image, OpenOptions, Storage};
 
+#[allow(clippy::large_enum_variant)] // a handful of instances
 enum Target {
     Raw(FileStorage),
     Vhd(Image),
@@ -58,7 +59,7 @@ fn random(t: &Arc<Target>, size: u64, write: bool, threads: usize, secs: f64) ->
         .map(|i| {
             let (t, stop, ops) = (t.clone(), stop.clone(), ops.clone());
             std::thread::spawn(move || {
-                let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1) * 0x1234_5678;
+                let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ ((i as u64 + 1) * 0x1234_5678);
                 let mut buf = vec![(i as u8) | 1; 4096];
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {

@@ -13,7 +13,7 @@ pub fn set_range(bm: &mut [u8], start: u32, end: u32) {
     let mut i = start;
     while i < end {
         let byte = (i / 8) as usize;
-        if i % 8 == 0 && end - i >= 8 {
+        if i.is_multiple_of(8) && end - i >= 8 {
             // whole bytes at a time for long runs
             let whole = ((end - i) / 8) as usize;
             let stop = (byte + whole).min(bm.len());

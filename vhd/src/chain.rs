@@ -124,10 +124,8 @@ impl ParentResolver for PathResolver {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        if child.depth == 0 {
-            if let Some(p) = &self.explicit {
-                Self::push(&mut out, &mut tried, p.clone());
-            }
+        if let (0, Some(p)) = (child.depth, &self.explicit) {
+            Self::push(&mut out, &mut tried, p.clone());
         }
         let ordered = [PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX];
         for code in ordered {

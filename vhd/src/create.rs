@@ -73,7 +73,7 @@ fn validate_size(size: u64) -> Result<()> {
         }
         .into());
     }
-    if size % 512 != 0 {
+    if !size.is_multiple_of(512) {
         return Err(FormatError::SizeNotSectorAligned(size).into());
     }
     if size == 0 {

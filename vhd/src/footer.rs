@@ -161,7 +161,7 @@ impl Footer {
             // Fixed disks store all ones; the spec text says 0xFFFFFFFF, accept both.
             DiskType::Fixed => None,
             _ => {
-                if raw_offset == u64::MAX || raw_offset % 512 != 0 || raw_offset < 512 {
+                if raw_offset == u64::MAX || !raw_offset.is_multiple_of(512) || raw_offset < 512 {
                     return Err(FormatError::BadDataOffset(raw_offset));
                 }
                 Some(raw_offset)

@@ -109,7 +109,7 @@ impl DynamicHeader {
             });
         }
         let table_offset = be64(b, 16);
-        if table_offset % 512 != 0 || table_offset < 512 || table_offset == u64::MAX {
+        if !table_offset.is_multiple_of(512) || table_offset < 512 || table_offset == u64::MAX {
             return Err(FormatError::BadTableOffset(table_offset));
         }
         let max_table_entries = be32(b, 28);

@@ -76,7 +76,7 @@ impl LocatorEntry {
         let s = u64::from(self.data_space);
         if self.data_space < 512 {
             Some(s * 512)
-        } else if self.data_space % 512 == 0 {
+        } else if self.data_space.is_multiple_of(512) {
             Some(s)
         } else {
             None
@@ -94,7 +94,7 @@ impl LocatorEntry {
             .data_space_bytes()
             .ok_or(bad("data space neither sectors nor bytes"))?;
         let space = space.max(u64::from(self.data_length));
-        if self.data_offset % 512 != 0 {
+        if !self.data_offset.is_multiple_of(512) {
             return Err(bad("data offset not sector aligned"));
         }
         let end = self
@@ -115,7 +115,7 @@ pub fn decode_path(index: usize, platform: u32, data: &[u8]) -> Result<String, F
     let bad = |reason| FormatError::BadLocator { index, reason };
     let text = match platform {
         PLATFORM_W2RU | PLATFORM_W2KU => {
-            if data.len() % 2 != 0 {
+            if !data.len().is_multiple_of(2) {
                 return Err(bad("odd UTF-16 data length"));
             }
             let units: Vec<u16> = data

@@ -1,5 +1,6 @@
 //! Bad input: each corruption gets its typed error, never a panic. Images are built with
 //! this library, then damaged byte by byte.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use vhd::chain::{FnResolver, NoParents, ParentCandidate};

@@ -4,6 +4,7 @@
 //! later writes missing one (the OS may reorder unflushed writes). Each crash state must
 //! open (read-write, which repairs a torn trailing footer), check without corruption, and
 //! hold every write that a completed `flush()` covered.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::{Arc, Mutex};
 use vhd::chain::{FnResolver, NoParents, ParentCandidate, ParentResolver};

@@ -3,6 +3,7 @@
 //! in-memory model of the spec (libvhdi 20210425 returns zeros for clear sectors of a
 //! partly set bitmap byte, see the samples README). Then merge, compact, and parent
 //! resolution (relative locator after a move, explicit path, UUID mismatch, loops).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

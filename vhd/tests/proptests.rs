@@ -2,6 +2,7 @@
 //! the fuzz entry points on random bytes (stable stand-in for cargo-fuzz), and a
 //! model-based test of random operations on images against a plain byte vector,
 //! including reopen, for dynamic and differencing images.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use proptest::prelude::*;
 use std::sync::Arc;

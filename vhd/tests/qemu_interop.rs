@@ -2,6 +2,7 @@
 //! `qemu-img convert -f vpc` with the exact size in `qemu-img info`; images qemu-img
 //! creates and qemu-io writes (fixed, dynamic, with and without force_size) read the same
 //! bytes through this library, also after we write into them.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

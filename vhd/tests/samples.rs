@@ -1,6 +1,7 @@
 //! The Microsoft-written samples (Hyper-V 2012 R2 and Virtual PC dynamic disks): sizes as
 //! each tool reports them, then blocks written through this library at several offsets,
 //! read back by qemu-io, libvhdi (pyvhdi) and vhdiinfo; the old footer never shows.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -30,7 +30,7 @@ pub enum SourceFormat {
 /// A convert source.
 #[derive(Debug)]
 pub enum Source {
-    Vhd(Image),
+    Vhd(Box<Image>),
     Raw { storage: FileStorage, size: u64 },
 }
 
@@ -99,13 +99,13 @@ pub fn open_source(
         None => probe(path)?,
     };
     match format {
-        SourceFormat::Vpc => Ok(Source::Vhd(Image::open(
-            path,
-            &OpenOptions {
+        SourceFormat::Vpc => {
+            let opts = OpenOptions {
                 read_only: true,
                 parent: parent.map(Path::to_path_buf),
-            },
-        )?)),
+            };
+            Ok(Source::Vhd(Box::new(Image::open(path, &opts)?)))
+        }
         SourceFormat::Raw => {
             let storage =
                 FileStorage::open(path, true).map_err(|e| Error::Path(path.to_path_buf(), e))?;

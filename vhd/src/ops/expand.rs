@@ -28,7 +28,7 @@ impl Image {
             }
             .into());
         }
-        if new_size % 512 != 0 {
+        if !new_size.is_multiple_of(512) {
             return Err(FormatError::SizeNotSectorAligned(new_size).into());
         }
         if new_size < self.size {

@@ -1,6 +1,6 @@
 //! Shared helpers of the integration tests: external tools (which fail the test, naming
 //! the Debian package, when missing), sample images, patterns.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
