@@ -43,6 +43,8 @@ impl Image {
         self.flush()?;
         let mut footer = self.footer.clone();
         footer.current_size = new_size;
+        // libvhdi 20210425 takes the original size as the disk size: keep both equal.
+        footer.original_size = new_size;
         footer.geometry = Geometry::for_size(new_size);
         let st = self.storage.clone();
         let Some(d) = self.dynamic.as_mut() else {
