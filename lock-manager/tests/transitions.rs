@@ -31,14 +31,36 @@ fn e(n: u64) -> Epoch {
 fn g(n: u64) -> Generation {
     Generation(n)
 }
-fn granted(vhd: VhdId, node: NodeId, ep: u64, mode: Mode, gen_: u64, prev: Option<NodeId>) -> Result<Outcome, LockError> {
-    Ok(Outcome::Granted { vhd, node, epoch: e(ep), mode, generation: g(gen_), previous_writer: prev })
+fn granted(
+    vhd: VhdId,
+    node: NodeId,
+    ep: u64,
+    mode: Mode,
+    gen_: u64,
+    prev: Option<NodeId>,
+) -> Result<Outcome, LockError> {
+    Ok(Outcome::Granted {
+        vhd,
+        node,
+        epoch: e(ep),
+        mode,
+        generation: g(gen_),
+        previous_writer: prev,
+    })
 }
 fn stale(node: NodeId, given: u64, current: u64) -> Result<Outcome, LockError> {
-    Err(LockError::StaleEpoch { node, given: e(given), current: e(current) })
+    Err(LockError::StaleEpoch {
+        node,
+        given: e(given),
+        current: e(current),
+    })
 }
 fn conflict(holder: NodeId, reason: ConflictReason) -> Result<Outcome, LockError> {
-    Err(LockError::Conflict { vhd: V1, holder, reason })
+    Err(LockError::Conflict {
+        vhd: V1,
+        holder,
+        reason,
+    })
 }
 
 fn two() -> Vec<Command> {
@@ -60,7 +82,13 @@ fn rows() -> Vec<Row> {
             setup: vec![],
             before: "N  | V  | n=1",
             cmd: reg(1),
-            expect: Ok(Outcome::Registered { node: N1, epoch: e(1), status: NodeStatus::Live, renewals: 0, created: true }),
+            expect: Ok(Outcome::Registered {
+                node: N1,
+                epoch: e(1),
+                status: NodeStatus::Live,
+                renewals: 0,
+                created: true,
+            }),
             after: "N 1@1L0 | V  | n=1",
         },
         Row {
@@ -68,7 +96,13 @@ fn rows() -> Vec<Row> {
             setup: vec![reg(1), renew(1, 1)],
             before: "N 1@1L1 | V  | n=1",
             cmd: reg(1),
-            expect: Ok(Outcome::Registered { node: N1, epoch: e(1), status: NodeStatus::Live, renewals: 1, created: false }),
+            expect: Ok(Outcome::Registered {
+                node: N1,
+                epoch: e(1),
+                status: NodeStatus::Live,
+                renewals: 1,
+                created: false,
+            }),
             after: "N 1@1L1 | V  | n=1",
         },
         Row {
@@ -76,7 +110,13 @@ fn rows() -> Vec<Row> {
             setup: vec![reg(1), leave(1, 1)],
             before: "N 1@2G0 | V  | n=1",
             cmd: reg(1),
-            expect: Ok(Outcome::Registered { node: N1, epoch: e(2), status: NodeStatus::Live, renewals: 0, created: false }),
+            expect: Ok(Outcome::Registered {
+                node: N1,
+                epoch: e(2),
+                status: NodeStatus::Live,
+                renewals: 0,
+                created: false,
+            }),
             after: "N 1@2L0 | V  | n=1",
         },
         Row {
@@ -84,7 +124,13 @@ fn rows() -> Vec<Row> {
             setup: vec![reg(1), expire(1, 1, 0)],
             before: "N 1@2X0 | V  | n=1",
             cmd: reg(1),
-            expect: Ok(Outcome::Registered { node: N1, epoch: e(2), status: NodeStatus::Expired, renewals: 0, created: false }),
+            expect: Ok(Outcome::Registered {
+                node: N1,
+                epoch: e(2),
+                status: NodeStatus::Expired,
+                renewals: 0,
+                created: false,
+            }),
             after: "N 1@2X0 | V  | n=1",
         },
         // ---- Renew ----
@@ -93,7 +139,11 @@ fn rows() -> Vec<Row> {
             setup: with(two(), &[w(1, 1, 1), r(2, 1, 1)]),
             before: "N 1@1L0 2@1L0 | V v1:w1@1#1 v2:-#0 r1@1R#2 | n=3",
             cmd: renew(1, 1),
-            expect: Ok(Outcome::Renewed { node: N1, epoch: e(1), renewals: 1 }),
+            expect: Ok(Outcome::Renewed {
+                node: N1,
+                epoch: e(1),
+                renewals: 1,
+            }),
             after: "N 1@1L1 2@1L0 | V v1:w1@1#1 v2:-#0 r1@1R#2 | n=3",
         },
         Row {
@@ -125,7 +175,11 @@ fn rows() -> Vec<Row> {
             setup: vec![reg(1), w(1, 1, 1), expire(1, 1, 0)],
             before: "N 1@2X0 | V v1:w1@1#1 | n=2",
             cmd: renew(1, 2),
-            expect: Ok(Outcome::Renewed { node: N1, epoch: e(2), renewals: 1 }),
+            expect: Ok(Outcome::Renewed {
+                node: N1,
+                epoch: e(2),
+                renewals: 1,
+            }),
             after: "N 1@2L1 | V v1:w1@1#1 | n=2",
         },
         Row {
@@ -139,7 +193,18 @@ fn rows() -> Vec<Row> {
         // ---- ExpireNode ----
         Row {
             name: "expire bumps the epoch, leaves writes stale and drops reads",
-            setup: with(three(), &[renew(1, 1), w(1, 1, 1), r(2, 1, 1), w(3, 2, 1), r(3, 1, 1), rd(4, 1, 1), rd(4, 3, 1)]),
+            setup: with(
+                three(),
+                &[
+                    renew(1, 1),
+                    w(1, 1, 1),
+                    r(2, 1, 1),
+                    w(3, 2, 1),
+                    r(3, 1, 1),
+                    rd(4, 1, 1),
+                    rd(4, 3, 1),
+                ],
+            ),
             before: "N 1@1L1 2@1L0 3@1L0 | V v1:w1@1#1 v2:-#0 r1@1R#2 v3:w2@1#3 r1@1R#4 v4:-#0 r1@1D#5 r3@1D#6 | n=7",
             cmd: expire(1, 1, 1),
             expect: Ok(Outcome::Expired {
@@ -155,7 +220,11 @@ fn rows() -> Vec<Row> {
             setup: vec![reg(1), renew(1, 1), renew(1, 1)],
             before: "N 1@1L2 | V  | n=1",
             cmd: expire(1, 1, 1),
-            expect: Err(LockError::RenewedSince { node: N1, seen: 1, current: 2 }),
+            expect: Err(LockError::RenewedSince {
+                node: N1,
+                seen: 1,
+                current: 2,
+            }),
             after: "N 1@1L2 | V  | n=1",
         },
         Row {
@@ -185,10 +254,25 @@ fn rows() -> Vec<Row> {
         // ---- Leave ----
         Row {
             name: "leave releases every hold, its own stale write included",
-            setup: with(two(), &[w(1, 1, 1), expire(1, 1, 0), renew(1, 2), w(2, 1, 2), r(3, 1, 2), r(3, 2, 1), rd(4, 1, 2)]),
+            setup: with(
+                two(),
+                &[
+                    w(1, 1, 1),
+                    expire(1, 1, 0),
+                    renew(1, 2),
+                    w(2, 1, 2),
+                    r(3, 1, 2),
+                    r(3, 2, 1),
+                    rd(4, 1, 2),
+                ],
+            ),
             before: "N 1@2L1 2@1L0 | V v1:w1@1#1 v2:w1@2#2 v3:-#0 r1@2R#3 r2@1R#4 v4:-#0 r1@2D#5 | n=6",
             cmd: leave(1, 2),
-            expect: Ok(Outcome::Left { node: N1, epoch: e(3), released: vec![VhdId(1), VhdId(2), VhdId(3), VhdId(4)] }),
+            expect: Ok(Outcome::Left {
+                node: N1,
+                epoch: e(3),
+                released: vec![VhdId(1), VhdId(2), VhdId(3), VhdId(4)],
+            }),
             after: "N 1@3G1 2@1L0 | V v3:-#0 r2@1R#4 | n=6",
         },
         Row {
@@ -237,7 +321,11 @@ fn rows() -> Vec<Row> {
             setup: with(two(), &[w(1, 1, 1), expire(1, 1, 0)]),
             before: "N 1@2X0 2@1L0 | V v1:w1@1#1 | n=2",
             cmd: w(1, 2, 1),
-            expect: Err(LockError::OwnerExpired { vhd: V1, owner: N1, generation: g(1) }),
+            expect: Err(LockError::OwnerExpired {
+                vhd: V1,
+                owner: N1,
+                generation: g(1),
+            }),
             after: "N 1@2X0 2@1L0 | V v1:w1@1#1 | n=2",
         },
         Row {
@@ -359,7 +447,11 @@ fn rows() -> Vec<Row> {
             setup: with(two(), &[w(1, 1, 1), r(1, 2, 1)]),
             before: "N 1@1L0 2@1L0 | V v1:w1@1#1 r2@1R#2 | n=3",
             cmd: rel(1, 1, 1, 1),
-            expect: Ok(Outcome::Released { vhd: V1, node: N1, generation: g(1) }),
+            expect: Ok(Outcome::Released {
+                vhd: V1,
+                node: N1,
+                generation: g(1),
+            }),
             after: "N 1@1L0 2@1L0 | V v1:-#1 r2@1R#2 | n=3",
         },
         Row {
@@ -367,7 +459,11 @@ fn rows() -> Vec<Row> {
             setup: with(two(), &[r(1, 2, 1)]),
             before: "N 1@1L0 2@1L0 | V v1:-#0 r2@1R#1 | n=2",
             cmd: rel(1, 2, 1, 1),
-            expect: Ok(Outcome::Released { vhd: V1, node: N2, generation: g(1) }),
+            expect: Ok(Outcome::Released {
+                vhd: V1,
+                node: N2,
+                generation: g(1),
+            }),
             after: "N 1@1L0 2@1L0 | V  | n=2",
         },
         Row {
@@ -375,7 +471,11 @@ fn rows() -> Vec<Row> {
             setup: with(two(), &[w(1, 1, 1), rel(1, 1, 1, 1), w(1, 1, 1)]),
             before: "N 1@1L0 2@1L0 | V v1:w1@1#2 | n=3",
             cmd: rel(1, 1, 1, 1),
-            expect: Err(LockError::GenerationMismatch { vhd: V1, expected: g(1), actual: g(2) }),
+            expect: Err(LockError::GenerationMismatch {
+                vhd: V1,
+                expected: g(1),
+                actual: g(2),
+            }),
             after: "N 1@1L0 2@1L0 | V v1:w1@1#2 | n=3",
         },
         Row {
@@ -399,7 +499,11 @@ fn rows() -> Vec<Row> {
             setup: with(two(), &[w(1, 1, 1), expire(1, 1, 0)]),
             before: "N 1@2X0 2@1L0 | V v1:w1@1#1 | n=2",
             cmd: rel(1, 1, 2, 1),
-            expect: Ok(Outcome::Released { vhd: V1, node: N1, generation: g(1) }),
+            expect: Ok(Outcome::Released {
+                vhd: V1,
+                node: N1,
+                generation: g(1),
+            }),
             after: "N 1@2X0 2@1L0 | V  | n=2",
         },
         // ---- Transfer ----
@@ -416,7 +520,9 @@ fn rows() -> Vec<Row> {
             setup: with(two(), &[w(1, 1, 1)]),
             before: "N 1@1L0 2@1L0 | V v1:w1@1#1 | n=2",
             cmd: xfer(1, 1, 1, 1, 1, 1),
-            expect: Err(LockError::Invalid { reason: "transfer of vhd-1 from node-1 to itself".into() }),
+            expect: Err(LockError::Invalid {
+                reason: "transfer of vhd-1 from node-1 to itself".into(),
+            }),
             after: "N 1@1L0 2@1L0 | V v1:w1@1#1 | n=2",
         },
         Row {
@@ -424,7 +530,11 @@ fn rows() -> Vec<Row> {
             setup: with(two(), &[w(1, 1, 1)]),
             before: "N 1@1L0 2@1L0 | V v1:w1@1#1 | n=2",
             cmd: xfer(1, 1, 1, 2, 1, 7),
-            expect: Err(LockError::GenerationMismatch { vhd: V1, expected: g(7), actual: g(1) }),
+            expect: Err(LockError::GenerationMismatch {
+                vhd: V1,
+                expected: g(7),
+                actual: g(1),
+            }),
             after: "N 1@1L0 2@1L0 | V v1:w1@1#1 | n=2",
         },
         Row {
@@ -497,7 +607,11 @@ fn rows() -> Vec<Row> {
             setup: with(three(), &[w(1, 1, 1), expire(1, 1, 0), take(1, 2, 1, 1)]),
             before: "N 1@2X0 2@1L0 3@1L0 | V v1:w2@1#2 | n=3",
             cmd: take(1, 3, 1, 1),
-            expect: Err(LockError::GenerationMismatch { vhd: V1, expected: g(1), actual: g(2) }),
+            expect: Err(LockError::GenerationMismatch {
+                vhd: V1,
+                expected: g(1),
+                actual: g(2),
+            }),
             after: "N 1@2X0 2@1L0 3@1L0 | V v1:w2@1#2 | n=3",
         },
         Row {
@@ -538,23 +652,36 @@ fn rows() -> Vec<Row> {
 #[test]
 fn every_transition_matches_its_row() {
     let rows = rows();
-    assert!(rows.len() >= 50, "the table covers every command: {} rows", rows.len());
+    assert!(
+        rows.len() >= 50,
+        "the table covers every command: {} rows",
+        rows.len()
+    );
     let mut failures = Vec::new();
     for row in rows {
         let mut state = build(&row.setup);
         let before = describe(&state);
         if before != row.before {
-            failures.push(format!("{}: before\n   got  {before}\n   want {}", row.name, row.before));
+            failures.push(format!(
+                "{}: before\n   got  {before}\n   want {}",
+                row.name, row.before
+            ));
             continue;
         }
         let hash_before = state.state_hash();
         let got = state.apply(&row.cmd);
         let after = describe(&state);
         if got != row.expect {
-            failures.push(format!("{}: outcome\n   got  {got:?}\n   want {:?}", row.name, row.expect));
+            failures.push(format!(
+                "{}: outcome\n   got  {got:?}\n   want {:?}",
+                row.name, row.expect
+            ));
         }
         if after != row.after {
-            failures.push(format!("{}: after\n   got  {after}\n   want {}", row.name, row.after));
+            failures.push(format!(
+                "{}: after\n   got  {after}\n   want {}",
+                row.name, row.after
+            ));
         }
         if got.is_err() && state.state_hash() != hash_before {
             failures.push(format!("{}: a refused command changed the state", row.name));
@@ -567,7 +694,12 @@ fn every_transition_matches_its_row() {
             failures.push(format!("{}: snapshot round trip differs", row.name));
         }
     }
-    assert!(failures.is_empty(), "{} row(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} row(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -615,6 +747,7 @@ fn commands_and_outcomes_round_trip_through_json() {
         assert_eq!(back, c, "{text}");
     }
     let o = granted(V1, N1, 1, Mode::Write, 4, Some(N2)).expect("ok");
-    let back: Outcome = serde_json::from_str(&serde_json::to_string(&o).expect("json")).expect("parses");
+    let back: Outcome =
+        serde_json::from_str(&serde_json::to_string(&o).expect("json")).expect("parses");
     assert_eq!(back, o);
 }

@@ -13,16 +13,31 @@ pub fn reg(n: u64) -> Command {
     Command::Register { node: NodeId(n) }
 }
 pub fn renew(n: u64, e: u64) -> Command {
-    Command::Renew { node: NodeId(n), epoch: Epoch(e) }
+    Command::Renew {
+        node: NodeId(n),
+        epoch: Epoch(e),
+    }
 }
 pub fn expire(n: u64, e: u64, renewals: u64) -> Command {
-    Command::ExpireNode { node: NodeId(n), epoch: Epoch(e), renewals }
+    Command::ExpireNode {
+        node: NodeId(n),
+        epoch: Epoch(e),
+        renewals,
+    }
 }
 pub fn leave(n: u64, e: u64) -> Command {
-    Command::Leave { node: NodeId(n), epoch: Epoch(e) }
+    Command::Leave {
+        node: NodeId(n),
+        epoch: Epoch(e),
+    }
 }
 pub fn acq(v: u64, n: u64, e: u64, mode: Mode) -> Command {
-    Command::Acquire { vhd: VhdId(v), node: NodeId(n), epoch: Epoch(e), mode }
+    Command::Acquire {
+        vhd: VhdId(v),
+        node: NodeId(n),
+        epoch: Epoch(e),
+        mode,
+    }
 }
 pub fn w(v: u64, n: u64, e: u64) -> Command {
     acq(v, n, e, Mode::Write)
@@ -34,7 +49,12 @@ pub fn rd(v: u64, n: u64, e: u64) -> Command {
     acq(v, n, e, Mode::ReadDenyWrite)
 }
 pub fn rel(v: u64, n: u64, e: u64, g: u64) -> Command {
-    Command::Release { vhd: VhdId(v), node: NodeId(n), epoch: Epoch(e), generation: Generation(g) }
+    Command::Release {
+        vhd: VhdId(v),
+        node: NodeId(n),
+        epoch: Epoch(e),
+        generation: Generation(g),
+    }
 }
 pub fn xfer(v: u64, from: u64, fe: u64, to: u64, te: u64, g: u64) -> Command {
     Command::Transfer {
@@ -47,7 +67,12 @@ pub fn xfer(v: u64, from: u64, fe: u64, to: u64, te: u64, g: u64) -> Command {
     }
 }
 pub fn take(v: u64, n: u64, e: u64, g: u64) -> Command {
-    Command::Takeover { vhd: VhdId(v), node: NodeId(n), epoch: Epoch(e), expected_generation: Generation(g) }
+    Command::Takeover {
+        vhd: VhdId(v),
+        node: NodeId(n),
+        epoch: Epoch(e),
+        expected_generation: Generation(g),
+    }
 }
 
 /// The canonical one-line rendering described in the module doc.
@@ -75,19 +100,30 @@ pub fn describe(s: &LockState) -> String {
             }
             out += &format!("#{}", o.generation.0);
             for r in &o.readers {
-                let m = if r.mode == Mode::ReadDenyWrite { 'D' } else { 'R' };
+                let m = if r.mode == Mode::ReadDenyWrite {
+                    'D'
+                } else {
+                    'R'
+                };
                 out += &format!(" r{}@{}{}#{}", r.node.0, r.epoch.0, m, r.generation.0);
             }
             out
         })
         .collect();
-    format!("N {} | V {} | n={}", nodes.join(" "), vhds.join(" "), next_generation(s))
+    format!(
+        "N {} | V {} | n={}",
+        nodes.join(" "),
+        vhds.join(" "),
+        next_generation(s)
+    )
 }
 
 /// The next grant number, read from the canonical snapshot.
 pub fn next_generation(s: &LockState) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(&s.snapshot()).expect("snapshot is json");
-    v["next_generation"].as_u64().expect("next_generation is a number")
+    v["next_generation"]
+        .as_u64()
+        .expect("next_generation is a number")
 }
 
 /// Applies `cmds`, panicking on the first refusal (for building states).
