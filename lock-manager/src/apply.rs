@@ -42,6 +42,12 @@ impl LockState {
                 to_epoch,
                 expected_generation,
             } => self.transfer(vhd, from, from_epoch, to, to_epoch, expected_generation),
+            Command::Reclaim {
+                vhd,
+                node,
+                epoch,
+                expected_generation,
+            } => self.reclaim(vhd, node, epoch, expected_generation),
             Command::Takeover {
                 vhd,
                 node,
@@ -396,6 +402,31 @@ impl LockState {
         }
         self.live_at(to, to_epoch)?;
         self.install_writer(vhd, to, to_epoch, Some(from))
+    }
+
+    fn reclaim(
+        &mut self,
+        vhd: VhdId,
+        node: NodeId,
+        epoch: Epoch,
+        expected: Generation,
+    ) -> Result<Outcome, LockError> {
+        self.live_at(node, epoch)?;
+        let rec = self
+            .vhds
+            .get(&vhd)
+            .ok_or(LockError::NotHeld { vhd, node })?;
+        if rec.writer != Some(Writer { node, epoch }) {
+            return Err(LockError::NotHeld { vhd, node });
+        }
+        if rec.generation != expected {
+            return Err(LockError::GenerationMismatch {
+                vhd,
+                expected,
+                actual: rec.generation,
+            });
+        }
+        self.install_writer(vhd, node, epoch, Some(node))
     }
 
     fn takeover(

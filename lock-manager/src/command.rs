@@ -115,6 +115,21 @@ pub enum Command {
         /// The generation the source holds.
         expected_generation: Generation,
     },
+    /// Renumber the caller's own write hold: a new generation for the same writer.
+    /// Legal when the node is the valid writer at `expected_generation`. Any command
+    /// still in flight that names the old generation (a hand-off whose answer was lost or
+    /// refused) can then never apply; this is the only way a node that began a hand-off
+    /// reopens its fence.
+    Reclaim {
+        /// The VHD.
+        vhd: VhdId,
+        /// The writer.
+        node: NodeId,
+        /// The writer's current epoch.
+        epoch: Epoch,
+        /// The generation it holds.
+        expected_generation: Generation,
+    },
     /// Take the write hold of an expired writer. Legal when the node is `Live` at
     /// `epoch`, the VHD has a writer whose epoch is no longer its node's current epoch,
     /// and the VHD is at `expected_generation`.
@@ -189,7 +204,7 @@ pub enum Outcome {
         /// VHDs whose holds were released, ascending.
         released: Vec<VhdId>,
     },
-    /// `Acquire`, `Transfer` (for the target) or `Takeover`: a hold granted.
+    /// `Acquire`, `Transfer` (for the target), `Reclaim` or `Takeover`: a hold granted.
     Granted {
         /// The VHD.
         vhd: VhdId,
@@ -201,7 +216,8 @@ pub enum Outcome {
         mode: Mode,
         /// The hold's generation (for `Write`, the fencing token).
         generation: Generation,
-        /// The writer this grant replaced (transfer source or expired owner), if any.
+        /// The writer this grant replaced (transfer source, expired owner, or the node
+        /// itself for `Reclaim`), if any.
         previous_writer: Option<NodeId>,
     },
     /// `Release`: the hold is gone.

@@ -435,9 +435,10 @@ impl FenceGuard {
         }
         if let Some(h) = self.holds.get(&vhd)
             && h.epoch == epoch
-            && h.generation > generation
+            && (h.generation > generation || (h.generation == generation && h.handing_off))
         {
-            // A late answer to an older grant must not replace a newer hold.
+            // A late answer to an older grant must not replace a newer hold, and a late
+            // duplicate of the current grant must not reopen a hand-off.
             return false;
         }
         self.holds.insert(
@@ -488,8 +489,10 @@ impl FenceGuard {
     }
 
     /// The applied result of the `Transfer` this node proposed for `vhd`. Success drops
-    /// the hold; a refusal that concerns only the target reopens it; a refusal saying
-    /// this node no longer owns it drops it (or everything, for a stale epoch).
+    /// the hold; a stale epoch loses everything. Any other refusal leaves the fence
+    /// closed: a duplicate of the transfer could still be in flight, so the node reopens
+    /// only through a committed `Reclaim` (see [`FenceGuard::reclaim_command`]), which
+    /// it also proposes when no answer comes at all.
     pub fn on_handoff_result(
         &mut self,
         vhd: VhdId,
@@ -498,48 +501,31 @@ impl FenceGuard {
         let Some(h) = self.holds.get(&vhd).copied() else {
             return Vec::new();
         };
-        let about = |e: &LockError| match e {
-            LockError::StaleEpoch { node, .. }
-            | LockError::UnknownNode { node }
-            | LockError::NodeNotLive { node } => Some(*node),
-            _ => None,
-        };
         match result {
-            Err(e) if about(e) == Some(self.node) => {
-                let events = self.on_error(e);
-                if !events.is_empty() {
-                    return events;
-                }
+            Ok(_) => {
                 self.holds.remove(&vhd);
                 vec![FenceEvent::HoldDropped {
                     vhd,
                     generation: h.generation,
                 }]
             }
-            Err(e)
-                if about(e).is_some_and(|n| n != self.node)
-                    || matches!(e, LockError::Invalid { .. } | LockError::Conflict { .. }) =>
-            {
-                // About the target only: this node is still the writer at `h.generation`.
-                self.handoff_aborted(vhd);
-                Vec::new()
-            }
-            _ => {
-                self.holds.remove(&vhd);
-                vec![FenceEvent::HoldDropped {
-                    vhd,
-                    generation: h.generation,
-                }]
-            }
+            Err(e) => self.on_error(e),
         }
     }
 
-    /// Reopens `vhd` after a hand-off that the replicated state shows did not happen
-    /// (this node still the writer at the same generation). Never call it on a guess.
-    pub fn handoff_aborted(&mut self, vhd: VhdId) {
-        if let Some(h) = self.holds.get_mut(&vhd) {
-            h.handing_off = false;
-        }
+    /// The `Reclaim` that ends a hand-off that did not (or may not have) happened: once
+    /// committed, no command naming the old generation can apply, and its `Granted`
+    /// (fed to [`FenceGuard::on_granted`]) reopens the fence at the new generation. If it
+    /// is refused with `NotHeld` or `GenerationMismatch`, the hand-off did happen:
+    /// [`FenceGuard::forget`] the VHD.
+    pub fn reclaim_command(&self, vhd: VhdId) -> Option<Command> {
+        let h = self.holds.get(&vhd).filter(|h| h.mode == Mode::Write)?;
+        Some(Command::Reclaim {
+            vhd,
+            node: self.node,
+            epoch: h.epoch,
+            expected_generation: h.generation,
+        })
     }
 
     /// Drops a hold without a command (the replicated state shows it is gone).

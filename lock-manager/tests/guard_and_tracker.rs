@@ -195,19 +195,20 @@ fn a_bumped_epoch_loses_every_hold_and_nothing_is_retaken() {
 }
 
 #[test]
-fn cooperative_handoff_closes_first_and_reopens_only_on_a_definite_refusal() {
+fn cooperative_handoff_closes_first_and_reopens_only_through_a_reclaim() {
     let timing = LeaseTiming::default();
     let mut state = LockState::new();
     let mut g = live_guard(&mut state, &timing, 0);
     state.apply(&reg(2)).expect("register 2");
     let gen_ = grant(&mut state, &mut g, &w(1, 1, 1));
     let now = at(100);
-    // Target named at a wrong epoch: refused about the target, source reopens.
-    let cmd = g
+    // Target named at a wrong epoch: refused, but the fence stays closed (a duplicate of
+    // the transfer could still be in flight).
+    let stale_cmd = g
         .begin_handoff(V1, NodeId(2), Epoch(9))
         .expect("held for write");
     assert_eq!(g.check_write(V1, gen_, now), Err(FenceDenied::HandingOff));
-    let res = state.apply(&cmd);
+    let res = state.apply(&stale_cmd);
     assert!(matches!(
         res,
         Err(LockError::StaleEpoch {
@@ -216,22 +217,53 @@ fn cooperative_handoff_closes_first_and_reopens_only_on_a_definite_refusal() {
         })
     ));
     assert!(g.on_handoff_result(V1, &res).is_empty());
-    assert!(g.may_write(V1, gen_, now));
+    assert!(!g.may_write(V1, gen_, now));
+    // A late duplicate of the current grant does not reopen it either.
+    assert!(!g.on_granted(V1, Mode::Write, Epoch(1), gen_));
+    // Reclaim: a new generation; the old one is dead for every in-flight command.
+    let reclaim = g.reclaim_command(V1).expect("write hold");
+    let new_gen = grant(&mut state, &mut g, &reclaim);
+    assert!(new_gen > gen_);
+    assert!(g.may_write(V1, new_gen, now));
+    assert!(!g.may_write(V1, gen_, now));
+    let late = xfer(1, 1, 1, 2, 1, gen_.0);
+    assert!(matches!(
+        state.apply(&late),
+        Err(LockError::GenerationMismatch { .. })
+    ));
     // The real hand-off.
     let cmd = g
         .begin_handoff(V1, NodeId(2), Epoch(1))
         .expect("held for write");
-    assert!(!g.may_write(V1, gen_, now), "closed before the proposal");
+    assert!(!g.may_write(V1, new_gen, now), "closed before the proposal");
     let res = state.apply(&cmd);
     assert_eq!(
         g.on_handoff_result(V1, &res),
         vec![FenceEvent::HoldDropped {
             vhd: V1,
-            generation: gen_
+            generation: new_gen
         }]
     );
     assert!(g.hold(V1).is_none());
     assert_eq!(state.valid_writer(V1).map(|(n, ..)| n), Some(NodeId(2)));
+}
+
+#[test]
+fn a_handoff_with_no_answer_is_settled_by_a_reclaim() {
+    let timing = LeaseTiming::default();
+    let mut state = LockState::new();
+    let mut g = live_guard(&mut state, &timing, 0);
+    state.apply(&reg(2)).expect("register 2");
+    let gen_ = grant(&mut state, &mut g, &w(1, 1, 1));
+    let cmd = g.begin_handoff(V1, NodeId(2), Epoch(1)).expect("held");
+    // The transfer committed but its answer was lost; the reclaim tells.
+    state.apply(&cmd).expect("transfer");
+    let reclaim = g.reclaim_command(V1).expect("still a local hold");
+    let res = state.apply(&reclaim);
+    assert!(matches!(res, Err(LockError::NotHeld { .. })));
+    assert!(g.on_error(res.as_ref().expect_err("refused")).is_empty());
+    assert!(g.forget(V1).is_some());
+    assert!(!g.may_write(V1, gen_, at(1)));
 }
 
 #[test]

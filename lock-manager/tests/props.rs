@@ -23,7 +23,7 @@ struct Action {
 }
 
 fn action() -> impl Strategy<Value = Action> {
-    (0u8..16, 1u64..5, 1u64..5, 1u64..5, 0u8..3, 0u8..8).prop_map(
+    (0u8..18, 1u64..5, 1u64..5, 1u64..5, 0u8..3, 0u8..8).prop_map(
         |(kind, node, other, vhd, mode, skew)| Action {
             kind,
             node,
@@ -90,6 +90,18 @@ fn resolve(s: &LockState, a: Action) -> Command {
                 from_epoch: epoch_of(from),
                 to: other,
                 to_epoch: epoch_of(other),
+                expected_generation: generation,
+            }
+        }
+        16 => {
+            let n = s
+                .vhd_record(vhd)
+                .and_then(|r| r.writer)
+                .map_or(node, |w| w.node);
+            Command::Reclaim {
+                vhd,
+                node: n,
+                epoch: epoch_of(n),
                 expected_generation: generation,
             }
         }
@@ -244,6 +256,7 @@ fn ended_by_holder(cmd: &Command, holder: NodeId) -> bool {
         | Command::Leave { node, .. }
         | Command::ExpireNode { node, .. }
         | Command::Acquire { node, .. }
+        | Command::Reclaim { node, .. }
         | Command::Takeover { node, .. } => node == holder,
         Command::Transfer { from, to, .. } => from == holder || to == holder,
         Command::Register { .. } | Command::Renew { .. } => false,
@@ -265,6 +278,7 @@ fn the_generator_reaches_every_kind_of_success() {
             if let Ok(o) = s.apply(c) {
                 let kind = match (c, o) {
                     (Command::Takeover { .. }, _) => "takeover",
+                    (Command::Reclaim { .. }, _) => "reclaim",
                     (Command::Transfer { .. }, _) => "transfer",
                     (Command::ExpireNode { .. }, _) => "expire",
                     (Command::Leave { .. }, _) => "leave",

@@ -577,6 +577,51 @@ fn rows() -> Vec<Row> {
             expect: stale(N2, 1, 2),
             after: "N 1@1L0 2@2L1 | V v1:w1@1#1 | n=2",
         },
+        // ---- Reclaim ----
+        Row {
+            name: "reclaim renumbers the writer's own hold and keeps readers",
+            setup: with(two(), &[w(1, 1, 1), r(1, 2, 1)]),
+            before: "N 1@1L0 2@1L0 | V v1:w1@1#1 r2@1R#2 | n=3",
+            cmd: reclaim(1, 1, 1, 1),
+            expect: granted(V1, N1, 1, Mode::Write, 3, Some(N1)),
+            after: "N 1@1L0 2@1L0 | V v1:w1@1#3 r2@1R#2 | n=4",
+        },
+        Row {
+            name: "reclaim after the transfer happened is refused",
+            setup: with(two(), &[w(1, 1, 1), xfer(1, 1, 1, 2, 1, 1)]),
+            before: "N 1@1L0 2@1L0 | V v1:w2@1#2 | n=3",
+            cmd: reclaim(1, 1, 1, 1),
+            expect: Err(LockError::NotHeld { vhd: V1, node: N1 }),
+            after: "N 1@1L0 2@1L0 | V v1:w2@1#2 | n=3",
+        },
+        Row {
+            name: "reclaim at an old generation is refused",
+            setup: with(two(), &[w(1, 1, 1), reclaim(1, 1, 1, 1)]),
+            before: "N 1@1L0 2@1L0 | V v1:w1@1#2 | n=3",
+            cmd: reclaim(1, 1, 1, 1),
+            expect: Err(LockError::GenerationMismatch {
+                vhd: V1,
+                expected: g(1),
+                actual: g(2),
+            }),
+            after: "N 1@1L0 2@1L0 | V v1:w1@1#2 | n=3",
+        },
+        Row {
+            name: "reclaim of its own stale write by a rejoined node is refused",
+            setup: with(two(), &[w(1, 1, 1), expire(1, 1, 0), renew(1, 2)]),
+            before: "N 1@2L1 2@1L0 | V v1:w1@1#1 | n=2",
+            cmd: reclaim(1, 1, 2, 1),
+            expect: Err(LockError::NotHeld { vhd: V1, node: N1 }),
+            after: "N 1@2L1 2@1L0 | V v1:w1@1#1 | n=2",
+        },
+        Row {
+            name: "reclaim by an expired node is refused",
+            setup: with(two(), &[w(1, 1, 1), expire(1, 1, 0)]),
+            before: "N 1@2X0 2@1L0 | V v1:w1@1#1 | n=2",
+            cmd: reclaim(1, 1, 1, 1),
+            expect: stale(N1, 1, 2),
+            after: "N 1@2X0 2@1L0 | V v1:w1@1#1 | n=2",
+        },
         // ---- Takeover ----
         Row {
             name: "takeover of an expired writer's VHD",
@@ -740,6 +785,7 @@ fn commands_and_outcomes_round_trip_through_json() {
         rel(1, 1, 1, 1),
         xfer(1, 1, 1, 2, 1, 1),
         take(1, 1, 1, 1),
+        reclaim(1, 1, 1, 1),
     ];
     for c in cmds {
         let text = serde_json::to_string(&c).expect("json");

@@ -66,6 +66,14 @@ pub fn xfer(v: u64, from: u64, fe: u64, to: u64, te: u64, g: u64) -> Command {
         expected_generation: Generation(g),
     }
 }
+pub fn reclaim(v: u64, n: u64, e: u64, g: u64) -> Command {
+    Command::Reclaim {
+        vhd: VhdId(v),
+        node: NodeId(n),
+        epoch: Epoch(e),
+        expected_generation: Generation(g),
+    }
+}
 pub fn take(v: u64, n: u64, e: u64, g: u64) -> Command {
     Command::Takeover {
         vhd: VhdId(v),
