@@ -7,6 +7,11 @@
 //! The deadline is `t_send + node_lease` of the latest renewal confirmed at the same
 //! epoch, so the fence closes on its own, and only such a renewal reopens it. A bumped
 //! epoch drops every hold and reports it; nothing is ever re-acquired here.
+//!
+//! Every command the node proposes comes from the guard as a [`Request`] with a ticket,
+//! and its applied result goes back through [`FenceGuard::on_result`]: an answer is
+//! matched to exactly one request, so a late or duplicated answer (an idempotent grant
+//! arriving after the node released the VHD) can never reopen a fence.
 
 use crate::command::{Command, Mode, Outcome};
 use crate::error::LockError;
@@ -14,21 +19,34 @@ use crate::ids::{Epoch, Generation, NodeId, VhdId};
 use crate::time::Time;
 use crate::timing::LeaseTiming;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Most renewals in flight at once; older unanswered ones are forgotten.
 pub const MAX_INFLIGHT_RENEWALS: usize = 8;
+/// Most unanswered requests of any kind; the oldest is forgotten beyond it (its answer
+/// is then ignored, which can only leave a fence closed).
+pub const MAX_TICKETS: usize = 4096;
+/// Most VHDs expected to be transferred in at once.
+pub const MAX_EXPECTED_TRANSFERS: usize = 1024;
 
-/// A renewal the node is about to send. Read the clock, get the ticket, then send.
+/// A command to propose, and the ticket its applied result must be fed back with
+/// ([`FenceGuard::on_result`]). One ticket, one answer: a resend is a new request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Matches the answer to this request.
+    pub ticket: u64,
+    /// The command to propose.
+    pub command: Command,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RenewalTicket {
-    /// Matches the answer to this send.
-    pub id: u64,
-    /// The epoch renewed.
-    pub epoch: Epoch,
-    /// The node's clock just before sending: the lease counts from here.
-    pub sent_at: Time,
+enum Ticket {
+    Renew { epoch: Epoch, sent_at: Time },
+    Grant { vhd: VhdId },
+    Reclaim { vhd: VhdId, from: Generation },
+    Handoff { vhd: VhdId },
+    Release { vhd: VhdId },
 }
 
 /// A VHD held by this node, as the guard knows it.
@@ -119,6 +137,23 @@ pub enum FenceEvent {
         /// Its generation.
         generation: Generation,
     },
+    /// A hand-off was refused: the fence stays closed until a [`FenceGuard::reclaim`]
+    /// commits (a duplicate of the transfer may still be in flight).
+    HandoffFailed {
+        /// The VHD.
+        vhd: VhdId,
+    },
+    /// A grant arrived that the guard did not install (its request was cancelled by a
+    /// release, or it is for another epoch): the state may show this node as holder,
+    /// so the upper layer should release it.
+    GrantRefused {
+        /// The VHD.
+        vhd: VhdId,
+        /// The refused grant's epoch.
+        epoch: Epoch,
+        /// The refused grant's generation.
+        generation: Generation,
+    },
 }
 
 /// What the guard looks like now (for `csvadm` and logs).
@@ -134,6 +169,8 @@ pub struct GuardStatus {
     pub remaining_ms: u64,
     /// Held VHDs.
     pub holds: BTreeMap<VhdId, LocalHold>,
+    /// VHDs whose release is being proposed.
+    pub releasing: Vec<VhdId>,
 }
 
 /// The node-side fence. One per node.
@@ -147,10 +184,14 @@ pub struct FenceGuard {
     deadline: Option<Time>,
     lapse_reported: bool,
     next_ticket: u64,
-    inflight: VecDeque<RenewalTicket>,
+    tickets: BTreeMap<u64, Ticket>,
     last_sent: Option<Time>,
     latest_confirmed: bool,
     holds: BTreeMap<VhdId, LocalHold>,
+    /// VHDs with a `Release` proposed and unanswered, with the released generation.
+    releasing: BTreeMap<VhdId, Generation>,
+    /// VHDs this node expects to receive by transfer, above the given generation.
+    expected: BTreeMap<VhdId, Generation>,
 }
 
 impl FenceGuard {
@@ -165,10 +206,12 @@ impl FenceGuard {
             deadline: None,
             lapse_reported: false,
             next_ticket: 1,
-            inflight: VecDeque::new(),
+            tickets: BTreeMap::new(),
             last_sent: None,
             latest_confirmed: false,
             holds: BTreeMap::new(),
+            releasing: BTreeMap::new(),
+            expected: BTreeMap::new(),
         }
     }
 
@@ -180,6 +223,11 @@ impl FenceGuard {
     /// The node's epoch as the guard knows it (`None`: must register).
     pub fn epoch(&self) -> Option<Epoch> {
         self.epoch
+    }
+
+    /// Whether the node must `Register` (first start, or it left or was forgotten).
+    pub fn needs_register(&self) -> bool {
+        self.epoch.is_none()
     }
 
     /// The local lease deadline, once a renewal was confirmed at this epoch.
@@ -274,7 +322,22 @@ impl FenceGuard {
         })
     }
 
-    /// The result of `Register` for this node.
+    fn ticket(&mut self, kind: Ticket, command: Command) -> Request {
+        while self.tickets.len() >= MAX_TICKETS {
+            self.tickets.pop_first();
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.tickets.insert(ticket, kind);
+        Request { ticket, command }
+    }
+
+    /// The `Register` to propose; feed its result to [`FenceGuard::on_registered`].
+    pub fn register_command(&self) -> Command {
+        Command::Register { node: self.node }
+    }
+
+    /// The applied result of `Register` for this node.
     pub fn on_registered(&mut self, outcome: &Outcome) -> Vec<FenceEvent> {
         match outcome {
             Outcome::Registered { node, epoch, .. } if *node == self.node => {
@@ -289,17 +352,16 @@ impl FenceGuard {
     }
 
     /// A renewal to send now, if one is due (`None` before registration, while the last
-    /// one is fresh, or with too many unanswered). Take it just before sending.
-    pub fn poll_renewal(&mut self, now: Time) -> Option<RenewalTicket> {
+    /// one is fresh). Call it with a clock reading taken just before sending: the lease
+    /// counts from this reading.
+    pub fn poll_renewal(&mut self, now: Time) -> Option<Request> {
         let epoch = self.epoch?;
+        let node_lease = self.node_lease;
         // An answer to a send older than the node lease could not extend the deadline.
-        while self
-            .inflight
-            .front()
-            .is_some_and(|t| t.sent_at.saturating_add(self.node_lease) <= now)
-        {
-            self.inflight.pop_front();
-        }
+        self.tickets.retain(|_, t| match t {
+            Ticket::Renew { sent_at, .. } => sent_at.saturating_add(node_lease) > now,
+            _ => true,
+        });
         if let Some(last) = self.last_sent {
             let gap = if self.latest_confirmed {
                 self.renew_interval
@@ -310,73 +372,353 @@ impl FenceGuard {
                 return None;
             }
         }
-        if self.inflight.len() >= MAX_INFLIGHT_RENEWALS {
-            self.inflight.pop_front();
+        let renewals: Vec<u64> = self
+            .tickets
+            .iter()
+            .filter(|(_, t)| matches!(t, Ticket::Renew { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        if renewals.len() >= MAX_INFLIGHT_RENEWALS {
+            self.tickets.remove(&renewals[0]);
         }
-        let ticket = RenewalTicket {
-            id: self.next_ticket,
-            epoch,
-            sent_at: now,
-        };
-        self.next_ticket += 1;
-        self.inflight.push_back(ticket);
         self.last_sent = Some(now);
         self.latest_confirmed = false;
-        Some(ticket)
+        Some(self.ticket(
+            Ticket::Renew {
+                epoch,
+                sent_at: now,
+            },
+            Command::Renew {
+                node: self.node,
+                epoch,
+            },
+        ))
     }
 
-    /// The command to propose for `ticket`.
-    pub fn renew_command(&self, ticket: &RenewalTicket) -> Command {
-        Command::Renew {
+    /// An `Acquire` to propose (refused while the VHD is being released or handed off).
+    pub fn request_acquire(&mut self, vhd: VhdId, mode: Mode) -> Result<Request, FenceDenied> {
+        let epoch = self.busy_check(vhd)?;
+        let cmd = Command::Acquire {
+            vhd,
             node: self.node,
-            epoch: ticket.epoch,
+            epoch,
+            mode,
+        };
+        Ok(self.ticket(Ticket::Grant { vhd }, cmd))
+    }
+
+    /// A `Takeover` of an expired writer's VHD seen at `expected_generation`.
+    pub fn request_takeover(
+        &mut self,
+        vhd: VhdId,
+        expected_generation: Generation,
+    ) -> Result<Request, FenceDenied> {
+        let epoch = self.busy_check(vhd)?;
+        let cmd = Command::Takeover {
+            vhd,
+            node: self.node,
+            epoch,
+            expected_generation,
+        };
+        Ok(self.ticket(Ticket::Grant { vhd }, cmd))
+    }
+
+    fn busy_check(&self, vhd: VhdId) -> Result<Epoch, FenceDenied> {
+        let epoch = self.epoch.ok_or(FenceDenied::NoLease)?;
+        if self.releasing.contains_key(&vhd) {
+            return Err(FenceDenied::NotHeld);
+        }
+        if self.holds.get(&vhd).is_some_and(|h| h.handing_off) {
+            return Err(FenceDenied::HandingOff);
+        }
+        Ok(epoch)
+    }
+
+    /// Closes the fence for `vhd` at once and returns the `Release` to propose once the
+    /// in-flight I/O on it has drained. Answers to earlier acquire requests for the VHD
+    /// are ignored from now on.
+    pub fn begin_release(&mut self, vhd: VhdId) -> Option<Request> {
+        let h = self.holds.remove(&vhd)?;
+        self.tickets
+            .retain(|_, t| !matches!(t, Ticket::Grant { vhd: v } if *v == vhd));
+        self.releasing.insert(vhd, h.generation);
+        let cmd = Command::Release {
+            vhd,
+            node: self.node,
+            epoch: h.epoch,
+            generation: h.generation,
+        };
+        Some(self.ticket(Ticket::Release { vhd }, cmd))
+    }
+
+    /// Re-sends a `Release` whose answer never came (a duplicate is harmless: it is
+    /// refused with `not_held` or `generation_mismatch`).
+    pub fn retry_release(&mut self, vhd: VhdId) -> Option<Request> {
+        let generation = *self.releasing.get(&vhd)?;
+        let epoch = self.epoch?;
+        let cmd = Command::Release {
+            vhd,
+            node: self.node,
+            epoch,
+            generation,
+        };
+        Some(self.ticket(Ticket::Release { vhd }, cmd))
+    }
+
+    /// Closes the fence for writing `vhd` and returns the `Transfer` to propose once the
+    /// in-flight writes have drained.
+    pub fn begin_handoff(
+        &mut self,
+        vhd: VhdId,
+        to: NodeId,
+        to_epoch: Epoch,
+    ) -> Result<Request, FenceDenied> {
+        let node = self.node;
+        let h = self.holds.get_mut(&vhd).ok_or(FenceDenied::NotHeld)?;
+        if h.mode != Mode::Write {
+            return Err(FenceDenied::ReadOnly);
+        }
+        if h.handing_off {
+            return Err(FenceDenied::HandingOff);
+        }
+        h.handing_off = true;
+        let (from_epoch, expected_generation) = (h.epoch, h.generation);
+        // Answers to earlier acquire requests must not reopen it.
+        self.tickets
+            .retain(|_, t| !matches!(t, Ticket::Grant { vhd: v } if *v == vhd));
+        let cmd = Command::Transfer {
+            vhd,
+            from: node,
+            from_epoch,
+            to,
+            to_epoch,
+            expected_generation,
+        };
+        Ok(self.ticket(Ticket::Handoff { vhd }, cmd))
+    }
+
+    /// The `Reclaim` that ends a hand-off that was refused or got no answer: once
+    /// committed, no command naming the old generation can apply, and its grant reopens
+    /// the fence at the new generation. Refused with `not_held`/`generation_mismatch`,
+    /// it means the hand-off did happen; the hold is then dropped.
+    pub fn reclaim(&mut self, vhd: VhdId) -> Option<Request> {
+        let h = *self
+            .holds
+            .get(&vhd)
+            .filter(|h| h.mode == Mode::Write && h.handing_off)?;
+        let cmd = Command::Reclaim {
+            vhd,
+            node: self.node,
+            epoch: h.epoch,
+            expected_generation: h.generation,
+        };
+        Some(self.ticket(
+            Ticket::Reclaim {
+                vhd,
+                from: h.generation,
+            },
+            cmd,
+        ))
+    }
+
+    /// The migration target announces it expects `vhd` by transfer, at a generation
+    /// above `after` (the source's current one). Only then does
+    /// [`FenceGuard::on_transfer_in`] accept the committed transfer, once.
+    pub fn expect_transfer(&mut self, vhd: VhdId, after: Generation) -> bool {
+        if self.expected.len() >= MAX_EXPECTED_TRANSFERS && !self.expected.contains_key(&vhd) {
+            return false;
+        }
+        self.expected.insert(vhd, after);
+        true
+    }
+
+    /// The committed `Transfer` to this node (its `Granted` outcome), seen by the target.
+    /// Installs the write hold if it was expected, above the expected generation.
+    pub fn on_transfer_in(&mut self, outcome: &Outcome) -> Vec<FenceEvent> {
+        let Outcome::Granted {
+            vhd,
+            node,
+            epoch,
+            mode: Mode::Write,
+            generation,
+            ..
+        } = *outcome
+        else {
+            return Vec::new();
+        };
+        if node != self.node {
+            return Vec::new();
+        }
+        match self.expected.get(&vhd) {
+            Some(after) if generation > *after && Some(epoch) == self.epoch => {
+                self.expected.remove(&vhd);
+                self.install(vhd, Mode::Write, epoch, generation);
+                Vec::new()
+            }
+            _ => vec![FenceEvent::GrantRefused {
+                vhd,
+                epoch,
+                generation,
+            }],
         }
     }
 
-    /// The answer to the renewal `ticket_id` (the applied result of its `Renew`).
-    pub fn on_renewal_result(
+    /// Re-adopts a hold after a restart, from `LockState::holds_of` read after this
+    /// node's `Register` committed. Only for VHDs the guard knows nothing about, at the
+    /// guard's epoch.
+    pub fn adopt(&mut self, vhd: VhdId, mode: Mode, epoch: Epoch, generation: Generation) -> bool {
+        if self.epoch != Some(epoch)
+            || self.holds.contains_key(&vhd)
+            || self.releasing.contains_key(&vhd)
+        {
+            return false;
+        }
+        self.install(vhd, mode, epoch, generation);
+        true
+    }
+
+    fn install(&mut self, vhd: VhdId, mode: Mode, epoch: Epoch, generation: Generation) {
+        self.holds.insert(
+            vhd,
+            LocalHold {
+                mode,
+                generation,
+                epoch,
+                handing_off: false,
+            },
+        );
+    }
+
+    /// Feed the applied result of every request, with its ticket and a fresh clock
+    /// reading. Unknown tickets (answered before, or forgotten) are ignored.
+    pub fn on_result(
         &mut self,
-        ticket_id: u64,
+        ticket: u64,
         result: &Result<Outcome, LockError>,
         now: Time,
     ) -> Vec<FenceEvent> {
-        let Some(pos) = self.inflight.iter().position(|t| t.id == ticket_id) else {
+        let Some(kind) = self.tickets.remove(&ticket) else {
             return Vec::new();
         };
-        let ticket = self.inflight[pos];
-        self.inflight.remove(pos);
-        match result {
-            Ok(Outcome::Renewed { node, epoch, .. })
-                if *node == self.node && Some(*epoch) == self.epoch && *epoch == ticket.epoch =>
+        match (kind, result) {
+            (Ticket::Renew { epoch, sent_at }, Ok(Outcome::Renewed { node, epoch: e, .. }))
+                if *node == self.node && *e == epoch && Some(epoch) == self.epoch =>
             {
-                if self.last_sent == Some(ticket.sent_at) {
-                    self.latest_confirmed = true;
-                }
-                let new_deadline = ticket.sent_at.saturating_add(self.node_lease);
-                let was_open = self.lease_valid(now);
-                if self.deadline.is_none_or(|d| new_deadline > d) {
-                    self.deadline = Some(new_deadline);
-                }
-                let mut events = Vec::new();
-                if !was_open && self.lease_valid(now) {
-                    if self.lapse_reported {
-                        events.push(FenceEvent::Reopened {
-                            deadline: new_deadline,
-                        });
-                    }
-                    self.lapse_reported = false;
-                }
-                events
+                self.renewed(sent_at, now)
             }
             // Renewing at the current epoch is refused only for a node that left.
-            Err(LockError::NodeNotLive { node }) if *node == self.node => self.lose(None),
-            Err(e) => self.on_error(e),
-            Ok(_) => Vec::new(),
+            (Ticket::Renew { .. }, Err(LockError::NodeNotLive { node })) if *node == self.node => {
+                self.lose(None)
+            }
+            (
+                Ticket::Grant { vhd },
+                Ok(Outcome::Granted {
+                    vhd: v,
+                    node,
+                    epoch,
+                    mode,
+                    generation,
+                    ..
+                }),
+            ) if *v == vhd && *node == self.node => {
+                let newer = self
+                    .holds
+                    .get(&vhd)
+                    .is_none_or(|h| !h.handing_off && *generation >= h.generation);
+                if Some(*epoch) == self.epoch && newer && !self.releasing.contains_key(&vhd) {
+                    self.install(vhd, *mode, *epoch, *generation);
+                    Vec::new()
+                } else {
+                    vec![FenceEvent::GrantRefused {
+                        vhd,
+                        epoch: *epoch,
+                        generation: *generation,
+                    }]
+                }
+            }
+            (
+                Ticket::Reclaim { vhd, from },
+                Ok(Outcome::Granted {
+                    vhd: v,
+                    epoch,
+                    generation,
+                    ..
+                }),
+            ) if *v == vhd => match self.holds.get(&vhd) {
+                Some(h) if h.handing_off && h.generation == from && Some(*epoch) == self.epoch => {
+                    self.install(vhd, Mode::Write, *epoch, *generation);
+                    Vec::new()
+                }
+                _ => vec![FenceEvent::GrantRefused {
+                    vhd,
+                    epoch: *epoch,
+                    generation: *generation,
+                }],
+            },
+            (
+                Ticket::Reclaim { vhd, from },
+                Err(LockError::NotHeld { .. } | LockError::GenerationMismatch { .. }),
+            ) => self.drop_if(vhd, from),
+            (Ticket::Handoff { vhd }, Ok(_)) => {
+                let g = self.holds.get(&vhd).map(|h| h.generation);
+                g.map(|g| self.drop_if(vhd, g)).unwrap_or_default()
+            }
+            (Ticket::Handoff { vhd }, Err(e)) => {
+                let lost = self.on_error(e);
+                if lost.is_empty() && self.holds.contains_key(&vhd) {
+                    vec![FenceEvent::HandoffFailed { vhd }]
+                } else {
+                    lost
+                }
+            }
+            (Ticket::Release { vhd }, Ok(_))
+            | (
+                Ticket::Release { vhd },
+                Err(LockError::NotHeld { .. } | LockError::GenerationMismatch { .. }),
+            ) => {
+                self.releasing.remove(&vhd);
+                Vec::new()
+            }
+            (_, Err(e)) => self.on_error(e),
+            (_, Ok(_)) => Vec::new(),
         }
     }
 
-    /// Feed any error answered to a command this node proposed: a stale epoch or an
-    /// unknown node means every hold is lost.
+    fn drop_if(&mut self, vhd: VhdId, generation: Generation) -> Vec<FenceEvent> {
+        if self
+            .holds
+            .get(&vhd)
+            .is_some_and(|h| h.generation == generation)
+        {
+            self.holds.remove(&vhd);
+            return vec![FenceEvent::HoldDropped { vhd, generation }];
+        }
+        Vec::new()
+    }
+
+    fn renewed(&mut self, sent_at: Time, now: Time) -> Vec<FenceEvent> {
+        if self.last_sent == Some(sent_at) {
+            self.latest_confirmed = true;
+        }
+        let new_deadline = sent_at.saturating_add(self.node_lease);
+        let was_open = self.lease_valid(now);
+        if self.deadline.is_none_or(|d| new_deadline > d) {
+            self.deadline = Some(new_deadline);
+        }
+        let mut events = Vec::new();
+        if !was_open && self.lease_valid(now) {
+            if self.lapse_reported {
+                events.push(FenceEvent::Reopened {
+                    deadline: new_deadline,
+                });
+            }
+            self.lapse_reported = false;
+        }
+        events
+    }
+
+    /// Feed an error answered to a command of this node that has no ticket: a stale
+    /// epoch or an unknown node means every hold is lost.
     pub fn on_error(&mut self, err: &LockError) -> Vec<FenceEvent> {
         match err {
             LockError::StaleEpoch { node, current, .. }
@@ -387,11 +729,6 @@ impl FenceGuard {
             LockError::UnknownNode { node } if *node == self.node => self.lose(None),
             _ => Vec::new(),
         }
-    }
-
-    /// Whether the node must `Register` (first start, or it left or was forgotten).
-    pub fn needs_register(&self) -> bool {
-        self.epoch.is_none()
     }
 
     fn lose(&mut self, new_epoch: Option<Epoch>) -> Vec<FenceEvent> {
@@ -407,7 +744,9 @@ impl FenceGuard {
         self.epoch = new_epoch;
         self.deadline = None;
         self.lapse_reported = false;
-        self.inflight.clear();
+        self.tickets.clear();
+        self.releasing.clear();
+        self.expected.clear();
         self.last_sent = None;
         self.latest_confirmed = false;
         if old_epoch.is_none() && holds.is_empty() {
@@ -420,116 +759,9 @@ impl FenceGuard {
         }]
     }
 
-    /// A committed grant for this node (`Acquire`, `Transfer` to it, `Takeover`), or a
-    /// hold re-adopted after a restart from `LockState::holds_of`. Returns false (and
-    /// installs nothing) if it is not for this node's current epoch.
-    pub fn on_granted(
-        &mut self,
-        vhd: VhdId,
-        mode: Mode,
-        epoch: Epoch,
-        generation: Generation,
-    ) -> bool {
-        if self.epoch != Some(epoch) {
-            return false;
-        }
-        if let Some(h) = self.holds.get(&vhd)
-            && h.epoch == epoch
-            && (h.generation > generation || (h.generation == generation && h.handing_off))
-        {
-            // A late answer to an older grant must not replace a newer hold, and a late
-            // duplicate of the current grant must not reopen a hand-off.
-            return false;
-        }
-        self.holds.insert(
-            vhd,
-            LocalHold {
-                mode,
-                generation,
-                epoch,
-                handing_off: false,
-            },
-        );
-        true
-    }
-
-    /// Closes the fence for `vhd` and returns the `Release` to propose once in-flight
-    /// I/O on it has drained.
-    pub fn begin_release(&mut self, vhd: VhdId) -> Option<Command> {
-        let h = self.holds.remove(&vhd)?;
-        Some(Command::Release {
-            vhd,
-            node: self.node,
-            epoch: h.epoch,
-            generation: h.generation,
-        })
-    }
-
-    /// Closes the fence for writing `vhd` and returns the `Transfer` to propose once the
-    /// in-flight writes have drained.
-    pub fn begin_handoff(
-        &mut self,
-        vhd: VhdId,
-        to: NodeId,
-        to_epoch: Epoch,
-    ) -> Result<Command, FenceDenied> {
-        let h = self.holds.get_mut(&vhd).ok_or(FenceDenied::NotHeld)?;
-        if h.mode != Mode::Write {
-            return Err(FenceDenied::ReadOnly);
-        }
-        h.handing_off = true;
-        Ok(Command::Transfer {
-            vhd,
-            from: self.node,
-            from_epoch: h.epoch,
-            to,
-            to_epoch,
-            expected_generation: h.generation,
-        })
-    }
-
-    /// The applied result of the `Transfer` this node proposed for `vhd`. Success drops
-    /// the hold; a stale epoch loses everything. Any other refusal leaves the fence
-    /// closed: a duplicate of the transfer could still be in flight, so the node reopens
-    /// only through a committed `Reclaim` (see [`FenceGuard::reclaim_command`]), which
-    /// it also proposes when no answer comes at all.
-    pub fn on_handoff_result(
-        &mut self,
-        vhd: VhdId,
-        result: &Result<Outcome, LockError>,
-    ) -> Vec<FenceEvent> {
-        let Some(h) = self.holds.get(&vhd).copied() else {
-            return Vec::new();
-        };
-        match result {
-            Ok(_) => {
-                self.holds.remove(&vhd);
-                vec![FenceEvent::HoldDropped {
-                    vhd,
-                    generation: h.generation,
-                }]
-            }
-            Err(e) => self.on_error(e),
-        }
-    }
-
-    /// The `Reclaim` that ends a hand-off that did not (or may not have) happened: once
-    /// committed, no command naming the old generation can apply, and its `Granted`
-    /// (fed to [`FenceGuard::on_granted`]) reopens the fence at the new generation. If it
-    /// is refused with `NotHeld` or `GenerationMismatch`, the hand-off did happen:
-    /// [`FenceGuard::forget`] the VHD.
-    pub fn reclaim_command(&self, vhd: VhdId) -> Option<Command> {
-        let h = self.holds.get(&vhd).filter(|h| h.mode == Mode::Write)?;
-        Some(Command::Reclaim {
-            vhd,
-            node: self.node,
-            epoch: h.epoch,
-            expected_generation: h.generation,
-        })
-    }
-
-    /// Drops a hold without a command (the replicated state shows it is gone).
+    /// Drops a hold without a command (for a hold the upper layer knows is gone).
     pub fn forget(&mut self, vhd: VhdId) -> Option<LocalHold> {
+        self.tickets.retain(|_, t| !matches!(t, Ticket::Grant { vhd: v } | Ticket::Reclaim { vhd: v, .. } if *v == vhd));
         self.holds.remove(&vhd)
     }
 
@@ -544,6 +776,7 @@ impl FenceGuard {
             lease_valid: self.lease_valid(now),
             remaining_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
             holds: self.holds.clone(),
+            releasing: self.releasing.keys().copied().collect(),
         }
     }
 }

@@ -26,9 +26,7 @@ pub mod view;
 
 pub use command::{Command, Mode, NodeStatus, Outcome};
 pub use error::{ConflictReason, LockError};
-pub use fence::{
-    FenceDenied, FenceEvent, FenceGuard, GuardStatus, LocalHold, LostHold, RenewalTicket,
-};
+pub use fence::{FenceDenied, FenceEvent, FenceGuard, GuardStatus, LocalHold, LostHold, Request};
 pub use ids::{Epoch, Generation, NodeId, VhdId};
 pub use state::{LockState, NodeRecord, ReadHold, VhdRecord, Writer};
 pub use time::Time;

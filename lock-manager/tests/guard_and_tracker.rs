@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use lock_manager::{
     Command, Epoch, FenceDenied, FenceEvent, FenceGuard, Generation, LeaseTiming, LivenessTracker,
-    LockError, LockState, Mode, NodeId, Outcome, Time, VhdId,
+    LockError, LockState, Mode, NodeId, Outcome, Request, Time, VhdId,
 };
 use std::time::Duration;
 
@@ -20,29 +20,33 @@ fn at(ms: u64) -> Time {
 /// A registered guard for node 1 with a confirmed renewal sent at `sent_ms`.
 fn live_guard(state: &mut LockState, timing: &LeaseTiming, sent_ms: u64) -> FenceGuard {
     let mut g = FenceGuard::new(N1, timing);
-    let reg_out = state.apply(&reg(1)).expect("register");
+    let reg_out = state.apply(&g.register_command()).expect("register");
     assert!(g.on_registered(&reg_out).is_empty());
-    let t = g
+    let req = g
         .poll_renewal(at(sent_ms))
         .expect("first renewal is due at once");
-    let res = state.apply(&g.renew_command(&t));
-    assert!(g.on_renewal_result(t.id, &res, at(sent_ms + 5)).is_empty());
+    let res = state.apply(&req.command);
+    assert!(g.on_result(req.ticket, &res, at(sent_ms + 5)).is_empty());
     g
 }
 
-fn grant(state: &mut LockState, g: &mut FenceGuard, cmd: &Command) -> Generation {
-    match state.apply(cmd).expect("grant") {
-        Outcome::Granted {
-            vhd,
-            mode,
-            epoch,
-            generation,
-            ..
-        } => {
-            assert!(g.on_granted(vhd, mode, epoch, generation));
-            generation
-        }
-        o => panic!("unexpected {o:?}"),
+/// Proposes `req`, applies it, feeds the answer back; returns the answer.
+fn propose(
+    state: &mut LockState,
+    g: &mut FenceGuard,
+    req: Request,
+    now: Time,
+) -> (Result<Outcome, LockError>, Vec<FenceEvent>) {
+    let res = state.apply(&req.command);
+    let ev = g.on_result(req.ticket, &res, now);
+    (res, ev)
+}
+
+fn acquire(state: &mut LockState, g: &mut FenceGuard, vhd: VhdId, mode: Mode) -> Generation {
+    let req = g.request_acquire(vhd, mode).expect("may request");
+    match propose(state, g, req, at(1)) {
+        (Ok(Outcome::Granted { generation, .. }), ev) if ev.is_empty() => generation,
+        other => panic!("unexpected {other:?}"),
     }
 }
 
@@ -56,22 +60,18 @@ fn fence_is_closed_until_registered_renewed_and_granted() {
         "no renewal before registration"
     );
     assert!(g.needs_register());
+    assert!(g.request_acquire(V1, Mode::Write).is_err(), "no epoch yet");
     assert_eq!(
         g.check_write(V1, Generation(1), at(0)),
         Err(FenceDenied::NotHeld)
     );
-    let out = state.apply(&reg(1)).expect("register");
+    let out = state.apply(&g.register_command()).expect("register");
     g.on_registered(&out);
     // Granted but no lease yet.
-    let gen_ = match state.apply(&w(1, 1, 1)).expect("acquire") {
-        Outcome::Granted { generation, .. } => generation,
-        o => panic!("{o:?}"),
-    };
-    assert!(g.on_granted(V1, Mode::Write, Epoch(1), gen_));
+    let gen_ = acquire(&mut state, &mut g, V1, Mode::Write);
     assert_eq!(g.check_write(V1, gen_, at(1)), Err(FenceDenied::NoLease));
-    let t = g.poll_renewal(at(10)).expect("due");
-    let res = state.apply(&g.renew_command(&t));
-    g.on_renewal_result(t.id, &res, at(12));
+    let req = g.poll_renewal(at(10)).expect("due");
+    propose(&mut state, &mut g, req, at(12)).0.expect("renewed");
     assert!(g.may_write(V1, gen_, at(12)));
     assert_eq!(g.deadline(), Some(at(10).saturating_add(timing.node_lease)));
 }
@@ -82,8 +82,8 @@ fn fence_checks_mode_generation_and_closes_on_its_own_at_the_deadline() {
     let mut state = LockState::new();
     let mut g = live_guard(&mut state, &timing, 1000);
     state.apply(&reg(2)).expect("register 2");
-    let gen_ = grant(&mut state, &mut g, &w(1, 1, 1));
-    grant(&mut state, &mut g, &r(2, 1, 1));
+    let gen_ = acquire(&mut state, &mut g, V1, Mode::Write);
+    acquire(&mut state, &mut g, VhdId(2), Mode::Read);
     let deadline = at(1000).saturating_add(timing.node_lease);
     let just_before = Time::from_nanos(deadline.as_nanos() - 1);
     assert!(g.may_write(V1, gen_, just_before));
@@ -119,33 +119,29 @@ fn fence_reopens_only_after_a_renewal_at_the_same_epoch_still_in_date() {
     let d = timing.node_lease;
     let mut state = LockState::new();
     let mut g = live_guard(&mut state, &timing, 0);
-    let gen_ = grant(&mut state, &mut g, &w(1, 1, 1));
+    let gen_ = acquire(&mut state, &mut g, V1, Mode::Write);
     let deadline = at(0).saturating_add(d);
     // Two renewals go out while confirmations are delayed (a partition).
-    let early = g
-        .poll_renewal(at(0).saturating_add(timing.renew_interval))
-        .expect("due");
-    let late = g
-        .poll_renewal(early.sent_at.saturating_add(timing.renew_retry))
-        .expect("retry while unconfirmed");
+    let t_early = at(0).saturating_add(timing.renew_interval);
+    let early = g.poll_renewal(t_early).expect("due");
+    let t_late = t_early.saturating_add(timing.renew_retry);
+    let late = g.poll_renewal(t_late).expect("retry while unconfirmed");
     let lapse_time = deadline.saturating_add(Duration::from_millis(10));
     assert_eq!(g.poll(lapse_time), vec![FenceEvent::Lapsed { deadline }]);
     assert!(!g.may_write(V1, gen_, lapse_time));
     // The answer to `early` comes so late that its own deadline has passed: stays closed.
-    let res = state.apply(&g.renew_command(&early));
-    let after_early = early
-        .sent_at
+    let after_early = t_early
         .saturating_add(d)
         .saturating_add(Duration::from_millis(1));
-    assert!(g.on_renewal_result(early.id, &res, after_early).is_empty());
+    let (_, ev) = propose(&mut state, &mut g, early, after_early);
+    assert!(ev.is_empty());
     assert!(!g.may_write(V1, gen_, after_early));
     // `late` is confirmed while its deadline is still ahead: reopened.
-    let res = state.apply(&g.renew_command(&late));
-    let new_deadline = late.sent_at.saturating_add(d);
+    let (_, ev) = propose(&mut state, &mut g, late, after_early);
     assert_eq!(
-        g.on_renewal_result(late.id, &res, after_early),
+        ev,
         vec![FenceEvent::Reopened {
-            deadline: new_deadline
+            deadline: t_late.saturating_add(d)
         }]
     );
     assert!(g.may_write(V1, gen_, after_early));
@@ -157,16 +153,18 @@ fn a_bumped_epoch_loses_every_hold_and_nothing_is_retaken() {
     let mut state = LockState::new();
     let mut g = live_guard(&mut state, &timing, 0);
     state.apply(&reg(2)).expect("register 2");
-    let gen_ = grant(&mut state, &mut g, &w(1, 1, 1));
-    grant(&mut state, &mut g, &rd(2, 1, 1));
+    let gen_ = acquire(&mut state, &mut g, V1, Mode::Write);
+    acquire(&mut state, &mut g, VhdId(2), Mode::ReadDenyWrite);
+    // A request sent before the expiry, answered after it.
+    let pending = g
+        .request_acquire(VhdId(3), Mode::Write)
+        .expect("may request");
     // The coordinator expires node 1 (count 1: the one renewal above).
     state.apply(&expire(1, 1, 1)).expect("expire");
-    let t = g
-        .poll_renewal(at(0).saturating_add(timing.renew_interval))
-        .expect("due");
-    let res = state.apply(&g.renew_command(&t));
+    let t = at(0).saturating_add(timing.renew_interval);
+    let req = g.poll_renewal(t).expect("due");
+    let (res, ev) = propose(&mut state, &mut g, req, t);
     assert!(matches!(res, Err(LockError::StaleEpoch { .. })));
-    let ev = g.on_renewal_result(t.id, &res, t.sent_at);
     let FenceEvent::OwnershipLost {
         old_epoch,
         new_epoch,
@@ -178,20 +176,41 @@ fn a_bumped_epoch_loses_every_hold_and_nothing_is_retaken() {
     assert_eq!((*old_epoch, *new_epoch), (Some(Epoch(1)), Some(Epoch(2))));
     assert_eq!(holds.len(), 2);
     assert!(
-        !g.may_write(V1, gen_, t.sent_at),
+        !g.may_write(V1, gen_, t),
         "closed although the old deadline is ahead"
     );
+    // The old request's answer is ignored (its ticket died with the epoch).
+    let (res, ev) = propose(&mut state, &mut g, pending, t);
+    assert!(res.is_err() && ev.is_empty());
     // It renews at the new epoch: live again, but holds nothing.
-    let t2 = g
-        .poll_renewal(t.sent_at)
-        .expect("renews at once at the new epoch");
-    assert_eq!(t2.epoch, Epoch(2));
-    let res = state.apply(&g.renew_command(&t2));
-    assert!(g.on_renewal_result(t2.id, &res, t2.sent_at).is_empty());
+    let req = g.poll_renewal(t).expect("renews at once at the new epoch");
+    assert_eq!(req.command, renew(1, 2));
+    let (_, ev) = propose(&mut state, &mut g, req, t);
+    assert!(ev.is_empty());
     assert!(g.holds().is_empty());
-    assert!(!g.may_write(V1, gen_, t2.sent_at));
-    // A grant under the old epoch (a late answer) is refused.
-    assert!(!g.on_granted(V1, Mode::Write, Epoch(1), gen_));
+    assert!(!g.may_write(V1, gen_, t));
+}
+
+#[test]
+fn a_late_grant_after_a_release_does_not_reopen_the_fence() {
+    let timing = LeaseTiming::default();
+    let mut state = LockState::new();
+    let mut g = live_guard(&mut state, &timing, 0);
+    let gen_ = acquire(&mut state, &mut g, V1, Mode::Write);
+    // A retried acquire is answered (idempotently) only after the node began releasing.
+    let retry = g.request_acquire(V1, Mode::Write).expect("may request");
+    let late_answer = state.apply(&retry.command);
+    let rel_req = g.begin_release(V1).expect("held");
+    assert!(
+        g.request_acquire(V1, Mode::Write).is_err(),
+        "no acquire while releasing"
+    );
+    assert!(g.on_result(retry.ticket, &late_answer, at(2)).is_empty());
+    assert!(!g.may_write(V1, gen_, at(2)));
+    let (res, _) = propose(&mut state, &mut g, rel_req, at(3));
+    assert!(res.is_ok());
+    assert!(g.status(at(3)).releasing.is_empty());
+    assert!(state.owner(V1).is_none());
 }
 
 #[test]
@@ -200,15 +219,16 @@ fn cooperative_handoff_closes_first_and_reopens_only_through_a_reclaim() {
     let mut state = LockState::new();
     let mut g = live_guard(&mut state, &timing, 0);
     state.apply(&reg(2)).expect("register 2");
-    let gen_ = grant(&mut state, &mut g, &w(1, 1, 1));
+    let gen_ = acquire(&mut state, &mut g, V1, Mode::Write);
     let now = at(100);
     // Target named at a wrong epoch: refused, but the fence stays closed (a duplicate of
     // the transfer could still be in flight).
-    let stale_cmd = g
+    let req = g
         .begin_handoff(V1, NodeId(2), Epoch(9))
         .expect("held for write");
     assert_eq!(g.check_write(V1, gen_, now), Err(FenceDenied::HandingOff));
-    let res = state.apply(&stale_cmd);
+    let duplicate = req.command.clone();
+    let (res, ev) = propose(&mut state, &mut g, req, now);
     assert!(matches!(
         res,
         Err(LockError::StaleEpoch {
@@ -216,36 +236,50 @@ fn cooperative_handoff_closes_first_and_reopens_only_through_a_reclaim() {
             ..
         })
     ));
-    assert!(g.on_handoff_result(V1, &res).is_empty());
+    assert_eq!(ev, vec![FenceEvent::HandoffFailed { vhd: V1 }]);
     assert!(!g.may_write(V1, gen_, now));
-    // A late duplicate of the current grant does not reopen it either.
-    assert!(!g.on_granted(V1, Mode::Write, Epoch(1), gen_));
     // Reclaim: a new generation; the old one is dead for every in-flight command.
-    let reclaim = g.reclaim_command(V1).expect("write hold");
-    let new_gen = grant(&mut state, &mut g, &reclaim);
-    assert!(new_gen > gen_);
+    let req = g.reclaim(V1).expect("handing off");
+    let (res, ev) = propose(&mut state, &mut g, req, now);
+    let Ok(Outcome::Granted {
+        generation: new_gen,
+        ..
+    }) = res
+    else {
+        panic!("{res:?}")
+    };
+    assert!(ev.is_empty() && new_gen > gen_);
     assert!(g.may_write(V1, new_gen, now));
     assert!(!g.may_write(V1, gen_, now));
-    let late = xfer(1, 1, 1, 2, 1, gen_.0);
     assert!(matches!(
-        state.apply(&late),
+        state.apply(&duplicate),
         Err(LockError::GenerationMismatch { .. })
     ));
-    // The real hand-off.
-    let cmd = g
+    // The real hand-off; the target expects it above the source's generation.
+    let mut target = FenceGuard::new(NodeId(2), &timing);
+    target.on_registered(&state.apply(&reg(2)).expect("register"));
+    assert!(target.expect_transfer(V1, new_gen));
+    let req = g
         .begin_handoff(V1, NodeId(2), Epoch(1))
         .expect("held for write");
     assert!(!g.may_write(V1, new_gen, now), "closed before the proposal");
-    let res = state.apply(&cmd);
+    let (res, ev) = propose(&mut state, &mut g, req, now);
     assert_eq!(
-        g.on_handoff_result(V1, &res),
+        ev,
         vec![FenceEvent::HoldDropped {
             vhd: V1,
             generation: new_gen
         }]
     );
     assert!(g.hold(V1).is_none());
-    assert_eq!(state.valid_writer(V1).map(|(n, ..)| n), Some(NodeId(2)));
+    let granted = res.expect("transferred");
+    assert!(target.on_transfer_in(&granted).is_empty());
+    assert_eq!(target.hold(V1).map(|h| h.mode), Some(Mode::Write));
+    // A duplicate notification is refused: the expectation was used up.
+    assert!(matches!(
+        target.on_transfer_in(&granted)[0],
+        FenceEvent::GrantRefused { .. }
+    ));
 }
 
 #[test]
@@ -254,29 +288,21 @@ fn a_handoff_with_no_answer_is_settled_by_a_reclaim() {
     let mut state = LockState::new();
     let mut g = live_guard(&mut state, &timing, 0);
     state.apply(&reg(2)).expect("register 2");
-    let gen_ = grant(&mut state, &mut g, &w(1, 1, 1));
-    let cmd = g.begin_handoff(V1, NodeId(2), Epoch(1)).expect("held");
+    let gen_ = acquire(&mut state, &mut g, V1, Mode::Write);
+    let req = g.begin_handoff(V1, NodeId(2), Epoch(1)).expect("held");
     // The transfer committed but its answer was lost; the reclaim tells.
-    state.apply(&cmd).expect("transfer");
-    let reclaim = g.reclaim_command(V1).expect("still a local hold");
-    let res = state.apply(&reclaim);
+    state.apply(&req.command).expect("transfer");
+    let reclaim = g.reclaim(V1).expect("still handing off");
+    let (res, ev) = propose(&mut state, &mut g, reclaim, at(1));
     assert!(matches!(res, Err(LockError::NotHeld { .. })));
-    assert!(g.on_error(res.as_ref().expect_err("refused")).is_empty());
-    assert!(g.forget(V1).is_some());
+    assert_eq!(
+        ev,
+        vec![FenceEvent::HoldDropped {
+            vhd: V1,
+            generation: gen_
+        }]
+    );
     assert!(!g.may_write(V1, gen_, at(1)));
-}
-
-#[test]
-fn release_closes_before_the_command_and_carries_the_generation() {
-    let timing = LeaseTiming::default();
-    let mut state = LockState::new();
-    let mut g = live_guard(&mut state, &timing, 0);
-    let gen_ = grant(&mut state, &mut g, &w(1, 1, 1));
-    let cmd = g.begin_release(V1).expect("held");
-    assert!(!g.may_write(V1, gen_, at(1)));
-    assert_eq!(cmd, rel(1, 1, 1, gen_.0));
-    state.apply(&cmd).expect("released");
-    assert!(state.owner(V1).is_none());
 }
 
 #[test]
@@ -289,10 +315,9 @@ fn renewals_follow_the_interval_and_retry_while_unconfirmed() {
         g.poll_renewal(at(0).saturating_add(i - Duration::from_millis(1)))
             .is_none()
     );
-    let t = g
-        .poll_renewal(at(0).saturating_add(i))
-        .expect("due after the interval");
-    let retry_at = t.sent_at.saturating_add(timing.renew_retry);
+    let t = at(0).saturating_add(i);
+    assert!(g.poll_renewal(t).is_some(), "due after the interval");
+    let retry_at = t.saturating_add(timing.renew_retry);
     assert!(
         g.poll_renewal(Time::from_nanos(retry_at.as_nanos() - 1))
             .is_none()
@@ -302,14 +327,12 @@ fn renewals_follow_the_interval_and_retry_while_unconfirmed() {
         g.next_wakeup(),
         Some(retry_at.saturating_add(timing.renew_retry))
     );
-    // Many unanswered sends stay bounded.
     let mut now = retry_at;
     for _ in 0..50 {
         now = now.saturating_add(timing.renew_retry);
         g.poll_renewal(now);
     }
-    let status = g.status(now);
-    assert!(!status.lease_valid);
+    assert!(!g.status(now).lease_valid);
 }
 
 #[test]
@@ -318,16 +341,14 @@ fn a_node_that_left_must_register_again() {
     let mut state = LockState::new();
     let mut g = live_guard(&mut state, &timing, 0);
     state.apply(&leave(1, 1)).expect("leave");
-    let t = g
-        .poll_renewal(at(0).saturating_add(timing.renew_interval))
-        .expect("due");
-    let res = state.apply(&g.renew_command(&t));
-    g.on_renewal_result(t.id, &res, t.sent_at);
+    let t = at(0).saturating_add(timing.renew_interval);
+    let req = g.poll_renewal(t).expect("due");
+    let (res, _) = propose(&mut state, &mut g, req, t);
+    assert!(res.is_err());
     // Stale epoch first (leave bumped it), then not live at the new one.
-    let t = g.poll_renewal(t.sent_at).expect("renews at the new epoch");
-    let res = state.apply(&g.renew_command(&t));
+    let req = g.poll_renewal(t).expect("renews at the new epoch");
+    let (res, _) = propose(&mut state, &mut g, req, t);
     assert!(matches!(res, Err(LockError::NodeNotLive { .. })));
-    g.on_renewal_result(t.id, &res, t.sent_at);
     assert!(g.needs_register());
 }
 

@@ -106,14 +106,13 @@ enum Link {
     Delay(u64),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 enum Pending {
     Register,
-    Renew(u64),
-    Grant,
-    Handoff(VhdId),
-    Reclaim(VhdId),
-    Release,
+    /// A guard request, with the VHD it is about (if any).
+    Guard(u64, Option<VhdId>),
+    /// A command sent without a guard ticket (release of a refused grant).
+    Raw,
 }
 
 #[derive(Debug)]
@@ -129,8 +128,8 @@ struct SimNode {
     pending: BTreeMap<u64, (Pending, u64)>,
     /// Latest landing time of this node's in-flight writes per VHD (drain before hand-off).
     landing: BTreeMap<VhdId, u64>,
-    /// A hand-off or release waiting for the drain: (vhd, command, ready at).
-    draining: Option<(VhdId, Command, u64)>,
+    /// A hand-off or release waiting for the drain: (vhd, request, ready at).
+    draining: Option<(VhdId, lock_manager::Request, u64)>,
     register_sent: bool,
 }
 
@@ -164,7 +163,7 @@ struct World {
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
     events: Vec<Option<Ev>>,
     state: LockState,
-    log: VecDeque<(u64, Command, Option<(usize, u32, u64)>)>,
+    log: VecDeque<LogEntry>,
     leader: Option<Leader>,
     next_term: u64,
     nodes: Vec<SimNode>,
@@ -179,6 +178,8 @@ struct World {
 }
 
 type Check = Result<(), String>;
+/// (commit time, command, proposer: node index, incarnation, request id).
+type LogEntry = (u64, Command, Option<(usize, u32, u64)>);
 
 impl World {
     fn new(seed: u64) -> World {
@@ -252,6 +253,10 @@ impl World {
             Link::Drop => None,
             Link::Delay(max) => Some(self.rng.random_range(MS..max)),
         }
+    }
+
+    fn send_req(&mut self, node: usize, vhd: Option<VhdId>, req: lock_manager::Request) {
+        self.send(node, Pending::Guard(req.ticket, vhd), req.command);
     }
 
     fn send(&mut self, node: usize, kind: Pending, cmd: Command) {
@@ -505,14 +510,13 @@ impl World {
         if self.nodes[i].guard.needs_register() {
             if !self.nodes[i].register_sent || self.nodes[i].pending.is_empty() {
                 self.nodes[i].register_sent = true;
-                let id = self.nodes[i].id;
-                self.send(i, Pending::Register, Command::Register { node: id });
+                let cmd = self.nodes[i].guard.register_command();
+                self.send(i, Pending::Register, cmd);
             }
             return Ok(());
         }
-        if let Some(t) = self.nodes[i].guard.poll_renewal(now_l) {
-            let cmd = self.nodes[i].guard.renew_command(&t);
-            self.send(i, Pending::Renew(t.id), cmd);
+        if let Some(req) = self.nodes[i].guard.poll_renewal(now_l) {
+            self.send_req(i, None, req);
         }
         self.try_writes(i, now_l);
         self.progress_drain(i);
@@ -555,26 +559,20 @@ impl World {
     }
 
     fn progress_drain(&mut self, i: usize) {
-        if let Some((vhd, cmd, ready)) = self.nodes[i].draining.clone()
+        if let Some((vhd, req, ready)) = self.nodes[i].draining.clone()
             && self.now >= ready
         {
             self.nodes[i].draining = None;
-            let kind = if matches!(cmd, Command::Transfer { .. }) {
-                Pending::Handoff(vhd)
-            } else {
-                Pending::Release
-            };
-            self.send(i, kind, cmd);
+            self.send_req(i, Some(vhd), req);
         }
     }
 
     /// What a node's upper layer decides to do this tick (the replicated state is read
     /// directly, as a query through the coordinator would return it).
     fn decide(&mut self, i: usize) {
-        let Some(epoch) = self.nodes[i].guard.epoch() else {
+        if self.nodes[i].guard.epoch().is_none() {
             return;
-        };
-        let id = self.nodes[i].id;
+        }
         let eager = self.calm;
         // Take over VHDs of expired writers.
         let stale: Vec<(VhdId, Generation)> = self
@@ -585,44 +583,28 @@ impl World {
             .map(|o| (o.vhd, o.generation))
             .collect();
         for (vhd, g) in stale {
-            if self.rng.random_bool(if eager { 0.5 } else { 0.05 }) {
-                let cmd = Command::Takeover {
-                    vhd,
-                    node: id,
-                    epoch,
-                    expected_generation: g,
-                };
-                self.send(i, Pending::Grant, cmd);
+            if self.rng.random_bool(if eager { 0.5 } else { 0.05 })
+                && let Ok(req) = self.nodes[i].guard.request_takeover(vhd, g)
+            {
+                self.send_req(i, Some(vhd), req);
             }
         }
+        self.settle(i);
         if self.calm {
             return;
         }
         let vhd = VhdId(self.rng.random_range(1..=VHDS));
         let held = self.nodes[i].guard.hold(vhd).copied();
         let roll = self.rng.random_range(0..1000);
+        let draining = self.nodes[i].draining.is_some();
         match (held, roll) {
-            (None, 0..=9) => self.send(
-                i,
-                Pending::Grant,
-                Command::Acquire {
-                    vhd,
-                    node: id,
-                    epoch,
-                    mode: Mode::Write,
-                },
-            ),
-            (None, 10..=14) => self.send(
-                i,
-                Pending::Grant,
-                Command::Acquire {
-                    vhd,
-                    node: id,
-                    epoch,
-                    mode: Mode::Read,
-                },
-            ),
-            (Some(h), 20..=23) if h.mode == Mode::Write && self.nodes[i].draining.is_none() => {
+            (None, 0..=14) => {
+                let mode = if roll < 10 { Mode::Write } else { Mode::Read };
+                if let Ok(req) = self.nodes[i].guard.request_acquire(vhd, mode) {
+                    self.send_req(i, Some(vhd), req);
+                }
+            }
+            (Some(h), 20..=23) if h.mode == Mode::Write && !h.handing_off && !draining => {
                 let to = self.rng.random_range(0..NODES);
                 let Some(to_rec) = self.state.node_record(NodeId(to as u64 + 1)).copied() else {
                     return;
@@ -630,41 +612,58 @@ impl World {
                 if to == i {
                     return;
                 }
-                if let Ok(cmd) =
-                    self.nodes[i]
-                        .guard
-                        .begin_handoff(vhd, NodeId(to as u64 + 1), to_rec.epoch)
-                {
+                // The migration protocol tells the target first (if it is running).
+                if self.nodes[to].alive && self.nodes[to].paused.is_none() {
+                    self.nodes[to].guard.expect_transfer(vhd, h.generation);
+                }
+                let to_id = NodeId(to as u64 + 1);
+                if let Ok(req) = self.nodes[i].guard.begin_handoff(vhd, to_id, to_rec.epoch) {
                     let ready = self.nodes[i].landing.get(&vhd).copied().unwrap_or(0);
-                    self.nodes[i].draining = Some((vhd, cmd, ready));
+                    self.nodes[i].draining = Some((vhd, req, ready));
                 }
             }
-            (Some(_), 30..=31) if self.nodes[i].draining.is_none() => {
-                if let Some(cmd) = self.nodes[i].guard.begin_release(vhd) {
+            (Some(h), 30..=31) if !h.handing_off && !draining => {
+                if let Some(req) = self.nodes[i].guard.begin_release(vhd) {
                     let ready = self.nodes[i].landing.get(&vhd).copied().unwrap_or(0);
-                    self.nodes[i].draining = Some((vhd, cmd, ready));
+                    self.nodes[i].draining = Some((vhd, req, ready));
                 }
             }
             _ => {}
         }
-        // A hand-off that was refused or got no answer is settled by a reclaim (never by
-        // reading the state: a duplicate of the transfer may still be in flight).
-        let open: Vec<VhdId> = self.nodes[i]
+    }
+
+    /// Hand-offs refused or unanswered are settled by a reclaim, releases unanswered are
+    /// re-sent (never settled by reading the state: a duplicate may still be in flight).
+    fn settle(&mut self, i: usize) {
+        let busy = |n: &SimNode, v: VhdId| {
+            n.draining.as_ref().is_some_and(|d| d.0 == v)
+                || n.pending
+                    .values()
+                    .any(|(p, _)| matches!(p, Pending::Guard(_, Some(x)) if *x == v))
+        };
+        let n = &self.nodes[i];
+        let handing: Vec<VhdId> = n
             .guard
             .holds()
             .iter()
-            .filter(|(v, h)| {
-                h.handing_off
-                    && self.nodes[i].draining.as_ref().is_none_or(|d| d.0 != **v)
-                    && !self.nodes[i].pending.values().any(
-                        |(p, _)| matches!(p, Pending::Handoff(x) | Pending::Reclaim(x) if x == *v),
-                    )
-            })
+            .filter(|(v, h)| h.handing_off && !busy(n, **v))
             .map(|(v, _)| *v)
             .collect();
-        for v in open {
-            if let Some(cmd) = self.nodes[i].guard.reclaim_command(v) {
-                self.send(i, Pending::Reclaim(v), cmd);
+        let releasing: Vec<VhdId> = n
+            .guard
+            .status(Time::ZERO)
+            .releasing
+            .into_iter()
+            .filter(|v| !busy(n, *v))
+            .collect();
+        for v in handing {
+            if let Some(req) = self.nodes[i].guard.reclaim(v) {
+                self.send_req(i, Some(v), req);
+            }
+        }
+        for v in releasing {
+            if let Some(req) = self.nodes[i].guard.retry_release(v) {
+                self.send_req(i, Some(v), req);
             }
         }
     }
@@ -675,62 +674,30 @@ impl World {
             let now_l = self.local(i);
             let kind = match req {
                 Some(r) => match self.nodes[i].pending.remove(&r) {
-                    Some((k, _)) => k,
+                    Some((k, _)) => Some(k),
                     None => continue,
                 },
-                None => Pending::Grant,
+                None => None,
             };
             let events = {
                 let g = &mut self.nodes[i].guard;
                 match (kind, &res) {
-                    (Pending::Register, Ok(o)) => {
+                    (Some(Pending::Register), Ok(o)) => {
                         let ev = g.on_registered(o);
                         // A restarted node re-adopts its valid holds of this epoch.
-                        let id = g.node();
-                        for h in self.state.holds_of(id).into_iter().filter(|h| h.valid) {
-                            g.on_granted(h.vhd, h.mode, h.epoch, h.generation);
+                        for h in self
+                            .state
+                            .holds_of(g.node())
+                            .into_iter()
+                            .filter(|h| h.valid)
+                        {
+                            g.adopt(h.vhd, h.mode, h.epoch, h.generation);
                         }
                         ev
                     }
-                    (Pending::Renew(t), r) => g.on_renewal_result(t, r, now_l),
-                    (
-                        Pending::Grant,
-                        Ok(Outcome::Granted {
-                            vhd,
-                            node,
-                            epoch,
-                            mode,
-                            generation,
-                            ..
-                        }),
-                    ) => {
-                        if *node == g.node() {
-                            g.on_granted(*vhd, *mode, *epoch, *generation);
-                        }
-                        Vec::new()
-                    }
-                    (Pending::Handoff(v), r) => g.on_handoff_result(v, r),
-                    (
-                        Pending::Reclaim(v),
-                        Ok(Outcome::Granted {
-                            vhd,
-                            epoch,
-                            mode,
-                            generation,
-                            ..
-                        }),
-                    ) => {
-                        debug_assert_eq!(v, *vhd);
-                        g.on_granted(*vhd, *mode, *epoch, *generation);
-                        Vec::new()
-                    }
-                    (
-                        Pending::Reclaim(v),
-                        Err(LockError::NotHeld { .. } | LockError::GenerationMismatch { .. }),
-                    ) => {
-                        g.forget(v);
-                        Vec::new()
-                    }
+                    (Some(Pending::Guard(ticket, _)), r) => g.on_result(ticket, r, now_l),
+                    // A transfer to this node, announced by the coordinator.
+                    (None, Ok(o)) => g.on_transfer_in(o),
                     (_, Err(e)) => g.on_error(e),
                     _ => Vec::new(),
                 }
@@ -754,7 +721,21 @@ impl World {
                 }
                 FenceEvent::Reopened { .. } => self.stats.reopened += 1,
                 FenceEvent::OwnershipLost { .. } => self.stats.ownership_lost += 1,
-                FenceEvent::HoldDropped { .. } => {}
+                FenceEvent::GrantRefused {
+                    vhd,
+                    epoch,
+                    generation,
+                } => {
+                    let node = self.nodes[i].id;
+                    let cmd = Command::Release {
+                        vhd: *vhd,
+                        node,
+                        epoch: *epoch,
+                        generation: *generation,
+                    };
+                    self.send(i, Pending::Raw, cmd);
+                }
+                FenceEvent::HoldDropped { .. } | FenceEvent::HandoffFailed { .. } => {}
             }
         }
     }
@@ -878,17 +859,11 @@ impl World {
             .and_then(|o| o.owner)
             .map(|n| usize::try_from(n.0 - 1).expect("index"));
         let Some(victim) = owner else {
-            let e = self.nodes[0]
+            let req = self.nodes[0]
                 .guard
-                .epoch()
-                .ok_or("node 1 has no epoch in the calm phase")?;
-            let cmd = Command::Acquire {
-                vhd: CALM_VHD,
-                node: NodeId(1),
-                epoch: e,
-                mode: Mode::Write,
-            };
-            self.send(0, Pending::Grant, cmd);
+                .request_acquire(CALM_VHD, Mode::Write)
+                .map_err(|e| format!("node 1 cannot acquire in the calm phase: {e}"))?;
+            self.send_req(0, Some(CALM_VHD), req);
             self.at(self.now + SEC, Ev::KillOwner);
             return Ok(());
         };
@@ -940,8 +915,11 @@ impl World {
             }
             let now_l = n.clock.read(self.now);
             for (vhd, h) in n.guard.holds() {
-                if h.mode == Mode::Write && n.guard.may_write(*vhd, h.generation, now_l) {
-                    if let Some(j) = open.insert(*vhd, i) {
+                if h.mode == Mode::Write
+                    && n.guard.may_write(*vhd, h.generation, now_l)
+                    && let Some(j) = open.insert(*vhd, i)
+                {
+                    {
                         return Err(format!(
                             "nodes {} and {} both have an open write fence on {vhd} at {} ns",
                             j + 1,
