@@ -549,6 +549,14 @@ impl FenceGuard {
         if node != self.node {
             return Vec::new();
         }
+        if self
+            .holds
+            .get(&vhd)
+            .is_some_and(|h| h.generation >= generation)
+        {
+            // Already known: re-adopted after a restart, or a duplicate.
+            return Vec::new();
+        }
         match self.expected.get(&vhd) {
             Some(after) if generation > *after && Some(epoch) == self.epoch => {
                 self.expected.remove(&vhd);
@@ -561,6 +569,36 @@ impl FenceGuard {
                 generation,
             }],
         }
+    }
+
+    /// The `Release` for a grant reported by [`FenceEvent::GrantRefused`], unless the
+    /// guard holds that VHD at that generation or later after all. The fence stays closed
+    /// for it and no acquire of it is issued until the answer comes.
+    pub fn release_unwanted(
+        &mut self,
+        vhd: VhdId,
+        epoch: Epoch,
+        generation: Generation,
+    ) -> Option<Request> {
+        if self.epoch != Some(epoch)
+            || self
+                .holds
+                .get(&vhd)
+                .is_some_and(|h| h.generation >= generation)
+            || self.releasing.contains_key(&vhd)
+        {
+            return None;
+        }
+        self.tickets
+            .retain(|_, t| !matches!(t, Ticket::Grant { vhd: v } if *v == vhd));
+        self.releasing.insert(vhd, generation);
+        let cmd = Command::Release {
+            vhd,
+            node: self.node,
+            epoch,
+            generation,
+        };
+        Some(self.ticket(Ticket::Release { vhd }, cmd))
     }
 
     /// Re-adopts a hold after a restart, from `LockState::holds_of` read after this

@@ -275,11 +275,16 @@ fn cooperative_handoff_closes_first_and_reopens_only_through_a_reclaim() {
     let granted = res.expect("transferred");
     assert!(target.on_transfer_in(&granted).is_empty());
     assert_eq!(target.hold(V1).map(|h| h.mode), Some(Mode::Write));
-    // A duplicate notification is refused: the expectation was used up.
+    // A duplicate notification changes nothing; after a release it is refused (the
+    // expectation was used up), so it cannot reopen the released VHD.
+    assert!(target.on_transfer_in(&granted).is_empty());
+    let rel = target.begin_release(V1).expect("held");
     assert!(matches!(
         target.on_transfer_in(&granted)[0],
         FenceEvent::GrantRefused { .. }
     ));
+    assert!(target.hold(V1).is_none());
+    assert!(state.apply(&rel.command).is_ok());
 }
 
 #[test]

@@ -111,8 +111,6 @@ enum Pending {
     Register,
     /// A guard request, with the VHD it is about (if any).
     Guard(u64, Option<VhdId>),
-    /// A command sent without a guard ticket (release of a refused grant).
-    Raw,
 }
 
 #[derive(Debug)]
@@ -699,7 +697,6 @@ impl World {
                     // A transfer to this node, announced by the coordinator.
                     (None, Ok(o)) => g.on_transfer_in(o),
                     (_, Err(e)) => g.on_error(e),
-                    _ => Vec::new(),
                 }
             };
             self.note_events(i, &events);
@@ -726,14 +723,13 @@ impl World {
                     epoch,
                     generation,
                 } => {
-                    let node = self.nodes[i].id;
-                    let cmd = Command::Release {
-                        vhd: *vhd,
-                        node,
-                        epoch: *epoch,
-                        generation: *generation,
-                    };
-                    self.send(i, Pending::Raw, cmd);
+                    if let Some(req) =
+                        self.nodes[i]
+                            .guard
+                            .release_unwanted(*vhd, *epoch, *generation)
+                    {
+                        self.send_req(i, Some(*vhd), req);
+                    }
                 }
                 FenceEvent::HoldDropped { .. } | FenceEvent::HandoffFailed { .. } => {}
             }
