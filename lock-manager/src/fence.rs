@@ -18,6 +18,7 @@ use crate::error::LockError;
 use crate::ids::{Epoch, Generation, NodeId, VhdId};
 use crate::time::Time;
 use crate::timing::LeaseTiming;
+use crate::view::HoldView;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,11 +43,24 @@ pub struct Request {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ticket {
-    Renew { epoch: Epoch, sent_at: Time },
-    Grant { vhd: VhdId },
-    Reclaim { vhd: VhdId, from: Generation },
-    Handoff { vhd: VhdId },
-    Release { vhd: VhdId },
+    Renew {
+        epoch: Epoch,
+        sent_at: Time,
+    },
+    Grant {
+        vhd: VhdId,
+    },
+    Reclaim {
+        vhd: VhdId,
+        from: Generation,
+        recovered: bool,
+    },
+    Handoff {
+        vhd: VhdId,
+    },
+    Release {
+        vhd: VhdId,
+    },
 }
 
 /// A VHD held by this node, as the guard knows it.
@@ -86,6 +100,13 @@ pub enum FenceDenied {
     /// No renewal has been confirmed at the current epoch yet.
     #[error("no lease at the current epoch")]
     NoLease,
+    /// Recovering after a restart: the previous incarnation's writes may still be in
+    /// flight until this local time.
+    #[error("recovering until {until}")]
+    Recovering {
+        /// When writes may start.
+        until: Time,
+    },
     /// The lease deadline has passed (self-fenced until a renewal at the same epoch).
     #[error("lease lapsed at {deadline}")]
     Lapsed {
@@ -180,8 +201,10 @@ pub struct FenceGuard {
     node_lease: Duration,
     renew_interval: Duration,
     renew_retry: Duration,
+    io_timeout: Duration,
     epoch: Option<Epoch>,
     deadline: Option<Time>,
+    writes_not_before: Option<Time>,
     lapse_reported: bool,
     next_ticket: u64,
     tickets: BTreeMap<u64, Ticket>,
@@ -202,8 +225,10 @@ impl FenceGuard {
             node_lease: timing.node_lease,
             renew_interval: timing.renew_interval,
             renew_retry: timing.renew_retry,
+            io_timeout: timing.io_timeout,
             epoch: None,
             deadline: None,
+            writes_not_before: None,
             lapse_reported: false,
             next_ticket: 1,
             tickets: BTreeMap::new(),
@@ -269,6 +294,9 @@ impl FenceGuard {
         }
         if h.handing_off {
             return Err(FenceDenied::HandingOff);
+        }
+        if let Some(until) = self.writes_not_before.filter(|u| now < *u) {
+            return Err(FenceDenied::Recovering { until });
         }
         self.check_lease(h.epoch, now)
     }
@@ -516,6 +544,7 @@ impl FenceGuard {
             Ticket::Reclaim {
                 vhd,
                 from: h.generation,
+                recovered: false,
             },
             cmd,
         ))
@@ -601,18 +630,49 @@ impl FenceGuard {
         Some(self.ticket(Ticket::Release { vhd }, cmd))
     }
 
-    /// Re-adopts a hold after a restart, from `LockState::holds_of` read after this
-    /// node's `Register` committed. Only for VHDs the guard knows nothing about, at the
-    /// guard's epoch.
-    pub fn adopt(&mut self, vhd: VhdId, mode: Mode, epoch: Epoch, generation: Generation) -> bool {
-        if self.epoch != Some(epoch)
-            || self.holds.contains_key(&vhd)
-            || self.releasing.contains_key(&vhd)
-        {
-            return false;
+    /// After a restart: what to do with the holds the replicated state still shows for
+    /// this node at its epoch (`LockState::holds_of`, read after this node's `Register`
+    /// committed). Commands of the previous incarnation may still be in flight (a
+    /// transfer, a release), so nothing is adopted as is: each write hold is reclaimed
+    /// (a new generation voids those commands; its grant installs the hold) and each
+    /// read hold is released (the upper layer re-acquires what it needs). Writes also
+    /// wait `io_timeout` from `now`, so that the previous incarnation's last writes have
+    /// landed before the first new one.
+    pub fn recover(&mut self, holds: &[HoldView], now: Time) -> Vec<Request> {
+        let Some(epoch) = self.epoch else {
+            return Vec::new();
+        };
+        self.writes_not_before = Some(now.saturating_add(self.io_timeout));
+        let mut out = Vec::new();
+        for h in holds.iter().filter(|h| h.valid && h.epoch == epoch) {
+            if self.holds.contains_key(&h.vhd) || self.releasing.contains_key(&h.vhd) {
+                continue;
+            }
+            if h.mode == Mode::Write {
+                let cmd = Command::Reclaim {
+                    vhd: h.vhd,
+                    node: self.node,
+                    epoch,
+                    expected_generation: h.generation,
+                };
+                let kind = Ticket::Reclaim {
+                    vhd: h.vhd,
+                    from: h.generation,
+                    recovered: true,
+                };
+                out.push(self.ticket(kind, cmd));
+            } else {
+                self.releasing.insert(h.vhd, h.generation);
+                let cmd = Command::Release {
+                    vhd: h.vhd,
+                    node: self.node,
+                    epoch,
+                    generation: h.generation,
+                };
+                out.push(self.ticket(Ticket::Release { vhd: h.vhd }, cmd));
+            }
         }
-        self.install(vhd, mode, epoch, generation);
-        true
+        out
     }
 
     fn install(&mut self, vhd: VhdId, mode: Mode, epoch: Epoch, generation: Generation) {
@@ -675,26 +735,35 @@ impl FenceGuard {
                 }
             }
             (
-                Ticket::Reclaim { vhd, from },
+                Ticket::Reclaim {
+                    vhd,
+                    from,
+                    recovered,
+                },
                 Ok(Outcome::Granted {
                     vhd: v,
                     epoch,
                     generation,
                     ..
                 }),
-            ) if *v == vhd => match self.holds.get(&vhd) {
-                Some(h) if h.handing_off && h.generation == from && Some(*epoch) == self.epoch => {
+            ) if *v == vhd => {
+                let ours = match self.holds.get(&vhd) {
+                    Some(h) => h.handing_off && h.generation == from,
+                    None => recovered && !self.releasing.contains_key(&vhd),
+                };
+                if ours && Some(*epoch) == self.epoch {
                     self.install(vhd, Mode::Write, *epoch, *generation);
                     Vec::new()
+                } else {
+                    vec![FenceEvent::GrantRefused {
+                        vhd,
+                        epoch: *epoch,
+                        generation: *generation,
+                    }]
                 }
-                _ => vec![FenceEvent::GrantRefused {
-                    vhd,
-                    epoch: *epoch,
-                    generation: *generation,
-                }],
-            },
+            }
             (
-                Ticket::Reclaim { vhd, from },
+                Ticket::Reclaim { vhd, from, .. },
                 Err(LockError::NotHeld { .. } | LockError::GenerationMismatch { .. }),
             ) => self.drop_if(vhd, from),
             (Ticket::Handoff { vhd }, Ok(_)) => {

@@ -470,3 +470,43 @@ fn renewal_cost_does_not_depend_on_how_many_vhds_a_node_holds() {
     s.apply(&renew(1, 1)).expect("renew");
     assert_eq!(s.owners(), before, "no VHD record changes on renewal");
 }
+
+#[test]
+fn a_restarted_node_reclaims_writes_releases_reads_and_waits_io_timeout() {
+    let timing = LeaseTiming::default();
+    let mut state = LockState::new();
+    let mut old = live_guard(&mut state, &timing, 0);
+    state.apply(&reg(2)).expect("register 2");
+    let gen_ = acquire(&mut state, &mut old, V1, Mode::Write);
+    acquire(&mut state, &mut old, VhdId(2), Mode::Read);
+    // The old incarnation began a hand-off, then crashed; its transfer is in flight.
+    let in_flight = old
+        .begin_handoff(V1, NodeId(2), Epoch(1))
+        .expect("held")
+        .command;
+    drop(old);
+    let mut g = FenceGuard::new(N1, &timing);
+    g.on_registered(&state.apply(&g.register_command()).expect("register"));
+    let now = at(10_000);
+    let reqs = g.recover(&state.holds_of(N1), now);
+    assert_eq!(reqs.len(), 2);
+    for req in reqs {
+        let (res, ev) = propose(&mut state, &mut g, req, now);
+        assert!(res.is_ok() && ev.is_empty(), "{res:?} {ev:?}");
+    }
+    // The old incarnation's transfer can no longer apply.
+    assert!(matches!(
+        state.apply(&in_flight),
+        Err(LockError::GenerationMismatch { .. })
+    ));
+    let new_gen = g.hold(V1).expect("reclaimed").generation;
+    assert!(new_gen > gen_ && g.hold(VhdId(2)).is_none());
+    let req = g.poll_renewal(now).expect("due");
+    propose(&mut state, &mut g, req, now).0.expect("renewed");
+    let until = now.saturating_add(timing.io_timeout);
+    assert_eq!(
+        g.check_write(V1, new_gen, now),
+        Err(FenceDenied::Recovering { until })
+    );
+    assert!(g.may_write(V1, new_gen, until));
+}

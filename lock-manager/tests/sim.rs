@@ -682,20 +682,15 @@ impl World {
                 },
                 None => None,
             };
+            let mut recover = Vec::new();
             let events = {
                 let g = &mut self.nodes[i].guard;
                 match (kind, &res) {
                     (Some(Pending::Register), Ok(o)) => {
                         let ev = g.on_registered(o);
-                        // A restarted node re-adopts its valid holds of this epoch.
-                        for h in self
-                            .state
-                            .holds_of(g.node())
-                            .into_iter()
-                            .filter(|h| h.valid)
-                        {
-                            g.adopt(h.vhd, h.mode, h.epoch, h.generation);
-                        }
+                        // A restarted node recovers the holds the state still shows.
+                        let holds = self.state.holds_of(g.node());
+                        recover = g.recover(&holds, now_l);
                         ev
                     }
                     (Some(Pending::Guard(ticket, _)), r) => g.on_result(ticket, r, now_l),
@@ -705,6 +700,13 @@ impl World {
                 }
             };
             self.note_events(i, &events);
+            for req in recover {
+                let vhd = match req.command {
+                    Command::Reclaim { vhd, .. } | Command::Release { vhd, .. } => Some(vhd),
+                    _ => None,
+                };
+                self.send_req(i, vhd, req);
+            }
         }
         Ok(())
     }
