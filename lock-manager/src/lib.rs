@@ -17,6 +17,7 @@ mod apply;
 pub mod command;
 pub mod error;
 pub mod fence;
+mod fence_types;
 pub mod ids;
 pub mod state;
 pub mod time;
