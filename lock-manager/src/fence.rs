@@ -545,6 +545,9 @@ impl FenceGuard {
     }
 
     fn install(&mut self, vhd: VhdId, mode: Mode, epoch: Epoch, generation: Generation) {
+        // Holding it by any path ends an expectation: a transfer notice that arrives later
+        // is stale and must not install an older generation after the hold is gone.
+        self.expected.remove(&vhd);
         self.holds.insert(
             vhd,
             LocalHold {

@@ -306,7 +306,7 @@ impl World {
             if self.tracing
                 && !matches!(
                     ev,
-                    Ev::NodeTick(_) | Ev::Commit | Ev::CoordTick(_) | Ev::Land { .. }
+                    Ev::NodeTick(_) | Ev::Commit | Ev::CoordTick(_)
                 )
             {
                 eprintln!("{:>8.3} {ev:?}", t as f64 / 1e9);
