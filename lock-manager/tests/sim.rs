@@ -303,12 +303,7 @@ impl World {
         while let Some(Reverse((t, _, idx))) = self.queue.pop() {
             self.now = t;
             let ev = self.events[idx].take().expect("each event fires once");
-            if self.tracing
-                && !matches!(
-                    ev,
-                    Ev::NodeTick(_) | Ev::Commit | Ev::CoordTick(_)
-                )
-            {
+            if self.tracing && !matches!(ev, Ev::NodeTick(_) | Ev::Commit | Ev::CoordTick(_)) {
                 eprintln!("{:>8.3} {ev:?}", t as f64 / 1e9);
             }
             let end = matches!(ev, Ev::End);
