@@ -328,6 +328,15 @@ impl FenceGuard {
         if self.holds.get(&vhd).is_some_and(|h| h.handing_off) {
             return Err(FenceDenied::HandingOff);
         }
+        // A recovery reclaim in flight: an idempotent grant of the old generation would
+        // bring back exactly what the reclaim is there to void.
+        if self
+            .tickets
+            .values()
+            .any(|t| matches!(t, Ticket::Reclaim { vhd: v, recovered: true, .. } if *v == vhd))
+        {
+            return Err(FenceDenied::HandingOff);
+        }
         Ok(epoch)
     }
 
