@@ -15,7 +15,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustix::fs::{FallocateFlags, SeekFrom};
@@ -31,6 +32,10 @@ use crate::proto::MAX_EXTENTS;
 /// reads of sparse regions go out as OFFSET_HOLE chunks; smaller reads skip the
 /// lookup, which would cost more than the zeroes it saves.
 pub const HOLE_DETECT_MIN_READ: u32 = 256 * 1024;
+/// An inline write slower than this sends writes to the blocking pool for
+/// [`POOL_WRITES_FOR`].
+pub const SLOW_INLINE_WRITE: Duration = Duration::from_millis(5);
+pub const POOL_WRITES_FOR: Duration = Duration::from_millis(200);
 /// Zeroes written per call where the file system cannot zero a range by itself.
 const ZERO_WRITE_CHUNK: usize = 1024 * 1024;
 
@@ -65,9 +70,15 @@ struct Inner {
     size: u64,
     read_only: bool,
     mode: IoMode,
-    /// Cleared the first time the kernel answers RWF_NOWAIT with EOPNOTSUPP.
+    /// Cleared the first time the kernel answers RWF_NOWAIT with EOPNOTSUPP (ext4
+    /// refuses it for buffered writes).
     nowait_read: AtomicBool,
     nowait_write: AtomicBool,
+    /// Without RWF_NOWAIT, writes run inline (a page-cache copy) unless one recently
+    /// took longer than [`SLOW_INLINE_WRITE`] (dirty throttling, a read-modify-write
+    /// miss): then they go to the pool until this instant (ns since `epoch`).
+    pool_writes_until: AtomicU64,
+    epoch: Instant,
 }
 
 /// A raw image file or block device.
@@ -98,6 +109,8 @@ impl FileDevice {
                 mode: IoMode::Auto,
                 nowait_read: AtomicBool::new(true),
                 nowait_write: AtomicBool::new(true),
+                pool_writes_until: AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
         })
     }
@@ -249,6 +262,25 @@ impl Inner {
         Ok(done)
     }
 
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn writes_congested(&self) -> bool {
+        self.now_ns() < self.pool_writes_until.load(Ordering::Relaxed)
+    }
+
+    fn note_inline_write(&self, took: Duration) {
+        if took > SLOW_INLINE_WRITE {
+            tracing::debug!(
+                ?took,
+                "slow inline write: using the blocking pool for a while"
+            );
+            let until = self.now_ns() + POOL_WRITES_FOR.as_nanos() as u64;
+            self.pool_writes_until.store(until, Ordering::Relaxed);
+        }
+    }
+
     fn fallocate(&self, flags: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
         loop {
             match rustix::fs::fallocate(&self.file, flags, offset, len) {
@@ -390,7 +422,11 @@ impl BlockDevice for FileDevice {
             // any connection covers them all.
             can_multi_conn: true,
             rotational: false,
-            min_block: if self.inner.size.is_multiple_of(512) { 512 } else { 1 },
+            min_block: if self.inner.size.is_multiple_of(512) {
+                512
+            } else {
+                1
+            },
         }
     }
 
@@ -446,12 +482,21 @@ impl BlockDevice for FileDevice {
                     .await
                 }
                 IoMode::Auto => {
-                    let done = if inner.nowait_write.load(Ordering::Relaxed) {
-                        inner.write_nowait(&data, offset)?
-                    } else {
-                        0
-                    };
-                    if done == data.len() {
+                    let mut done = 0;
+                    if inner.nowait_write.load(Ordering::Relaxed) {
+                        done = inner.write_nowait(&data, offset)?;
+                        if done == data.len() {
+                            return Ok(());
+                        }
+                    }
+                    if !inner.nowait_write.load(Ordering::Relaxed) && !inner.writes_congested() {
+                        let start = Instant::now();
+                        inner.write_all_at(
+                            &data[done..],
+                            offset + done as u64,
+                            ReadWriteFlags::empty(),
+                        )?;
+                        inner.note_inline_write(start.elapsed());
                         return Ok(());
                     }
                     let inner = self.inner.clone();

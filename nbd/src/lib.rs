@@ -2,6 +2,7 @@
 //! serves [`device::BlockDevice`]s, an async client, a raw-file device and an
 //! in-memory device. See docs/design/010-nbd-server.md.
 
+pub mod client;
 pub mod codec;
 pub mod device;
 pub mod error;
