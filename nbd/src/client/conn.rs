@@ -343,10 +343,8 @@ async fn reader(mut rd: ReadHalf<BoxStream>, inner: &std::sync::Weak<Inner>) -> 
             };
         }
         let structured = hdr[..4] == STRUCTURED_REPLY_MAGIC.to_be_bytes();
-        if structured {
-            if let Err(e) = rd.read_exact(&mut hdr[SIMPLE_REPLY_HEADER_LEN..]).await {
-                return e.into();
-            }
+        if structured && let Err(e) = rd.read_exact(&mut hdr[SIMPLE_REPLY_HEADER_LEN..]).await {
+            return e.into();
         }
         let h = match parse_reply_header(&hdr) {
             Ok(Some((h, _))) => h,
