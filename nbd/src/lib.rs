@@ -7,6 +7,7 @@ pub mod codec;
 pub mod device;
 pub mod error;
 pub mod file;
+pub mod fuzz;
 pub mod mem;
 pub mod proto;
 pub mod server;
