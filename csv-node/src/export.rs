@@ -132,6 +132,7 @@ async fn serve(args: ExportArgs) -> anyhow::Result<()> {
         args.images.iter().map(|a| parse_image_arg(a)).collect();
     let single_unnamed = parsed.len() == 1 && parsed[0].1.is_none();
     let mut names = BTreeSet::new();
+    let mut devices = Vec::new();
     for (path, name) in &parsed {
         let name = match name {
             Some(n) => n.clone(),
@@ -144,6 +145,7 @@ async fn serve(args: ExportArgs) -> anyhow::Result<()> {
             bail!("two images are exported as {name:?}: give one a name with FILE=NAME");
         }
         let (dev, format) = image::open(path, args.format, args.read_only, args.io_mode)?;
+        devices.push((path.clone(), dev.clone()));
         let options = ExportOptions {
             read_only: args.read_only,
             description: format!("{} ({format:?})", path.display()),
@@ -189,6 +191,21 @@ async fn serve(args: ExportArgs) -> anyhow::Result<()> {
         _ = server.wait() => {}
         _ = tokio::time::sleep(SHUTDOWN_DEADLINE) => tracing::warn!("shutdown deadline passed"),
         _ = wait_for_signal() => tracing::warn!("second signal: exiting now"),
+    }
+    // Writes a client never flushed (and image metadata such as a VHD's BAT) are made
+    // durable before the process goes.
+    let mut failed = false;
+    for (path, dev) in devices {
+        if dev.capabilities().read_only {
+            continue;
+        }
+        if let Err(e) = dev.flush().await {
+            tracing::error!(image = %path.display(), "final flush failed: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        bail!("some images could not be flushed at shutdown");
     }
     Ok(())
 }

@@ -7,9 +7,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use nbd::BlockDevice;
 use nbd::file::{FileDevice, IoMode};
+
+use crate::vhd_device::VhdDevice;
 
 /// The VHD footer cookie.
 const VHD_COOKIE: &[u8; 8] = b"conectix";
@@ -70,11 +72,12 @@ pub fn open(
                 .with_io_mode(io_mode);
             Ok((Arc::new(dev), Format::Raw))
         }
-        Format::Vpc => bail!(
-            "{} is a VHD image: VHD export needs the vhd crate, which is not part of this \
-             build yet (use --format raw to export its bytes as they are)",
-            path.display()
-        ),
+        Format::Vpc => {
+            let dev = VhdDevice::open(path, read_only, io_mode)
+                .with_context(|| format!("open VHD image {}", path.display()))?;
+            tracing::info!(image = %path.display(), disk_type = ?dev.disk_type(), "VHD image");
+            Ok((Arc::new(dev), Format::Vpc))
+        }
     }
 }
 

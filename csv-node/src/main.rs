@@ -3,6 +3,7 @@
 
 mod export;
 mod image;
+mod vhd_device;
 
 use clap::{Parser, Subcommand};
 

@@ -32,10 +32,61 @@ use crate::proto::MAX_EXTENTS;
 /// reads of sparse regions go out as OFFSET_HOLE chunks; smaller reads skip the
 /// lookup, which would cost more than the zeroes it saves.
 pub const HOLE_DETECT_MIN_READ: u32 = 256 * 1024;
-/// An inline write slower than this sends writes to the blocking pool for
-/// [`POOL_WRITES_FOR`].
-pub const SLOW_INLINE_WRITE: Duration = Duration::from_millis(5);
-pub const POOL_WRITES_FOR: Duration = Duration::from_millis(200);
+/// An inline operation slower than this sends the following ones to the blocking pool
+/// for [`POOL_AFTER_SLOW`] (see [`Adaptive`]).
+pub const SLOW_INLINE_OP: Duration = Duration::from_millis(5);
+pub const POOL_AFTER_SLOW: Duration = Duration::from_millis(200);
+
+/// Decides between running a blocking syscall inline (cheap when it is a page-cache
+/// copy) and in the blocking pool: inline until one inline call takes longer than
+/// [`SLOW_INLINE_OP`] (dirty throttling, a cache miss), then the pool for
+/// [`POOL_AFTER_SLOW`], then inline again. A miss costs the runtime one stall, not one
+/// per request.
+#[derive(Debug)]
+pub struct Adaptive {
+    pool_until_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            pool_until_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Adaptive {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Whether the next call should go to the pool.
+    pub fn use_pool(&self) -> bool {
+        self.now_ns() < self.pool_until_ns.load(Ordering::Relaxed)
+    }
+
+    /// Records how long an inline call took.
+    pub fn record(&self, took: Duration) {
+        if took > SLOW_INLINE_OP {
+            tracing::debug!(
+                ?took,
+                "slow inline I/O: using the blocking pool for a while"
+            );
+            let until = self.now_ns() + POOL_AFTER_SLOW.as_nanos() as u64;
+            self.pool_until_ns.store(until, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs `f` inline, timing it.
+    pub fn inline<T>(&self, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let r = f();
+        self.record(start.elapsed());
+        r
+    }
+}
 /// Zeroes written per call where the file system cannot zero a range by itself.
 const ZERO_WRITE_CHUNK: usize = 1024 * 1024;
 
@@ -74,11 +125,8 @@ struct Inner {
     /// refuses it for buffered writes).
     nowait_read: AtomicBool,
     nowait_write: AtomicBool,
-    /// Without RWF_NOWAIT, writes run inline (a page-cache copy) unless one recently
-    /// took longer than [`SLOW_INLINE_WRITE`] (dirty throttling, a read-modify-write
-    /// miss): then they go to the pool until this instant (ns since `epoch`).
-    pool_writes_until: AtomicU64,
-    epoch: Instant,
+    /// Without RWF_NOWAIT, writes run inline unless a recent one was slow.
+    writes: Adaptive,
 }
 
 /// A raw image file or block device.
@@ -109,8 +157,7 @@ impl FileDevice {
                 mode: IoMode::Auto,
                 nowait_read: AtomicBool::new(true),
                 nowait_write: AtomicBool::new(true),
-                pool_writes_until: AtomicU64::new(0),
-                epoch: Instant::now(),
+                writes: Adaptive::default(),
             }),
         })
     }
@@ -260,25 +307,6 @@ impl Inner {
             }
         }
         Ok(done)
-    }
-
-    fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    fn writes_congested(&self) -> bool {
-        self.now_ns() < self.pool_writes_until.load(Ordering::Relaxed)
-    }
-
-    fn note_inline_write(&self, took: Duration) {
-        if took > SLOW_INLINE_WRITE {
-            tracing::debug!(
-                ?took,
-                "slow inline write: using the blocking pool for a while"
-            );
-            let until = self.now_ns() + POOL_WRITES_FOR.as_nanos() as u64;
-            self.pool_writes_until.store(until, Ordering::Relaxed);
-        }
     }
 
     fn fallocate(&self, flags: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
@@ -489,14 +517,14 @@ impl BlockDevice for FileDevice {
                             return Ok(());
                         }
                     }
-                    if !inner.nowait_write.load(Ordering::Relaxed) && !inner.writes_congested() {
-                        let start = Instant::now();
-                        inner.write_all_at(
-                            &data[done..],
-                            offset + done as u64,
-                            ReadWriteFlags::empty(),
-                        )?;
-                        inner.note_inline_write(start.elapsed());
+                    if !inner.nowait_write.load(Ordering::Relaxed) && !inner.writes.use_pool() {
+                        inner.writes.inline(|| {
+                            inner.write_all_at(
+                                &data[done..],
+                                offset + done as u64,
+                                ReadWriteFlags::empty(),
+                            )
+                        })?;
                         return Ok(());
                     }
                     let inner = self.inner.clone();

@@ -323,7 +323,7 @@ async fn connection_limit() {
 }
 
 fn tls_client(pki: &common::certs::Pki, with_cert: bool) -> ClientTls {
-    let client_cert = with_cert.then(|| (pki.client_cert.as_path(), pki.client_key.as_path()));
+    let client_cert = with_cert.then_some((pki.client_cert.as_path(), pki.client_key.as_path()));
     ClientTls {
         config: nbd::tls::client_config(&pki.ca, client_cert).expect("client tls"),
         server_name: "localhost".try_into().expect("name"),
