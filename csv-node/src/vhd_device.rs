@@ -14,7 +14,7 @@ use nbd::device::{
     ZeroFlags,
 };
 use nbd::error::Errno;
-use nbd::file::{Adaptive, HOLE_DETECT_MIN_READ, IoMode};
+use nbd::file::{Adaptive, HOLE_DETECT_MIN_READ, IoMode, POOL_MIN_LEN};
 use vhd::{DiskType, Image};
 
 /// Maps the image library's errors onto the NBD set.
@@ -76,14 +76,17 @@ impl VhdDevice {
     }
 
     /// Runs `f` on the image inline or in the pool, per the I/O mode.
+    /// `len` is the request's size: large ones go to the pool in auto mode (see
+    /// [`POOL_MIN_LEN`]).
     async fn run<T: Send + 'static>(
         &self,
+        len: usize,
         f: impl FnOnce(&Image) -> Result<T, vhd::Error> + Send + 'static,
     ) -> Result<T, DeviceError> {
         let inline = match self.mode {
             IoMode::Inline => true,
             IoMode::Pool => false,
-            IoMode::Auto => !self.adaptive.use_pool(),
+            IoMode::Auto => len < POOL_MIN_LEN && !self.adaptive.use_pool(),
         };
         if inline {
             return self.adaptive.inline(|| f(&self.image)).map_err(map_err);
@@ -93,7 +96,7 @@ impl VhdDevice {
     }
 
     async fn read_bytes(&self, offset: u64, len: u32) -> Result<Bytes, DeviceError> {
-        self.run(move |img| {
+        self.run(len as usize, move |img| {
             let mut buf = vec![0u8; len as usize];
             img.read_at(&mut buf, offset)?;
             Ok(Bytes::from(buf))
@@ -181,7 +184,8 @@ impl BlockDevice for VhdDevice {
                 })
                 .await;
             }
-            self.run(move |img| img.write_at(&data, offset)).await
+            self.run(data.len(), move |img| img.write_at(&data, offset))
+                .await
         })
     }
 

@@ -32,6 +32,11 @@ use crate::proto::MAX_EXTENTS;
 /// reads of sparse regions go out as OFFSET_HOLE chunks; smaller reads skip the
 /// lookup, which would cost more than the zeroes it saves.
 pub const HOLE_DETECT_MIN_READ: u32 = 256 * 1024;
+/// In [`IoMode::Auto`], reads and writes at least this long go straight to the
+/// blocking pool: their copy (tens of microseconds and up) then overlaps with the
+/// connection task sending earlier replies and receiving later payloads, which is worth
+/// far more than the thread wake-up it costs.
+pub const POOL_MIN_LEN: usize = 256 * 1024;
 /// An inline operation slower than this sends the following ones to the blocking pool
 /// for [`POOL_AFTER_SLOW`] (see [`Adaptive`]).
 pub const SLOW_INLINE_OP: Duration = Duration::from_millis(5);
@@ -415,7 +420,10 @@ impl FileDevice {
         match inner.mode {
             IoMode::Inline => inner.read_rest(&mut buf, offset, len)?,
             IoMode::Auto | IoMode::Pool => {
-                if inner.mode == IoMode::Auto && inner.nowait_read.load(Ordering::Relaxed) {
+                if inner.mode == IoMode::Auto
+                    && len < POOL_MIN_LEN
+                    && inner.nowait_read.load(Ordering::Relaxed)
+                {
                     inner.read_nowait(&mut buf, offset, len)?;
                 }
                 if buf.len() < len {
@@ -511,13 +519,17 @@ impl BlockDevice for FileDevice {
                 }
                 IoMode::Auto => {
                     let mut done = 0;
-                    if inner.nowait_write.load(Ordering::Relaxed) {
+                    let small = data.len() < POOL_MIN_LEN;
+                    if small && inner.nowait_write.load(Ordering::Relaxed) {
                         done = inner.write_nowait(&data, offset)?;
                         if done == data.len() {
                             return Ok(());
                         }
                     }
-                    if !inner.nowait_write.load(Ordering::Relaxed) && !inner.writes.use_pool() {
+                    if small
+                        && !inner.nowait_write.load(Ordering::Relaxed)
+                        && !inner.writes.use_pool()
+                    {
                         inner.writes.inline(|| {
                             inner.write_all_at(
                                 &data[done..],
