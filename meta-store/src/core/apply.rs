@@ -1,0 +1,240 @@
+//! Applying committed entries: commands go through the state machine, configuration
+//! changes through raft-rs and the address book; all effects of one group of entries are
+//! written in one batch together with the applied position. Then each outcome is routed to
+//! whoever waits for it.
+
+use prost::Message as _;
+use raft::StateRole;
+use raft::prelude::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
+};
+
+use super::{Core, LocalState, Response};
+use crate::engine::{Cf, KvEngine, WriteBatch};
+use crate::error::Error;
+use crate::keys::{self, Pos};
+use crate::state_machine::{SmReader, SmWriter, StateMachine};
+use crate::wire::{Membership, ProposalContext, SnapshotPayload};
+
+type Outcome = (
+    u64,
+    Option<ProposalContext>,
+    Option<Result<Response, Error>>,
+);
+
+impl<E: KvEngine, S: StateMachine> Core<E, S> {
+    pub(super) fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let first_index = first.index;
+        let last_pos = Pos::new(last.index, last.term);
+        let mut batch = WriteBatch::new();
+        let mut conf: Option<ConfState> = None;
+        let mut peer_changes: Vec<(u64, Option<String>)> = Vec::new();
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let ctx = if e.context.is_empty() {
+                None
+            } else {
+                ProposalContext::decode(&e.context[..]).ok()
+            };
+            let result = match e.get_entry_type() {
+                EntryType::EntryNormal => ctx.as_ref().map(|_| {
+                    let mut w = SmWriter { batch: &mut batch };
+                    Ok(Response::Applied(self.sm.apply(e.index, &e.data, &mut w)))
+                }),
+                EntryType::EntryConfChange => {
+                    let mut cc = ConfChange::default();
+                    match protobuf::Message::merge_from_bytes(&mut cc, &e.data) {
+                        Ok(()) => self.apply_conf_change(
+                            &v1_to_v2(&cc),
+                            ctx.as_ref(),
+                            &mut batch,
+                            &mut conf,
+                            &mut peer_changes,
+                        ),
+                        Err(err) => Some(Err(Error::Malformed(format!("conf change: {err}")))),
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let mut cc = ConfChangeV2::default();
+                    match protobuf::Message::merge_from_bytes(&mut cc, &e.data) {
+                        Ok(()) => self.apply_conf_change(
+                            &cc,
+                            ctx.as_ref(),
+                            &mut batch,
+                            &mut conf,
+                            &mut peer_changes,
+                        ),
+                        Err(err) => Some(Err(Error::Malformed(format!("conf change: {err}")))),
+                    }
+                }
+            };
+            outcomes.push((e.index, ctx, result));
+        }
+        self.raw
+            .store()
+            .persist_apply(batch, last_pos, conf.as_ref())?;
+        self.stats.applied_entries += entries.len() as u64;
+
+        for (id, addr) in peer_changes {
+            self.set_peer(id, addr);
+        }
+        // Entries this node proposed below the applied range can no longer be matched.
+        let skipped: Vec<u64> = self
+            .proposed
+            .range(..first_index)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in skipped {
+            if let Some(p) = self.proposed.remove(&k) {
+                self.finish_proposed(p, Err(Error::Indeterminate("log position skipped".into())));
+            }
+        }
+        for (index, ctx, result) in outcomes {
+            self.resolve(index, ctx, result);
+        }
+        if let Some(cs) = conf
+            && cs.voters_outgoing.is_empty()
+        {
+            let m = Membership::from_conf_state(&cs);
+            let waiting: Vec<u64> = self
+                .local
+                .iter()
+                .filter(|(_, r)| r.state == LocalState::WaitLeaveJoint)
+                .map(|(id, _)| *id)
+                .collect();
+            for rid in waiting {
+                self.local.remove(&rid);
+                self.done(rid, Ok(Response::Membership(m.clone())));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        cc: &ConfChangeV2,
+        ctx: Option<&ProposalContext>,
+        batch: &mut WriteBatch,
+        conf: &mut Option<ConfState>,
+        peer_changes: &mut Vec<(u64, Option<String>)>,
+    ) -> Option<Result<Response, Error>> {
+        match self.raw.apply_conf_change(cc) {
+            Ok(cs) => {
+                for ch in cc.get_changes() {
+                    if ch.get_change_type() == ConfChangeType::RemoveNode {
+                        batch.delete(Cf::Peers, keys::peer_key(ch.node_id).to_vec());
+                        peer_changes.push((ch.node_id, None));
+                    }
+                }
+                if let Some(ctx) = ctx {
+                    for p in &ctx.peers {
+                        let member = cs.voters.contains(&p.id)
+                            || cs.learners.contains(&p.id)
+                            || cs.voters_outgoing.contains(&p.id)
+                            || cs.learners_next.contains(&p.id);
+                        if member && p.id != 0 && !p.addr.is_empty() {
+                            batch.put(Cf::Peers, keys::peer_key(p.id).to_vec(), p.addr.as_bytes());
+                            peer_changes.push((p.id, Some(p.addr.clone())));
+                        }
+                    }
+                }
+                let m = Membership::from_conf_state(&cs);
+                tracing::info!(node = self.cfg.id, membership = ?m, "configuration applied");
+                *conf = Some(cs);
+                ctx.map(|_| Ok(Response::Membership(m)))
+            }
+            Err(e) => {
+                tracing::warn!(node = self.cfg.id, error = %e, "conf change rejected");
+                ctx.map(|_| Err(Error::InvalidMembership(e.to_string())))
+            }
+        }
+    }
+
+    /// Routes the outcome of the entry at `index` to whoever waits for it.
+    fn resolve(
+        &mut self,
+        index: u64,
+        ctx: Option<ProposalContext>,
+        result: Option<Result<Response, Error>>,
+    ) {
+        let mine = match (self.proposed.remove(&index), &ctx) {
+            (Some(p), Some(c)) if p.origin == c.origin && p.request_id == c.request_id => Some(p),
+            (Some(p), _) => {
+                // Another entry is committed where ours was: ours can never commit.
+                self.finish_proposed(p, Err(Error::Dropped));
+                None
+            }
+            (None, _) => None,
+        };
+        let (Some(result), Some(ctx)) = (result, ctx) else {
+            return;
+        };
+        if let Some(p) = mine {
+            self.finish_proposed(p, result);
+        } else if ctx.origin == self.cfg.id {
+            self.complete_local(ctx.request_id, result);
+        } else if self.raw.raft.state == StateRole::Leader {
+            // A leader applying an entry an earlier leader appended tells the origin too.
+            self.reply(ctx.origin, ctx.request_id, result);
+        }
+    }
+
+    pub(super) fn on_snapshot_installed(
+        &mut self,
+        index: u64,
+        payload: &SnapshotPayload,
+    ) -> Result<(), Error> {
+        self.sm.load(&SmReader {
+            engine: self.raw.store().engine(),
+        })?;
+        self.stats.snapshots_installed += 1;
+        let mut book: std::collections::BTreeMap<u64, String> = payload
+            .peers
+            .iter()
+            .map(|p| (p.id, p.addr.clone()))
+            .collect();
+        for p in &self.cfg.peers {
+            book.entry(p.id).or_insert_with(|| p.addr.clone());
+        }
+        let gone: Vec<u64> = self
+            .peers
+            .keys()
+            .filter(|id| !book.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.set_peer(id, None);
+        }
+        for (id, addr) in book {
+            self.set_peer(id, Some(addr));
+        }
+        let stale: Vec<u64> = self.proposed.range(..=index).map(|(k, _)| *k).collect();
+        for k in stale {
+            if let Some(p) = self.proposed.remove(&k) {
+                self.finish_proposed(
+                    p,
+                    Err(Error::Indeterminate(
+                        "log position replaced by a snapshot".into(),
+                    )),
+                );
+            }
+        }
+        tracing::info!(node = self.cfg.id, index, "snapshot installed");
+        Ok(())
+    }
+}
+
+/// A legacy single conf change as the equivalent `ConfChangeV2` (this store proposes only
+/// V2, but a log may hold V1 entries written by other tools).
+fn v1_to_v2(cc: &ConfChange) -> ConfChangeV2 {
+    let mut s = ConfChangeSingle::default();
+    s.set_change_type(cc.get_change_type());
+    s.node_id = cc.node_id;
+    let mut v2 = ConfChangeV2::default();
+    v2.set_changes(vec![s].into());
+    v2.context = cc.context.clone();
+    v2
+}
