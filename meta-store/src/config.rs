@@ -110,6 +110,9 @@ pub struct Config {
     pub admin_timeout: Duration,
     /// A snapshot not acknowledged within this time is sent again.
     pub snapshot_retry: Duration,
+    /// A forwarded request not answered within this time is sent again (to the leader of
+    /// the moment; the session table applies it at most once).
+    pub forward_retry: Duration,
     /// Queues, sizes, windows.
     pub limits: Limits,
     /// Log compaction.
@@ -137,6 +140,7 @@ impl Config {
             read_timeout: Duration::from_secs(5),
             admin_timeout: Duration::from_secs(10),
             snapshot_retry: Duration::from_secs(5),
+            forward_retry: Duration::from_secs(1),
             limits: Limits::default(),
             log: LogPolicy::default(),
         }
@@ -187,6 +191,7 @@ impl Config {
             ("read timeout", self.read_timeout),
             ("admin timeout", self.admin_timeout),
             ("snapshot retry", self.snapshot_retry),
+            ("forward retry", self.forward_retry),
         ] {
             if d < self.tick_interval || d > Duration::from_secs(3_600) {
                 return bad(format!("{name} {d:?} outside one tick..1 h"));

@@ -21,6 +21,8 @@ use crate::wire::{Envelope, Membership};
 /// Extra wait beyond a request's own deadline before the handle gives up on the driver
 /// (which always answers by the deadline unless it is stuck).
 const DRIVER_GRACE: Duration = Duration::from_secs(2);
+/// A Ready pass slower than this is logged: it delays heartbeats and votes.
+const SLOW_READY: Duration = Duration::from_millis(200);
 
 type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -173,7 +175,16 @@ async fn drive<E: KvEngine, S: StateMachine>(
         if shutdown.is_some() {
             break;
         }
+        let started = std::time::Instant::now();
         core.process_ready();
+        let took = started.elapsed();
+        if took > SLOW_READY {
+            tracing::warn!(
+                node = core.id(),
+                ?took,
+                "slow Ready pass (storage stalled?)"
+            );
+        }
         dispatch(&mut core, &mut waiters, transport.as_ref());
         if core.failure().is_some() {
             break;

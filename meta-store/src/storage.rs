@@ -316,7 +316,7 @@ impl<E: KvEngine> RaftStorage<E> {
             let pos = Pos::new(meta.index, meta.term);
             b.delete_range(Cf::Log, keys::log_key(0), keys::log_key(u64::MAX));
             b.delete(Cf::Log, keys::log_key(u64::MAX));
-            for cf in [Cf::Sm, Cf::Peers] {
+            for cf in [Cf::Sm, Cf::Peers, Cf::Sessions] {
                 self.engine.scan(cf, &[], None, &mut |k, _| {
                     b.delete(cf, k.to_vec());
                     true
@@ -327,6 +327,9 @@ impl<E: KvEngine> RaftStorage<E> {
             }
             for p in &payload.peers {
                 b.put(Cf::Peers, keys::peer_key(p.id), p.addr.as_bytes());
+            }
+            for kv in &payload.sessions {
+                b.put(Cf::Sessions, kv.key.clone(), kv.value.clone());
             }
             b.put(Cf::Meta, keys::TRUNCATED, pos.encode());
             b.put(Cf::Meta, keys::APPLIED, pos.encode());
@@ -491,6 +494,14 @@ impl<E: KvEngine> RaftStorage<E> {
                 });
             }
             true
+        })?;
+        self.engine.scan(Cf::Sessions, &[], None, &mut |k, v| {
+            size += k.len() + v.len() + 8;
+            payload.sessions.push(KvPair {
+                key: k.to_vec(),
+                value: v.to_vec(),
+            });
+            size <= max
         })?;
         let data = payload.encode_to_vec();
         if size > max || data.len() > max {

@@ -58,6 +58,12 @@ pub struct Forward {
     /// The command or the encoded membership request.
     #[prost(bytes = "vec", tag = "3")]
     pub data: Vec<u8>,
+    /// The origin's incarnation (its request-id space).
+    #[prost(uint64, tag = "4")]
+    pub incarnation: u64,
+    /// The origin's lowest unanswered request id (see [`ProposalContext::lowest`]).
+    #[prost(uint64, tag = "5")]
+    pub lowest: u64,
 }
 
 /// The outcome of a forwarded request.
@@ -69,6 +75,9 @@ pub struct Reply {
     /// Result or error.
     #[prost(oneof = "Outcome", tags = "2, 3, 4")]
     pub outcome: Option<Outcome>,
+    /// The origin incarnation the request came from.
+    #[prost(uint64, tag = "5")]
+    pub incarnation: u64,
 }
 
 /// Outcomes of a forwarded request.
@@ -259,6 +268,13 @@ pub struct ProposalContext {
     /// Addresses of added nodes (membership changes only).
     #[prost(message, repeated, tag = "3")]
     pub peers: Vec<PeerEntry>,
+    /// The origin's incarnation: its request ids are unique within it.
+    #[prost(uint64, tag = "4")]
+    pub incarnation: u64,
+    /// Every request of this incarnation below this id is answered (or abandoned), so the
+    /// replicated session table may forget their results and ignore late copies.
+    #[prost(uint64, tag = "5")]
+    pub lowest: u64,
 }
 
 /// An address-book entry.
@@ -296,10 +312,13 @@ pub struct SnapshotPayload {
     /// Address book.
     #[prost(message, repeated, tag = "3")]
     pub peers: Vec<PeerEntry>,
+    /// Session table (raw records of the `sm_sessions` family).
+    #[prost(message, repeated, tag = "4")]
+    pub sessions: Vec<KvPair>,
 }
 
 /// Current snapshot payload format.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 /// First frame on every node-to-node connection.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -378,6 +397,7 @@ mod tests {
             to: 2,
             body: Some(Body::Reply(Reply {
                 request_id: 7,
+                incarnation: 9,
                 outcome: Some(Outcome::Membership(Membership {
                     voters: vec![1, 2],
                     learners: vec![3],

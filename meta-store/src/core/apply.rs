@@ -9,6 +9,7 @@ use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
 };
 
+use super::sessions::Seen;
 use super::{Core, LocalState, Response};
 use crate::engine::{Cf, KvEngine, WriteBatch};
 use crate::error::Error;
@@ -39,11 +40,45 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             } else {
                 ProposalContext::decode(&e.context[..]).ok()
             };
+            let seen = match &ctx {
+                Some(c) if c.incarnation != 0 => Some(self.sessions.begin(
+                    c.origin,
+                    c.incarnation,
+                    c.request_id,
+                    c.lowest,
+                    e.index,
+                    &mut batch,
+                )),
+                _ => None,
+            };
+            let duplicate = matches!(seen, Some(Seen::Duplicate(_)));
+            tracing::trace!(
+                node = self.cfg.id,
+                index = e.index,
+                term = e.term,
+                ctx = ?ctx.as_ref().map(|c| (c.origin, c.incarnation, c.request_id, c.lowest)),
+                ?seen,
+                data = %String::from_utf8_lossy(&e.data),
+                "apply"
+            );
             let result = match e.get_entry_type() {
-                EntryType::EntryNormal => ctx.as_ref().map(|_| {
-                    let mut w = SmWriter { batch: &mut batch };
-                    Ok(Response::Applied(self.sm.apply(e.index, &e.data, &mut w)))
-                }),
+                EntryType::EntryNormal => match (&ctx, seen) {
+                    (None, _) => None,
+                    (Some(_), Some(Seen::Duplicate(r))) => r.map(|r| Ok(Response::Applied(r))),
+                    (Some(c), _) => {
+                        let mut w = SmWriter { batch: &mut batch };
+                        let r = self.sm.apply(e.index, &e.data, &mut w);
+                        self.sessions
+                            .record(c.origin, c.incarnation, c.request_id, &r, &mut batch);
+                        Some(Ok(Response::Applied(r)))
+                    }
+                },
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 if duplicate => {
+                    // A second copy of an applied change: not applied again.
+                    let cs = self.raw.raft.prs().conf().to_conf_state();
+                    ctx.as_ref()
+                        .map(|_| Ok(Response::Membership(Membership::from_conf_state(&cs))))
+                }
                 EntryType::EntryConfChange => {
                     let mut cc = ConfChange::default();
                     match protobuf::Message::merge_from_bytes(&mut cc, &e.data) {
@@ -71,6 +106,14 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
                     }
                 }
             };
+            if let Some(c) = &ctx
+                && c.incarnation != 0
+                && !duplicate
+                && e.get_entry_type() != EntryType::EntryNormal
+            {
+                self.sessions
+                    .record(c.origin, c.incarnation, c.request_id, &[], &mut batch);
+            }
             outcomes.push((e.index, ctx, result));
         }
         self.raw
@@ -81,7 +124,8 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         for (id, addr) in peer_changes {
             self.set_peer(id, addr);
         }
-        // Entries this node proposed below the applied range can no longer be matched.
+        // Entries this node proposed below the applied range can no longer be matched: the
+        // origin sends the request again (the session table applies it at most once).
         let skipped: Vec<u64> = self
             .proposed
             .range(..first_index)
@@ -89,7 +133,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             .collect();
         for k in skipped {
             if let Some(p) = self.proposed.remove(&k) {
-                self.finish_proposed(p, Err(Error::Indeterminate("log position skipped".into())));
+                self.finish_proposed(p, Err(Error::Dropped));
             }
         }
         for (index, ctx, result) in outcomes {
@@ -161,7 +205,13 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         result: Option<Result<Response, Error>>,
     ) {
         let mine = match (self.proposed.remove(&index), &ctx) {
-            (Some(p), Some(c)) if p.origin == c.origin && p.request_id == c.request_id => Some(p),
+            (Some(p), Some(c))
+                if p.origin == c.origin
+                    && p.incarnation == c.incarnation
+                    && p.request_id == c.request_id =>
+            {
+                Some(p)
+            }
             (Some(p), _) => {
                 // Another entry is committed where ours was: ours can never commit.
                 self.finish_proposed(p, Err(Error::Dropped));
@@ -170,15 +220,22 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             (None, _) => None,
         };
         let (Some(result), Some(ctx)) = (result, ctx) else {
+            if let Some(p) = mine
+                && p.origin != self.cfg.id
+            {
+                self.remote_in_flight = self.remote_in_flight.saturating_sub(1);
+            }
             return;
         };
         if let Some(p) = mine {
             self.finish_proposed(p, result);
         } else if ctx.origin == self.cfg.id {
-            self.complete_local(ctx.request_id, result);
+            if ctx.incarnation == self.incarnation {
+                self.complete_local(ctx.request_id, result);
+            }
         } else if self.raw.raft.state == StateRole::Leader {
             // A leader applying an entry an earlier leader appended tells the origin too.
-            self.reply(ctx.origin, ctx.request_id, result);
+            self.reply(ctx.origin, ctx.incarnation, ctx.request_id, result);
         }
     }
 
@@ -190,6 +247,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         self.sm.load(&SmReader {
             engine: self.raw.store().engine(),
         })?;
+        self.sessions = super::sessions::Sessions::load(self.raw.store().engine())?;
         self.stats.snapshots_installed += 1;
         let mut book: std::collections::BTreeMap<u64, String> = payload
             .peers

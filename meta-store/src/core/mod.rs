@@ -8,6 +8,7 @@ mod apply;
 mod membership;
 mod ready;
 mod requests;
+pub mod sessions;
 mod status;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -90,12 +91,18 @@ struct LocalReq {
     state: LocalState,
     /// Why the last attempt was refused (reported if the deadline passes while parked).
     last_error: Option<Error>,
+    /// Sent to a leader or appended at least once: from then on the outcome of a missed
+    /// deadline is unknown.
+    ever_sent: bool,
+    /// When it was last forwarded.
+    sent_at: u64,
 }
 
 /// An entry this node appended as leader, for a local or a remote origin.
 #[derive(Debug, Clone, Copy)]
 struct Proposed {
     origin: u64,
+    incarnation: u64,
     request_id: u64,
 }
 
@@ -130,6 +137,7 @@ struct Ticks {
     snapshot_retry: u64,
     read_retry: u64,
     transfer_retry: u64,
+    forward_retry: u64,
 }
 
 /// Counters for tests and metrics.
@@ -157,7 +165,10 @@ pub struct Core<E: KvEngine, S: StateMachine> {
     sm: S,
     rng: StdRng,
     now: u64,
+    /// Random, non-zero: request ids are unique within one incarnation of this node.
+    incarnation: u64,
     next_request_id: u64,
+    sessions: sessions::Sessions,
     local: BTreeMap<u64, LocalReq>,
     proposed: BTreeMap<u64, Proposed>,
     remote_in_flight: usize,
@@ -231,18 +242,20 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             snapshot_retry: cfg.ticks(cfg.snapshot_retry),
             read_retry: (cfg.election_ticks as u64 / 2).max(2),
             transfer_retry: cfg.election_ticks as u64,
+            forward_retry: cfg.ticks(cfg.forward_retry),
         };
         let mut rng = StdRng::seed_from_u64(seed ^ cfg.id.rotate_left(32));
-        // Request ids start at a random point so replies meant for an earlier incarnation
-        // of this node never match a new request.
-        let next_request_id = rng.random::<u64>() >> 2;
+        let incarnation = rng.random::<u64>() | 1;
+        let sessions = sessions::Sessions::load(raw.store().engine())?;
         let mut core = Core {
             ticks,
             raw,
             sm,
             rng,
             now: 0,
-            next_request_id,
+            incarnation,
+            next_request_id: 1,
+            sessions,
             local: BTreeMap::new(),
             proposed: BTreeMap::new(),
             remote_in_flight: 0,
@@ -331,7 +344,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
     /// at equal applied index.
     pub fn persisted_hash(&self) -> Result<u64, Error> {
         let mut h = Fnv::new();
-        for cf in [Cf::Sm, Cf::Peers] {
+        for cf in [Cf::Sm, Cf::Peers, Cf::Sessions] {
             self.raw.store().engine().scan(cf, &[], None, &mut |k, v| {
                 h.write(&(k.len() as u64).to_be_bytes());
                 h.write(k);
@@ -389,7 +402,10 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             self.stats.dropped_messages += 1;
             return;
         }
-        if m.from != from || m.to != self.cfg.id {
+        // A forwarded leader-transfer request names the transferee in `from`; every other
+        // message must come from the peer the transport authenticated.
+        let transfer = m.get_msg_type() == raft::prelude::MessageType::MsgTransferLeader;
+        if (m.from != from && !transfer) || m.to != self.cfg.id {
             tracing::debug!(from, m.from, m.to, "misaddressed raft message dropped");
             self.stats.dropped_messages += 1;
             return;

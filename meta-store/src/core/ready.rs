@@ -99,6 +99,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         self.after_raft_input();
 
         if leader_changed && self.leader != 0 {
+            self.resend_stale(true);
             let parked: Vec<u64> = self
                 .local
                 .iter()

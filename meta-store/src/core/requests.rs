@@ -159,9 +159,20 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
                 deadline,
                 state: LocalState::Parked,
                 last_error: None,
+                ever_sent: false,
+                sent_at: 0,
             },
         );
         self.dispatch(rid);
+    }
+
+    /// Every request of this incarnation below this id is answered or abandoned.
+    pub(super) fn lowest_unanswered(&self) -> u64 {
+        self.local
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_request_id)
     }
 
     /// Sends a parked request on: proposes it when this node leads, forwards it when
@@ -175,9 +186,15 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         }
         let payload = req.payload.clone();
         let me = self.cfg.id;
+        let (inc, lowest) = (self.incarnation, self.lowest_unanswered());
         if self.raw.raft.state == StateRole::Leader {
-            match self.propose_here(me, rid, &payload) {
-                Ok(()) => self.set_local_state(rid, LocalState::Proposed),
+            match self.propose_here(me, inc, rid, lowest, &payload) {
+                Ok(()) => {
+                    if let Some(r) = self.local.get_mut(&rid) {
+                        r.state = LocalState::Proposed;
+                        r.ever_sent = true;
+                    }
+                }
                 Err(e) if e.is_retry_safe() => {
                     if let Some(r) = self.local.get_mut(&rid) {
                         r.last_error = Some(e);
@@ -200,9 +217,44 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
                     request_id: rid,
                     kind: kind as i32,
                     data,
+                    incarnation: inc,
+                    lowest,
                 }),
             );
-            self.set_local_state(rid, LocalState::Forwarded(to));
+            let now = self.now;
+            if let Some(r) = self.local.get_mut(&rid) {
+                r.state = LocalState::Forwarded(to);
+                r.ever_sent = true;
+                r.sent_at = now;
+            }
+        }
+    }
+
+    /// After a leader change, and when answers are late: requests appended by this node as
+    /// a leader it no longer is, or forwarded to a leader that is not (or no longer
+    /// answering), are sent again to the current leader. Copies that reach the log apply
+    /// once (session table).
+    pub(super) fn resend_stale(&mut self, only_on_leader_change: bool) {
+        let me = self.cfg.id;
+        let leading = self.raw.raft.state == StateRole::Leader;
+        let (leader, now, retry) = (self.leader, self.now, self.ticks.forward_retry);
+        let stale: Vec<u64> = self
+            .local
+            .iter()
+            .filter(|(_, r)| match r.state {
+                LocalState::Parked => !only_on_leader_change,
+                LocalState::Proposed => !leading && leader != 0 && leader != me,
+                LocalState::Forwarded(to) => {
+                    (leader != 0 && to != leader)
+                        || (!only_on_leader_change && now - r.sent_at >= retry)
+                }
+                LocalState::WaitLeaveJoint => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for rid in stale {
+            self.set_local_state(rid, LocalState::Parked);
+            self.dispatch(rid);
         }
     }
 
@@ -222,7 +274,14 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
 
     /// Appends a request to the log as leader, remembering its index so its outcome can be
     /// reported to `origin`.
-    fn propose_here(&mut self, origin: u64, rid: u64, payload: &Payload) -> Result<(), Error> {
+    fn propose_here(
+        &mut self,
+        origin: u64,
+        incarnation: u64,
+        rid: u64,
+        lowest: u64,
+        payload: &Payload,
+    ) -> Result<(), Error> {
         if self.raw.raft.state != StateRole::Leader {
             return Err(Error::NotLeader {
                 leader: (self.leader != 0).then_some(self.leader),
@@ -232,6 +291,8 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             origin,
             request_id: rid,
             peers: Vec::new(),
+            incarnation,
+            lowest,
         };
         let res = match payload {
             Payload::Command(data) => self.raw.propose(ctx.encode_to_vec(), data.clone()),
@@ -245,13 +306,12 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         match res {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
-                if let Some(old) = self.proposed.insert(
-                    index,
-                    Proposed {
-                        origin,
-                        request_id: rid,
-                    },
-                ) {
+                let p = Proposed {
+                    origin,
+                    incarnation,
+                    request_id: rid,
+                };
+                if let Some(old) = self.proposed.insert(index, p) {
                     // Our own log no longer holds the older entry at this index, so it can
                     // never commit.
                     self.finish_proposed(old, Err(Error::Dropped));
@@ -271,15 +331,34 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
 
     /// Reports the outcome of an entry this node proposed to its origin.
     pub(super) fn finish_proposed(&mut self, p: Proposed, result: Result<Response, Error>) {
-        if p.origin == self.cfg.id {
-            self.complete_local(p.request_id, result);
-        } else {
+        if p.origin != self.cfg.id {
             self.remote_in_flight = self.remote_in_flight.saturating_sub(1);
-            self.reply(p.origin, p.request_id, result);
+            self.reply(p.origin, p.incarnation, p.request_id, result);
+        } else if p.incarnation == self.incarnation {
+            match result {
+                // Our own entry lost its log position: send the request again.
+                Err(e) if e.is_retry_safe() => {
+                    if self
+                        .local
+                        .get(&p.request_id)
+                        .is_some_and(|r| r.state == LocalState::Proposed)
+                    {
+                        self.set_local_state(p.request_id, LocalState::Parked);
+                        self.dispatch(p.request_id);
+                    }
+                }
+                r => self.complete_local(p.request_id, r),
+            }
         }
     }
 
-    pub(super) fn reply(&mut self, to: u64, request_id: u64, result: Result<Response, Error>) {
+    pub(super) fn reply(
+        &mut self,
+        to: u64,
+        incarnation: u64,
+        request_id: u64,
+        result: Result<Response, Error>,
+    ) {
         let outcome = match result {
             Ok(Response::Applied(v)) => Outcome::Applied(v),
             Ok(Response::Membership(m)) => Outcome::Membership(m),
@@ -294,6 +373,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             Body::Reply(Reply {
                 request_id,
                 outcome: Some(outcome),
+                incarnation,
             }),
         );
     }
@@ -308,6 +388,13 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             return;
         }
         if self.local.remove(&rid).is_some() {
+            tracing::trace!(
+                node = self.cfg.id,
+                inc = self.incarnation,
+                rid,
+                ok = result.is_ok(),
+                "request completed"
+            );
             self.done(rid, result);
         }
     }
@@ -319,13 +406,13 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
                 Ok(m) => Payload::Membership(m),
                 Err(e) => {
                     let err = Error::Malformed(format!("membership request: {e}"));
-                    self.reply(from, f.request_id, Err(err));
+                    self.reply(from, f.incarnation, f.request_id, Err(err));
                     return;
                 }
             },
             Err(_) => {
                 let err = Error::Malformed(format!("forward kind {}", f.kind));
-                self.reply(from, f.request_id, Err(err));
+                self.reply(from, f.incarnation, f.request_id, Err(err));
                 return;
             }
         };
@@ -346,14 +433,17 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         };
         let result = match refusal {
             Some(e) => Err(e),
-            None => self.propose_here(from, f.request_id, &payload),
+            None => self.propose_here(from, f.incarnation, f.request_id, f.lowest, &payload),
         };
         if let Err(e) = result {
-            self.reply(from, f.request_id, Err(e));
+            self.reply(from, f.incarnation, f.request_id, Err(e));
         }
     }
 
     pub(super) fn on_reply(&mut self, from: u64, r: Reply) {
+        if r.incarnation != self.incarnation {
+            return;
+        }
         let Some(req) = self.local.get(&r.request_id) else {
             return;
         };
@@ -411,17 +501,21 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
 
     fn issue_read(&mut self, batch: u64) {
         let mut ctx = self.cfg.id.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&self.incarnation.to_be_bytes());
         ctx.extend_from_slice(&batch.to_be_bytes());
         self.raw.read_index(ctx);
         self.after_raft_input();
     }
 
     pub(super) fn on_read_state(&mut self, ctx: &[u8], index: u64) {
-        if ctx.len() != 16 || ctx[..8] != self.cfg.id.to_be_bytes() {
+        if ctx.len() != 24
+            || ctx[..8] != self.cfg.id.to_be_bytes()
+            || ctx[8..16] != self.incarnation.to_be_bytes()
+        {
             return;
         }
         let mut b = [0u8; 8];
-        b.copy_from_slice(&ctx[8..]);
+        b.copy_from_slice(&ctx[16..]);
         if let Some(batch) = self.read_batches.get_mut(&u64::from_be_bytes(b)) {
             batch.index.get_or_insert(index);
         }
@@ -475,7 +569,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         for rid in expired {
             if let Some(r) = self.local.remove(&rid) {
                 let e = match r.state {
-                    LocalState::Parked => r.last_error.unwrap_or(Error::NoLeader),
+                    LocalState::Parked if !r.ever_sent => r.last_error.unwrap_or(Error::NoLeader),
                     _ => Error::Timeout,
                 };
                 self.done(rid, Err(e));
@@ -532,16 +626,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             self.after_raft_input();
         }
 
-        let parked: Vec<u64> = self
-            .local
-            .iter()
-            .filter(|(_, r)| r.state == LocalState::Parked)
-            .map(|(id, _)| *id)
-            .collect();
-        for rid in parked {
-            self.dispatch(rid);
-        }
-
+        self.resend_stale(false);
         self.leader_duties();
     }
 

@@ -13,7 +13,7 @@ type Family = BTreeMap<Vec<u8>, Vec<u8>>;
 
 #[derive(Debug, Default, Clone)]
 struct Tables {
-    cfs: [Family; 4],
+    cfs: [Family; 5],
 }
 
 impl Tables {

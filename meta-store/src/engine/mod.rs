@@ -22,11 +22,13 @@ pub enum Cf {
     Sm,
     /// Replicated address book: node id to address.
     Peers,
+    /// Replicated client sessions: results of recent requests, for exactly-once retries.
+    Sessions,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 4] = [Cf::Log, Cf::Meta, Cf::Sm, Cf::Peers];
+    pub const ALL: [Cf; 5] = [Cf::Log, Cf::Meta, Cf::Sm, Cf::Peers, Cf::Sessions];
 
     /// The RocksDB column family name.
     pub fn name(self) -> &'static str {
@@ -35,6 +37,7 @@ impl Cf {
             Cf::Meta => "raft_meta",
             Cf::Sm => "sm_data",
             Cf::Peers => "sm_peers",
+            Cf::Sessions => "sm_sessions",
         }
     }
 
@@ -44,6 +47,7 @@ impl Cf {
             Cf::Meta => 1,
             Cf::Sm => 2,
             Cf::Peers => 3,
+            Cf::Sessions => 4,
         }
     }
 }

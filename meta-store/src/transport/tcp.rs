@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use prost::Message as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -289,12 +290,22 @@ impl Transport for TcpTransport {
     }
 }
 
-async fn connect(inner: &Inner, peer: u64, addr: &str) -> Result<BufWriter<TcpStream>, FrameError> {
+/// An outbound connection: the write half carries frames; the read half only watches
+/// for the peer closing (the acceptor never writes), so a restarted or dead peer is
+/// noticed at once instead of at the next failed write, which would lose that write.
+#[derive(Debug)]
+struct Outbound {
+    w: BufWriter<OwnedWriteHalf>,
+    r: OwnedReadHalf,
+}
+
+async fn connect(inner: &Inner, peer: u64, addr: &str) -> Result<Outbound, FrameError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let mut w = BufWriter::with_capacity(64 * 1024, stream);
+    let (r, w) = stream.into_split();
+    let mut w = BufWriter::with_capacity(64 * 1024, w);
     write_hello(&mut w, &inner.cfg, peer).await?;
-    Ok(w)
+    Ok(Outbound { w, r })
 }
 
 /// Sends the hello frame on a fresh connection (any stream type).
@@ -318,10 +329,30 @@ pub async fn write_hello<W: AsyncWrite + Unpin>(
 async fn peer_writer(inner: Arc<Inner>, peer: u64, addr: String, mut rx: mpsc::Receiver<Envelope>) {
     let cfg = &inner.cfg;
     let s = &inner.stats;
-    let mut conn: Option<BufWriter<TcpStream>> = None;
+    let mut conn: Option<Outbound> = None;
     let mut backoff = cfg.backoff_min;
     let mut retry_at = Instant::now();
-    while let Some(env) = rx.recv().await {
+    loop {
+        let env = tokio::select! {
+            biased;
+            _ = async {
+                let mut buf = [0u8; 64];
+                match conn.as_mut() {
+                    Some(c) => c.r.read(&mut buf).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // End of stream, an error, or bytes the acceptor never sends: the
+                // connection is over either way.
+                tracing::debug!(node = cfg.node_id, peer, "peer closed the connection");
+                conn = None;
+                continue;
+            }
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+        };
         if conn.is_none() {
             if Instant::now() < retry_at {
                 s.dropped_unreachable.fetch_add(1, Ordering::Relaxed);
@@ -343,7 +374,8 @@ async fn peer_writer(inner: Arc<Inner>, peer: u64, addr: String, mut rx: mpsc::R
                 }
             }
         }
-        let Some(w) = conn.as_mut() else { continue };
+        let Some(c) = conn.as_mut() else { continue };
+        let w = &mut c.w;
         let max = cfg.max_frame_bytes;
         let res = tokio::time::timeout(cfg.write_timeout, async {
             let mut n = 0u64;

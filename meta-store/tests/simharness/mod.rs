@@ -103,6 +103,12 @@ fn config(sc: &Scenario, id: u64, bootstrap: bool) -> Config {
 
 impl Sim {
     pub fn new(sc: Scenario, seed: u64) -> Self {
+        if std::env::var("SIM_TRACE").is_ok() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(std::env::var("SIM_TRACE").unwrap_or_default())
+                .with_test_writer()
+                .try_init();
+        }
         let mut rng = StdRng::seed_from_u64(seed);
         let net = SimNetwork::new(rng.random(), 100_000);
         let mut sim = Sim {
@@ -149,6 +155,9 @@ impl Sim {
     fn start_node(&mut self, id: u64, bootstrap: bool) {
         let cfg = config(&self.sc, id, bootstrap);
         let seed = self.rng.random();
+        if std::env::var("SIM_TRACE").is_ok() {
+            eprintln!("t={} start node {id}", self.now);
+        }
         let node = self.nodes.get_mut(&id).expect("node exists");
         let core = Core::new(
             cfg,
@@ -293,6 +302,13 @@ impl Sim {
             value: value.clone(),
         };
         let rid = self.core(id).propose(cmd.encode(), None);
+        if std::env::var("SIM_TRACE").is_ok() {
+            eprintln!(
+                "t={} propose {} on node {id} rid {rid}",
+                self.now,
+                String::from_utf8_lossy(&key)
+            );
+        }
         self.inflight.insert((id, rid), Op::Put { key, value });
         self.count("proposals");
     }
@@ -333,6 +349,12 @@ impl Sim {
     }
 
     fn crash(&mut self, id: u64, lose_unsynced: bool, restart_at: Option<u64>) {
+        if std::env::var("SIM_TRACE").is_ok() {
+            eprintln!(
+                "t={} crash node {id} lose_unsynced={lose_unsynced} restart_at={restart_at:?}",
+                self.now
+            );
+        }
         let node = self.nodes.get_mut(&id).expect("node exists");
         node.core = None;
         node.engine.crash(lose_unsynced);
@@ -428,6 +450,9 @@ impl Sim {
         self.trace.write(&self.now.to_be_bytes());
         self.trace.write(&node.to_be_bytes());
         self.trace.write(format!("{ev:?}").as_bytes());
+        if std::env::var("SIM_TRACE").is_ok() {
+            eprintln!("t={} node {node} event {ev:?}", self.now);
+        }
         let Event::Done { request_id, result } = ev else {
             return;
         };
@@ -493,6 +518,18 @@ impl Sim {
     }
 
     fn check_safety(&mut self) {
+        if let Ok(k) = std::env::var("SIM_WATCH_KEY") {
+            for (id, n) in &self.nodes {
+                if let Some(c) = &n.core {
+                    let has = c.state_machine().get(k.as_bytes()).is_some();
+                    eprintln!(
+                        "t={} watch node {id} applied {} has {k}: {has}",
+                        self.now,
+                        c.applied_index()
+                    );
+                }
+            }
+        }
         let check_hashes = (self.now / STEP_MS).is_multiple_of(7);
         for (id, n) in &self.nodes {
             let Some(c) = &n.core else { continue };
