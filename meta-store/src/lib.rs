@@ -32,7 +32,7 @@ pub use core::{
     Core, CoreStats, Event, MemberChange, PeerStatus, ReplicationState, Response, Role, Status,
 };
 pub use error::{Error, ErrorCode, StoreError};
-pub use node::{Hashes, MetaHandle, MetaNode};
+pub use node::{Hashes, Leadership, MetaHandle, MetaNode};
 pub use state_machine::{KvRead, KvWrite, StateMachine};
 pub use transport::tcp::{TcpConfig, TcpTransport};
 pub use transport::{Inbox, Transport};

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
 use crate::core::{Core, Event, MemberChange, Response, Status};
@@ -42,6 +42,18 @@ enum Waiter {
     Membership(Reply<Membership>),
     Read(Reply<(u64, Option<Vec<u8>>)>),
     Transfer(Reply<()>),
+}
+
+/// Who leads, as this node sees it; published on every change (see
+/// [`MetaHandle::leadership`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Leadership {
+    /// The leader (the coordinator), if one is known.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// True when this node is the leader.
+    pub is_self: bool,
 }
 
 /// Replica fingerprints for tests: equal on replicas at equal applied index.
@@ -91,6 +103,7 @@ impl MetaNode {
         let (req_tx, req_rx) = mpsc::channel(config.limits.request_queue_capacity);
         let (inbox, inbox_rx) = Inbox::new(config.limits.inbox_capacity);
         let (ready_tx, ready_rx) = oneshot::channel();
+        let (lead_tx, lead_rx) = watch::channel(Leadership::default());
         let t2 = transport.clone();
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -118,7 +131,7 @@ impl MetaNode {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                rt.block_on(drive(core, req_rx, inbox_rx, t2));
+                rt.block_on(drive(core, req_rx, inbox_rx, t2, lead_tx));
             })
             .map_err(|e| Error::Storage(format!("spawn driver thread: {e}")))?;
         ready_rx.await.map_err(|_| Error::Stopped)??;
@@ -128,6 +141,7 @@ impl MetaNode {
             tx: req_tx,
             transport,
             timeouts,
+            leadership: lead_rx,
         })
     }
 }
@@ -137,6 +151,7 @@ async fn drive<E: KvEngine, S: StateMachine>(
     mut req_rx: mpsc::Receiver<Request>,
     mut inbox_rx: mpsc::Receiver<Envelope>,
     transport: Arc<dyn Transport>,
+    leadership: watch::Sender<Leadership>,
 ) {
     let mut waiters: HashMap<u64, Waiter> = HashMap::new();
     let mut interval = tokio::time::interval(core.config().tick_interval);
@@ -186,6 +201,16 @@ async fn drive<E: KvEngine, S: StateMachine>(
             );
         }
         dispatch(&mut core, &mut waiters, transport.as_ref());
+        let now = Leadership {
+            leader: (core.leader() != 0).then_some(core.leader()),
+            term: core.term(),
+            is_self: core.leader() == core.id(),
+        };
+        leadership.send_if_modified(|l| {
+            let changed = *l != now;
+            *l = now;
+            changed
+        });
         if core.failure().is_some() {
             break;
         }
@@ -291,6 +316,7 @@ pub struct MetaHandle {
     transport: Arc<dyn Transport>,
     /// Default deadlines from the config: propose, read, admin.
     timeouts: (Duration, Duration, Duration),
+    leadership: watch::Receiver<Leadership>,
 }
 
 impl std::fmt::Debug for MetaHandle {
@@ -397,6 +423,12 @@ impl MetaHandle {
     pub async fn transfer_leader(&self, to: u64) -> Result<(), Error> {
         let t = self.effective(Duration::ZERO, Defaults::Admin);
         self.call(|tx| Request::Transfer(to, t, tx), t).await
+    }
+
+    /// Leadership as this node sees it, updated whenever leader or term change (the
+    /// coordinator's duties start and stop on `is_self`).
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
     }
 
     /// The node's status.

@@ -66,9 +66,15 @@ async fn cluster_leader_transfer_and_read_index() {
     let asker = (1..=3)
         .find(|i| *i != leader && *i != target)
         .expect("third node");
+    let mut watch = c.h(target).leadership();
     c.h(asker).transfer_leader(target).await.expect("transfer");
     let new = c.wait_leader(PATIENCE).await;
     assert_eq!(new, target);
+    // The new leader's own leadership watch says so.
+    tokio::time::timeout(PATIENCE, watch.wait_for(|l| l.is_self && l.leader == Some(target)))
+        .await
+        .expect("leadership published")
+        .expect("watch open");
     let idx = c
         .h(asker)
         .read_index()

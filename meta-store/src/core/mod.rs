@@ -309,6 +309,11 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         self.leader
     }
 
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
     /// The applied index.
     pub fn applied_index(&self) -> u64 {
         self.raw.store().applied().index
