@@ -23,7 +23,9 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use meta_store::engine::{Cf, KvEngine, RocksEngine, WriteBatch};
 use meta_store::kvsm::{KvCommand, KvStateMachine};
-use meta_store::{Config, MetaHandle, MetaNode, PeerAddr, Role, TcpConfig, TcpTransport, Transport};
+use meta_store::{
+    Config, MetaHandle, MetaNode, PeerAddr, Role, TcpConfig, TcpTransport, Transport,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Raft metadata store benchmark (3-node loopback cluster, fsync on)")]
@@ -90,9 +92,14 @@ impl Cluster {
                 Err(e) => return Err(e).context(format!("bind {}", n.addr)),
             }
         };
-        let h = MetaNode::start(cfg, &n.dir, KvStateMachine::new(), Arc::new(transport.clone()))
-            .await
-            .with_context(|| format!("start node {}", n.id))?;
+        let h = MetaNode::start(
+            cfg,
+            &n.dir,
+            KvStateMachine::new(),
+            Arc::new(transport.clone()),
+        )
+        .await
+        .with_context(|| format!("start node {}", n.id))?;
         n.handle = Some(h);
         n.transport = Some(transport);
         Ok(())
@@ -217,7 +224,12 @@ async fn main() -> Result<()> {
     let value = "v".repeat(args.value_bytes);
     let before = {
         let l = c.leader(Duration::from_secs(30)).await?;
-        c.nodes[l].handle.as_ref().context("leader")?.status().await?
+        c.nodes[l]
+            .handle
+            .as_ref()
+            .context("leader")?
+            .status()
+            .await?
     };
     let mut tasks = Vec::new();
     for k in 0..args.clients {
@@ -258,9 +270,17 @@ async fn main() -> Result<()> {
     let ops = lat.len() as f64 / elapsed.as_secs_f64();
     let after = {
         let l = c.leader(Duration::from_secs(30)).await?;
-        c.nodes[l].handle.as_ref().context("leader")?.status().await?
+        c.nodes[l]
+            .handle
+            .as_ref()
+            .context("leader")?
+            .status()
+            .await?
     };
-    let fsyncs = after.stats.synced_writes.saturating_sub(before.stats.synced_writes);
+    let fsyncs = after
+        .stats
+        .synced_writes
+        .saturating_sub(before.stats.synced_writes);
     let per_fsync = lat.len() as f64 / fsyncs.max(1) as f64;
     println!("== metadata throughput: 3 nodes, loopback TCP, RocksDB fsync on ==");
     println!(
@@ -291,9 +311,15 @@ async fn main() -> Result<()> {
         let survivor = (l + 1) % 3;
         let h = c.nodes[survivor].handle.clone().context("survivor")?;
         // Warm: a commit through the survivor before the cut.
-        h.propose(KvCommand::Put { key: format!("warm{run}").into_bytes(), value: b"1".to_vec() }.encode())
-            .await
-            .context("warm-up commit")?;
+        h.propose(
+            KvCommand::Put {
+                key: format!("warm{run}").into_bytes(),
+                value: b"1".to_vec(),
+            }
+            .encode(),
+        )
+        .await
+        .context("warm-up commit")?;
         let t = Instant::now();
         c.stop(l).await;
         loop {
@@ -311,7 +337,12 @@ async fn main() -> Result<()> {
             }
         }
         let took = t.elapsed();
-        println!("failover run {:2}: leader {} stopped, next commit after {:.0} ms", run + 1, l + 1, ms(took));
+        println!(
+            "failover run {:2}: leader {} stopped, next commit after {:.0} ms",
+            run + 1,
+            l + 1,
+            ms(took)
+        );
         fo.push(took);
         c.start(l).await?;
         c.converged(Duration::from_secs(30)).await?;
@@ -319,15 +350,29 @@ async fn main() -> Result<()> {
     fo.sort();
     let (p50, p99, max) = (pct(&fo, 0.5), pct(&fo, 0.99), pct(&fo, 1.0));
     if !fo.is_empty() {
-        println!("== coordinator failover (leader stopped abruptly -> next commit), {} runs ==", fo.len());
-        println!("p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms", ms(p50), ms(p99), ms(max));
+        println!(
+            "== coordinator failover (leader stopped abruptly -> next commit), {} runs ==",
+            fo.len()
+        );
+        println!(
+            "p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
+            ms(p50),
+            ms(p99),
+            ms(max)
+        );
     }
     let ops_ok = ops >= 1000.0;
     let fo_ok = fo.is_empty() || p99 < Duration::from_secs(3);
     println!(
         "targets: ops/s >= 1000: {}; failover p99 < 3 s: {}",
         if ops_ok { "met" } else { "MISSED" },
-        if fo.is_empty() { "not measured" } else if fo_ok { "met" } else { "MISSED" }
+        if fo.is_empty() {
+            "not measured"
+        } else if fo_ok {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     println!(
         "{}",

@@ -4,7 +4,8 @@
 //!   value = the `eraftpb::Entry` in protobuf-2 encoding.
 //! * `raft_meta`: the named keys below.
 //! * `sm_data`: whatever keys the state machine writes.
-//! * `sm_peers`: key = node id as 8 big-endian bytes, value = UTF-8 address.
+//! * `sm_peers`: key = node id as 8 big-endian bytes, value = UTF-8 address; an empty value
+//!   marks a removed node (its id is never reused).
 
 use crate::error::StoreError;
 

@@ -85,6 +85,8 @@ pub struct Recovered {
     pub bootstrapped: bool,
     /// The replicated address book.
     pub peers: Vec<PeerAddr>,
+    /// Node ids removed from the cluster (they never rejoin under the same id).
+    pub removed: Vec<u64>,
 }
 
 /// Raft storage on an engine. The node's driver is its only user.
@@ -237,12 +239,15 @@ impl<E: KvEngine> RaftStorage<E> {
             hard_state.commit = applied.index;
         }
         let mut peers = Vec::new();
+        let mut removed = Vec::new();
         engine.scan(Cf::Peers, &[], None, &mut |k, v| {
-            if let (Ok(id), Ok(addr)) = (keys::peer_id(k), std::str::from_utf8(v)) {
-                peers.push(PeerAddr {
+            match (keys::peer_id(k), std::str::from_utf8(v)) {
+                (Ok(id), Ok("")) => removed.push(id),
+                (Ok(id), Ok(addr)) => peers.push(PeerAddr {
                     id,
                     addr: addr.to_string(),
-                });
+                }),
+                _ => {}
             }
             true
         })?;
@@ -269,6 +274,7 @@ impl<E: KvEngine> RaftStorage<E> {
                 applied,
                 bootstrapped,
                 peers,
+                removed,
             },
         ))
     }

@@ -283,7 +283,7 @@ pub struct PeerEntry {
     /// Node id.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    /// Address.
+    /// Address; empty for a removed node (in snapshots).
     #[prost(string, tag = "2")]
     pub addr: String,
 }

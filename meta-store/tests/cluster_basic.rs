@@ -71,10 +71,13 @@ async fn cluster_leader_transfer_and_read_index() {
     let new = c.wait_leader(PATIENCE).await;
     assert_eq!(new, target);
     // The new leader's own leadership watch says so.
-    tokio::time::timeout(PATIENCE, watch.wait_for(|l| l.is_self && l.leader == Some(target)))
-        .await
-        .expect("leadership published")
-        .expect("watch open");
+    tokio::time::timeout(
+        PATIENCE,
+        watch.wait_for(|l| l.is_self && l.leader == Some(target)),
+    )
+    .await
+    .expect("leadership published")
+    .expect("watch open");
     let idx = c
         .h(asker)
         .read_index()

@@ -33,6 +33,10 @@ async fn change(h: &MetaHandle, changes: Vec<MemberChange>) -> meta_store::Membe
     }
 }
 
+async fn leader_of(c: &TestCluster, members: &[u64]) -> u64 {
+    c.wait_leader_among(members, PATIENCE).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_membership_changes_under_load() {
     init_tracing();
@@ -130,6 +134,14 @@ async fn cluster_membership_changes_under_load() {
         st.stats.snapshots_installed >= 1,
         "node 5 joined by snapshot"
     );
+    // A removed id never comes back (a replacement machine needs a new id).
+    let addr = c.nodes[&victim].addr.to_string();
+    let e = c
+        .h(leader_of(&c, &members).await)
+        .add_learner(victim, addr)
+        .await
+        .expect_err("re-adding a removed id");
+    assert!(matches!(e, Error::InvalidMembership(_)), "{e:?}");
     // The last voters refuse to drop to zero.
     let leader = c.wait_leader_among(&members, PATIENCE).await;
     let e = c

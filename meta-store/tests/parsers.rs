@@ -11,8 +11,8 @@ use meta_store::kvsm::{KvCommand, KvStateMachine};
 use meta_store::storage::decode_snapshot_payload;
 use meta_store::transport::tcp::check_hello;
 use meta_store::wire::{Body, Envelope, Forward, Reply, WireError};
-use prost::Message as _;
 use proptest::prelude::*;
+use prost::Message as _;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]

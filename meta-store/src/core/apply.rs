@@ -165,12 +165,25 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         conf: &mut Option<ConfState>,
         peer_changes: &mut Vec<(u64, Option<String>)>,
     ) -> Option<Result<Response, Error>> {
+        // Refused the same way on every replica: the removed set is replicated state as of
+        // this log position.
+        if let Some(ch) = cc.get_changes().iter().find(|ch| {
+            ch.get_change_type() != ConfChangeType::RemoveNode && self.removed.contains(&ch.node_id)
+        }) {
+            let msg = format!(
+                "node {} was removed; a replacement needs a new id",
+                ch.node_id
+            );
+            tracing::warn!(node = self.cfg.id, "{msg}");
+            return ctx.map(|_| Err(Error::InvalidMembership(msg)));
+        }
         match self.raw.apply_conf_change(cc) {
             Ok(cs) => {
                 for ch in cc.get_changes() {
                     if ch.get_change_type() == ConfChangeType::RemoveNode {
-                        batch.delete(Cf::Peers, keys::peer_key(ch.node_id).to_vec());
+                        batch.put(Cf::Peers, keys::peer_key(ch.node_id).to_vec(), Vec::new());
                         peer_changes.push((ch.node_id, None));
+                        self.removed.insert(ch.node_id);
                     }
                 }
                 if let Some(ctx) = ctx {
@@ -249,13 +262,22 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         })?;
         self.sessions = super::sessions::Sessions::load(self.raw.store().engine())?;
         self.stats.snapshots_installed += 1;
+        self.removed = payload
+            .peers
+            .iter()
+            .filter(|p| p.addr.is_empty())
+            .map(|p| p.id)
+            .collect();
         let mut book: std::collections::BTreeMap<u64, String> = payload
             .peers
             .iter()
+            .filter(|p| !p.addr.is_empty())
             .map(|p| (p.id, p.addr.clone()))
             .collect();
         for p in &self.cfg.peers {
-            book.entry(p.id).or_insert_with(|| p.addr.clone());
+            if !self.removed.contains(&p.id) {
+                book.entry(p.id).or_insert_with(|| p.addr.clone());
+            }
         }
         let gone: Vec<u64> = self
             .peers

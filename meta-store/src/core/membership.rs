@@ -127,6 +127,11 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             let kind = ChangeKind::try_from(c.kind)
                 .map_err(|_| Error::InvalidMembership(format!("change kind {}", c.kind)))?;
             let member = cur.is_voter(id) || cur.is_learner(id);
+            if kind != ChangeKind::Remove && self.removed.contains(&id) {
+                return Err(Error::InvalidMembership(format!(
+                    "node {id} was removed; a replacement needs a new id"
+                )));
+            }
             let ty = match kind {
                 ChangeKind::AddVoter => {
                     if cur.is_voter(id) {

@@ -178,8 +178,16 @@ pub struct Core<E: KvEngine, S: StateMachine> {
     transfers: BTreeMap<u64, TransferReq>,
     snapshot_since: BTreeMap<u64, u64>,
     peers: BTreeMap<u64, String>,
+    /// Node ids removed from the cluster: replicated, so every replica refuses their return
+    /// at the same log position. A node that lost its store must come back under a new id,
+    /// or replicas that have not yet applied its removal could count its blank vote.
+    removed: std::collections::BTreeSet<u64>,
     outbox: Vec<Envelope>,
     events: VecDeque<Event>,
+    /// Requests to send again once the current Ready is advanced.
+    resend_after_ready: Vec<u64>,
+    /// Between `ready()` and `advance()`: raft-rs forbids proposing or stepping then.
+    in_ready: bool,
     leader: u64,
     raft_view: (u64, raft::StateRole, u64),
     stats: CoreStats,
@@ -265,8 +273,11 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             transfers: BTreeMap::new(),
             snapshot_since: BTreeMap::new(),
             peers: BTreeMap::new(),
+            removed: recovered.removed.iter().copied().collect(),
             outbox: Vec::new(),
             events: VecDeque::new(),
+            resend_after_ready: Vec::new(),
+            in_ready: false,
             leader: 0,
             raft_view: (0, raft::StateRole::Follower, 0),
             stats: CoreStats::default(),
@@ -279,7 +290,9 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             .map(|p| (p.id, p.addr))
             .collect();
         for p in &core.cfg.peers {
-            book.entry(p.id).or_insert_with(|| p.addr.clone());
+            if !core.removed.contains(&p.id) {
+                book.entry(p.id).or_insert_with(|| p.addr.clone());
+            }
         }
         for (id, addr) in book {
             core.set_peer(id, Some(addr));

@@ -2,12 +2,12 @@
 //!
 //! 1. messages a leader may send before persisting (replication runs in parallel with the
 //!    leader's own fsync);
-//! 2. committed entries applied (they are already durable on this node);
-//! 3. snapshot, new entries and hard state persisted in one batch, fsynced when raft says
+//! 2. snapshot, new entries and hard state persisted in one batch, fsynced when raft says
 //!    so (`must_sync`: new entries, snapshot, term or vote);
-//! 4. the messages that depend on that persistence (votes, append responses);
-//! 5. `advance`, then the LightReady: commit index, messages, more committed entries;
-//! 6. `advance_apply`.
+//! 3. the messages that depend on that persistence (votes, append responses);
+//! 4. `advance_append`, then the Ready's committed entries applied, then the LightReady:
+//!    commit index, messages, more committed entries applied;
+//! 5. `advance_apply`.
 //!
 //! All inputs queued since the last pass (proposals from many clients, messages from many
 //! peers) are stepped into raft before `ready()`, so one fsync covers all of them.
@@ -37,6 +37,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         while self.raw.has_ready() && rounds < MAX_READY_ROUNDS {
             rounds += 1;
             if let Err(e) = self.one_ready() {
+                self.in_ready = false;
                 self.fail(e);
                 return;
             }
@@ -50,6 +51,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
 
     fn one_ready(&mut self) -> Result<(), Error> {
         let mut rd = self.raw.ready();
+        self.in_ready = true;
         self.stats.readies += 1;
         let mut leader_changed = false;
         if let Some(ss) = rd.ss() {
@@ -69,7 +71,6 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             Some((s, p))
         };
         let committed = rd.take_committed_entries();
-        self.apply_entries(committed)?;
 
         let sync = rd.must_sync();
         self.raw.store().persist_ready(
@@ -89,7 +90,12 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         }
         self.send_raft(rd.take_persisted_messages())?;
 
-        let mut light = self.raw.advance(rd);
+        // `advance_append` before applying: raft-rs 0.7 records the leader's own
+        // persistence in its progress, which a conf change applied in this Ready may have
+        // removed (a leader removed by a change proposed under an earlier leader).
+        let mut light = self.raw.advance_append(rd);
+        self.in_ready = false;
+        self.apply_entries(committed)?;
         if let Some(c) = light.commit_index() {
             self.raw.store().persist_commit(c)?;
         }
@@ -97,6 +103,9 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         self.apply_entries(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.after_raft_input();
+        for rid in std::mem::take(&mut self.resend_after_ready) {
+            self.dispatch(rid);
+        }
 
         if leader_changed && self.leader != 0 {
             self.resend_stale(true);

@@ -282,6 +282,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         lowest: u64,
         payload: &Payload,
     ) -> Result<(), Error> {
+        debug_assert!(!self.in_ready, "proposing between ready() and advance()");
         if self.raw.raft.state != StateRole::Leader {
             return Err(Error::NotLeader {
                 leader: (self.leader != 0).then_some(self.leader),
@@ -336,7 +337,8 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             self.reply(p.origin, p.incarnation, p.request_id, result);
         } else if p.incarnation == self.incarnation {
             match result {
-                // Our own entry lost its log position: send the request again.
+                // Our own entry lost its log position: send the request again, once the
+                // Ready being handled is advanced (raft-rs forbids proposing in between).
                 Err(e) if e.is_retry_safe() => {
                     if self
                         .local
@@ -344,7 +346,7 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
                         .is_some_and(|r| r.state == LocalState::Proposed)
                     {
                         self.set_local_state(p.request_id, LocalState::Parked);
-                        self.dispatch(p.request_id);
+                        self.resend_after_ready.push(p.request_id);
                     }
                 }
                 r => self.complete_local(p.request_id, r),
@@ -654,14 +656,27 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
                 self.snapshot_since.remove(&id);
             }
         }
-        let joint = !self
-            .raw
-            .raft
-            .prs()
-            .conf()
-            .to_conf_state()
-            .voters_outgoing
-            .is_empty();
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        if !cs.voters.contains(&self.cfg.id) && !cs.voters_outgoing.contains(&self.cfg.id) {
+            // Removed while leading (the change was proposed under an earlier leader):
+            // raft-rs 0.7 keeps such a leader in office, where it can only drop
+            // proposals, so it hands the leadership to the most up-to-date voter.
+            let best = cs
+                .voters
+                .iter()
+                .filter_map(|id| self.raw.raft.prs().get(*id).map(|p| (p.matched, *id)))
+                .max_by_key(|(m, id)| (*m, std::cmp::Reverse(*id)))
+                .map(|(_, id)| id);
+            if let Some(to) = best {
+                tracing::info!(
+                    node = self.cfg.id,
+                    to,
+                    "removed from the voters: handing leadership over"
+                );
+                self.raw.transfer_leader(to);
+            }
+        }
+        let joint = !cs.voters_outgoing.is_empty();
         if joint && !self.raw.raft.has_pending_conf() {
             tracing::info!("leaving the joint configuration a previous leader entered");
             if let Err(e) = self

@@ -20,6 +20,9 @@ use rand::{Rng, SeedableRng};
 const STEP_MS: u64 = 10;
 /// Steps per raft tick (100 ms ticks).
 const STEPS_PER_TICK: u64 = 10;
+/// Node ids the simulation may use: the initial nodes plus replacements, which always get
+/// a new id (a removed id never returns, see `Core`'s removed set).
+const MAX_SIM_IDS: u64 = 12;
 
 type SimCore = Core<Arc<MemEngine>, KvStateMachine>;
 
@@ -57,6 +60,8 @@ struct SimNode {
     restart_at: Option<u64>,
     /// Provisioned: has (or had) a running core; removed nodes are unprovisioned.
     provisioned: bool,
+    /// Removed from the cluster: its id is never used again.
+    retired: bool,
 }
 
 pub struct Sim {
@@ -83,7 +88,7 @@ fn config(sc: &Scenario, id: u64, bootstrap: bool) -> Config {
     if bootstrap {
         c.initial_voters = sc.voters.clone();
     }
-    c.peers = (1..=sc.nodes)
+    c.peers = (1..=MAX_SIM_IDS)
         .map(|i| PeerAddr {
             id: i,
             addr: format!("sim-{i}"),
@@ -139,6 +144,7 @@ impl Sim {
                     phase,
                     restart_at: None,
                     provisioned: false,
+                    retired: false,
                 },
             );
             if sim.sc.voters.contains(&id) {
@@ -360,6 +366,12 @@ impl Sim {
         node.engine.crash(lose_unsynced);
         node.restart_at = restart_at;
         self.net.drop_to(id);
+        self.forget_requests_of(id);
+        self.count("crashes");
+    }
+
+    /// A stopped node's clients never learn their outcome: their puts may or may not apply.
+    fn forget_requests_of(&mut self, id: u64) {
         let lost: Vec<(u64, u64)> = self
             .inflight
             .keys()
@@ -371,7 +383,6 @@ impl Sim {
                 self.unknown.insert(key);
             }
         }
-        self.count("crashes");
     }
 
     fn partition_random(&mut self) {
@@ -401,22 +412,37 @@ impl Sim {
         if m.is_joint() {
             return;
         }
-        let all: Vec<u64> = self.nodes.keys().copied().collect();
-        let outside: Vec<u64> = all
+        let joinable: Vec<u64> = self
+            .nodes
             .iter()
-            .copied()
-            .filter(|id| !m.is_voter(*id) && !m.is_learner(*id))
+            .filter(|(id, n)| !n.retired && !m.is_voter(**id) && !m.is_learner(**id))
+            .map(|(id, _)| *id)
             .collect();
         let choice = self.rng.random_range(0..4);
-        let change = if choice == 0 && !outside.is_empty() {
-            let id = self.pick(&outside);
-            // A replaced machine: fresh, empty store that joins through a snapshot.
-            let node = self.nodes.get_mut(&id).expect("node exists");
-            node.core = None;
-            node.engine = Arc::new(MemEngine::new());
-            node.restart_at = None;
-            self.net.drop_to(id);
-            self.start_node(id, false);
+        let next_id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let change = if choice == 0 && (!joinable.is_empty() || next_id <= MAX_SIM_IDS) {
+            // A node that is not a member yet, or a new machine (new id, empty store) that
+            // joins through a snapshot.
+            let id = if joinable.is_empty() {
+                let phase = self.rng.random_range(0..STEPS_PER_TICK);
+                self.nodes.insert(
+                    next_id,
+                    SimNode {
+                        engine: Arc::new(MemEngine::new()),
+                        core: None,
+                        phase,
+                        restart_at: None,
+                        provisioned: false,
+                        retired: false,
+                    },
+                );
+                next_id
+            } else {
+                self.pick(&joinable)
+            };
+            if !self.nodes[&id].provisioned {
+                self.start_node(id, false);
+            }
             MemberChange::AddLearner {
                 id,
                 addr: format!("sim-{id}"),
@@ -508,7 +534,9 @@ impl Sim {
                     n.core = None;
                     n.restart_at = None;
                     n.provisioned = false;
+                    n.retired = true;
                     self.net.drop_to(id);
+                    self.forget_requests_of(id);
                 }
             }
             (Op::Transfer, Ok(_)) => self.count("transfers_ok"),
@@ -546,10 +574,38 @@ impl Sim {
             if check_hashes {
                 let applied = c.applied_index();
                 let h = (sm.state_hash(), c.persisted_hash().expect("hash"));
+                if std::env::var("SIM_DEBUG").is_ok() {
+                    let cf_hash = |cf: meta_store::engine::Cf| {
+                        let mut f = Fnv::new();
+                        meta_store::engine::KvEngine::scan(
+                            &*n.engine,
+                            cf,
+                            &[],
+                            None,
+                            &mut |k, v| {
+                                f.write(k);
+                                f.write(v);
+                                true
+                            },
+                        )
+                        .expect("scan");
+                        f.finish()
+                    };
+                    eprintln!(
+                        "t={} node {id} applied {applied} chain {:?} sm {:?} data {:x} peers {:x} sessions {:x} overwrites {}",
+                        self.now,
+                        sm.chain(),
+                        sm.state_hash(),
+                        cf_hash(meta_store::engine::Cf::Sm),
+                        cf_hash(meta_store::engine::Cf::Peers),
+                        cf_hash(meta_store::engine::Cf::Sessions),
+                        sm.overwrites()
+                    );
+                }
                 let prev = *self.hashes.entry(applied).or_insert(h);
                 assert_eq!(
                     prev, h,
-                    "node {id}: state differs from another replica at applied index {applied}"
+                    "node {id}: state (sm hash, persisted hash) differs from another replica at applied index {applied}"
                 );
             }
         }
