@@ -200,6 +200,19 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
                 }
                 let m = Membership::from_conf_state(&cs);
                 tracing::info!(node = self.cfg.id, membership = ?m, "configuration applied");
+                let me = self.cfg.id;
+                if self.raw.raft.state == StateRole::Leader
+                    && !cs.voters.contains(&me)
+                    && !cs.voters_outgoing.contains(&me)
+                {
+                    // Removed while leading (the change was proposed under an earlier
+                    // leader). raft-rs 0.7 would keep this node in office without its own
+                    // progress entry and panic at its next commit; it steps down instead
+                    // and the remaining voters elect a leader.
+                    tracing::info!(node = me, "removed from the voters: stepping down");
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
+                }
                 *conf = Some(cs);
                 ctx.map(|_| Ok(Response::Membership(m)))
             }

@@ -657,25 +657,6 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             }
         }
         let cs = self.raw.raft.prs().conf().to_conf_state();
-        if !cs.voters.contains(&self.cfg.id) && !cs.voters_outgoing.contains(&self.cfg.id) {
-            // Removed while leading (the change was proposed under an earlier leader):
-            // raft-rs 0.7 keeps such a leader in office, where it can only drop
-            // proposals, so it hands the leadership to the most up-to-date voter.
-            let best = cs
-                .voters
-                .iter()
-                .filter_map(|id| self.raw.raft.prs().get(*id).map(|p| (p.matched, *id)))
-                .max_by_key(|(m, id)| (*m, std::cmp::Reverse(*id)))
-                .map(|(_, id)| id);
-            if let Some(to) = best {
-                tracing::info!(
-                    node = self.cfg.id,
-                    to,
-                    "removed from the voters: handing leadership over"
-                );
-                self.raw.transfer_leader(to);
-            }
-        }
         let joint = !cs.voters_outgoing.is_empty();
         if joint && !self.raw.raft.has_pending_conf() {
             tracing::info!("leaving the joint configuration a previous leader entered");
