@@ -20,7 +20,7 @@ fn sim_three_nodes_crashes_and_partitions() {
             link_faults: true,
             transfers: true,
         },
-        6,
+        40,
     );
 }
 
@@ -38,7 +38,7 @@ fn sim_five_nodes_with_membership_changes() {
             link_faults: true,
             transfers: true,
         },
-        4,
+        24,
     );
 }
 
