@@ -2,9 +2,9 @@
 //! fsynced), measuring
 //!
 //! 1. throughput and latency of proposals from N concurrent clients spread over all nodes
-//!    (followers forward to the leader), next to a reference measured in the same run: one
-//!    writer doing fsynced RocksDB puts on the same disk (what one fsync per operation
-//!    would allow), so the ratio shows what batching buys;
+//!    (followers forward to the leader), next to a reference measured in slices interleaved
+//!    with it: one writer doing fsynced RocksDB puts on the same disk (what one fsync per
+//!    operation would allow), so the ratio shows what batching buys;
 //! 2. coordinator failover: the leader is stopped abruptly (driver and sockets gone at
 //!    once) and the time until the next proposal commits through a survivor is measured,
 //!    over several runs.
@@ -165,19 +165,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// One writer doing fsynced puts for `secs` on a fresh RocksDB in `dir`.
-fn reference_fsync_puts(dir: &Path, secs: u64, value_bytes: usize) -> Result<f64> {
+/// One writer doing fsynced puts for `dur` on a fresh RocksDB in `dir`: (puts, seconds).
+fn reference_fsync_puts(dir: &Path, dur: Duration, value_bytes: usize) -> Result<(f64, f64)> {
     let e = RocksEngine::open(dir).context("open reference store")?;
     let value = vec![7u8; value_bytes];
     let t0 = Instant::now();
     let mut n = 0u64;
-    while t0.elapsed() < Duration::from_secs(secs) {
+    while t0.elapsed() < dur {
         let mut b = WriteBatch::new();
         b.put(Cf::Sm, n.to_be_bytes().to_vec(), value.clone());
         e.write(b, true)?;
         n += 1;
     }
-    Ok(n as f64 / t0.elapsed().as_secs_f64())
+    Ok((n as f64, t0.elapsed().as_secs_f64()))
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -193,13 +193,6 @@ async fn main() -> Result<()> {
     let tmp = tempfile::tempdir().context("temp dir")?;
     let root = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
-
-    let reference = {
-        let dir = root.join("reference");
-        let secs = args.seconds.clamp(1, 5);
-        let vb = args.value_bytes;
-        tokio::task::spawn_blocking(move || reference_fsync_puts(&dir, secs, vb)).await??
-    };
 
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
@@ -218,8 +211,11 @@ async fn main() -> Result<()> {
     }
     c.leader(Duration::from_secs(30)).await?;
 
-    // Phase 1: throughput and latency.
+    // Phase 1: throughput and latency, in slices alternating with the reference (one
+    // writer doing fsynced puts on the same disk), so both see the same disk conditions on
+    // this shared machine. Clients pause while the reference runs.
     let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let value = "v".repeat(args.value_bytes);
     let before = {
@@ -235,12 +231,17 @@ async fn main() -> Result<()> {
     for k in 0..args.clients {
         let h = c.nodes[k % 3].handle.clone().context("node running")?;
         let stop = stop.clone();
+        let running = running.clone();
         let errors = errors.clone();
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut j = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                if !running.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
                 let cmd = KvCommand::Put {
                     key: format!("c{k}-{j}").into_bytes(),
                     value: value.clone().into_bytes(),
@@ -258,14 +259,34 @@ async fn main() -> Result<()> {
             lat
         }));
     }
-    let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    const SLICES: u32 = 5;
+    let slice = Duration::from_secs(args.seconds.max(1)) / SLICES;
+    let mut elapsed = Duration::ZERO;
+    let mut reference_puts = 0.0;
+    let mut reference_time = 0.0;
+    for n in 0..SLICES {
+        let dir = root.join(format!("reference{n}"));
+        let vb = args.value_bytes;
+        let (puts, secs) = tokio::task::spawn_blocking(move || {
+            reference_fsync_puts(&dir, Duration::from_millis(500), vb)
+        })
+        .await??;
+        reference_puts += puts;
+        reference_time += secs;
+        let t = Instant::now();
+        running.store(true, Ordering::Relaxed);
+        tokio::time::sleep(slice).await;
+        running.store(false, Ordering::Relaxed);
+        elapsed += t.elapsed();
+        // Let the requests in flight finish before the disk goes to the reference.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
+    let reference = reference_puts / reference_time;
     let mut lat = Vec::new();
     for t in tasks {
         lat.extend(t.await?);
     }
-    let elapsed = t0.elapsed();
     lat.sort();
     let ops = lat.len() as f64 / elapsed.as_secs_f64();
     let after = {
