@@ -203,6 +203,12 @@ pub fn classify_io(err: &io::Error, eio_is_path: bool) -> ErrorClass {
     if let Some(pe) = err.get_ref().and_then(|r| r.downcast_ref::<PathError>()) {
         return pe.class();
     }
+    if let Some(ee) = err
+        .get_ref()
+        .and_then(|r| r.downcast_ref::<crate::extent_file::ExtentError>())
+    {
+        return ee.class();
+    }
     match err.kind() {
         io::ErrorKind::UnexpectedEof
         | io::ErrorKind::BrokenPipe

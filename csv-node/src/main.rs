@@ -1,0 +1,39 @@
+//! `csv-node`: the csv node agent. For now one subcommand, `export`, serves image files
+//! over NBD until stopped (the cluster daemon's `run` joins it later).
+
+mod export;
+mod image;
+mod vhd_device;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "csv-node", version, about = "csv node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Export raw or VHD image files over NBD until stopped (SIGINT/SIGTERM).
+    Export(export::ExportArgs),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Export(args) => export::run(args),
+    }
+}
