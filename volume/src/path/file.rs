@@ -42,7 +42,6 @@ impl Default for FileOptions {
 }
 
 /// A LUN that is a local file or block device.
-#[derive(Debug)]
 pub struct FilePath {
     file: File,
     path: PathBuf,
@@ -54,6 +53,17 @@ pub struct FilePath {
     opts: FileOptions,
     stripes: Vec<Mutex<()>>,
     slow_calls: AtomicU64,
+}
+
+impl std::fmt::Debug for FilePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilePath")
+            .field("target", &self.target)
+            .field("block_device", &self.block_device)
+            .field("align", &self.align)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FilePath {
@@ -113,6 +123,20 @@ impl FilePath {
                 target: desc,
                 detail: format!("size {size} is not a multiple of the O_DIRECT alignment {align}"),
             });
+        }
+        if opts.direct && size >= align as u64 {
+            // Some file systems accept O_DIRECT at open and refuse it at the first I/O.
+            let mut probe = AlignedBuf::new(align, align);
+            if let Err(e) = file.read_at(probe.as_mut(), 0)
+                && e.raw_os_error() == Some(libc::EINVAL)
+            {
+                return Err(PathError::Unsupported {
+                    target: desc,
+                    detail: "the file system refuses O_DIRECT reads: put the LUN file on \
+                             a disk file system, or open it without direct I/O"
+                        .into(),
+                });
+            }
         }
         Ok(FilePath {
             file,

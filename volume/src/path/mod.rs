@@ -5,11 +5,11 @@
 
 mod error;
 mod file;
-// mod nbd;
+mod nbd;
 
 pub use error::{ErrorClass, Op, PathError, classify_errno, classify_io};
 pub use file::{FileOptions, FilePath};
-// pub use nbd::{NbdOptions, NbdPath, NbdTarget};
+pub use nbd::{NbdOptions, NbdPath, NbdTarget};
 
 use std::time::Duration;
 
