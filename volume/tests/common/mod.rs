@@ -181,7 +181,6 @@ fn wait_for_socket(child: &mut Child, socket: &Path, what: &str) {
 /// `nbdkit file` serving `lun` on a Unix socket in `dir`; `filters` e.g.
 /// `["--filter=error", "error-rate=1"]`.
 pub fn nbdkit(dir: &Path, lun: &Path, extra: &[&str]) -> Target {
-    require("nbdkit", "nbdkit");
     let socket = dir.join(format!(
         "nbdkit-{}.sock",
         std::time::SystemTime::now()
@@ -189,6 +188,14 @@ pub fn nbdkit(dir: &Path, lun: &Path, extra: &[&str]) -> Target {
             .unwrap()
             .as_nanos()
     ));
+    nbdkit_at(&socket, lun, extra)
+}
+
+/// `nbdkit file` on a given socket path (a stale socket file is removed first).
+pub fn nbdkit_at(socket: &Path, lun: &Path, extra: &[&str]) -> Target {
+    require("nbdkit", "nbdkit");
+    let _ = std::fs::remove_file(socket);
+    let socket = socket.to_path_buf();
     let mut cmd = Command::new("nbdkit");
     cmd.args(["-f", "--exit-with-parent", "-U"]).arg(&socket);
     let (filters, params): (Vec<&str>, Vec<&str>) =
@@ -205,6 +212,43 @@ pub fn nbdkit(dir: &Path, lun: &Path, extra: &[&str]) -> Target {
     wait_for_socket(&mut child, &socket, "nbdkit");
     let uri = format!("nbd+unix:///?socket={}", socket.display());
     Target { child, uri, socket }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `nbdkit file` on TCP 127.0.0.1:`port`.
+pub fn nbdkit_tcp(lun: &Path, port: u16) -> Target {
+    require("nbdkit", "nbdkit");
+    let mut child = Command::new("nbdkit")
+        .args(["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .arg("file")
+        .arg(format!("file={}", lun.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot run nbdkit: install the Debian package nbdkit");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("nbdkit exited early: {st}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "nbdkit did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let uri = format!("nbd://127.0.0.1:{port}/");
+    Target {
+        child,
+        uri,
+        socket: PathBuf::new(),
+    }
 }
 
 /// `qemu-nbd --shared=8` serving `lun` (raw) on a Unix socket in `dir`.
