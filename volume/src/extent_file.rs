@@ -375,13 +375,13 @@ impl ExtentFile {
             return Ok(());
         }
         let count = need - cur.extent_count();
-        let grants = w
-            .source
-            .take(count, cur.last_extent())
-            .map_err(|source| ExtentError::NoSpace {
-                file: self.name.clone(),
-                source,
-            })?;
+        let grants =
+            w.source
+                .take(count, cur.last_extent())
+                .map_err(|source| ExtentError::NoSpace {
+                    file: self.name.clone(),
+                    source,
+                })?;
         let bad = |detail: String| {
             w.source.put_back(&grants);
             ExtentError::BadGrant {
@@ -416,10 +416,7 @@ impl ExtentFile {
         let es = self.layout.extent_size;
         self.fence_gate()?;
         self.lun
-            .write_zeroes(
-                self.layout.data_offset + g.run.start * es,
-                g.run.count * es,
-            )
+            .write_zeroes(self.layout.data_offset + g.run.start * es, g.run.count * es)
             .map_err(|e| self.path_err(e))
     }
 

@@ -3,9 +3,9 @@
 //! on whatever parses.
 
 use crate::checkpoint::{HEADER_SIZE, Header};
+use crate::path::LunPath;
 use crate::superblock::Superblock;
 use crate::testing::MemPath;
-use crate::path::LunPath;
 
 /// Superblock parsing: accepted copies re-encode to a copy that parses to the same value.
 pub fn superblock(data: &[u8]) {

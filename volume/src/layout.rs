@@ -29,7 +29,9 @@ pub enum LayoutError {
     LunTooSmall { size: u64, need: u64 },
     #[error("checkpoint region at {0} is not 4 KiB-aligned after the superblock")]
     CheckpointOffset(u64),
-    #[error("data offset {data_offset} is not 1 MiB-aligned at or after the checkpoint end {checkpoint_end}")]
+    #[error(
+        "data offset {data_offset} is not 1 MiB-aligned at or after the checkpoint end {checkpoint_end}"
+    )]
     DataOffset {
         data_offset: u64,
         checkpoint_end: u64,
@@ -58,8 +60,7 @@ pub fn backup_offset(lun_size: u64) -> Option<u64> {
 }
 
 pub fn validate_extent_size(extent_size: u64) -> Result<(), LayoutError> {
-    if extent_size.is_power_of_two() && (MIN_EXTENT_SIZE..=MAX_EXTENT_SIZE).contains(&extent_size)
-    {
+    if extent_size.is_power_of_two() && (MIN_EXTENT_SIZE..=MAX_EXTENT_SIZE).contains(&extent_size) {
         Ok(())
     } else {
         Err(LayoutError::ExtentSize(extent_size))

@@ -29,7 +29,9 @@ pub use hooks::{
     WriteFence,
 };
 pub use layout::Layout;
-pub use path::{ErrorClass, FileOptions, FilePath, LunPath, NbdOptions, NbdPath, NbdTarget, PathError};
+pub use path::{
+    ErrorClass, FileOptions, FilePath, LunPath, NbdOptions, NbdPath, NbdTarget, PathError,
+};
 pub use superblock::{FormatParams, Superblock};
 
 /// The class of an I/O error that came out of this crate (through `vhd::Storage`), if

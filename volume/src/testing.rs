@@ -177,12 +177,7 @@ impl FaultyPath {
     }
 
     /// Applies the write faults; `Ok(None)` means the write was deferred (late).
-    fn write_like(
-        &self,
-        op: Op,
-        offset: u64,
-        apply: DeferredWrite,
-    ) -> Result<(), PathError> {
+    fn write_like(&self, op: Op, offset: u64, apply: DeferredWrite) -> Result<(), PathError> {
         let (delay, late) = {
             let f = lock(&self.faults);
             if f.cut {

@@ -18,8 +18,8 @@ use volume::layout::Layout;
 use volume::path::{LunPath, Op, PathError};
 use volume::testing::{ExtentPool, FaultyPath, MemPath, RecordingSink, SwitchFence};
 use volume::{
-    ErrorClass, ExtentError, ExtentFile, ExtentMap, ExtentMapSink, MapUpdate, OpenFence,
-    SinkError, WriteAccess, WriteFence,
+    ErrorClass, ExtentError, ExtentFile, ExtentMap, ExtentMapSink, MapUpdate, OpenFence, SinkError,
+    WriteAccess, WriteFence,
 };
 
 type Log = Arc<Mutex<Vec<(String, u64, u64)>>>;
@@ -36,7 +36,10 @@ impl LunPath for Recorder {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
-        self.log.lock().unwrap().push(("write".into(), offset, buf.len() as u64));
+        self.log
+            .lock()
+            .unwrap()
+            .push(("write".into(), offset, buf.len() as u64));
         self.inner.write_at(buf, offset)
     }
     fn flush(&self) -> Result<(), PathError> {
@@ -164,7 +167,11 @@ fn flush_order_is_path_flush_commit_bat_path_flush() {
         )
         .unwrap(),
     );
-    create_dynamic(f.as_ref(), &CreateOptions::new(vhd::DiskType::Dynamic, 64 * MIB)).unwrap();
+    create_dynamic(
+        f.as_ref(),
+        &CreateOptions::new(vhd::DiskType::Dynamic, 64 * MIB),
+    )
+    .unwrap();
     let img = vhd::Image::open_storage(f.clone(), false, "dyn", &NoParents).unwrap();
     log.lock().unwrap().clear();
     // A new 2 MiB block past the first extent: growth, zeroing, data, footer.
@@ -174,7 +181,11 @@ fn flush_order_is_path_flush_commit_bat_path_flush() {
     let ops: Vec<(String, u64, u64)> = log.lock().unwrap().clone();
     let names: Vec<&str> = ops.iter().map(|(n, _, _)| n.as_str()).collect();
     let commit = names.iter().position(|&n| n == "commit").expect("a commit");
-    assert_eq!(names[commit - 1], "flush", "path flush right before the commit: {names:?}");
+    assert_eq!(
+        names[commit - 1],
+        "flush",
+        "path flush right before the commit: {names:?}"
+    );
     assert!(
         names[..commit - 1].contains(&"zero"),
         "new extents zeroed before the commit: {names:?}"
@@ -183,7 +194,10 @@ fn flush_order_is_path_flush_commit_bat_path_flush() {
     for (zi, (_, zoff, zlen)) in ops.iter().enumerate().filter(|(_, o)| o.0 == "zero") {
         for (wi, (_, woff, wlen)) in ops.iter().enumerate().filter(|(_, o)| o.0 == "write") {
             if woff < &(zoff + zlen) && zoff < &(woff + wlen) {
-                assert!(zi < wi, "write {wi} into zeroed range {zi} came first: {ops:?}");
+                assert!(
+                    zi < wi,
+                    "write {wi} into zeroed range {zi} came first: {ops:?}"
+                );
             }
         }
     }
@@ -237,16 +251,27 @@ fn closed_fence_fails_writes_after_fence_wait_and_nothing_lands() {
             took >= Duration::from_millis(300) && took < Duration::from_secs(2),
             "{what}: {took:?}"
         );
-        assert_eq!(faulty.writes_landed(), landed, "{what}: nothing reached the LUN");
+        assert_eq!(
+            faulty.writes_landed(),
+            landed,
+            "{what}: nothing reached the LUN"
+        );
     }
-    assert_eq!(fx.pool.available(), free, "extents of a fenced growth go back");
+    assert_eq!(
+        fx.pool.available(),
+        free,
+        "extents of a fenced growth go back"
+    );
     // Through vhd::Storage the NBD layer sees EIO.
     let io = Storage::write_at(f.as_ref(), b"x", 0).unwrap_err();
     assert_eq!(volume::errno(&io), libc::EIO);
     assert_eq!(volume::error_class(&io), Some(ErrorClass::Fenced));
     let mut b = [0u8; 4096];
     f.read(&mut b, 0).unwrap();
-    assert_eq!(b, [1u8; 4096], "reads are not fenced and the old data stays");
+    assert_eq!(
+        b, [1u8; 4096],
+        "reads are not fenced and the old data stays"
+    );
     // A fence that reopens within the wait: the write pauses, then goes through.
     let f2 = f.clone();
     let fence2 = fence.clone();
@@ -295,7 +320,12 @@ fn known_clean_extents_are_not_zeroed_and_others_are() {
         let fx = Fixture::new(lun, clean);
         let f = fx.create(Arc::new(OpenFence));
         f.set_len(3 * MIB).unwrap();
-        let zeros = log.lock().unwrap().iter().filter(|(n, _, _)| n == "zero").count();
+        let zeros = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _, _)| n == "zero")
+            .count();
         assert_eq!(zeros == 0, clean, "clean={clean}: {zeros} zeroings");
     }
 }
@@ -336,7 +366,10 @@ fn crash_leftovers_past_the_length_are_zeroed_on_open_for_write() {
     g.set_len(MIB).unwrap();
     let mut b = vec![1u8; 1000];
     g.read(&mut b, 500_000).unwrap();
-    assert!(b.iter().all(|&x| x == 0), "an old incarnation's unflushed bytes showed");
+    assert!(
+        b.iter().all(|&x| x == 0),
+        "an old incarnation's unflushed bytes showed"
+    );
 }
 
 #[test]
@@ -404,7 +437,8 @@ fn concurrent_writers_grow_one_file() {
             s.spawn(move || {
                 for i in 0..pieces {
                     let off = (i * threads + t) * piece;
-                    f.write(&pattern(t as u8, off, piece as usize), off).unwrap();
+                    f.write(&pattern(t as u8, off, piece as usize), off)
+                        .unwrap();
                     if i % 10 == 0 {
                         f.flush().unwrap();
                     }
@@ -419,7 +453,10 @@ fn concurrent_writers_grow_one_file() {
     let mut buf = vec![0u8; piece as usize];
     for k in 0..threads * pieces {
         g.read(&mut buf, k * piece).unwrap();
-        assert!(buf == pattern((k % threads) as u8, k * piece, piece as usize), "piece {k}");
+        assert!(
+            buf == pattern((k % threads) as u8, k * piece, piece as usize),
+            "piece {k}"
+        );
     }
 }
 

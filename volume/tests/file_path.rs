@@ -27,7 +27,10 @@ fn disk_dir() -> tempfile::TempDir {
     ] {
         if let Ok(d) = tempfile::tempdir_in(&base) {
             let probe = d.path().join("probe");
-            std::fs::File::create(&probe).unwrap().set_len(1 << 20).unwrap();
+            std::fs::File::create(&probe)
+                .unwrap()
+                .set_len(1 << 20)
+                .unwrap();
             let opts = FileOptions {
                 direct: true,
                 ..FileOptions::default()
@@ -49,7 +52,11 @@ fn vhd_scenario_with_o_direct() {
         ..FileOptions::default()
     };
     let path = FilePath::open(&lun, opts).unwrap();
-    assert!(path.alignment() == 512 || path.alignment() == 4096, "{}", path.alignment());
+    assert!(
+        path.alignment() == 512 || path.alignment() == 4096,
+        "{}",
+        path.alignment()
+    );
     let vol = Vol::format(Arc::new(path), MIB);
     scenario::vhd_on_volume(&vol, dir.path());
 }

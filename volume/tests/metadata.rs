@@ -51,16 +51,38 @@ fn format_read_refuse_force_and_backup() {
     assert!(found.warnings.is_empty(), "{:?}", found.warnings);
 
     let e = superblock::format(path.as_ref(), &params()).unwrap_err();
-    assert!(matches!(e, SuperblockError::Exists { copy: Copy::Primary, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            SuperblockError::Exists {
+                copy: Copy::Primary,
+                ..
+            }
+        ),
+        "{e}"
+    );
 
     // Primary destroyed: the backup is used, with a warning, and still blocks format.
     poke(&lun, 0, &[0u8; 4096]);
     let found = superblock::read(path.as_ref()).unwrap();
     assert_eq!(found.copy, Copy::Backup);
     assert_eq!(found.superblock, sb);
-    assert!(found.warnings[0].contains("primary"), "{:?}", found.warnings);
+    assert!(
+        found.warnings[0].contains("primary"),
+        "{:?}",
+        found.warnings
+    );
     let e = superblock::format(path.as_ref(), &params()).unwrap_err();
-    assert!(matches!(e, SuperblockError::Exists { copy: Copy::Backup, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            SuperblockError::Exists {
+                copy: Copy::Backup,
+                ..
+            }
+        ),
+        "{e}"
+    );
 
     // Forced: a new volume; the old checkpoints are gone.
     checkpoint::write_checkpoint(path.as_ref(), &sb, 1, 10, b"old catalog").unwrap();
@@ -71,7 +93,12 @@ fn format_read_refuse_force_and_backup() {
     assert_eq!(superblock::read(path.as_ref()).unwrap().superblock, sb2);
     let latest = checkpoint::read_latest(path.as_ref(), &sb2).unwrap();
     assert!(latest.checkpoint.is_none());
-    assert!(latest.skipped.iter().all(|s| s.problem == HeaderError::Empty));
+    assert!(
+        latest
+            .skipped
+            .iter()
+            .all(|s| s.problem == HeaderError::Empty)
+    );
 
     // Both copies destroyed: not a volume.
     poke(&lun, 0, &[0u8; 4096]);
@@ -104,12 +131,22 @@ fn truncated_and_grown_luns() {
         .unwrap();
     let found = superblock::read(open(&lun).as_ref()).unwrap();
     assert_eq!(found.superblock.layout, sb.layout);
-    assert!(found.warnings.iter().any(|w| w.contains("grew")), "{:?}", found.warnings);
+    assert!(
+        found.warnings.iter().any(|w| w.contains("grew")),
+        "{:?}",
+        found.warnings
+    );
     // Too small to format at all.
     let small = dir.path().join("small");
-    std::fs::File::create(&small).unwrap().set_len(3 * MIB).unwrap();
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(3 * MIB)
+        .unwrap();
     let e = superblock::format(open(&small).as_ref(), &params()).unwrap_err();
-    assert!(matches!(e, SuperblockError::Layout(LayoutError::LunTooSmall { .. })), "{e}");
+    assert!(
+        matches!(e, SuperblockError::Layout(LayoutError::LunTooSmall { .. })),
+        "{e}"
+    );
 }
 
 fn sample_sb() -> Superblock {
@@ -127,6 +164,9 @@ fn reseal(mut b: Vec<u8>) -> Vec<u8> {
     b[4092..].copy_from_slice(&crc.to_le_bytes());
     b
 }
+
+/// What a bad-input case must be refused with.
+type Expect = fn(&SuperblockError) -> bool;
 
 #[test]
 fn superblock_bad_input_table() {
@@ -149,12 +189,22 @@ fn superblock_bad_input_table() {
     label_len[88..90].copy_from_slice(&500u16.to_le_bytes());
     let mut label_utf8 = good.clone();
     label_utf8[96] = 0xFF;
-    let cases: Vec<(&str, Vec<u8>, fn(&SuperblockError) -> bool)> = vec![
-        ("short", good[..100].to_vec(), |e| matches!(e, SuperblockError::Short { .. })),
-        ("magic", bad_magic, |e| matches!(e, SuperblockError::BadMagic)),
-        ("crc", bad_crc, |e| matches!(e, SuperblockError::BadChecksum { .. })),
-        ("version", reseal(version), |e| matches!(e, SuperblockError::UnsupportedVersion(2))),
-        ("flags", reseal(flags), |e| matches!(e, SuperblockError::UnknownFlags(1))),
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+        ("short", good[..100].to_vec(), |e| {
+            matches!(e, SuperblockError::Short { .. })
+        }),
+        ("magic", bad_magic, |e| {
+            matches!(e, SuperblockError::BadMagic)
+        }),
+        ("crc", bad_crc, |e| {
+            matches!(e, SuperblockError::BadChecksum { .. })
+        }),
+        ("version", reseal(version), |e| {
+            matches!(e, SuperblockError::UnsupportedVersion(2))
+        }),
+        ("flags", reseal(flags), |e| {
+            matches!(e, SuperblockError::UnknownFlags(1))
+        }),
         ("extent size 3 MiB", set(40, 3 * MIB), |e| {
             matches!(e, SuperblockError::Layout(LayoutError::ExtentSize(_)))
         }),
@@ -168,7 +218,10 @@ fn superblock_bad_input_table() {
             matches!(e, SuperblockError::Layout(_))
         }),
         ("extents past the LUN", set(48, 1000), |e| {
-            matches!(e, SuperblockError::Layout(LayoutError::ExtentsOverlapBackup { .. }))
+            matches!(
+                e,
+                SuperblockError::Layout(LayoutError::ExtentsOverlapBackup { .. })
+            )
         }),
         ("data offset inside checkpoints", set(56, 2 * MIB), |e| {
             matches!(e, SuperblockError::Layout(LayoutError::DataOffset { .. }))
@@ -179,9 +232,15 @@ fn superblock_bad_input_table() {
         ("slot size absurd", set(72, u64::MAX), |e| {
             matches!(e, SuperblockError::Layout(LayoutError::SlotSize(_)))
         }),
-        ("LUN size 0", set(32, 0), |e| matches!(e, SuperblockError::Layout(_))),
-        ("label length", reseal(label_len), |e| matches!(e, SuperblockError::BadLabel(_))),
-        ("label utf-8", reseal(label_utf8), |e| matches!(e, SuperblockError::BadLabel(_))),
+        ("LUN size 0", set(32, 0), |e| {
+            matches!(e, SuperblockError::Layout(_))
+        }),
+        ("label length", reseal(label_len), |e| {
+            matches!(e, SuperblockError::BadLabel(_))
+        }),
+        ("label utf-8", reseal(label_utf8), |e| {
+            matches!(e, SuperblockError::BadLabel(_))
+        }),
     ];
     for (name, bytes, want) in cases {
         let e = Superblock::parse(&bytes).unwrap_err();
@@ -200,11 +259,23 @@ fn checkpoints_alternate_and_survive_torn_writes() {
     assert_eq!(l.checkpoint, None);
     assert_eq!(l.skipped.len(), 2);
 
-    assert_eq!(checkpoint::write_checkpoint(path.as_ref(), &sb, 1, 100, b"one").unwrap(), 0);
-    assert_eq!(checkpoint::write_checkpoint(path.as_ref(), &sb, 2, 200, b"two!").unwrap(), 1);
-    assert_eq!(checkpoint::write_checkpoint(path.as_ref(), &sb, 3, 300, &[]).unwrap(), 0);
+    assert_eq!(
+        checkpoint::write_checkpoint(path.as_ref(), &sb, 1, 100, b"one").unwrap(),
+        0
+    );
+    assert_eq!(
+        checkpoint::write_checkpoint(path.as_ref(), &sb, 2, 200, b"two!").unwrap(),
+        1
+    );
+    assert_eq!(
+        checkpoint::write_checkpoint(path.as_ref(), &sb, 3, 300, &[]).unwrap(),
+        0
+    );
     let big = vec![0x5Au8; (MIB - 4096) as usize];
-    assert_eq!(checkpoint::write_checkpoint(path.as_ref(), &sb, 4, 400, &big).unwrap(), 1);
+    assert_eq!(
+        checkpoint::write_checkpoint(path.as_ref(), &sb, 4, 400, &big).unwrap(),
+        1
+    );
     let l = checkpoint::read_latest(path.as_ref(), &sb).unwrap();
     let c = l.checkpoint.unwrap();
     assert_eq!((c.sequence, c.raft_index, c.slot), (4, 400, 1));
@@ -212,7 +283,16 @@ fn checkpoints_alternate_and_survive_torn_writes() {
     assert!(l.skipped.is_empty());
 
     let e = checkpoint::write_checkpoint(path.as_ref(), &sb, 4, 1, b"again").unwrap_err();
-    assert!(matches!(e, CheckpointError::StaleSequence { asked: 4, newest: 4 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            CheckpointError::StaleSequence {
+                asked: 4,
+                newest: 4
+            }
+        ),
+        "{e}"
+    );
     let e = checkpoint::write_checkpoint(path.as_ref(), &sb, 9, 1, &vec![0u8; MIB as usize])
         .unwrap_err();
     assert!(matches!(e, CheckpointError::TooLarge { .. }), "{e}");
@@ -225,19 +305,29 @@ fn checkpoints_alternate_and_survive_torn_writes() {
     assert_eq!(l.skipped[0].slot, 1);
     assert_eq!(l.skipped[0].problem, HeaderError::PayloadChecksum);
     // The next write goes to the torn slot, never over the good one.
-    assert_eq!(checkpoint::write_checkpoint(path.as_ref(), &sb, 5, 500, b"five").unwrap(), 1);
+    assert_eq!(
+        checkpoint::write_checkpoint(path.as_ref(), &sb, 5, 500, b"five").unwrap(),
+        1
+    );
     // A torn header in slot 0: slot 1 still wins.
     poke(&lun, sb.layout.slot_offset(0) + 40, &[0xFF; 4]);
     let l = checkpoint::read_latest(path.as_ref(), &sb).unwrap();
     assert_eq!(l.checkpoint.unwrap().payload, b"five");
-    assert!(matches!(l.skipped[0].problem, HeaderError::BadChecksum { .. }));
+    assert!(matches!(
+        l.skipped[0].problem,
+        HeaderError::BadChecksum { .. }
+    ));
 
     // A checkpoint of another volume (same LUN reformatted elsewhere) is not taken.
     let mut other = sb.clone();
     other.uuid = Uuid::from_u128(9);
     let l = checkpoint::read_latest(path.as_ref(), &other).unwrap();
     assert!(l.checkpoint.is_none());
-    assert!(l.skipped.iter().any(|s| matches!(s.problem, HeaderError::WrongVolume { .. })));
+    assert!(
+        l.skipped
+            .iter()
+            .any(|s| matches!(s.problem, HeaderError::WrongVolume { .. }))
+    );
 }
 
 #[test]

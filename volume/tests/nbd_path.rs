@@ -65,7 +65,10 @@ fn tcp_target_and_large_requests_are_split() {
     assert!(matches!(e, PathError::OutOfRange { .. }), "{e}");
     // The file holds the bytes (no page-cache tricks: nbdkit wrote them).
     let file = std::fs::read(&lun).unwrap();
-    assert_eq!(&file[5 + 4 * MIB as usize..5 + 4 * MIB as usize + 100], &data[4 * MIB as usize..4 * MIB as usize + 100]);
+    assert_eq!(
+        &file[5 + 4 * MIB as usize..5 + 4 * MIB as usize + 100],
+        &data[4 * MIB as usize..4 * MIB as usize + 100]
+    );
 }
 
 #[test]
@@ -129,13 +132,19 @@ fn killed_target_gives_path_errors_within_io_timeout_then_reconnects() {
             Ok(()) => break,
             Err(e) => {
                 assert!(e.is_path_failure(), "{e}");
-                assert!(start.elapsed() < Duration::from_secs(5), "no reconnect: {e}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "no reconnect: {e}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
     let e = p.flush().unwrap_err();
-    assert!(e.is_path_failure() && e.to_string().contains("unflushed"), "{e}");
+    assert!(
+        e.is_path_failure() && e.to_string().contains("unflushed"),
+        "{e}"
+    );
     p.flush().unwrap();
     let mut b = [0u8; 4096];
     p.read_at(&mut b, 8192).unwrap();
@@ -154,7 +163,10 @@ fn unresponsive_target_times_out() {
     let took = start.elapsed();
     assert!(matches!(e, PathError::Timeout { .. }), "{e}");
     assert!(e.is_path_failure());
-    assert!(took >= IO_TIMEOUT && took < IO_TIMEOUT + Duration::from_millis(500), "{took:?}");
+    assert!(
+        took >= IO_TIMEOUT && took < IO_TIMEOUT + Duration::from_millis(500),
+        "{took:?}"
+    );
     // Writes still work on a fresh connection.
     p.write_at(&[5u8; 4096], 0).unwrap();
 }
@@ -166,7 +178,13 @@ fn target_errors_are_media_errors() {
     let t = nbdkit(
         dir.path(),
         &lun,
-        &["--filter=error", "error-pwrite=ENOSPC", "error-pwrite-rate=1", "error-pread=EIO", "error-pread-rate=1"],
+        &[
+            "--filter=error",
+            "error-pwrite=ENOSPC",
+            "error-pwrite-rate=1",
+            "error-pread=EIO",
+            "error-pread-rate=1",
+        ],
     );
     let p = connect(&t.uri);
     let e = p.write_at(&[1u8; 4096], 0).unwrap_err();
@@ -183,7 +201,11 @@ fn target_errors_are_media_errors() {
     let t = nbdkit(
         dir.path(),
         &lun,
-        &["--filter=error", "error-pread=ESHUTDOWN", "error-pread-rate=1"],
+        &[
+            "--filter=error",
+            "error-pread=ESHUTDOWN",
+            "error-pread-rate=1",
+        ],
     );
     let p = connect(&t.uri);
     let e = p.read_at(&mut [0u8; 512], 0).unwrap_err();

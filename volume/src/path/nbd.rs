@@ -459,7 +459,13 @@ impl LunPath for NbdPath {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
-        check_range(self, Op::Write, offset, buf.len() as u64, self.geometry.size)?;
+        check_range(
+            self,
+            Op::Write,
+            offset,
+            buf.len() as u64,
+            self.geometry.size,
+        )?;
         let deadline = self.deadline();
         let max = self.geometry.max_block as usize;
         for (k, chunk) in buf.chunks(max).enumerate() {

@@ -240,7 +240,10 @@ pub fn nbdkit_tcp(lun: &Path, port: u16) -> Target {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("nbdkit exited early: {st}");
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "nbdkit did not listen");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nbdkit did not listen"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let uri = format!("nbd://127.0.0.1:{port}/");
@@ -256,7 +259,13 @@ pub fn qemu_nbd(dir: &Path, lun: &Path) -> Target {
     require("qemu-nbd", "qemu-utils");
     let socket = dir.join("qemu-nbd.sock");
     let mut child = Command::new("qemu-nbd")
-        .args(["-f", "raw", "--shared=8", "--persistent", "--cache=writeback"])
+        .args([
+            "-f",
+            "raw",
+            "--shared=8",
+            "--persistent",
+            "--cache=writeback",
+        ])
         .arg("-k")
         .arg(&socket)
         .arg(lun)

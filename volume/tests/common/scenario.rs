@@ -29,7 +29,13 @@ fn write_raw(path: &Path, data: &[u8]) {
 }
 
 fn qemu_check_and_compare(vhd_path: &Path, model: &[u8], size: u64, dir: &Path) {
-    let info = qemu_img(&["info", "-f", "vpc", "--output=json", vhd_path.to_str().unwrap()]);
+    let info = qemu_img(&[
+        "info",
+        "-f",
+        "vpc",
+        "--output=json",
+        vhd_path.to_str().unwrap(),
+    ]);
     assert!(
         info.contains(&format!("\"virtual-size\": {size}")),
         "qemu-img info: {info}"
@@ -82,12 +88,21 @@ pub fn pyvhdi_dump(chain: &[&Path], dir: &Path) -> Vec<u8> {
 pub fn vhd_on_volume(vol: &Vol, dir: &Path) {
     // Fixed.
     let (ff, fsink) = vol.create("fixed");
-    create_fixed(ff.as_ref(), &CreateOptions::new(DiskType::Fixed, FIXED_SIZE)).unwrap();
+    create_fixed(
+        ff.as_ref(),
+        &CreateOptions::new(DiskType::Fixed, FIXED_SIZE),
+    )
+    .unwrap();
     let mut fmodel = vec![0u8; FIXED_SIZE as usize];
     {
         let img = Image::open_storage(ff.clone(), false, "vol:fixed", &NoParents).unwrap();
         put(&img, &mut fmodel, 0, &pattern(1, 0, 4096));
-        put(&img, &mut fmodel, 1_000_003, &pattern(2, 1_000_003, 300_000));
+        put(
+            &img,
+            &mut fmodel,
+            1_000_003,
+            &pattern(2, 1_000_003, 300_000),
+        );
         put(&img, &mut fmodel, MIB - 512, &pattern(3, MIB - 512, 1024)); // across an extent
         put(&img, &mut fmodel, FIXED_SIZE - 4096, &pattern(4, 0, 4096));
         img.flush().unwrap();
@@ -105,12 +120,21 @@ pub fn vhd_on_volume(vol: &Vol, dir: &Path) {
 
     // Dynamic.
     let (df, dsink) = vol.create("dynamic");
-    create_dynamic(df.as_ref(), &CreateOptions::new(DiskType::Dynamic, DYN_SIZE)).unwrap();
+    create_dynamic(
+        df.as_ref(),
+        &CreateOptions::new(DiskType::Dynamic, DYN_SIZE),
+    )
+    .unwrap();
     let mut dmodel = vec![0u8; DYN_SIZE as usize];
     {
         let img = Image::open_storage(df.clone(), false, "vol:dynamic", &NoParents).unwrap();
         put(&img, &mut dmodel, 12 * MIB + 7, &pattern(5, 7, 70_000));
-        put(&img, &mut dmodel, 0, &pattern(6, 0, (2 * MIB + 4096) as usize));
+        put(
+            &img,
+            &mut dmodel,
+            0,
+            &pattern(6, 0, (2 * MIB + 4096) as usize),
+        );
         put(&img, &mut dmodel, 5 * MIB, &pattern(7, 0, 512));
         img.flush().unwrap();
         put(&img, &mut dmodel, DYN_SIZE - 4096, &pattern(8, 0, 4096));
@@ -148,23 +172,30 @@ pub fn vhd_on_volume(vol: &Vol, dir: &Path) {
     let (cf, csink) = vol.create("child");
     create_differencing(cf.as_ref(), &info, 2 * MIB as u32, None).unwrap();
     let p2 = parent.clone();
-    let resolver = FnResolver(move |_: vhd::chain::ChildRef<'_>, _: &vhd::chain::ParentHints| {
-        (
-            vec![ParentCandidate {
-                storage: p2.clone() as Arc<dyn Storage>,
-                identity: "vol:dynamic".into(),
-                path: None,
-            }],
-            vec!["volume catalog".into()],
-        )
-    });
+    let resolver = FnResolver(
+        move |_: vhd::chain::ChildRef<'_>, _: &vhd::chain::ParentHints| {
+            (
+                vec![ParentCandidate {
+                    storage: p2.clone() as Arc<dyn Storage>,
+                    identity: "vol:dynamic".into(),
+                    path: None,
+                }],
+                vec!["volume catalog".into()],
+            )
+        },
+    );
     let mut cmodel = dmodel.clone();
     {
         let img = Image::open_storage(cf.clone(), false, "vol:child", &resolver).unwrap();
         check_image(&img, &cmodel);
         // 4 KiB-aligned (libvhdi reads partial sectors of a bitmap byte as zero).
         put(&img, &mut cmodel, 12 * MIB, &pattern(9, 0, 8192));
-        put(&img, &mut cmodel, 3 * MIB, &pattern(10, 0, 3 * MIB as usize));
+        put(
+            &img,
+            &mut cmodel,
+            3 * MIB,
+            &pattern(10, 0, 3 * MIB as usize),
+        );
         img.flush().unwrap();
     }
     drop(cf);
@@ -199,7 +230,12 @@ pub fn vhd_on_volume(vol: &Vol, dir: &Path) {
         let expect_nonzero = off == 0;
         for (i, &b) in buf.iter().enumerate() {
             if !(expect_nonzero && (5..14).contains(&i)) {
-                assert_eq!(b, 0, "stale byte at {} of the reused extents", off + i as u64);
+                assert_eq!(
+                    b,
+                    0,
+                    "stale byte at {} of the reused extents",
+                    off + i as u64
+                );
             }
         }
         off += buf.len() as u64;
