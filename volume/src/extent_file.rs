@@ -146,6 +146,10 @@ impl ExtentFile {
         access: Option<WriteAccess>,
     ) -> Result<ExtentFile, ExtentError> {
         let name = name.to_string();
+        layout.validate().map_err(|e| ExtentError::Config {
+            file: name.clone(),
+            detail: e.to_string(),
+        })?;
         map.check_within(layout.extent_count)
             .map_err(|source| ExtentError::BadMap {
                 file: name.clone(),
@@ -284,17 +288,21 @@ impl ExtentFile {
         mut f: impl FnMut(u64, usize, usize) -> Result<(), ExtentError>,
     ) -> Result<(), ExtentError> {
         let es = self.layout.extent_size;
+        // A power of two (validated layout): shifts and masks, not divisions, per request.
+        let shift = es.trailing_zeros();
         let mut pos = 0u64;
         while pos < len {
             let fo = off + pos;
-            let (lun_extent, cont) = map.segment(fo / es).ok_or_else(|| ExtentError::BadMap {
-                file: self.name.clone(),
-                source: MapError::OutOfVolume {
-                    index: fo / es,
-                    count: map.extent_count(),
-                },
-            })?;
-            let within = fo % es;
+            let (lun_extent, cont) =
+                map.segment(fo >> shift)
+                    .ok_or_else(|| ExtentError::BadMap {
+                        file: self.name.clone(),
+                        source: MapError::OutOfVolume {
+                            index: fo >> shift,
+                            count: map.extent_count(),
+                        },
+                    })?;
+            let within = fo & (es - 1);
             let n = (cont * es - within).min(len - pos);
             let lun_off = self.layout.data_offset + lun_extent * es + within;
             f(lun_off, pos as usize, n as usize)?;
