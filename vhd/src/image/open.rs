@@ -298,7 +298,9 @@ fn load_dynamic(img: &Image, len: u64, footer_pos: u64) -> Result<Dyn> {
     let header = DynamicHeader::parse(&hb)?;
     header.check_covers(img.size)?;
     let bat_off = header.table_offset;
-    let bat_end = bat_off + header.bat_bytes();
+    let bat_end = bat_off
+        .checked_add(header.bat_bytes())
+        .ok_or(FormatError::BadTableOffset(bat_off))?;
     if bat_end > len {
         return Err(Error::Truncated {
             what: "BAT",
