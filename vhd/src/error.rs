@@ -135,6 +135,8 @@ pub enum Error {
     Corrupt(String),
     #[error("image is unusable after an earlier metadata write failure")]
     Poisoned,
+    #[error("image {0} is already open for writing (another export or csvadm command)")]
+    Locked(PathBuf),
     #[error("path {0}: {1}")]
     Path(PathBuf, std::io::Error),
 }
