@@ -287,3 +287,91 @@ fn differencing_create_and_merge() {
         "merging a non-differencing image is an error"
     );
 }
+
+#[test]
+fn convert_refuses_a_damaged_vhd_instead_of_copying_it_as_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    for kind in ["dynamic", "fixed"] {
+        let img = dir.path().join(format!("{kind}.vhd"));
+        ok(&["image", "create", s(&img), "--size", "4M", "--type", kind]);
+        // both footer copies damaged (a dynamic image has one at 0 too)
+        let mut bytes = std::fs::read(&img).unwrap();
+        let n = bytes.len();
+        bytes[n - 512 + 48] ^= 0x40;
+        if kind == "dynamic" {
+            bytes[48] ^= 0x40;
+        }
+        std::fs::write(&img, &bytes).unwrap();
+        let out = dir.path().join(format!("{kind}.raw"));
+        let o = csvadm(&["image", "convert", s(&img), s(&out), "--to", "raw"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{kind}: {err}");
+        assert!(err.contains("footer"), "{kind}: {err}");
+        assert!(!out.exists(), "{kind}: output left behind");
+        // asked for explicitly, the bytes are copied as they are
+        ok(&[
+            "image",
+            "convert",
+            s(&img),
+            s(&out),
+            "--to",
+            "raw",
+            "--from",
+            "raw",
+        ]);
+        assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    }
+}
+
+#[test]
+fn merge_of_a_child_holding_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.vhd");
+    let child = dir.path().join("child.vhd");
+    ok(&["image", "create", s(&base), "--size", "16M"]);
+    tool(
+        "qemu-io",
+        &[
+            "-f",
+            "vpc",
+            "-c",
+            "write -P 0x11 0 8M",
+            "-c",
+            "write -P 0x33 12M 1M",
+            s(&base),
+        ],
+    );
+    ok(&["image", "create", s(&child), "--parent", s(&base)]);
+    {
+        // the child gets data over the parent's, next to it, in a partly written block
+        // (an unaligned write: the rest of its sectors come from the parent) and zeroes
+        // over parent data
+        let img = vhd::Image::open(&child, &vhd::OpenOptions::default()).unwrap();
+        img.write_at(&[0x22; 1 << 20], 1 << 20).unwrap();
+        img.write_at(&[0x44; 4096], 10 << 20).unwrap();
+        img.write_at(&[0x55; 700], (4 << 20) + 100).unwrap();
+        img.write_zeroes(12 << 20, 4096, false).unwrap();
+        img.close().unwrap();
+    }
+    let expect = dir.path().join("expect.raw");
+    ok(&["image", "convert", s(&child), s(&expect), "--to", "raw"]);
+    let out = ok(&["image", "merge", s(&child)]);
+    assert!(out.contains("child removed"), "{out}");
+    assert!(!child.exists());
+    // qemu reads the merged parent as the child read before the merge
+    tool(
+        "qemu-img",
+        &["compare", "-f", "vpc", "-F", "raw", s(&base), s(&expect)],
+    );
+    let e = std::fs::read(&expect).unwrap();
+    assert!(e[(1 << 20)..(2 << 20)].iter().all(|b| *b == 0x22));
+    assert!(e[(4 << 20)..(4 << 20) + 100].iter().all(|b| *b == 0x11));
+    assert!(
+        e[(4 << 20) + 100..(4 << 20) + 800]
+            .iter()
+            .all(|b| *b == 0x55)
+    );
+    assert!(e[(12 << 20)..(12 << 20) + 4096].iter().all(|b| *b == 0));
+    assert!(e[(12 << 20) + 4096..(13 << 20)].iter().all(|b| *b == 0x33));
+    ok(&["image", "check", s(&base)]);
+}

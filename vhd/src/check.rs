@@ -139,6 +139,21 @@ pub fn check_image(img: &Image) -> CheckReport {
     r
 }
 
+/// Fails with [`Error::Corrupt`] when a check of `img` finds corruption (blocks that
+/// overlap each other, ...): operations that move or add blocks refuse such images, they
+/// would spread the damage.
+pub fn ensure_sound(img: &Image) -> Result<()> {
+    let r = check_image(img);
+    match r
+        .findings
+        .iter()
+        .find(|f| f.severity == Severity::Corruption)
+    {
+        Some(f) => Err(Error::Corrupt(f.message.clone())),
+        None => Ok(()),
+    }
+}
+
 /// Bytes in gaps between used regions after the first block, beyond the padding block
 /// placement would add. The gap between the metadata and the first block is the BAT's
 /// reserve (Hyper-V pads its BAT this way), not a leak.

@@ -131,8 +131,12 @@ pub enum Error {
     Shrink { new: u64, current: u64 },
     #[error("{0}")]
     Invalid(String),
+    #[error("image is corrupt ({0}); `csvadm image check` lists the findings")]
+    Corrupt(String),
     #[error("image is unusable after an earlier metadata write failure")]
     Poisoned,
+    #[error("image {0} is already open for writing (another export or csvadm command)")]
+    Locked(PathBuf),
     #[error("path {0}: {1}")]
     Path(PathBuf, std::io::Error),
 }

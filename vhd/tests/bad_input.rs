@@ -158,6 +158,13 @@ fn huge_table_counts() {
         open(b).unwrap_err(),
         Error::Truncated { what: "BAT", .. }
     ));
+    // a table offset so close to 2^64 that offset + table length overflows
+    let mut b = dynamic_with_block();
+    patch_header(&mut b, 16, &0xFFFF_FFFF_FFFF_FE00u64.to_be_bytes());
+    assert!(matches!(
+        open(b).unwrap_err(),
+        Error::Format(FormatError::BadTableOffset(0xFFFF_FFFF_FFFF_FE00))
+    ));
     // too few entries for the size
     let mut b = dynamic_with_block();
     patch_header(&mut b, 28, &1u32.to_be_bytes());

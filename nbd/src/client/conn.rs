@@ -407,9 +407,7 @@ fn apply_chunk(p: &mut Pending, ty: u16, payload: &[u8]) -> Result<(), String> {
                 covered,
             },
         ) => {
-            let start = off
-                .checked_sub(*offset)
-                .filter(|s| s + data.len() as u64 <= buf.len() as u64)
+            let start = chunk_start(*offset, off, data.len() as u64, buf.len())
                 .ok_or("OFFSET_DATA outside the request")?;
             buf[start as usize..start as usize + data.len()].copy_from_slice(data);
             *covered += data.len() as u64;
@@ -422,9 +420,7 @@ fn apply_chunk(p: &mut Pending, ty: u16, payload: &[u8]) -> Result<(), String> {
                 covered,
             },
         ) => {
-            let start = off
-                .checked_sub(*offset)
-                .filter(|s| s + u64::from(len) <= buf.len() as u64)
+            let start = chunk_start(*offset, off, u64::from(len), buf.len())
                 .ok_or("OFFSET_HOLE outside the request")?;
             buf[start as usize..start as usize + len as usize].fill(0);
             *covered += u64::from(len);
@@ -435,4 +431,60 @@ fn apply_chunk(p: &mut Pending, ty: u16, payload: &[u8]) -> Result<(), String> {
         _ => return Err(format!("unexpected chunk type {ty}")),
     }
     Ok(())
+}
+
+/// Where a READ chunk at `chunk_off` of `len` bytes starts in the buffer of a request at
+/// `req_off`, if it lies inside it. The offsets come from the server: no arithmetic
+/// on them may overflow.
+fn chunk_start(req_off: u64, chunk_off: u64, len: u64, buf_len: usize) -> Option<u64> {
+    let start = chunk_off.checked_sub(req_off)?;
+    let end = start.checked_add(len)?;
+    (end <= buf_len as u64).then_some(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_pending(offset: u64, len: usize) -> Pending {
+        let (tx, _rx) = oneshot::channel();
+        Pending {
+            kind: Kind::Read {
+                offset,
+                buf: BytesMut::zeroed(len),
+                covered: 0,
+            },
+            error: None,
+            tx,
+        }
+    }
+
+    #[test]
+    fn chunks_outside_the_request_are_errors_not_panics() {
+        let mut p = read_pending(0, 8192);
+        // OFFSET_DATA at u64::MAX - 3 with 8 bytes: start + len overflows
+        let mut data = (u64::MAX - 3).to_be_bytes().to_vec();
+        data.extend_from_slice(&[7u8; 8]);
+        assert!(apply_chunk(&mut p, REPLY_TYPE_OFFSET_DATA, &data).is_err());
+        let mut hole = (u64::MAX - 3).to_be_bytes().to_vec();
+        hole.extend_from_slice(&16u32.to_be_bytes());
+        assert!(apply_chunk(&mut p, REPLY_TYPE_OFFSET_HOLE, &hole).is_err());
+        // running past the end of the request, and before its start
+        let mut past = 8000u64.to_be_bytes().to_vec();
+        past.extend_from_slice(&[1u8; 512]);
+        assert!(apply_chunk(&mut p, REPLY_TYPE_OFFSET_DATA, &past).is_err());
+        let mut q = read_pending(4096, 4096);
+        let mut before = 0u64.to_be_bytes().to_vec();
+        before.extend_from_slice(&[1u8; 16]);
+        assert!(apply_chunk(&mut q, REPLY_TYPE_OFFSET_DATA, &before).is_err());
+        // a chunk inside the request lands where it says
+        let mut ok = 5000u64.to_be_bytes().to_vec();
+        ok.extend_from_slice(&[9u8; 100]);
+        apply_chunk(&mut q, REPLY_TYPE_OFFSET_DATA, &ok).expect("inside");
+        let Kind::Read { buf, covered, .. } = &q.kind else {
+            panic!("kind changed")
+        };
+        assert_eq!(*covered, 100);
+        assert_eq!(&buf[904..1004], &[9u8; 100][..]);
+    }
 }

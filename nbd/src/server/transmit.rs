@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -126,11 +126,18 @@ impl Future for InFlight<'_> {
 
 enum ReadState {
     Header,
-    /// A WRITE header was read; its payload follows.
+    /// A valid WRITE header was read; its payload (at most [`MAX_PAYLOAD`]) follows.
     Payload {
         cookie: u64,
         len: usize,
-        cmd: Result<Command, Reject>,
+        cmd: Command,
+    },
+    /// A refused WRITE (any length up to 4 GiB): its payload is dropped as it arrives,
+    /// never buffered, then the error is sent.
+    Discard {
+        cookie: u64,
+        remaining: u64,
+        reject: Reject,
     },
 }
 
@@ -252,7 +259,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
             }
             if self.reading {
                 progress |= self.parse();
-                let payload_pending = matches!(self.rstate, ReadState::Payload { .. });
+                let payload_pending = !matches!(self.rstate, ReadState::Header);
                 if self.reading && (payload_pending || self.window_open()) {
                     if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
                         self.rbuf.reserve(READ_CHUNK);
@@ -305,6 +312,28 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
         let mut progress = false;
         loop {
             match &self.rstate {
+                ReadState::Discard { .. } => {
+                    let ReadState::Discard {
+                        cookie,
+                        remaining,
+                        reject,
+                    } = &mut self.rstate
+                    else {
+                        return progress;
+                    };
+                    let n = (*remaining).min(self.rbuf.len() as u64);
+                    if n > 0 {
+                        self.rbuf.advance(n as usize);
+                        *remaining -= n;
+                        progress = true;
+                    }
+                    if *remaining > 0 {
+                        return progress;
+                    }
+                    let (cookie, reject) = (*cookie, *reject);
+                    self.rstate = ReadState::Header;
+                    self.error_reply(cookie, reject.errno, reject.msg);
+                }
                 ReadState::Payload { len, .. } => {
                     let len = *len;
                     if self.rbuf.len() < len {
@@ -319,7 +348,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
                     let data = self.rbuf.split_to(len).freeze();
                     progress = true;
                     match cmd {
-                        Ok(Command::Write { offset, fua, .. }) if !self.stopping => {
+                        Command::Write { offset, fua, .. } if !self.stopping => {
                             self.inflight_bytes += len;
                             self.inflight.push(InFlight {
                                 cookie,
@@ -327,10 +356,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
                                 op: Op::Unit(self.dev.write(offset, data, fua)),
                             });
                         }
-                        Ok(_) => {
-                            self.error_reply(cookie, Errno::Shutdown, "server is shutting down")
-                        }
-                        Err(r) => self.error_reply(cookie, r.errno, r.msg),
+                        _ => self.error_reply(cookie, Errno::Shutdown, "server is shutting down"),
                     }
                 }
                 ReadState::Header => {
@@ -358,16 +384,23 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
     fn request(&mut self, req: Request) {
         let cmd = validate(&req, &self.limits);
         if req.cmd == CMD_WRITE {
-            if let Err(r) = &cmd {
-                self.warn(&format!(
-                    "refused WRITE {}+{}: {}",
-                    req.offset, req.len, r.msg
-                ));
-            }
-            self.rstate = ReadState::Payload {
-                cookie: req.cookie,
-                len: req.len as usize,
-                cmd,
+            self.rstate = match cmd {
+                Ok(cmd) => ReadState::Payload {
+                    cookie: req.cookie,
+                    len: req.len as usize,
+                    cmd,
+                },
+                Err(reject) => {
+                    self.warn(&format!(
+                        "refused WRITE {}+{}: {}",
+                        req.offset, req.len, reject.msg
+                    ));
+                    ReadState::Discard {
+                        cookie: req.cookie,
+                        remaining: u64::from(req.len),
+                        reject,
+                    }
+                }
             };
             return;
         }

@@ -31,11 +31,23 @@ struct Visited {
 }
 
 impl Image {
-    /// Opens an image file (and, for differencing images, its parents read-only).
+    /// Opens an image file (and, for differencing images, its parents read-only). A
+    /// read-write open takes an exclusive lock on the file (flock) held until the image
+    /// is dropped: a second read-write open fails with [`Error::Locked`].
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Image> {
         let canon = std::fs::canonicalize(path).map_err(|e| Error::Path(path.to_path_buf(), e))?;
         let fs =
             FileStorage::open(&canon, opts.read_only).map_err(|e| Error::Path(canon.clone(), e))?;
+        if !opts.read_only {
+            // One writer per file: a second read-write open (a second export of the same
+            // file, a compact while it is exported) would allocate blocks over the first
+            // one's. Readers do not lock (info, check, parents of a chain).
+            match fs.file().try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(canon)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::Path(canon, e)),
+            }
+        }
         let resolver = PathResolver {
             explicit: opts.parent.clone(),
         };
@@ -298,7 +310,9 @@ fn load_dynamic(img: &Image, len: u64, footer_pos: u64) -> Result<Dyn> {
     let header = DynamicHeader::parse(&hb)?;
     header.check_covers(img.size)?;
     let bat_off = header.table_offset;
-    let bat_end = bat_off + header.bat_bytes();
+    let bat_end = bat_off
+        .checked_add(header.bat_bytes())
+        .ok_or(FormatError::BadTableOffset(bat_off))?;
     if bat_end > len {
         return Err(Error::Truncated {
             what: "BAT",

@@ -33,6 +33,7 @@ impl Image {
             return Err(Error::ReadOnly);
         }
         self.dyn_ref()?;
+        crate::check::ensure_sound(self)?;
         self.flush()?;
         let mut stats = CompactStats {
             bytes_before: self.storage.len()?,
@@ -121,17 +122,25 @@ impl Image {
                 .find(|m| s < m.1 && m.0 < s + span)
                 .map(|m| m.1)
         };
-        // target slots, skipping metadata (a relocated BAT stays where it is)
+        // Target slots in block order, skipping metadata (a relocated BAT stays where it
+        // is). A block already packed (between the end of the previous slot and the
+        // aligned position it would get) keeps its place: qemu packs blocks without
+        // aligning them, and moving those would grow the file, not shrink it. So every
+        // slot is at or below its block, and the file never grows.
         let mut slots = Vec::with_capacity(blocks.len());
-        let mut p = place_block(front_end, bm, d.align);
-        while slots.len() < blocks.len() {
-            match overlaps_meta(p) {
-                Some(end) => p = place_block(end, bm, d.align),
-                None => {
-                    slots.push(p);
-                    p = place_block(p + span, bm, d.align);
-                }
+        let mut p = front_end;
+        for &(at, _) in &blocks {
+            let mut aligned = place_block(p, bm, d.align);
+            while let Some(end) = overlaps_meta(aligned) {
+                aligned = place_block(end, bm, d.align);
             }
+            let slot = if at >= p && at <= aligned && overlaps_meta(at).is_none() {
+                at
+            } else {
+                aligned
+            };
+            slots.push(slot);
+            p = slot + span;
         }
         // unplaced blocks by current offset
         let mut unplaced: BTreeMap<u64, u32> = blocks.iter().copied().collect();

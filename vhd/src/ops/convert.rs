@@ -5,7 +5,7 @@
 
 use crate::create::{CreateOptions, create_dynamic, create_fixed};
 use crate::error::{Error, Result};
-use crate::footer::{DiskType, FOOTER_SIZE, Footer};
+use crate::footer::{DiskType, FOOTER_COOKIE, FOOTER_SIZE, Footer};
 use crate::image::{ExtentKind, Image, OpenOptions, is_zero};
 use crate::storage::{FileStorage, Storage};
 use crate::{Progress, ops::COPY_CHUNK};
@@ -68,24 +68,30 @@ impl Source {
     }
 }
 
-/// True when the file at `path` looks like a VHD (valid footer at its end, or a
-/// dynamic/differencing footer copy at offset 0).
+/// The format of the file at `path`: VHD when it has a valid footer at its end or a
+/// dynamic/differencing footer copy at offset 0; raw when neither place holds the footer
+/// cookie. A cookie with a footer that does not parse is an error (a damaged VHD must
+/// not be copied as if its bytes were the disk; `SourceFormat::Raw` forces that).
 pub fn probe(path: &Path) -> Result<SourceFormat> {
     let fs = FileStorage::open(path, true).map_err(|e| Error::Path(path.to_path_buf(), e))?;
     let len = fs.len()?;
     if len < FOOTER_SIZE as u64 {
         return Ok(SourceFormat::Raw);
     }
-    let mut b = [0u8; FOOTER_SIZE];
-    fs.read_at(&mut b, len - FOOTER_SIZE as u64)?;
-    if Footer::parse(&b).is_ok() {
-        return Ok(SourceFormat::Vpc);
+    let mut tail = [0u8; FOOTER_SIZE];
+    fs.read_at(&mut tail, len - FOOTER_SIZE as u64)?;
+    let tail_err = match Footer::parse(&tail) {
+        Ok(_) => return Ok(SourceFormat::Vpc),
+        Err(e) => e,
+    };
+    let mut head = [0u8; FOOTER_SIZE];
+    fs.read_at(&mut head, 0)?;
+    match Footer::parse(&head) {
+        Ok(f) if f.disk_type != DiskType::Fixed => Ok(SourceFormat::Vpc),
+        Ok(_) | Err(_) if tail[..8] == FOOTER_COOKIE => Err(Error::NoFooter(tail_err)),
+        Err(e) if head[..8] == FOOTER_COOKIE => Err(Error::NoFooter(e)),
+        _ => Ok(SourceFormat::Raw),
     }
-    fs.read_at(&mut b, 0)?;
-    Ok(match Footer::parse(&b) {
-        Ok(f) if f.disk_type != DiskType::Fixed => SourceFormat::Vpc,
-        _ => SourceFormat::Raw,
-    })
 }
 
 /// Opens a convert source read-only.

@@ -50,6 +50,7 @@ pub fn merge(child_path: &Path, opts: &MergeOptions, progress: Progress<'_>) -> 
             parent: None,
         },
     )?;
+    crate::check::ensure_sound(&parent)?;
     if child.virtual_size() > parent.virtual_size() {
         parent.expand(child.virtual_size())?;
     }
