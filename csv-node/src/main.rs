@@ -1,5 +1,6 @@
-//! `csv-node`: the csv node agent. For now one subcommand, `export`, serves image files
-//! over NBD until stopped (the cluster daemon's `run` joins it later).
+//! `csv-node`: the csv node agent. `run` is the cluster daemon (metadata store, admin
+//! socket; `daemon/`, with the cluster state machine in `state/`); `export` serves image
+//! files over NBD until stopped.
 
 mod export;
 mod image;
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Export raw or VHD image files over NBD until stopped (SIGINT/SIGTERM).
     Export(export::ExportArgs),
+    /// Run the cluster daemon (metadata store, admin socket) until SIGTERM/SIGINT.
+    Run(csv_node::daemon::RunArgs),
 }
 
 fn init_logging() {
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<()> {
     init_logging();
     match cli.command {
         Command::Export(args) => export::run(args),
+        Command::Run(args) => csv_node::daemon::run(args),
     }
 }

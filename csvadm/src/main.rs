@@ -1,7 +1,8 @@
-//! `csvadm`: the csv administration tool. Today: `csvadm image ...`, offline commands on
-//! local VHD files (as `qemu-img` works). Cluster commands (`csvadm vhd ...`, nodes,
-//! volumes) will talk to the node's admin socket from their own modules.
+//! `csvadm`: the csv administration tool. `csvadm image ...` works offline on local VHD
+//! files (as `qemu-img` works); `csvadm cluster ...` and `csvadm node ...` talk to a node's
+//! daemon over its admin socket (`cluster.rs`, which documents the exit codes).
 
+mod cluster;
 mod image;
 mod progress;
 mod size;
@@ -16,6 +17,13 @@ use std::process::ExitCode;
     about = "Cluster Shared Volumes administration"
 )]
 struct Cli {
+    /// Admin socket of the node to talk to (default: $CSV_ADMIN, else the admin_socket of
+    /// the node config at $CSV_CONFIG or /etc/csv/csv-node.toml).
+    #[arg(long, global = true, env = "CSV_ADMIN", value_name = "SOCKET")]
+    admin: Option<std::path::PathBuf>,
+    /// Print JSON (cluster and node commands).
+    #[arg(long)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,18 +33,41 @@ enum Command {
     /// Work on local VHD image files (offline, like qemu-img).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Create a cluster, show its status, move the coordinator role.
+    Cluster(cluster::ClusterArgs),
+    /// Add, promote and remove nodes.
+    Node(cluster::NodeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd),
+        Command::Cluster(args) => {
+            cluster_command(cli.admin, |s| cluster::run_cluster(s, args, cli.json))
+        }
+        Command::Node(args) => cluster_command(cli.admin, |s| cluster::run_node(s, args, cli.json)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("csvadm: error: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs a command against the admin socket, mapping its failure to an exit code.
+fn cluster_command(
+    admin: Option<std::path::PathBuf>,
+    f: impl FnOnce(&std::path::Path) -> Result<(), cluster::Failure>,
+) -> anyhow::Result<u8> {
+    let socket = cluster::admin_socket(admin)?;
+    match f(&socket) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            eprintln!("csvadm: error: {}", e.message);
+            Ok(e.code)
         }
     }
 }

@@ -209,6 +209,47 @@ impl LockState {
         out
     }
 
+    /// The generation the next grant will take (persisted by the host state machine).
+    pub fn next_generation(&self) -> Generation {
+        Generation(self.next_generation)
+    }
+
+    /// Every ownership record, ascending by VHD (for hosts that persist per record).
+    pub fn vhd_records(&self) -> impl Iterator<Item = (VhdId, &VhdRecord)> {
+        self.vhds.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Every node record, ascending.
+    pub fn node_records(&self) -> impl Iterator<Item = (NodeId, &NodeRecord)> {
+        self.nodes.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// Rebuilds a table from its parts as a host persisted them record by record,
+    /// refusing a set that breaks an invariant (never panics on bad input).
+    pub fn from_parts(
+        next_generation: Generation,
+        nodes: impl IntoIterator<Item = (NodeId, NodeRecord)>,
+        vhds: impl IntoIterator<Item = (VhdId, VhdRecord)>,
+    ) -> Result<LockState, LockError> {
+        let bad = |reason: String| LockError::BadSnapshot { reason };
+        let mut state = LockState {
+            next_generation: next_generation.0,
+            ..LockState::default()
+        };
+        for (node, rec) in nodes {
+            if state.nodes.insert(node, rec).is_some() {
+                return Err(bad(format!("{node} appears twice")));
+            }
+        }
+        for (vhd, rec) in vhds {
+            if state.vhds.insert(vhd, rec).is_some() {
+                return Err(bad(format!("{vhd} appears twice")));
+            }
+        }
+        state.check_invariants().map_err(bad)?;
+        Ok(state)
+    }
+
     /// Number of ownership records.
     pub fn record_count(&self) -> usize {
         self.vhds.len()

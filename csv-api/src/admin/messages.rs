@@ -1,0 +1,543 @@
+//! The admin messages. Requests and responses are one `oneof` each; every request has one
+//! response kind (see each request's doc) or an [`ErrorReply`].
+
+/// A request to a node's daemon.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AdminRequest {
+    /// [`super::PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The request.
+    #[prost(
+        oneof = "Request",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+    )]
+    pub request: Option<Request>,
+}
+
+/// Requests. The answer of each is named in its doc.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Request {
+    /// Create a new cluster with this node as its only voter → [`Response::ClusterInit`].
+    #[prost(message, tag = "2")]
+    ClusterInit(ClusterInit),
+    /// The node's view of the cluster → [`Response::Status`].
+    #[prost(message, tag = "3")]
+    Status(StatusRequest),
+    /// Add a node (learner, then promoted unless `learner`) → [`Response::Membership`].
+    #[prost(message, tag = "4")]
+    NodeAdd(NodeAdd),
+    /// Promote a learner to voter → [`Response::Membership`].
+    #[prost(message, tag = "5")]
+    NodePromote(NodeRef),
+    /// Remove a node for good (its id is never reused) → [`Response::Membership`].
+    #[prost(message, tag = "6")]
+    NodeRemove(NodeRef),
+    /// Move the coordinator role to a voter → [`Response::Done`].
+    #[prost(message, tag = "7")]
+    LeaderTransfer(NodeRef),
+    /// The volume record → [`Response::Volume`].
+    #[prost(message, tag = "8")]
+    VolumeGet(Empty),
+    /// Create the volume record, or grow it → [`Response::Volume`].
+    #[prost(message, tag = "9")]
+    VolumeSet(Volume),
+    /// Create a VHD record and allocate its initial extents → [`Response::Vhd`].
+    #[prost(message, tag = "10")]
+    VhdCreate(VhdCreate),
+    /// Delete a VHD record and free its extents → [`Response::Vhd`] (the deleted record).
+    #[prost(message, tag = "11")]
+    VhdDelete(VhdRef),
+    /// One VHD record by id or name → [`Response::Vhd`].
+    #[prost(message, tag = "12")]
+    VhdGet(VhdRef),
+    /// A page of VHD records by id → [`Response::VhdList`].
+    #[prost(message, tag = "13")]
+    VhdList(VhdList),
+    /// Move a VHD between creating, ready and deleting → [`Response::Vhd`].
+    #[prost(message, tag = "14")]
+    VhdSetState(VhdSetState),
+    /// Reserve free extents for a node's local growth → [`Response::Extents`] (the runs
+    /// added to the reservation).
+    #[prost(message, tag = "15")]
+    ExtentsReserve(ExtentsReserve),
+    /// Return a node's whole reservation to the free pool → [`Response::Extents`] (the
+    /// runs returned).
+    #[prost(message, tag = "16")]
+    ExtentsRelease(NodeRef),
+    /// Append reserved runs to a VHD and set its length → [`Response::Vhd`].
+    #[prost(message, tag = "17")]
+    ExtentsMap(ExtentsMap),
+    /// Cut a VHD's extent list and free the tail → [`Response::Vhd`].
+    #[prost(message, tag = "18")]
+    ExtentsUnmap(ExtentsUnmap),
+    /// Free space and reservations → [`Response::Space`].
+    #[prost(message, tag = "19")]
+    SpaceGet(Empty),
+}
+
+/// A response from a node's daemon.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AdminResponse {
+    /// [`super::PROTOCOL_VERSION`].
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The answer.
+    #[prost(oneof = "Response", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    pub response: Option<Response>,
+}
+
+/// Responses.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Response {
+    /// The request failed.
+    #[prost(message, tag = "2")]
+    Error(ErrorReply),
+    /// The request succeeded and has nothing to report.
+    #[prost(message, tag = "3")]
+    Done(Empty),
+    /// `ClusterInit`.
+    #[prost(message, tag = "4")]
+    ClusterInit(ClusterInitReply),
+    /// `Status`.
+    #[prost(message, tag = "5")]
+    Status(Status),
+    /// Membership changes.
+    #[prost(message, tag = "6")]
+    Membership(Membership),
+    /// Volume requests.
+    #[prost(message, tag = "7")]
+    Volume(VolumeReply),
+    /// VHD requests.
+    #[prost(message, tag = "8")]
+    Vhd(Vhd),
+    /// `VhdList`.
+    #[prost(message, tag = "9")]
+    VhdList(VhdPage),
+    /// Extent reservations.
+    #[prost(message, tag = "10")]
+    Extents(Extents),
+    /// `SpaceGet`.
+    #[prost(message, tag = "11")]
+    Space(Space),
+}
+
+/// No fields.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct Empty {}
+
+/// A failure: stable code number and name (`crate::ErrorCode`) and a message.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ErrorReply {
+    /// `ErrorCode as u32`.
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    /// `ErrorCode::name()` (for tools that do not know a newer code).
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Human-readable detail.
+    #[prost(string, tag = "3")]
+    pub message: String,
+}
+
+/// `ClusterInit` request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClusterInit {
+    /// Cluster name (1–255 bytes; empty picks "csv").
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+/// `ClusterInit` answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClusterInitReply {
+    /// The new cluster's id (UUID).
+    #[prost(string, tag = "1")]
+    pub cluster_id: String,
+    /// The node that was initialised.
+    #[prost(uint64, tag = "2")]
+    pub node_id: u64,
+}
+
+/// `Status` request.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct StatusRequest {}
+
+/// A node's view of the cluster.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Status {
+    /// The node answering.
+    #[prost(uint64, tag = "1")]
+    pub node_id: u64,
+    /// `uninitialized`, `starting`, `member`, `removed`.
+    #[prost(string, tag = "2")]
+    pub node_state: String,
+    /// Cluster id (empty before init or join).
+    #[prost(string, tag = "3")]
+    pub cluster_id: String,
+    /// Cluster name (empty until the init command is applied here).
+    #[prost(string, tag = "4")]
+    pub cluster_name: String,
+    /// This node's raft role: `leader`, `follower`, `candidate`, `pre_candidate`.
+    #[prost(string, tag = "5")]
+    pub role: String,
+    /// The coordinator (raft leader) this node knows, 0 when none.
+    #[prost(uint64, tag = "6")]
+    pub coordinator: u64,
+    /// Current term.
+    #[prost(uint64, tag = "7")]
+    pub term: u64,
+    /// Commit index.
+    #[prost(uint64, tag = "8")]
+    pub commit_index: u64,
+    /// Applied index.
+    #[prost(uint64, tag = "9")]
+    pub applied_index: u64,
+    /// First index kept in the log.
+    #[prost(uint64, tag = "10")]
+    pub first_index: u64,
+    /// Last index in the log.
+    #[prost(uint64, tag = "11")]
+    pub last_index: u64,
+    /// Members and known nodes, by id.
+    #[prost(message, repeated, tag = "12")]
+    pub members: Vec<Member>,
+    /// True when `match_index`/`lag` of members are known (only the coordinator knows).
+    #[prost(bool, tag = "13")]
+    pub progress_known: bool,
+    /// Hash of the state machine at `applied_index` (equal on replicas at equal index).
+    #[prost(uint64, tag = "14")]
+    pub state_hash: u64,
+    /// Hash of the persisted state-machine data at `applied_index`.
+    #[prost(uint64, tag = "15")]
+    pub persisted_hash: u64,
+    /// Proposals this node holds (local and forwarded).
+    #[prost(uint64, tag = "16")]
+    pub pending_requests: u64,
+}
+
+/// One node as a status sees it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Member {
+    /// Node id.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Cluster (raft) address.
+    #[prost(string, tag = "2")]
+    pub address: String,
+    /// `voter` or `learner` (raft configuration), `none` when not in it.
+    #[prost(string, tag = "3")]
+    pub role: String,
+    /// `joining`, `active`, `removed` (node record); `unknown` without a record.
+    #[prost(string, tag = "4")]
+    pub state: String,
+    /// `up`, `down` (heard from within an election timeout by the coordinator), or
+    /// `unknown` when the answering node is not the coordinator.
+    #[prost(string, tag = "5")]
+    pub health: String,
+    /// Highest log index known replicated on it (coordinator only).
+    #[prost(uint64, tag = "6")]
+    pub match_index: u64,
+    /// Entries it lacks (coordinator only).
+    #[prost(uint64, tag = "7")]
+    pub lag: u64,
+    /// True for the coordinator.
+    #[prost(bool, tag = "8")]
+    pub coordinator: bool,
+}
+
+/// Names a node.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct NodeRef {
+    /// Node id.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+
+/// `NodeAdd` request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NodeAdd {
+    /// The new node's id (never used before in this cluster).
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Its cluster address `host:port` (its `cluster.advertise`).
+    #[prost(string, tag = "2")]
+    pub address: String,
+    /// Stay a learner (no vote).
+    #[prost(bool, tag = "3")]
+    pub learner: bool,
+}
+
+/// The raft configuration after a change.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Membership {
+    /// Voters.
+    #[prost(uint64, repeated, tag = "1")]
+    pub voters: Vec<u64>,
+    /// Learners.
+    #[prost(uint64, repeated, tag = "2")]
+    pub learners: Vec<u64>,
+}
+
+/// The volume record: the LUN formatted as the cluster volume.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Volume {
+    /// Volume UUID (as in the LUN superblock).
+    #[prost(string, tag = "1")]
+    pub volume_id: String,
+    /// LUN identity (device serial, WWN or path) as the operator named it.
+    #[prost(string, tag = "2")]
+    pub lun: String,
+    /// Free-form description.
+    #[prost(string, tag = "3")]
+    pub description: String,
+    /// LUN size in bytes.
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+    /// Extent size in bytes (power of two, 1 MiB–4 GiB).
+    #[prost(uint64, tag = "5")]
+    pub extent_size: u64,
+    /// Number of extents.
+    #[prost(uint64, tag = "6")]
+    pub extent_count: u64,
+    /// Byte offset of extent 0 on the LUN.
+    #[prost(uint64, tag = "7")]
+    pub data_offset: u64,
+}
+
+/// Volume answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VolumeReply {
+    /// The record, absent before the volume is set.
+    #[prost(message, optional, tag = "1")]
+    pub volume: Option<Volume>,
+}
+
+/// VHD types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum VhdKind {
+    /// Not set (refused).
+    Unspecified = 0,
+    /// Fixed.
+    Fixed = 1,
+    /// Dynamic (sparse).
+    Dynamic = 2,
+    /// Differencing (has a parent).
+    Differencing = 3,
+}
+
+/// VHD lifecycle states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum VhdState {
+    /// Not set.
+    Unspecified = 0,
+    /// Being created (its header is not written yet).
+    Creating = 1,
+    /// Usable.
+    Ready = 2,
+    /// Being deleted.
+    Deleting = 3,
+}
+
+/// A run of consecutive extents.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct ExtentRun {
+    /// First extent.
+    #[prost(uint64, tag = "1")]
+    pub start: u64,
+    /// Number of extents.
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+}
+
+/// `VhdCreate` request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdCreate {
+    /// Unique name (1–255 bytes, no `/` or NUL).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Type.
+    #[prost(enumeration = "VhdKind", tag = "2")]
+    pub kind: i32,
+    /// Virtual disk size in bytes.
+    #[prost(uint64, tag = "3")]
+    pub virtual_size: u64,
+    /// Parent VHD id (differencing only; 0 = none).
+    #[prost(uint64, tag = "4")]
+    pub parent: u64,
+    /// Initial length of the extent file in bytes: ceil(length / extent size) extents are
+    /// allocated (best-fit contiguous).
+    #[prost(uint64, tag = "5")]
+    pub length: u64,
+}
+
+/// Names a VHD by id (non-zero) or else by name.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdRef {
+    /// Id, or 0.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Name when `id` is 0.
+    #[prost(string, tag = "2")]
+    pub name: String,
+}
+
+/// `VhdList` request: records with id > `after`, at most `limit` (≤ 1,000; 0 = 100).
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct VhdList {
+    /// Start after this id.
+    #[prost(uint64, tag = "1")]
+    pub after: u64,
+    /// Page size.
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
+
+/// A VHD record.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Vhd {
+    /// Id.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Unique name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Type.
+    #[prost(enumeration = "VhdKind", tag = "3")]
+    pub kind: i32,
+    /// Virtual size.
+    #[prost(uint64, tag = "4")]
+    pub virtual_size: u64,
+    /// Parent id (0 = none).
+    #[prost(uint64, tag = "5")]
+    pub parent: u64,
+    /// Extent runs in file order.
+    #[prost(message, repeated, tag = "6")]
+    pub runs: Vec<ExtentRun>,
+    /// Logical length of the extent file in bytes.
+    #[prost(uint64, tag = "7")]
+    pub length: u64,
+    /// State.
+    #[prost(enumeration = "VhdState", tag = "8")]
+    pub state: i32,
+    /// Log index that created it.
+    #[prost(uint64, tag = "9")]
+    pub created_index: u64,
+}
+
+/// A page of VHD records.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdPage {
+    /// Records, ascending by id.
+    #[prost(message, repeated, tag = "1")]
+    pub vhds: Vec<Vhd>,
+    /// Id to pass as `after` for the next page; 0 when this was the last.
+    #[prost(uint64, tag = "2")]
+    pub next_after: u64,
+    /// Number of VHDs in the catalog.
+    #[prost(uint64, tag = "3")]
+    pub total: u64,
+}
+
+/// `VhdSetState` request.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct VhdSetState {
+    /// The VHD.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// New state.
+    #[prost(enumeration = "VhdState", tag = "2")]
+    pub state: i32,
+}
+
+/// `ExtentsReserve` request.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct ExtentsReserve {
+    /// The node that will grow VHDs.
+    #[prost(uint64, tag = "1")]
+    pub node: u64,
+    /// Extents to add to its reservation.
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+}
+
+/// Runs of extents.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Extents {
+    /// The runs.
+    #[prost(message, repeated, tag = "1")]
+    pub runs: Vec<ExtentRun>,
+}
+
+/// `ExtentsMap` request.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExtentsMap {
+    /// The VHD that grows.
+    #[prost(uint64, tag = "1")]
+    pub vhd: u64,
+    /// The node whose reservation the runs come from.
+    #[prost(uint64, tag = "2")]
+    pub node: u64,
+    /// Runs to append, each inside the node's reservation.
+    #[prost(message, repeated, tag = "3")]
+    pub runs: Vec<ExtentRun>,
+    /// New logical length (fits the extents).
+    #[prost(uint64, tag = "4")]
+    pub length: u64,
+    /// The writer's fencing generation; 0 = unfenced (before ownership is wired in).
+    #[prost(uint64, tag = "5")]
+    pub generation: u64,
+}
+
+/// `ExtentsUnmap` request.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct ExtentsUnmap {
+    /// The VHD.
+    #[prost(uint64, tag = "1")]
+    pub vhd: u64,
+    /// Extents kept (file order); the rest are freed.
+    #[prost(uint64, tag = "2")]
+    pub keep_extents: u64,
+    /// New logical length (fits the kept extents).
+    #[prost(uint64, tag = "3")]
+    pub length: u64,
+}
+
+/// Free space and reservations.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Space {
+    /// Extents in the volume.
+    #[prost(uint64, tag = "1")]
+    pub extent_count: u64,
+    /// Free extents.
+    #[prost(uint64, tag = "2")]
+    pub free_extents: u64,
+    /// Free runs.
+    #[prost(uint64, tag = "3")]
+    pub free_runs: u64,
+    /// Longest free run.
+    #[prost(uint64, tag = "4")]
+    pub largest_free_run: u64,
+    /// Reserved extents per node.
+    #[prost(message, repeated, tag = "5")]
+    pub reservations: Vec<Reservation>,
+    /// Extents mapped to VHDs.
+    #[prost(uint64, tag = "6")]
+    pub mapped_extents: u64,
+}
+
+/// A node's reservation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Reservation {
+    /// Node.
+    #[prost(uint64, tag = "1")]
+    pub node: u64,
+    /// Reserved extents.
+    #[prost(uint64, tag = "2")]
+    pub extents: u64,
+    /// The runs.
+    #[prost(message, repeated, tag = "3")]
+    pub runs: Vec<ExtentRun>,
+}

@@ -1,0 +1,85 @@
+//! `<data_dir>/node-state.json`: which cluster this node belongs to and whether it
+//! bootstrapped it. Written once (atomically: temp file, fsync, rename, fsync of the
+//! directory) before the metadata store is first opened, so a restart knows the cluster
+//! id the store was created under.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use csv_api::ClusterId;
+use serde::{Deserialize, Serialize};
+
+/// File name inside the data directory.
+pub const FILE: &str = "node-state.json";
+
+/// The persisted membership facts of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeState {
+    /// The cluster.
+    pub cluster_id: ClusterId,
+    /// Initial voters when this node bootstrapped the cluster (itself), else empty.
+    pub initial_voters: Vec<u64>,
+    /// Cluster name given at init (bootstrap node only; proposed again if the init
+    /// command was not committed before a crash).
+    pub cluster_name: Option<String>,
+    /// Creation time of the cluster (bootstrap node only).
+    pub created_unix_ms: Option<u64>,
+}
+
+fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE)
+}
+
+/// Reads the state file; `None` when the node never joined a cluster.
+pub fn read(data_dir: &Path) -> anyhow::Result<Option<NodeState>> {
+    let p = path(data_dir);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .with_context(|| format!("parse {}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", p.display())),
+    }
+}
+
+/// Writes the state file durably.
+pub fn write(data_dir: &Path, st: &NodeState) -> anyhow::Result<()> {
+    let p = path(data_dir);
+    let tmp = data_dir.join(format!("{FILE}.tmp"));
+    let bytes = serde_json::to_vec_pretty(st).context("encode node state")?;
+    {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("write {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &p).with_context(|| format!("rename to {}", p.display()))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("sync {}", data_dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let d = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read(d.path()).expect("read"), None);
+        let st = NodeState {
+            cluster_id: ClusterId::random(),
+            initial_voters: vec![1],
+            cluster_name: Some("c".into()),
+            created_unix_ms: Some(5),
+        };
+        write(d.path(), &st).expect("write");
+        assert_eq!(read(d.path()).expect("read"), Some(st));
+        std::fs::write(d.path().join(FILE), b"{").expect("corrupt");
+        assert!(read(d.path()).is_err());
+    }
+}

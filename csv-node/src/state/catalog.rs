@@ -1,0 +1,451 @@
+//! Transitions of the volume record, the VHD catalog and the extent allocator.
+
+use csv_api::error::ApiError;
+use csv_api::{ErrorCode, Generation, NodeId, VhdId};
+use meta_store::KvWrite;
+
+use super::runs::{Run, RunSet};
+use super::types::*;
+use super::{
+    ClusterState, MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_RESERVED_PER_NODE,
+    MAX_RUNS_PER_RESERVE, MAX_RUNS_PER_VHD, MAX_VHDS, MAX_VIRTUAL_SIZE, err, nodes::check_name,
+    persist,
+};
+
+const MIN_EXTENT: u64 = 1 << 20;
+const MAX_EXTENT: u64 = 4 << 30;
+
+fn check_volume(v: &VolumeRecord) -> Result<(), ApiError> {
+    let bad = |m: String| Err(err(ErrorCode::InvalidArgument, m));
+    if v.id.is_nil() {
+        return bad("volume id is nil".into());
+    }
+    if v.lun.is_empty() || v.lun.len() > MAX_NAME_BYTES {
+        return bad(format!(
+            "LUN identity must have 1 to {MAX_NAME_BYTES} bytes"
+        ));
+    }
+    if v.description.len() > MAX_DESCRIPTION_BYTES {
+        return bad(format!("description over {MAX_DESCRIPTION_BYTES} bytes"));
+    }
+    if !v.extent_size.is_power_of_two() || !(MIN_EXTENT..=MAX_EXTENT).contains(&v.extent_size) {
+        return bad(format!(
+            "extent size {} is not a power of two in 1 MiB..4 GiB",
+            v.extent_size
+        ));
+    }
+    if v.extent_count == 0 || !v.data_offset.is_multiple_of(4096) {
+        return bad("no extents, or a data offset not aligned to 4 KiB".into());
+    }
+    let end = v
+        .extent_count
+        .checked_mul(v.extent_size)
+        .and_then(|b| b.checked_add(v.data_offset));
+    if end.is_none_or(|e| e > v.size) {
+        return bad(format!(
+            "{} extents of {} bytes at offset {} do not fit {} bytes",
+            v.extent_count, v.extent_size, v.data_offset, v.size
+        ));
+    }
+    Ok(())
+}
+
+fn check_runs(runs: &[Run], limit: u64) -> Result<(), ApiError> {
+    for r in runs {
+        if r.count == 0 || r.start.checked_add(r.count).is_none_or(|e| e > limit) {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("run {r:?} is empty or outside the volume"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Appends `more` to `runs`, merging a run that continues the last one.
+fn append_runs(runs: &mut Vec<Run>, more: &[Run]) {
+    for r in more {
+        match runs.last_mut() {
+            Some(l) if l.end() == r.start => l.count += r.count,
+            _ => runs.push(*r),
+        }
+    }
+}
+
+impl ClusterState {
+    fn volume_ref(&self) -> Result<&VolumeRecord, ApiError> {
+        self.volume.as_ref().ok_or_else(|| {
+            err(
+                ErrorCode::InvalidState,
+                "no volume record: set the volume first",
+            )
+        })
+    }
+
+    fn vhd_ref(&self, vhd: VhdId) -> Result<&VhdRecord, ApiError> {
+        self.vhds
+            .get(&vhd)
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("{vhd} does not exist")))
+    }
+
+    fn put_vhd(&mut self, rec: VhdRecord, w: &mut dyn KvWrite) {
+        persist::put_vhd(w, &rec);
+        self.vhds.insert(rec.id, rec);
+    }
+
+    pub(super) fn set_volume(&mut self, v: VolumeRecord, w: &mut dyn KvWrite) -> ApplyResult {
+        if self.identity.is_none() {
+            return Err(err(
+                ErrorCode::NotInitialized,
+                "the cluster is not initialised",
+            ));
+        }
+        check_volume(&v)?;
+        let old_count = match &self.volume {
+            None => 0,
+            Some(cur) if *cur == v => return Ok(Reply::Volume(v)),
+            Some(cur) => {
+                if cur.id != v.id
+                    || cur.lun != v.lun
+                    || cur.extent_size != v.extent_size
+                    || cur.data_offset != v.data_offset
+                    || v.size < cur.size
+                    || v.extent_count < cur.extent_count
+                {
+                    return Err(err(
+                        ErrorCode::InvalidState,
+                        "the volume exists: only its size, extent count and description may grow or change",
+                    ));
+                }
+                cur.extent_count
+            }
+        };
+        if v.extent_count > old_count {
+            self.free.insert(Run {
+                start: old_count,
+                count: v.extent_count - old_count,
+            });
+        }
+        persist::put_volume(w, &v);
+        self.volume = Some(v.clone());
+        Ok(Reply::Volume(v))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_vhd(
+        &mut self,
+        index: u64,
+        name: String,
+        kind: VhdKind,
+        virtual_size: u64,
+        parent: Option<VhdId>,
+        length: u64,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
+        let extent_size = self.volume_ref()?.extent_size;
+        check_name("VHD name", &name)?;
+        if self.names.contains_key(&name) {
+            return Err(err(
+                ErrorCode::AlreadyExists,
+                format!("a VHD named {name:?} exists"),
+            ));
+        }
+        if virtual_size == 0 || virtual_size > MAX_VIRTUAL_SIZE {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("virtual size {virtual_size} outside 1 B..2040 GiB"),
+            ));
+        }
+        match (kind, parent) {
+            (VhdKind::Differencing, Some(p)) => {
+                if self.vhd_ref(p)?.state == VhdState::Deleting {
+                    return Err(err(
+                        ErrorCode::InvalidState,
+                        format!("parent {p} is being deleted"),
+                    ));
+                }
+            }
+            (VhdKind::Differencing, None) => {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "a differencing VHD needs a parent",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "only differencing VHDs have a parent",
+                ));
+            }
+            (_, None) => {}
+        }
+        if self.vhds.len() >= MAX_VHDS {
+            return Err(err(ErrorCode::Limit, format!("at most {MAX_VHDS} VHDs")));
+        }
+        let extents = length.div_ceil(extent_size);
+        let Some(runs) = self.free.plan(extents, MAX_RUNS_PER_VHD) else {
+            return Err(err(
+                ErrorCode::NoSpace,
+                format!(
+                    "{extents} extents needed, {} free (largest run {})",
+                    self.free.total(),
+                    self.free.largest()
+                ),
+            ));
+        };
+        for r in &runs {
+            self.free.remove(*r);
+        }
+        let id = VhdId(self.next_vhd);
+        self.next_vhd += 1;
+        persist::put_next_vhd(w, self.next_vhd);
+        let rec = VhdRecord {
+            id,
+            name: name.clone(),
+            kind,
+            virtual_size,
+            parent,
+            runs,
+            length,
+            state: VhdState::Creating,
+            created_index: index,
+        };
+        self.mapped += extents;
+        self.names.insert(name, id);
+        if let Some(p) = parent {
+            self.children.entry(p).or_default().insert(id);
+        }
+        self.put_vhd(rec.clone(), w);
+        Ok(Reply::Vhd(rec))
+    }
+
+    pub(super) fn set_vhd_state(
+        &mut self,
+        vhd: VhdId,
+        state: VhdState,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
+        let cur = self.vhd_ref(vhd)?;
+        use VhdState::*;
+        let ok = matches!(
+            (cur.state, state),
+            (Creating, Ready) | (Creating, Deleting) | (Ready, Deleting)
+        ) || cur.state == state;
+        if !ok {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("{vhd} cannot go from {:?} to {state:?}", cur.state),
+            ));
+        }
+        let rec = VhdRecord {
+            state,
+            ..cur.clone()
+        };
+        self.put_vhd(rec.clone(), w);
+        Ok(Reply::Vhd(rec))
+    }
+
+    pub(super) fn delete_vhd(&mut self, vhd: VhdId, w: &mut dyn KvWrite) -> ApplyResult {
+        self.vhd_ref(vhd)?;
+        if let Some(kids) = self.children.get(&vhd).filter(|k| !k.is_empty()) {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("{vhd} is the parent of {} VHD(s)", kids.len()),
+            ));
+        }
+        if self.locks.vhd_record(vhd).is_some() {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("{vhd} is held (attached)"),
+            ));
+        }
+        let Some(rec) = self.vhds.remove(&vhd) else {
+            return Err(err(ErrorCode::NotFound, format!("{vhd} does not exist")));
+        };
+        for r in &rec.runs {
+            self.free.insert(*r);
+        }
+        self.mapped -= rec.extents();
+        self.names.remove(&rec.name);
+        if let Some(p) = rec.parent
+            && let Some(k) = self.children.get_mut(&p)
+        {
+            k.remove(&vhd);
+            if k.is_empty() {
+                self.children.remove(&p);
+            }
+        }
+        persist::delete_vhd(w, vhd);
+        Ok(Reply::Vhd(rec))
+    }
+
+    pub(super) fn reserve(&mut self, node: NodeId, count: u64) -> ApplyResult {
+        self.volume_ref()?;
+        match self.nodes.get(&node).map(|n| n.state) {
+            Some(NodeState::Active) => {}
+            _ => {
+                return Err(err(
+                    ErrorCode::InvalidState,
+                    format!("{node} is not an active member"),
+                ));
+            }
+        }
+        let have = self.reserved.get(&node).map_or(0, RunSet::total);
+        if count == 0 || have.saturating_add(count) > MAX_RESERVED_PER_NODE {
+            return Err(err(
+                ErrorCode::Limit,
+                format!(
+                    "{node} holds {have} reserved extents; {count} more exceeds {MAX_RESERVED_PER_NODE} (or is 0)"
+                ),
+            ));
+        }
+        let Some(runs) = self.free.plan(count, MAX_RUNS_PER_RESERVE) else {
+            return Err(err(
+                ErrorCode::NoSpace,
+                format!("{count} extents asked, {} free", self.free.total()),
+            ));
+        };
+        let res = self.reserved.entry(node).or_default();
+        for r in &runs {
+            self.free.remove(*r);
+            res.insert(*r);
+        }
+        Ok(Reply::Runs { runs })
+    }
+
+    /// Returns the node's reservation to the free pool; the runs returned.
+    pub(super) fn release_reservation(&mut self, node: NodeId) -> Vec<Run> {
+        let Some(res) = self.reserved.get_mut(&node) else {
+            return Vec::new();
+        };
+        let runs = res.drain();
+        for r in &runs {
+            self.free.insert(*r);
+        }
+        runs
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn map_extents(
+        &mut self,
+        vhd: VhdId,
+        node: NodeId,
+        runs: Vec<Run>,
+        length: u64,
+        generation: Option<Generation>,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
+        let vol = self.volume_ref()?;
+        let (extent_size, extent_count) = (vol.extent_size, vol.extent_count);
+        let cur = self.vhd_ref(vhd)?;
+        if cur.state == VhdState::Deleting {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("{vhd} is being deleted"),
+            ));
+        }
+        if runs.is_empty() || runs.len() > MAX_RUNS_PER_VHD {
+            return Err(err(ErrorCode::InvalidArgument, "no runs, or too many"));
+        }
+        check_runs(&runs, extent_count)?;
+        if let Some(g) = generation {
+            match self.locks.valid_writer(vhd) {
+                Some((n, _, cur_g)) if n == node && cur_g == g => {}
+                other => {
+                    return Err(err(
+                        ErrorCode::Fenced,
+                        format!("{node} at {g} is not the valid writer of {vhd} ({other:?})"),
+                    ));
+                }
+            }
+        }
+        let mut res = self.reserved.get(&node).cloned().unwrap_or_default();
+        for r in &runs {
+            if !res.contains(*r) {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!("run {r:?} is not in {node}'s reservation"),
+                ));
+            }
+            res.remove(*r);
+        }
+        let mut new_runs = cur.runs.clone();
+        append_runs(&mut new_runs, &runs);
+        if new_runs.len() > MAX_RUNS_PER_VHD {
+            return Err(err(
+                ErrorCode::Limit,
+                format!("{vhd} would map more than {MAX_RUNS_PER_VHD} runs"),
+            ));
+        }
+        let added: u64 = runs.iter().map(|r| r.count).sum();
+        let capacity = (cur.extents() + added).saturating_mul(extent_size);
+        if length < cur.length || length > capacity {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "length {length} is below {} or beyond the {capacity} bytes mapped",
+                    cur.length
+                ),
+            ));
+        }
+        let rec = VhdRecord {
+            runs: new_runs,
+            length,
+            ..cur.clone()
+        };
+        self.reserved.insert(node, res);
+        self.mapped += added;
+        self.put_vhd(rec.clone(), w);
+        Ok(Reply::Vhd(rec))
+    }
+
+    pub(super) fn unmap_extents(
+        &mut self,
+        vhd: VhdId,
+        keep: u64,
+        length: u64,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
+        let extent_size = self.volume_ref()?.extent_size;
+        let cur = self.vhd_ref(vhd)?;
+        let total = cur.extents();
+        if keep > total || length > keep.saturating_mul(extent_size) {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("keep {keep} of {total} extents with length {length}: out of range"),
+            ));
+        }
+        let mut kept = Vec::new();
+        let mut freed = Vec::new();
+        let mut left = keep;
+        for r in &cur.runs {
+            if left >= r.count {
+                kept.push(*r);
+                left -= r.count;
+            } else if left > 0 {
+                kept.push(Run {
+                    start: r.start,
+                    count: left,
+                });
+                freed.push(Run {
+                    start: r.start + left,
+                    count: r.count - left,
+                });
+                left = 0;
+            } else {
+                freed.push(*r);
+            }
+        }
+        let rec = VhdRecord {
+            runs: kept,
+            length,
+            ..cur.clone()
+        };
+        for r in &freed {
+            self.free.insert(*r);
+        }
+        self.mapped -= total - keep;
+        self.put_vhd(rec.clone(), w);
+        Ok(Reply::Vhd(rec))
+    }
+}

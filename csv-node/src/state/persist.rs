@@ -1,0 +1,273 @@
+//! Keys and values of the cluster state in the state-machine column family, loading the
+//! whole state back, and the state hash.
+//!
+//! Keys (integers big-endian so key order is numeric order): `c/identity`, `c/next_vhd`,
+//! `n/<node>`, `v/volume`, `h/<vhd>`, `f/<start>` (free run length), `r/<node><start>`
+//! (reservation run length), `l/gen`, `l/n/<node>`, `l/v/<vhd>`. Records are JSON.
+
+use std::collections::BTreeMap;
+
+use csv_api::{Generation, NodeId, VhdId};
+use lock_manager::{LockState, NodeRecord, ReadHold, VhdRecord as LockVhd, Writer};
+use meta_store::core::Fnv;
+use meta_store::{KvRead, KvWrite};
+use serde::{Deserialize, Serialize};
+
+use super::ClusterState;
+use super::runs::Run;
+use super::types::*;
+
+const IDENTITY: &[u8] = b"c/identity";
+const NEXT_VHD: &[u8] = b"c/next_vhd";
+const NODE: &[u8] = b"n/";
+const VOLUME: &[u8] = b"v/volume";
+const VHD: &[u8] = b"h/";
+const FREE: &[u8] = b"f/";
+const RESERVED: &[u8] = b"r/";
+const LOCK_GEN: &[u8] = b"l/gen";
+const LOCK_NODE: &[u8] = b"l/n/";
+const LOCK_VHD: &[u8] = b"l/v/";
+
+fn key(prefix: &[u8], parts: &[u64]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    for p in parts {
+        k.extend_from_slice(&p.to_be_bytes());
+    }
+    k
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records are plain data and always serialize")
+}
+
+/// A lock-table VHD record as persisted.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockVhdPersisted {
+    writer: Option<Writer>,
+    generation: Generation,
+    readers: Vec<(NodeId, ReadHold)>,
+}
+
+pub(super) fn put_identity(w: &mut dyn KvWrite, v: &ClusterIdentity) {
+    w.put(IDENTITY, &json(v));
+}
+pub(super) fn put_next_vhd(w: &mut dyn KvWrite, next: u64) {
+    w.put(NEXT_VHD, &next.to_be_bytes());
+}
+pub(super) fn put_node(w: &mut dyn KvWrite, n: &NodeInfo) {
+    w.put(&key(NODE, &[n.id.0]), &json(n));
+}
+pub(super) fn put_volume(w: &mut dyn KvWrite, v: &VolumeRecord) {
+    w.put(VOLUME, &json(v));
+}
+pub(super) fn put_vhd(w: &mut dyn KvWrite, v: &super::types::VhdRecord) {
+    w.put(&key(VHD, &[v.id.0]), &json(v));
+}
+pub(super) fn delete_vhd(w: &mut dyn KvWrite, id: VhdId) {
+    w.delete(&key(VHD, &[id.0]));
+}
+pub(super) fn put_lock_generation(w: &mut dyn KvWrite, g: Generation) {
+    w.put(LOCK_GEN, &g.0.to_be_bytes());
+}
+pub(super) fn put_lock_node(w: &mut dyn KvWrite, n: NodeId, rec: Option<&NodeRecord>) {
+    match rec {
+        Some(r) => w.put(&key(LOCK_NODE, &[n.0]), &json(r)),
+        None => w.delete(&key(LOCK_NODE, &[n.0])),
+    }
+}
+pub(super) fn put_lock_vhd(w: &mut dyn KvWrite, v: VhdId, rec: Option<&LockVhd>) {
+    match rec {
+        Some(r) => {
+            let p = LockVhdPersisted {
+                writer: r.writer,
+                generation: r.generation,
+                readers: r.readers.iter().map(|(k, v)| (*k, *v)).collect(),
+            };
+            w.put(&key(LOCK_VHD, &[v.0]), &json(&p));
+        }
+        None => w.delete(&key(LOCK_VHD, &[v.0])),
+    }
+}
+
+impl ClusterState {
+    /// Writes the runs of the free pool and of reservations that changed.
+    pub(super) fn flush_runs(&mut self, w: &mut dyn KvWrite) {
+        for (start, len) in self.free.take_dirty() {
+            let k = key(FREE, &[start]);
+            match len {
+                Some(l) => w.put(&k, &l.to_be_bytes()),
+                None => w.delete(&k),
+            }
+        }
+        for (node, set) in self.reserved.iter_mut() {
+            for (start, len) in set.take_dirty() {
+                let k = key(RESERVED, &[node.0, start]);
+                match len {
+                    Some(l) => w.put(&k, &l.to_be_bytes()),
+                    None => w.delete(&k),
+                }
+            }
+        }
+        self.reserved.retain(|_, s| !s.is_empty());
+    }
+
+    /// FNV-1a over the canonical encoding of every record in key order, then the lock
+    /// table's own hash.
+    pub(super) fn hash(&self) -> u64 {
+        let mut h = Fnv::new();
+        let mut put = |tag: &[u8], bytes: &[u8]| {
+            h.write(tag);
+            h.write(&(bytes.len() as u64).to_be_bytes());
+            h.write(bytes);
+        };
+        if let Some(i) = &self.identity {
+            put(IDENTITY, &json(i));
+        }
+        put(NEXT_VHD, &self.next_vhd.to_be_bytes());
+        for n in self.nodes.values() {
+            put(NODE, &json(n));
+        }
+        if let Some(v) = &self.volume {
+            put(VOLUME, &json(v));
+        }
+        for v in self.vhds.values() {
+            put(VHD, &json(v));
+        }
+        for r in self.free.runs() {
+            put(FREE, &json(&r));
+        }
+        for (n, s) in &self.reserved {
+            for r in s.runs() {
+                put(RESERVED, &json(&(n, r)));
+            }
+        }
+        put(LOCK_GEN, &self.locks.state_hash().to_be_bytes());
+        h.finish()
+    }
+}
+
+fn u64_of(what: &str, v: &[u8]) -> Result<u64, String> {
+    let a: [u8; 8] = v
+        .try_into()
+        .map_err(|_| format!("{what}: {} bytes, expected 8", v.len()))?;
+    Ok(u64::from_be_bytes(a))
+}
+
+fn ids_of(what: &str, k: &[u8], prefix: &[u8], n: usize) -> Result<Vec<u64>, String> {
+    let rest = &k[prefix.len()..];
+    if rest.len() != 8 * n {
+        return Err(format!("{what}: key of {} bytes", k.len()));
+    }
+    rest.chunks(8).map(|c| u64_of(what, c)).collect()
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(what: &str, v: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(v).map_err(|e| format!("{what}: {e}"))
+}
+
+/// Visits every key under `prefix`.
+fn scan_prefix(
+    r: &dyn KvRead,
+    prefix: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut failure = None;
+    r.scan(prefix, None, &mut |k, v| {
+        if !k.starts_with(prefix) {
+            return false;
+        }
+        match f(k, v) {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    failure.map_or(Ok(()), Err)
+}
+
+/// Rebuilds the whole state from the persisted keys.
+pub(super) fn load(r: &dyn KvRead) -> Result<ClusterState, String> {
+    let mut s = ClusterState::new();
+    let get = |k: &[u8]| r.get(k).map_err(|e| e.to_string());
+    if let Some(v) = get(IDENTITY)? {
+        s.identity = Some(parse("identity", &v)?);
+    }
+    if let Some(v) = get(NEXT_VHD)? {
+        s.next_vhd = u64_of("next vhd", &v)?;
+    }
+    if let Some(v) = get(VOLUME)? {
+        s.volume = Some(parse("volume", &v)?);
+    }
+    scan_prefix(r, NODE, |k, v| {
+        let id = ids_of("node key", k, NODE, 1)?[0];
+        let n: NodeInfo = parse("node", v)?;
+        if n.id.0 != id {
+            return Err(format!("node record {id} names {}", n.id));
+        }
+        s.nodes.insert(n.id, n);
+        Ok(())
+    })?;
+    scan_prefix(r, VHD, |k, v| {
+        let id = ids_of("vhd key", k, VHD, 1)?[0];
+        let rec: super::types::VhdRecord = parse("vhd", v)?;
+        if rec.id.0 != id || rec.id.0 >= s.next_vhd {
+            return Err(format!(
+                "vhd record {id} names {} (next {})",
+                rec.id, s.next_vhd
+            ));
+        }
+        if s.names.insert(rec.name.clone(), rec.id).is_some() {
+            return Err(format!("two VHDs named {:?}", rec.name));
+        }
+        if let Some(p) = rec.parent {
+            s.children.entry(p).or_default().insert(rec.id);
+        }
+        s.mapped += rec.extents();
+        s.vhds.insert(rec.id, rec);
+        Ok(())
+    })?;
+    scan_prefix(r, FREE, |k, v| {
+        let start = ids_of("free key", k, FREE, 1)?[0];
+        s.free.load(Run {
+            start,
+            count: u64_of("free run", v)?,
+        })
+    })?;
+    scan_prefix(r, RESERVED, |k, v| {
+        let ids = ids_of("reservation key", k, RESERVED, 2)?;
+        s.reserved.entry(NodeId(ids[0])).or_default().load(Run {
+            start: ids[1],
+            count: u64_of("reservation run", v)?,
+        })
+    })?;
+    let mut lock_nodes = Vec::new();
+    scan_prefix(r, LOCK_NODE, |k, v| {
+        let id = ids_of("lock node key", k, LOCK_NODE, 1)?[0];
+        lock_nodes.push((NodeId(id), parse::<NodeRecord>("lock node", v)?));
+        Ok(())
+    })?;
+    let mut lock_vhds = Vec::new();
+    scan_prefix(r, LOCK_VHD, |k, v| {
+        let id = ids_of("lock vhd key", k, LOCK_VHD, 1)?[0];
+        let p: LockVhdPersisted = parse("lock vhd", v)?;
+        lock_vhds.push((
+            VhdId(id),
+            LockVhd {
+                writer: p.writer,
+                generation: p.generation,
+                readers: p.readers.into_iter().collect::<BTreeMap<_, _>>(),
+            },
+        ));
+        Ok(())
+    })?;
+    let next_gen = match get(LOCK_GEN)? {
+        Some(v) => Generation(u64_of("lock generation", &v)?),
+        None => LockState::new().next_generation(),
+    };
+    s.locks = LockState::from_parts(next_gen, lock_nodes, lock_vhds).map_err(|e| e.to_string())?;
+    Ok(s)
+}

@@ -1,0 +1,594 @@
+//! Table-driven transition tests, persistence round trips and replica determinism of the
+//! cluster state machine.
+
+use std::collections::BTreeMap;
+
+use csv_api::{ClusterId, Epoch, ErrorCode, Generation, NodeId, VhdId, VolumeId};
+use lock_manager::{Command as LockCommand, Mode};
+use meta_store::engine::Visit;
+use meta_store::{KvRead, KvWrite, StateMachine, StoreError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::ClusterState;
+use super::runs::Run;
+use super::types::*;
+
+/// An in-memory stand-in for the state-machine column family.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MemKv(pub BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl KvWrite for MemKv {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.0.insert(key.to_vec(), value.to_vec());
+    }
+    fn delete(&mut self, key: &[u8]) {
+        self.0.remove(key);
+    }
+}
+
+impl KvRead for MemKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.0.get(key).cloned())
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        for (k, v) in self.0.range(start.to_vec()..) {
+            if end.is_some_and(|e| k.as_slice() >= e) || !visit(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+fn cid() -> ClusterId {
+    ClusterId(uuid::Uuid::from_u128(7))
+}
+
+fn volume(extents: u64) -> VolumeRecord {
+    VolumeRecord {
+        id: VolumeId(uuid::Uuid::from_u128(9)),
+        lun: "lun-1".into(),
+        description: String::new(),
+        size: 4 * MIB + extents * 64 * MIB,
+        extent_size: 64 * MIB,
+        extent_count: extents,
+        data_offset: 4 * MIB,
+    }
+}
+
+fn init() -> Command {
+    Command::InitCluster {
+        id: cid(),
+        name: "c".into(),
+        created_unix_ms: 1,
+        node: NodeId(1),
+        address: "127.0.0.1:1".into(),
+    }
+}
+
+fn vhd(name: &str, kind: VhdKind, parent: Option<u64>, extents: u64) -> Command {
+    Command::CreateVhd {
+        name: name.into(),
+        kind,
+        virtual_size: 1 << 30,
+        parent: parent.map(VhdId),
+        length: extents * 64 * MIB,
+    }
+}
+
+/// Applies `cmd` through the byte interface, checking that a refused command writes
+/// nothing and changes nothing, and that the persisted keys always load back to the
+/// same state.
+fn run(sm: &mut ClusterState, kv: &mut MemKv, index: u64, cmd: &Command) -> ApplyResult {
+    let before = sm.clone();
+    let kv_before = kv.clone();
+    let r = decode_result::<Reply>(&sm.apply(index, &cmd.encode(), kv));
+    if r.is_err() {
+        assert_eq!(*sm, before, "refused {cmd:?} changed the state");
+        assert_eq!(*kv, kv_before, "refused {cmd:?} wrote keys");
+    }
+    let mut loaded = ClusterState::new();
+    loaded.load(kv).expect("load");
+    assert_eq!(loaded, *sm, "persisted state differs after {cmd:?}");
+    assert_eq!(loaded.state_hash(), sm.state_hash());
+    r
+}
+
+fn setup() -> (ClusterState, MemKv) {
+    let mut sm = ClusterState::new();
+    let mut kv = MemKv::default();
+    run(&mut sm, &mut kv, 1, &init()).expect("init");
+    run(
+        &mut sm,
+        &mut kv,
+        2,
+        &Command::SetVolume {
+            volume: volume(100),
+        },
+    )
+    .expect("volume");
+    (sm, kv)
+}
+
+fn code(r: ApplyResult) -> Option<ErrorCode> {
+    r.err().map(|e| e.code())
+}
+
+#[test]
+fn transitions_table() {
+    use ErrorCode::*;
+    let (mut sm, mut kv) = setup();
+    let add = |id: u64, addr: &str| Command::AddNode {
+        node: NodeId(id),
+        address: addr.into(),
+        role: NodeRole::Voter,
+    };
+    let table: Vec<(Command, Option<ErrorCode>)> = vec![
+        (init(), None), // same id: idempotent
+        (
+            Command::InitCluster {
+                id: ClusterId(uuid::Uuid::from_u128(8)),
+                name: "x".into(),
+                created_unix_ms: 1,
+                node: NodeId(1),
+                address: "a:1".into(),
+            },
+            Some(AlreadyInitialized),
+        ),
+        (add(2, "127.0.0.1:2"), None),
+        (add(2, "127.0.0.1:22"), None), // joining: retry updates
+        (add(3, "127.0.0.1:22"), Some(AlreadyExists)), // address taken
+        (add(4, "no-port"), Some(InvalidArgument)),
+        (
+            Command::SetNodeRole {
+                node: NodeId(2),
+                role: NodeRole::Voter,
+            },
+            None,
+        ),
+        (add(2, "127.0.0.1:2"), Some(AlreadyExists)),
+        (
+            Command::SetNodeRole {
+                node: NodeId(9),
+                role: NodeRole::Voter,
+            },
+            Some(NotFound),
+        ),
+        (vhd("a", VhdKind::Fixed, None, 10), None), // vhd-1 at 0..10
+        (vhd("a", VhdKind::Fixed, None, 1), Some(AlreadyExists)),
+        (vhd("b/c", VhdKind::Fixed, None, 1), Some(InvalidArgument)),
+        (vhd("", VhdKind::Fixed, None, 1), Some(InvalidArgument)),
+        (
+            vhd("d", VhdKind::Dynamic, Some(1), 1),
+            Some(InvalidArgument),
+        ),
+        (
+            vhd("d", VhdKind::Differencing, None, 1),
+            Some(InvalidArgument),
+        ),
+        (vhd("d", VhdKind::Differencing, Some(77), 1), Some(NotFound)),
+        (vhd("d", VhdKind::Differencing, Some(1), 1), None), // vhd-2 at 10
+        (vhd("huge", VhdKind::Fixed, None, 1000), Some(NoSpace)),
+        (Command::DeleteVhd { vhd: VhdId(1) }, Some(InvalidState)), // has a child
+        (
+            Command::SetVhdState {
+                vhd: VhdId(2),
+                state: VhdState::Ready,
+            },
+            None,
+        ),
+        (
+            Command::SetVhdState {
+                vhd: VhdId(2),
+                state: VhdState::Creating,
+            },
+            Some(InvalidState),
+        ),
+        (
+            Command::SetVhdState {
+                vhd: VhdId(2),
+                state: VhdState::Deleting,
+            },
+            None,
+        ),
+        (
+            Command::SetVhdState {
+                vhd: VhdId(2),
+                state: VhdState::Ready,
+            },
+            Some(InvalidState),
+        ),
+        (Command::DeleteVhd { vhd: VhdId(2) }, None),
+        (Command::DeleteVhd { vhd: VhdId(2) }, Some(NotFound)),
+        (Command::DeleteVhd { vhd: VhdId(1) }, None),
+        (
+            Command::ReserveExtents {
+                node: NodeId(9),
+                count: 4,
+            },
+            Some(InvalidState),
+        ),
+        (
+            Command::ReserveExtents {
+                node: NodeId(2),
+                count: 0,
+            },
+            Some(Limit),
+        ),
+        (
+            Command::ReserveExtents {
+                node: NodeId(2),
+                count: 4,
+            },
+            None,
+        ),
+        (vhd("dyn", VhdKind::Dynamic, None, 0), None), // vhd-3, no extents
+        (
+            Command::MapExtents {
+                vhd: VhdId(3),
+                node: NodeId(1),
+                runs: vec![Run { start: 0, count: 1 }],
+                length: 1,
+                generation: None,
+            },
+            Some(InvalidArgument), // not node 1's reservation
+        ),
+        (
+            Command::MapExtents {
+                vhd: VhdId(3),
+                node: NodeId(2),
+                runs: vec![Run { start: 0, count: 2 }],
+                length: 3 * 64 * MIB,
+                generation: None,
+            },
+            Some(InvalidArgument), // longer than mapped
+        ),
+        (
+            Command::MapExtents {
+                vhd: VhdId(3),
+                node: NodeId(2),
+                runs: vec![Run { start: 0, count: 2 }],
+                length: 2 * 64 * MIB,
+                generation: Some(Generation(5)),
+            },
+            Some(Fenced), // nobody holds it at generation 5
+        ),
+        (
+            Command::MapExtents {
+                vhd: VhdId(3),
+                node: NodeId(2),
+                runs: vec![Run { start: 0, count: 2 }],
+                length: 2 * 64 * MIB,
+                generation: None,
+            },
+            None,
+        ),
+        (
+            Command::UnmapExtents {
+                vhd: VhdId(3),
+                keep_extents: 3,
+                length: 0,
+            },
+            Some(InvalidArgument),
+        ),
+        (
+            Command::UnmapExtents {
+                vhd: VhdId(3),
+                keep_extents: 1,
+                length: 64 * MIB,
+            },
+            None,
+        ),
+        (Command::RemoveNode { node: NodeId(2) }, None),
+        (Command::RemoveNode { node: NodeId(2) }, Some(InvalidState)),
+        (add(2, "127.0.0.1:2"), Some(AlreadyExists)), // removed ids never return
+        (
+            Command::SetVolume { volume: volume(50) },
+            Some(InvalidState),
+        ), // shrink
+        (
+            Command::SetVolume {
+                volume: volume(120),
+            },
+            None,
+        ), // grow
+        (
+            Command::Lock {
+                command: LockCommand::Renew {
+                    node: NodeId(1),
+                    epoch: Epoch(1),
+                },
+            },
+            Some(LockUnknownNode),
+        ),
+        (
+            Command::Lock {
+                command: LockCommand::Register { node: NodeId(1) },
+            },
+            None,
+        ),
+        (
+            Command::Lock {
+                command: LockCommand::Acquire {
+                    vhd: VhdId(3),
+                    node: NodeId(1),
+                    epoch: Epoch(1),
+                    mode: Mode::Write,
+                },
+            },
+            None,
+        ),
+        (Command::DeleteVhd { vhd: VhdId(3) }, Some(InvalidState)), // held
+    ];
+    for (i, (cmd, want)) in table.into_iter().enumerate() {
+        let got = code(run(&mut sm, &mut kv, 10 + i as u64, &cmd));
+        assert_eq!(got, want, "step {i}: {cmd:?}");
+    }
+    // Allocation accounting: 120 extents = free + mapped + reserved.
+    let QueryReply::Space(s) = sm.answer(Query::Space).expect("space") else {
+        panic!("space reply");
+    };
+    let reserved: u64 = s
+        .reservations
+        .iter()
+        .flat_map(|(_, r)| r)
+        .map(|r| r.count)
+        .sum();
+    assert_eq!(s.free_extents + s.mapped_extents + reserved, 120, "{s:?}");
+    assert_eq!(s.mapped_extents, 1);
+    assert_eq!(reserved, 0, "the removed node's reservation returned");
+    // The lock-fenced mapping works for the valid writer.
+    let r = run(
+        &mut sm,
+        &mut kv,
+        99,
+        &Command::ReserveExtents {
+            node: NodeId(1),
+            count: 2,
+        },
+    );
+    let Ok(Reply::Runs { runs }) = r else {
+        panic!("{r:?}")
+    };
+    let owner = sm.locks().valid_writer(VhdId(3)).expect("writer");
+    let m = Command::MapExtents {
+        vhd: VhdId(3),
+        node: NodeId(1),
+        runs,
+        length: 3 * 64 * MIB,
+        generation: Some(owner.2),
+    };
+    assert!(run(&mut sm, &mut kv, 100, &m).is_ok());
+    assert!(sm.apply(101, b"garbage", &mut kv).starts_with(b"{\"Err\""));
+}
+
+#[test]
+fn fixed_vhds_get_best_fit_contiguous_runs() {
+    let (mut sm, mut kv) = setup();
+    for (i, n) in [10, 20, 30].iter().enumerate() {
+        run(
+            &mut sm,
+            &mut kv,
+            10 + i as u64,
+            &vhd(&format!("v{n}"), VhdKind::Fixed, None, *n),
+        )
+        .expect("create");
+    }
+    // Free: 60..100 (40). Delete the 20 at 10..30: free 10..30 (20) and 60..100 (40).
+    run(&mut sm, &mut kv, 20, &Command::DeleteVhd { vhd: VhdId(2) }).expect("delete");
+    let Ok(Reply::Vhd(v)) = run(&mut sm, &mut kv, 21, &vhd("fit", VhdKind::Fixed, None, 15)) else {
+        panic!()
+    };
+    assert_eq!(
+        v.runs,
+        vec![Run {
+            start: 10,
+            count: 15
+        }],
+        "smallest hole that fits"
+    );
+    let Ok(Reply::Vhd(v)) = run(
+        &mut sm,
+        &mut kv,
+        22,
+        &vhd("split", VhdKind::Fixed, None, 44),
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        v.runs,
+        vec![
+            Run {
+                start: 25,
+                count: 4
+            },
+            Run {
+                start: 60,
+                count: 40
+            }
+        ],
+        "largest runs first when nothing fits"
+    );
+    assert_eq!(v.extents(), 44);
+}
+
+/// Random commands, mostly legal.
+pub(crate) fn random_command(rng: &mut StdRng, nodes: u64) -> Command {
+    let node = NodeId(rng.random_range(1..=nodes + 1));
+    let vhd = VhdId(rng.random_range(1..40));
+    match rng.random_range(0..12) {
+        0 | 1 => vhd_cmd(rng),
+        2 => Command::DeleteVhd { vhd },
+        3 => Command::SetVhdState {
+            vhd,
+            state: [VhdState::Ready, VhdState::Deleting][rng.random_range(0..2)],
+        },
+        4 => Command::ReserveExtents {
+            node,
+            count: rng.random_range(1..6),
+        },
+        5 => Command::ReleaseReservation { node },
+        6 => Command::MapExtents {
+            vhd,
+            node,
+            runs: vec![Run {
+                start: rng.random_range(0..100),
+                count: rng.random_range(1..3),
+            }],
+            length: rng.random_range(0..4) * 64 * MIB,
+            generation: None,
+        },
+        7 => Command::UnmapExtents {
+            vhd,
+            keep_extents: rng.random_range(0..3),
+            length: 0,
+        },
+        8 => Command::Lock {
+            command: LockCommand::Register { node },
+        },
+        9 => Command::Lock {
+            command: LockCommand::Acquire {
+                vhd,
+                node,
+                epoch: Epoch(1),
+                mode: [Mode::Write, Mode::Read, Mode::ReadDenyWrite][rng.random_range(0..3)],
+            },
+        },
+        10 => Command::Lock {
+            command: LockCommand::Leave {
+                node,
+                epoch: Epoch(rng.random_range(1..3)),
+            },
+        },
+        _ => Command::Lock {
+            command: LockCommand::Release {
+                vhd,
+                node,
+                epoch: Epoch(1),
+                generation: Generation(rng.random_range(1..20)),
+            },
+        },
+    }
+}
+
+fn vhd_cmd(rng: &mut StdRng) -> Command {
+    let kind = [VhdKind::Fixed, VhdKind::Dynamic, VhdKind::Differencing][rng.random_range(0..3)];
+    Command::CreateVhd {
+        name: format!("v{}", rng.random_range(0..60)),
+        kind,
+        virtual_size: 1 << 30,
+        parent: (kind == VhdKind::Differencing).then(|| VhdId(rng.random_range(1..40))),
+        length: rng.random_range(0..8) * 64 * MIB,
+    }
+}
+
+/// The initial commands of a test cluster: init, three active nodes, a 100-extent volume.
+pub(crate) fn bootstrap_commands() -> Vec<Command> {
+    let mut v = vec![init()];
+    for id in 2..=3 {
+        v.push(Command::AddNode {
+            node: NodeId(id),
+            address: format!("127.0.0.1:{id}"),
+            role: NodeRole::Voter,
+        });
+        v.push(Command::SetNodeRole {
+            node: NodeId(id),
+            role: NodeRole::Voter,
+        });
+    }
+    v.push(Command::SetVolume {
+        volume: volume(100),
+    });
+    v
+}
+
+#[test]
+fn replicas_applying_the_same_log_agree_and_reload() {
+    for seed in 0..20u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut log: Vec<Command> = bootstrap_commands();
+        for _ in 0..400 {
+            log.push(random_command(&mut rng, 3));
+        }
+        let mut a = (ClusterState::new(), MemKv::default());
+        let mut b = (ClusterState::new(), MemKv::default());
+        let mut results = Vec::new();
+        for (i, c) in log.iter().enumerate() {
+            let ra = run(&mut a.0, &mut a.1, i as u64 + 1, c);
+            let rb = b.0.apply(i as u64 + 1, &c.encode(), &mut b.1);
+            assert_eq!(
+                encode_result(&ra),
+                rb,
+                "seed {seed} step {i}: results differ"
+            );
+            results.push(ra.is_ok());
+        }
+        assert_eq!(a.0.state_hash(), b.0.state_hash(), "seed {seed}");
+        assert_eq!(a.1, b.1, "seed {seed}: persisted keys differ");
+        let ok = results.iter().filter(|r| **r).count();
+        assert!(ok > 50, "seed {seed}: only {ok} commands applied");
+        // Free, mapped and reserved extents always add up to the volume.
+        let QueryReply::Space(s) = a.0.answer(Query::Space).expect("space") else {
+            panic!()
+        };
+        let reserved: u64 = s
+            .reservations
+            .iter()
+            .flat_map(|(_, r)| r)
+            .map(|r| r.count)
+            .sum();
+        assert_eq!(
+            s.free_extents + s.mapped_extents + reserved,
+            100,
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn queries_page_and_refuse_garbage() {
+    let (mut sm, mut kv) = setup();
+    for i in 0..5 {
+        run(
+            &mut sm,
+            &mut kv,
+            10 + i,
+            &vhd(&format!("q{i}"), VhdKind::Dynamic, None, 0),
+        )
+        .expect("create");
+    }
+    let QueryReply::VhdPage {
+        vhds,
+        next_after,
+        total,
+    } = sm
+        .answer(Query::VhdList { after: 0, limit: 2 })
+        .expect("page")
+    else {
+        panic!()
+    };
+    assert_eq!((vhds.len(), next_after, total), (2, 2, 5));
+    let QueryReply::VhdPage {
+        vhds, next_after, ..
+    } = sm
+        .answer(Query::VhdList { after: 4, limit: 2 })
+        .expect("page")
+    else {
+        panic!()
+    };
+    assert_eq!((vhds.len(), next_after), (1, 0));
+    assert!(sm.answer(Query::VhdList { after: 0, limit: 0 }).is_err());
+    let r: Result<QueryReply, _> = decode_result(&sm.query(b"nonsense"));
+    assert_eq!(r.expect_err("malformed").code(), ErrorCode::Malformed);
+    let r: QueryReply = decode_result(&sm.query(&Query::VhdByName { name: "q3".into() }.encode()))
+        .expect("by name");
+    assert!(matches!(r, QueryReply::Vhd(v) if v.id == VhdId(4)));
+}

@@ -1,0 +1,486 @@
+//! Commands, replies, queries and records of the cluster state machine, with their
+//! encoding. Commands travel in the Raft log as `Versioned{v, cmd}` in serde_json: the
+//! output is a pure function of the value (fields in declaration order, ordered maps), so
+//! every replica decodes the same command, and lock-manager's commands are serde types
+//! already. Every variant says when it is legal; an illegal command changes nothing and
+//! answers an [`ApiError`] with a stable code.
+
+use csv_api::error::ApiError;
+use csv_api::{ClusterId, ErrorCode, Generation, NodeId, VhdId, VolumeId};
+use serde::{Deserialize, Serialize};
+
+pub use super::runs::Run;
+
+/// Version of the command encoding written by this build.
+pub const COMMAND_VERSION: u32 = 1;
+
+/// Cluster identity, set once by `InitCluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    /// Cluster id.
+    pub id: ClusterId,
+    /// Name.
+    pub name: String,
+    /// Creation time (Unix ms, read by the proposer).
+    pub created_unix_ms: u64,
+    /// The node that created it.
+    pub first_node: NodeId,
+}
+
+/// Raft role of a node record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// Votes.
+    Voter,
+    /// Replicates without a vote.
+    Learner,
+}
+
+/// Lifecycle of a node record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Recorded; its raft membership change is in progress.
+    Joining,
+    /// A member.
+    Active,
+    /// Removed for good (the id is never reused).
+    Removed,
+}
+
+/// A node record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id (raft id).
+    pub id: NodeId,
+    /// Cluster address.
+    pub address: String,
+    /// Role.
+    pub role: NodeRole,
+    /// State.
+    pub state: NodeState,
+}
+
+/// The volume record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// Volume UUID (as in the superblock).
+    pub id: VolumeId,
+    /// LUN identity.
+    pub lun: String,
+    /// Description.
+    pub description: String,
+    /// LUN size in bytes.
+    pub size: u64,
+    /// Extent size in bytes.
+    pub extent_size: u64,
+    /// Number of extents.
+    pub extent_count: u64,
+    /// Offset of extent 0.
+    pub data_offset: u64,
+}
+
+/// VHD types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VhdKind {
+    /// Fixed.
+    Fixed,
+    /// Dynamic.
+    Dynamic,
+    /// Differencing (has a parent).
+    Differencing,
+}
+
+/// VHD lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VhdState {
+    /// Created in the catalog; its header is not written yet.
+    Creating,
+    /// Usable.
+    Ready,
+    /// Being deleted.
+    Deleting,
+}
+
+/// A VHD record of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhdRecord {
+    /// Id.
+    pub id: VhdId,
+    /// Unique name.
+    pub name: String,
+    /// Type.
+    pub kind: VhdKind,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Parent (differencing).
+    pub parent: Option<VhdId>,
+    /// Extent runs in file order.
+    pub runs: Vec<Run>,
+    /// Logical length of the extent file.
+    pub length: u64,
+    /// State.
+    pub state: VhdState,
+    /// Log index of its creation.
+    pub created_index: u64,
+}
+
+impl VhdRecord {
+    /// Extents mapped.
+    pub fn extents(&self) -> u64 {
+        self.runs.iter().map(|r| r.count).sum()
+    }
+}
+
+/// A state-machine command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Names the cluster and records its first node (voter, active). Legal once; the
+    /// same command again (same id) answers the existing identity.
+    InitCluster {
+        /// Cluster id (the one meta-store runs under).
+        id: ClusterId,
+        /// Name (1–255 bytes).
+        name: String,
+        /// Creation time.
+        created_unix_ms: u64,
+        /// First node.
+        node: NodeId,
+        /// Its cluster address.
+        address: String,
+    },
+    /// Records a node being added (state joining). Legal after init when the id is new,
+    /// or is joining already (a retry: address and role are updated). A removed id is
+    /// refused: ids never return.
+    AddNode {
+        /// Node.
+        node: NodeId,
+        /// Cluster address.
+        address: String,
+        /// Role it will have.
+        role: NodeRole,
+    },
+    /// Marks a node active with `role` once its raft change is applied. Legal for a
+    /// joining or active node.
+    SetNodeRole {
+        /// Node.
+        node: NodeId,
+        /// Role.
+        role: NodeRole,
+    },
+    /// Marks a node removed and returns its extent reservation to the free pool. Legal
+    /// for a joining or active node.
+    RemoveNode {
+        /// Node.
+        node: NodeId,
+    },
+    /// Creates the volume record (all extents free), or grows it: same id, LUN,
+    /// extent size and data offset, a larger size and extent count (new extents free).
+    SetVolume {
+        /// The record.
+        volume: VolumeRecord,
+    },
+    /// Creates a VHD in state creating with ceil(length / extent size) extents,
+    /// best-fit contiguous. Legal with a volume, a unique valid name, a virtual size in
+    /// 1 B–2040 GiB, a parent exactly for differencing VHDs (existing, not deleting),
+    /// free space, and below the VHD limit.
+    CreateVhd {
+        /// Name.
+        name: String,
+        /// Type.
+        kind: VhdKind,
+        /// Virtual size.
+        virtual_size: u64,
+        /// Parent.
+        parent: Option<VhdId>,
+        /// Initial extent-file length.
+        length: u64,
+    },
+    /// Moves a VHD: creating → ready | deleting, ready → deleting; the same state is a
+    /// no-op.
+    SetVhdState {
+        /// VHD.
+        vhd: VhdId,
+        /// New state.
+        state: VhdState,
+    },
+    /// Deletes a VHD and frees its extents. Legal when no VHD names it as parent and the
+    /// lock table holds nothing on it.
+    DeleteVhd {
+        /// VHD.
+        vhd: VhdId,
+    },
+    /// Moves `count` free extents (best fit, else the longest runs) into the node's
+    /// reservation. Legal for an active node within the per-node reservation bound.
+    ReserveExtents {
+        /// Node.
+        node: NodeId,
+        /// Extents.
+        count: u64,
+    },
+    /// Returns the node's whole reservation to the free pool (legal for any node).
+    ReleaseReservation {
+        /// Node.
+        node: NodeId,
+    },
+    /// Appends runs from the node's reservation to a VHD (not deleting) and sets its
+    /// length (not shorter, fits the extents). With a generation, the node must be the
+    /// VHD's valid writer at that generation (else `fenced`).
+    MapExtents {
+        /// VHD.
+        vhd: VhdId,
+        /// Node whose reservation supplies the runs.
+        node: NodeId,
+        /// Runs, each inside the reservation.
+        runs: Vec<Run>,
+        /// New length.
+        length: u64,
+        /// Writer generation (fencing), if ownership is in force.
+        generation: Option<Generation>,
+    },
+    /// Keeps the first `keep_extents` extents of a VHD, frees the rest and sets its length
+    /// (fits the kept extents).
+    UnmapExtents {
+        /// VHD.
+        vhd: VhdId,
+        /// Extents kept.
+        keep_extents: u64,
+        /// New length.
+        length: u64,
+    },
+    /// A lock-manager command (legality as in `lock_manager::Command`). An expiry or a
+    /// leave also returns the node's extent reservation to the free pool.
+    Lock {
+        /// The command.
+        command: lock_manager::Command,
+    },
+}
+
+/// The versioned envelope of a command in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Versioned {
+    /// [`COMMAND_VERSION`].
+    pub v: u32,
+    /// The command.
+    pub cmd: Command,
+}
+
+impl Command {
+    /// The log encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&Versioned {
+            v: COMMAND_VERSION,
+            cmd: self.clone(),
+        })
+        .expect("commands are plain data and always serialize")
+    }
+
+    /// Decodes [`Command::encode`]; any other input is a `malformed` error.
+    pub fn decode(bytes: &[u8]) -> Result<Command, ApiError> {
+        let v: Versioned = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("command: {e}")))?;
+        if v.v != COMMAND_VERSION {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "command version {} (this build applies {COMMAND_VERSION})",
+                    v.v
+                ),
+            ));
+        }
+        Ok(v.cmd)
+    }
+}
+
+/// What a successful command returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// `InitCluster`.
+    Identity(ClusterIdentity),
+    /// Node commands.
+    Node(NodeInfo),
+    /// `SetVolume`.
+    Volume(VolumeRecord),
+    /// VHD and mapping commands (the record after the command; before it for a delete).
+    Vhd(VhdRecord),
+    /// Reservation commands: the runs moved.
+    Runs {
+        /// Runs.
+        runs: Vec<Run>,
+    },
+    /// Lock commands.
+    Lock {
+        /// The lock manager's outcome.
+        outcome: lock_manager::Outcome,
+    },
+}
+
+/// The encoded apply result.
+pub type ApplyResult = Result<Reply, ApiError>;
+
+/// Encodes an apply or query result.
+pub fn encode_result<T: Serialize>(r: &Result<T, ApiError>) -> Vec<u8> {
+    serde_json::to_vec(r).unwrap_or_else(|e| {
+        let err: Result<(), ApiError> = Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("encode result: {e}"),
+        ));
+        serde_json::to_vec(&err).unwrap_or_default()
+    })
+}
+
+/// Decodes an apply or query result.
+pub fn decode_result<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+    match serde_json::from_slice::<Result<T, ApiError>>(bytes) {
+        Ok(r) => r,
+        Err(e) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("undecodable state-machine result: {e}"),
+        )),
+    }
+}
+
+/// Read-only queries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "q", rename_all = "snake_case")]
+pub enum Query {
+    /// Identity and node records → [`QueryReply::Cluster`].
+    Cluster,
+    /// The volume → [`QueryReply::Volume`].
+    Volume,
+    /// A VHD → [`QueryReply::Vhd`].
+    Vhd {
+        /// Id.
+        vhd: VhdId,
+    },
+    /// A VHD by name → [`QueryReply::Vhd`].
+    VhdByName {
+        /// Name.
+        name: String,
+    },
+    /// A page of VHDs → [`QueryReply::VhdPage`].
+    VhdList {
+        /// Ids above this.
+        after: u64,
+        /// At most this many (1–1,000).
+        limit: u32,
+    },
+    /// Free space and reservations → [`QueryReply::Space`].
+    Space,
+    /// The lock table's view of a VHD's owner → [`QueryReply::Owner`].
+    Owner {
+        /// VHD.
+        vhd: VhdId,
+    },
+}
+
+/// Space summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceInfo {
+    /// Extents in the volume.
+    pub extent_count: u64,
+    /// Free extents.
+    pub free_extents: u64,
+    /// Free runs.
+    pub free_runs: u64,
+    /// Longest free run.
+    pub largest_free_run: u64,
+    /// Extents mapped to VHDs.
+    pub mapped_extents: u64,
+    /// Reservations by node.
+    pub reservations: Vec<(NodeId, Vec<Run>)>,
+}
+
+/// Query answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum QueryReply {
+    /// Identity and nodes.
+    Cluster {
+        /// Identity, once initialised.
+        identity: Option<ClusterIdentity>,
+        /// Node records by id.
+        nodes: Vec<NodeInfo>,
+    },
+    /// Volume.
+    Volume {
+        /// The record, if set.
+        volume: Option<VolumeRecord>,
+    },
+    /// One VHD.
+    Vhd(VhdRecord),
+    /// A page.
+    VhdPage {
+        /// Records.
+        vhds: Vec<VhdRecord>,
+        /// Next `after`, 0 at the end.
+        next_after: u64,
+        /// Catalog size.
+        total: u64,
+    },
+    /// Space.
+    Space(SpaceInfo),
+    /// Ownership.
+    Owner {
+        /// The lock view, if anything holds the VHD.
+        owner: Option<lock_manager::OwnerView>,
+    },
+}
+
+impl Query {
+    /// The query encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("queries are plain data and always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_and_garbage_is_malformed() {
+        let cmds = vec![
+            Command::CreateVhd {
+                name: "a".into(),
+                kind: VhdKind::Fixed,
+                virtual_size: 1 << 30,
+                parent: None,
+                length: 1 << 30,
+            },
+            Command::Lock {
+                command: lock_manager::Command::Register { node: NodeId(1) },
+            },
+            Command::MapExtents {
+                vhd: VhdId(1),
+                node: NodeId(2),
+                runs: vec![Run { start: 1, count: 2 }],
+                length: 5,
+                generation: Some(Generation(3)),
+            },
+        ];
+        for c in cmds {
+            assert_eq!(Command::decode(&c.encode()).expect("decode"), c);
+        }
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"[]",
+            br#"{"v":1,"cmd":{"op":"nope"}}"#,
+            br#"{"v":1,"cmd":{"op":"delete_vhd","vhd":1,"x":2}}"#,
+            br#"{"v":1,"cmd":{"op":"delete_vhd","vhd":-1}}"#,
+        ] {
+            let e = Command::decode(bad).expect_err("refused");
+            assert_eq!(e.code(), ErrorCode::Malformed, "{e}");
+        }
+        let e = Command::decode(br#"{"v":2,"cmd":{"op":"delete_vhd","vhd":1}}"#)
+            .expect_err("future version");
+        assert_eq!(e.code(), ErrorCode::UnsupportedVersion);
+    }
+}
