@@ -3,3 +3,4 @@
 
 pub mod daemon;
 pub mod state;
+pub mod vhd_device;

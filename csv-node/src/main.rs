@@ -4,7 +4,7 @@
 
 mod export;
 mod image;
-mod vhd_device;
+use csv_node::vhd_device;
 
 use clap::{Parser, Subcommand};
 

@@ -71,6 +71,17 @@ impl VhdDevice {
         })
     }
 
+    /// Serves an image opened elsewhere (a VHD on the cluster volume).
+    pub fn from_image(image: Image, read_only: bool, mode: IoMode) -> VhdDevice {
+        VhdDevice {
+            size: image.virtual_size(),
+            read_only: read_only || image.is_read_only(),
+            image: Arc::new(image),
+            mode,
+            adaptive: Adaptive::default(),
+        }
+    }
+
     pub fn disk_type(&self) -> DiskType {
         self.image.disk_type()
     }

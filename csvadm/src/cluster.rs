@@ -137,7 +137,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn failure(e: ClientError) -> Failure {
+pub(crate) fn failure(e: ClientError) -> Failure {
     let code = match &e {
         ClientError::Connect { .. } => EXIT_UNREACHABLE,
         ClientError::Api(a) => match a.code() {
@@ -161,7 +161,7 @@ fn failure(e: ClientError) -> Failure {
     Failure { code, message }
 }
 
-fn connect(socket: &Path) -> Result<Client, Failure> {
+pub(crate) fn connect(socket: &Path) -> Result<Client, Failure> {
     Client::connect(socket).map_err(failure)
 }
 

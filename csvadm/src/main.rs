@@ -6,6 +6,8 @@ mod cluster;
 mod image;
 mod progress;
 mod size;
+mod vhd;
+mod volume;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +39,10 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// Add, promote and remove nodes.
     Node(cluster::NodeArgs),
+    /// Format the cluster volume on the shared LUN; its status.
+    Volume(volume::VolumeArgs),
+    /// VHDs on the cluster volume: create, attach as NBD exports, import, export.
+    Vhd(vhd::VhdArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +53,8 @@ fn main() -> ExitCode {
             cluster_command(cli.admin, |s| cluster::run_cluster(s, args, cli.json))
         }
         Command::Node(args) => cluster_command(cli.admin, |s| cluster::run_node(s, args, cli.json)),
+        Command::Volume(args) => cluster_command(cli.admin, |s| volume::run(s, args, cli.json)),
+        Command::Vhd(args) => cluster_command(cli.admin, |s| vhd::run(s, args, cli.json)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -10,7 +10,7 @@ pub struct AdminRequest {
     /// The request.
     #[prost(
         oneof = "Request",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 60, 61, 62, 63, 64, 65, 66, 67"
     )]
     pub request: Option<Request>,
 }
@@ -74,6 +74,30 @@ pub enum Request {
     /// Free space and reservations → [`Response::Space`].
     #[prost(message, tag = "19")]
     SpaceGet(Empty),
+    /// Cluster volume requests (`super::volume`).
+    #[prost(message, tag = "60")]
+    VolumeFormat(super::volume::VolumeFormat),
+    /// → [`Response::VolumeStatus`].
+    #[prost(message, tag = "61")]
+    VolumeStatus(Empty),
+    /// → [`Response::Vhd`].
+    #[prost(message, tag = "62")]
+    VhdNew(super::volume::VhdNew),
+    /// → [`Response::Attachment`].
+    #[prost(message, tag = "63")]
+    VhdAttach(super::volume::VhdAttach),
+    /// → [`Response::Done`].
+    #[prost(message, tag = "64")]
+    VhdDetach(super::volume::VhdName),
+    /// → [`Response::Attachments`].
+    #[prost(message, tag = "65")]
+    Attachments(Empty),
+    /// → [`Response::Vhd`].
+    #[prost(message, tag = "66")]
+    VhdImport(super::volume::VhdImport),
+    /// → [`Response::Done`].
+    #[prost(message, tag = "67")]
+    VhdExport(super::volume::VhdExport),
 }
 
 /// A response from a node's daemon.
@@ -83,7 +107,7 @@ pub struct AdminResponse {
     #[prost(uint32, tag = "1")]
     pub version: u32,
     /// The answer.
-    #[prost(oneof = "Response", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "Response", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 60, 61, 62")]
     pub response: Option<Response>,
 }
 
@@ -120,6 +144,15 @@ pub enum Response {
     /// `SpaceGet`.
     #[prost(message, tag = "11")]
     Space(Space),
+    /// `VolumeFormat`, `VolumeStatus`.
+    #[prost(message, tag = "60")]
+    VolumeStatus(super::volume::VolumeStatus),
+    /// `VhdAttach`.
+    #[prost(message, tag = "61")]
+    Attachment(super::volume::Attachment),
+    /// `Attachments`.
+    #[prost(message, tag = "62")]
+    Attachments(super::volume::Attachments),
 }
 
 /// No fields.

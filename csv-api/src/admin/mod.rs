@@ -7,6 +7,7 @@
 pub mod client;
 pub mod frame;
 mod messages;
+pub mod volume;
 
 pub use client::{Client, ClientError};
 pub use frame::{FrameError, MAX_FRAME_BYTES};

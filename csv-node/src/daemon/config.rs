@@ -95,6 +95,9 @@ pub struct NodeConfig {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[volume]`: the shared LUN (none: the node serves no VHDs).
+    #[serde(default)]
+    pub volume: Option<super::volume::VolumeSection>,
 }
 
 /// `[node]`: identity.
@@ -287,6 +290,9 @@ impl NodeConfig {
                 "cluster.listen",
                 "needs a fixed port (peers store the address)",
             ));
+        }
+        if let Some(v) = &self.volume {
+            v.validate().map_err(|(f, r)| invalid(f, r))?;
         }
         if let Some(c) = &self.cluster.join_cluster_id {
             c.parse::<csv_api::ClusterId>()

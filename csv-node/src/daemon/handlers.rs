@@ -20,12 +20,12 @@ use crate::state::types::{
 /// Pause between attempts while a learner catches up or a change is in progress.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-async fn propose(m: &Member, cmd: Command) -> Result<Reply, ApiError> {
+pub(super) async fn propose(m: &Member, cmd: Command) -> Result<Reply, ApiError> {
     let r = m.meta.propose(cmd.encode()).await.map_err(meta_err)?;
     decode_result(&r)
 }
 
-async fn query(m: &Member, q: Query) -> Result<QueryReply, ApiError> {
+pub(super) async fn query(m: &Member, q: Query) -> Result<QueryReply, ApiError> {
     let r = m.meta.query(q.encode()).await.map_err(meta_err)?;
     decode_result(&r)
 }
@@ -202,6 +202,7 @@ pub(super) async fn handle(d: &Arc<Daemon>, r: Request) -> Result<Response, ApiE
                 _ => unexpected("space query"),
             }
         }
+        other => super::vol_handlers::handle(d, other).await,
     }
 }
 

@@ -4,11 +4,17 @@
 //! that added it: `join.rs`), member, removed. Design: docs/design/050-control-plane.md §4.
 
 mod admin;
+mod attach;
 pub mod config;
 mod convert;
+mod extents;
 mod handlers;
+mod hold_shim;
 mod join;
 mod state_file;
+mod vhd_ops;
+mod vol_handlers;
+pub mod volume;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,6 +68,9 @@ pub(crate) struct Daemon {
     pub cfg: NodeConfig,
     pub phase: RwLock<Phase>,
     join_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) vol: volume::VolumeRt,
+    pub(crate) att: attach::Attachments,
+    pub(crate) holds: hold_shim::Holds,
 }
 
 pub(crate) fn now_unix_ms() -> u64 {
@@ -161,6 +170,7 @@ impl Daemon {
         tracing::info!(cluster = %st.cluster_id, "metadata store running");
         let d = self.clone();
         tokio::spawn(watch_removal(d).in_current_span());
+        tokio::spawn(volume::watch_volume(self.clone()).in_current_span());
         if st.initial_voters.contains(&self.id()) {
             let d = self.clone();
             let st = st.clone();
@@ -350,6 +360,9 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         phase: RwLock::new(Phase::Uninitialized),
         join_task: std::sync::Mutex::new(None),
+        vol: Default::default(),
+        att: Default::default(),
+        holds: Default::default(),
     });
     let (found_tx, mut found_rx) = mpsc::channel(1);
     match &existing {
@@ -394,6 +407,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     admin_task.abort();
+    daemon.flush_attachments().await;
     let _ = std::fs::remove_file(&sock);
     if tokio::time::timeout(SHUTDOWN_DEADLINE, daemon.stop())
         .await

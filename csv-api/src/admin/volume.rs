@@ -1,0 +1,149 @@
+//! Admin messages of the cluster volume and of VHD images on it (issue 6): format and
+//! status of the volume, creating VHD images, attaching them as NBD exports on a node,
+//! import and export. Request tags 60–79 and response tags 60–79 of the admin oneofs.
+
+use super::messages::{Space, Volume};
+
+/// `csvadm volume format`: write the superblock on the LUN of the asked node, then record
+/// the volume → `Response::VolumeStatus`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VolumeFormat {
+    /// Extent size in bytes (0: the default).
+    #[prost(uint64, tag = "1")]
+    pub extent_size: u64,
+    /// Label written in the superblock.
+    #[prost(string, tag = "2")]
+    pub label: String,
+    /// Overwrite a LUN that holds a superblock already (never a recorded volume's).
+    #[prost(bool, tag = "3")]
+    pub force: bool,
+}
+
+/// The volume as this node sees it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VolumeStatus {
+    /// Answering node.
+    #[prost(uint64, tag = "1")]
+    pub node_id: u64,
+    /// The cluster's volume record.
+    #[prost(message, optional, tag = "2")]
+    pub volume: Option<Volume>,
+    /// This node's LUN path (`describe()`), empty without `[volume]`.
+    #[prost(string, tag = "3")]
+    pub lun: String,
+    /// `ok`, `unformatted`, `mismatch`, `unconfigured`, `error`.
+    #[prost(string, tag = "4")]
+    pub state: String,
+    /// Detail of the state (what differs, the error).
+    #[prost(string, tag = "5")]
+    pub message: String,
+    /// Superblock UUID read from the LUN, if any.
+    #[prost(string, tag = "6")]
+    pub superblock_uuid: String,
+    /// Free space.
+    #[prost(message, optional, tag = "7")]
+    pub space: Option<Space>,
+    /// VHDs attached on this node.
+    #[prost(message, repeated, tag = "8")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// `csvadm vhd create`: record, allocate and write a VHD image → `Response::Vhd`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdNew {
+    /// Unique name (also the NBD export name).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// `VhdKind` (differencing when `parent` is set).
+    #[prost(enumeration = "super::VhdKind", tag = "2")]
+    pub kind: i32,
+    /// Virtual size in bytes (ignored for a differencing image: the parent's).
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// Parent VHD name (differencing).
+    #[prost(string, tag = "4")]
+    pub parent: String,
+}
+
+/// `csvadm vhd attach` → `Response::Attachment`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdAttach {
+    /// VHD name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Node that serves the export (0: the addressed node).
+    #[prost(uint64, tag = "2")]
+    pub node: u64,
+    /// Shared read-only hold and a read-only export.
+    #[prost(bool, tag = "3")]
+    pub read_only: bool,
+}
+
+/// One attached VHD.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Attachment {
+    /// VHD name = export name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// VHD id.
+    #[prost(uint64, tag = "2")]
+    pub vhd: u64,
+    /// Serving node.
+    #[prost(uint64, tag = "3")]
+    pub node: u64,
+    /// Read-only.
+    #[prost(bool, tag = "4")]
+    pub read_only: bool,
+    /// Hold generation (the fencing token of a writer).
+    #[prost(uint64, tag = "5")]
+    pub generation: u64,
+    /// NBD Unix socket of the node.
+    #[prost(string, tag = "6")]
+    pub socket: String,
+    /// NBD URI to connect to.
+    #[prost(string, tag = "7")]
+    pub uri: String,
+    /// NBD TCP address, when configured.
+    #[prost(string, tag = "8")]
+    pub tcp: String,
+}
+
+/// VHDs attached on the addressed node.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Attachments {
+    /// Attachments by name.
+    #[prost(message, repeated, tag = "1")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A VHD by name.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdName {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+/// `csvadm vhd import FILE NAME`: copy a local VHD or raw file (on the node's host) into
+/// a new VHD on the volume → `Response::Vhd`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdImport {
+    /// Absolute path on the node's host.
+    #[prost(string, tag = "1")]
+    pub path: String,
+    /// New VHD name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+}
+
+/// `csvadm vhd export NAME FILE`: write the VHD's exact bytes to a new local file on the
+/// node's host → `Response::Done`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdExport {
+    /// VHD name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Absolute path of the new file.
+    #[prost(string, tag = "2")]
+    pub path: String,
+}

@@ -1,0 +1,360 @@
+//! VHD images on the volume, node side: `vhd create` (a catalog record with its extents,
+//! then the VHD structures written through `volume::ExtentFile`, then ready), `vhd
+//! import` (a local VHD file's exact bytes, checked by opening it first) and `vhd export`
+//! (the exact bytes to a new local file, sparse). A failed create or import deletes its
+//! record again.
+
+use std::io::{Read as _, Seek as _, Write as _};
+use std::sync::Arc;
+
+use csv_api::admin::volume::{VhdExport, VhdImport, VhdNew};
+use csv_api::admin::{self as api};
+use csv_api::error::ApiError;
+use csv_api::{ErrorCode, NodeId};
+use lock_manager::Mode;
+use vhd::{DiskType};
+use volume::{ExtentFile, Layout, LunPath, OpenFence, WriteAccess};
+
+use super::Daemon;
+use super::extents::{self, CatalogSink};
+use super::handlers::propose;
+use crate::state::types::{Command, Reply, VhdKind, VhdRecord, VhdState};
+
+/// Copy chunk of import and export.
+const COPY_CHUNK: usize = 4 << 20;
+
+fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
+    ApiError::new(code, m)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    err(ErrorCode::Internal, e.to_string())
+}
+
+fn storage(what: &str, e: impl std::fmt::Display) -> ApiError {
+    err(ErrorCode::Storage, format!("{what}: {e}"))
+}
+
+fn vhd_reply(r: Reply) -> Result<VhdRecord, ApiError> {
+    match r {
+        Reply::Vhd(v) => Ok(v),
+        _ => Err(internal("unexpected reply to a VHD command")),
+    }
+}
+
+impl Daemon {
+    /// Opens `rec` for writing outside an attachment (create, import): growth from the
+    /// node's reservation, no fence (the VHD is `creating`: nobody attaches it). The
+    /// file starts empty, so every mapped byte is zeroed (extents may hold old data).
+    async fn open_for_fill(
+        &self,
+        rec: &VhdRecord,
+    ) -> Result<(Arc<ExtentFile>, Arc<dyn LunPath>, Layout), ApiError> {
+        let (lun, layout) = self.volume_ready().await?;
+        let m = self.member().await?;
+        let access = WriteAccess {
+            source: self.reservation_source(&m),
+            sink: Arc::new(CatalogSink::new(
+                m.clone(),
+                tokio::runtime::Handle::current(),
+                rec,
+                NodeId(self.id()),
+                None,
+                layout.extent_size,
+            )),
+            fence: Arc::new(OpenFence),
+            fence_wait: volume::DEFAULT_FENCE_WAIT,
+        };
+        let mut empty = rec.clone();
+        empty.length = 0;
+        let (l2, lay2) = (lun.clone(), layout);
+        let f = tokio::task::spawn_blocking(move || {
+            extents::open_file(&l2, &lay2, &empty, Some(access))
+        })
+        .await
+        .map_err(internal)??;
+        Ok((Arc::new(f), lun, layout))
+    }
+
+    /// Deletes a half-made VHD (logged on failure: the record stays `creating`).
+    async fn undo_create(&self, rec: &VhdRecord) {
+        if let Ok(m) = self.member().await
+            && let Err(e) = propose(&m, Command::DeleteVhd { vhd: rec.id }).await
+        {
+            tracing::warn!(vhd = %rec.name, "remove half-made VHD: {e}");
+        }
+    }
+
+    async fn mark_ready(&self, rec: &VhdRecord) -> Result<VhdRecord, ApiError> {
+        let m = self.member().await?;
+        vhd_reply(
+            propose(
+                &m,
+                Command::SetVhdState {
+                    vhd: rec.id,
+                    state: VhdState::Ready,
+                },
+            )
+            .await?,
+        )
+    }
+
+    /// `vhd create`.
+    pub(crate) async fn vhd_new(&self, req: VhdNew) -> Result<VhdRecord, ApiError> {
+        let (lun, layout) = self.volume_ready().await?;
+        let m = self.member().await?;
+        let parent = if req.parent.is_empty() {
+            None
+        } else {
+            Some(self.vhd_by_name(&req.parent).await?)
+        };
+        let kind = match (&parent, api::VhdKind::try_from(req.kind)) {
+            (Some(_), _) => VhdKind::Differencing,
+            (None, Ok(api::VhdKind::Fixed)) => VhdKind::Fixed,
+            (None, Ok(api::VhdKind::Dynamic | api::VhdKind::Unspecified)) => VhdKind::Dynamic,
+            (None, _) => {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "a differencing VHD needs --parent",
+                ));
+            }
+        };
+        // The metadata of dynamic and differencing images is made in memory first: its
+        // size is the initial file length the catalog allocates for.
+        let size = req.size;
+        let (virtual_size, meta): (u64, Option<Vec<u8>>) = match (&kind, &parent) {
+            (VhdKind::Fixed, _) => (size, None),
+            (VhdKind::Dynamic, _) => {
+                let mem = vhd::MemStorage::new();
+                vhd::create::create_dynamic(
+                    &mem,
+                    &vhd::create::CreateOptions::new(DiskType::Dynamic, size),
+                )
+                .map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
+                (size, Some(mem.to_vec()))
+            }
+            (VhdKind::Differencing, Some(p)) => {
+                let chain = extents::ancestors(&m, p).await?;
+                let (p2, l2) = (p.clone(), lun.clone());
+                let info = tokio::task::spawn_blocking(move || {
+                    let f = Arc::new(extents::open_file(&l2, &layout, &p2, None)?);
+                    let img = extents::open_image(&l2, &layout, f, &p2, &chain, true)?;
+                    let ft = img.footer();
+                    Ok::<_, ApiError>(vhd::create::ParentInfo {
+                        uuid: ft.uuid,
+                        virtual_size: img.virtual_size(),
+                        timestamp: ft.timestamp,
+                        name: format!("{}.vhd", p2.name),
+                        absolute: None,
+                        relative: Some(format!(".\\{}.vhd", p2.name)),
+                    })
+                })
+                .await
+                .map_err(internal)??;
+                let mem = vhd::MemStorage::new();
+                vhd::create::create_differencing(&mem, &info, vhd::DEFAULT_BLOCK_SIZE, None)
+                    .map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
+                (info.virtual_size, Some(mem.to_vec()))
+            }
+            (VhdKind::Differencing, None) => unreachable!("differencing only with a parent"),
+        };
+        if kind == VhdKind::Fixed
+            && (size == 0 || !size.is_multiple_of(512) || size > vhd::MAX_VIRTUAL_SIZE)
+        {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "size {size}: a multiple of 512 from 512 to {}",
+                    vhd::MAX_VIRTUAL_SIZE
+                ),
+            ));
+        }
+        let length = match &meta {
+            Some(b) => b.len() as u64,
+            None => size + vhd::footer::FOOTER_SIZE as u64,
+        };
+        let rec = vhd_reply(
+            propose(
+                &m,
+                Command::CreateVhd {
+                    name: req.name.clone(),
+                    kind,
+                    virtual_size,
+                    parent: parent.as_ref().map(|p| p.id),
+                    length,
+                },
+            )
+            .await?,
+        )?;
+        let r = self.fill_new(&rec, size, meta).await;
+        match r {
+            Ok(()) => self.mark_ready(&rec).await,
+            Err(e) => {
+                self.undo_create(&rec).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn fill_new(
+        &self,
+        rec: &VhdRecord,
+        size: u64,
+        meta: Option<Vec<u8>>,
+    ) -> Result<(), ApiError> {
+        let (file, _, _) = self.open_for_fill(rec).await?;
+        tokio::task::spawn_blocking(move || {
+            match meta {
+                None => {
+                    vhd::create::create_fixed(
+                        &*file,
+                        &vhd::create::CreateOptions::new(DiskType::Fixed, size),
+                    )
+                    .map_err(|e| storage("write VHD footer", e))?;
+                }
+                Some(b) => {
+                    file.write(&b, 0)
+                        .map_err(|e| storage("write VHD metadata", e))?;
+                    file.flush().map_err(|e| storage("flush", e))?;
+                }
+            }
+            Ok::<_, ApiError>(())
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// `vhd import FILE NAME`: a local VHD file's exact bytes.
+    pub(crate) async fn vhd_import(&self, req: VhdImport) -> Result<VhdRecord, ApiError> {
+        let path = std::path::PathBuf::from(&req.path);
+        let p2 = path.clone();
+        let (kind, virtual_size, length) = tokio::task::spawn_blocking(move || {
+            let img = vhd::Image::open(
+                &p2,
+                &vhd::OpenOptions {
+                    read_only: true,
+                    parent: None,
+                },
+            )
+            .map_err(|e| err(ErrorCode::InvalidArgument, format!("{}: {e}", p2.display())))?;
+            let kind = match img.disk_type() {
+                DiskType::Fixed => VhdKind::Fixed,
+                DiskType::Dynamic => VhdKind::Dynamic,
+                _ => {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        "differencing images are imported by creating the child on the volume",
+                    ));
+                }
+            };
+            let len = img.storage().len().map_err(|e| storage("import", e))?;
+            Ok((kind, img.virtual_size(), len))
+        })
+        .await
+        .map_err(internal)??;
+        let m = self.member().await?;
+        let rec = vhd_reply(
+            propose(
+                &m,
+                Command::CreateVhd {
+                    name: req.name.clone(),
+                    kind,
+                    virtual_size,
+                    parent: None,
+                    length,
+                },
+            )
+            .await?,
+        )?;
+        let r = async {
+            let (file, _, _) = self.open_for_fill(&rec).await?;
+            tokio::task::spawn_blocking(move || copy_in(&path, &file, length))
+                .await
+                .map_err(internal)?
+        }
+        .await;
+        match r {
+            Ok(()) => self.mark_ready(&rec).await,
+            Err(e) => {
+                self.undo_create(&rec).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// `vhd export NAME FILE`: the exact bytes to a new local file.
+    pub(crate) async fn vhd_export(&self, req: VhdExport) -> Result<(), ApiError> {
+        let (lun, layout) = self.volume_ready().await?;
+        let rec = self.vhd_by_name(&req.name).await?;
+        let mine = self.is_attached_here(rec.id);
+        if mine {
+            self.flush_attached(&req.name).await?;
+        } else {
+            self.acquire_vhd(rec.id, Mode::ReadDenyWrite).await?;
+        }
+        // Re-read: the flush may have mapped more.
+        let rec = self.vhd_by_name(&req.name).await?;
+        let vhd_id = rec.id;
+        let path = std::path::PathBuf::from(&req.path);
+        let r = tokio::task::spawn_blocking(move || {
+            let f = extents::open_file(&lun, &layout, &rec, None)?;
+            copy_out(&f, &path)
+        })
+        .await
+        .map_err(internal)
+        .and_then(|r| r);
+        if !mine && let Err(e) = self.release_vhd(vhd_id).await {
+            tracing::warn!(vhd = req.name, "release after export: {e}");
+        }
+        r
+    }
+}
+
+fn copy_in(path: &std::path::Path, file: &ExtentFile, length: u64) -> Result<(), ApiError> {
+    let io = |e: std::io::Error| storage(&format!("read {}", path.display()), e);
+    let mut src = std::fs::File::open(path).map_err(io)?;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut off = 0u64;
+    file.set_len(length).map_err(|e| storage("size the file", e))?;
+    while off < length {
+        let n = (length - off).min(COPY_CHUNK as u64) as usize;
+        src.read_exact(&mut buf[..n]).map_err(io)?;
+        // The file was zeroed when opened: zero chunks stay holes.
+        if buf[..n].iter().any(|b| *b != 0) {
+            file.write(&buf[..n], off)
+                .map_err(|e| storage("write to the LUN", e))?;
+        }
+        off += n as u64;
+    }
+    file.flush().map_err(|e| storage("flush", e))
+}
+
+fn copy_out(file: &ExtentFile, path: &std::path::Path) -> Result<(), ApiError> {
+    let io = |e: std::io::Error| storage(&format!("write {}", path.display()), e);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| err(ErrorCode::InvalidArgument, format!("create {}: {e}", path.display())))?;
+    let len = file.logical_len();
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut off = 0u64;
+    let r = (|| {
+        while off < len {
+            let n = (len - off).min(COPY_CHUNK as u64) as usize;
+            file.read(&mut buf[..n], off)
+                .map_err(|e| storage("read the LUN", e))?;
+            if buf[..n].iter().any(|b| *b != 0) {
+                out.seek(std::io::SeekFrom::Start(off)).map_err(io)?;
+                out.write_all(&buf[..n]).map_err(io)?;
+            }
+            off += n as u64;
+        }
+        out.set_len(len).map_err(io)?;
+        out.sync_all().map_err(io)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    r
+}
