@@ -35,6 +35,7 @@ fn heavy_fio_crc32c_verify_several_jobs() {
             "--offset_increment=32M",
             "--verify=crc32c",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--do_verify=1",
             "--output-format=json",
         ]));
@@ -56,6 +57,7 @@ fn heavy_fio_crc32c_verify_several_jobs() {
             "--verify=crc32c",
             "--verify_only",
             "--verify_fatal=1",
+            "--verify_state_save=0",
         ]));
     }
 }

@@ -338,6 +338,12 @@ pub struct Hello {
     /// The node it meant to reach.
     #[prost(uint64, tag = "5")]
     pub to: u64,
+    /// Address at which the dialling node accepts connections (empty when not given). A
+    /// node joining with an empty store learns its first peer from it: without it the
+    /// joiner could not answer the leader, so it would never receive the snapshot that
+    /// carries the rest of the address book.
+    #[prost(string, tag = "6")]
+    pub from_addr: String,
 }
 
 /// "CSVm": marks a metadata-transport connection.

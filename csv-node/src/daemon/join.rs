@@ -1,9 +1,11 @@
 //! Joining: an uninitialised node listens on its cluster address until a leader that
 //! added it connects. The leader's transport opens with a `Hello{cluster_id, from, to}`;
 //! a hello addressed to this node (and, when configured, naming the expected cluster)
-//! tells the node which cluster it joins. The node then closes this listener and starts
-//! its metadata store on the same address; the leader's transport reconnects (backoff
-//! ≤ 1 s) and brings the empty store up by snapshot.
+//! tells the node which cluster it joins and, through `from_addr`, where the leader
+//! listens. The node then closes this listener and starts its metadata store on the same
+//! address with that leader as its one known peer (it must be able to answer the leader
+//! before the snapshot that carries the whole address book arrives); the leader's
+//! transport reconnects (backoff ≤ 1 s) and brings the empty store up by snapshot.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,11 +38,25 @@ pub enum HelloError {
 }
 
 /// Checks a hello frame; returns the cluster to join.
+/// What an accepted hello tells a joining node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    /// The cluster to join.
+    pub cluster: ClusterId,
+    /// The node that dialled (the leader that added this node).
+    pub from: u64,
+    /// Where that node listens.
+    pub from_addr: String,
+}
+
+/// Longest `from_addr` accepted (a host name plus port).
+const MAX_ADDR: usize = 300;
+
 pub fn check_hello(
     frame: &[u8],
     me: u64,
     expected: Option<ClusterId>,
-) -> Result<ClusterId, HelloError> {
+) -> Result<Invitation, HelloError> {
     let h =
         meta_store::wire::Hello::decode(frame).map_err(|e| HelloError::Malformed(e.to_string()))?;
     if h.magic != meta_store::wire::HELLO_MAGIC
@@ -63,7 +79,22 @@ pub fn check_hello(
     if expected.is_some_and(|e| e != id) {
         return Err(HelloError::OtherCluster(h.cluster_id));
     }
-    Ok(id)
+    // host:port with a numeric port; the transport resolves it when it dials.
+    let addr_ok = h.from_addr.len() <= MAX_ADDR
+        && h.from_addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+    if !addr_ok {
+        return Err(HelloError::Malformed(format!(
+            "sender address {:?}",
+            h.from_addr.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(Invitation {
+        cluster: id,
+        from: h.from,
+        from_addr: h.from_addr,
+    })
 }
 
 /// Accepts connections on `listener` until a valid hello arrives; sends its cluster id
@@ -72,9 +103,9 @@ pub async fn wait_for_leader(
     listener: TcpListener,
     me: u64,
     expected: Option<ClusterId>,
-    found: mpsc::Sender<ClusterId>,
+    found: mpsc::Sender<Invitation>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<ClusterId>(1);
+    let (tx, mut rx) = mpsc::channel::<Invitation>(1);
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
     loop {
         tokio::select! {
@@ -109,9 +140,9 @@ pub async fn wait_for_leader(
                     .await;
                     match r {
                         Ok(Ok(frame)) => match check_hello(&frame, me, expected) {
-                            Ok(id) => {
-                                tracing::info!(%peer, cluster = %id, "contacted by a cluster leader: joining");
-                                let _ = tx.try_send(id);
+                            Ok(inv) => {
+                                tracing::info!(%peer, cluster = %inv.cluster, leader = inv.from, leader_addr = %inv.from_addr, "contacted by a cluster leader: joining");
+                                let _ = tx.try_send(inv);
                             }
                             Err(e) => tracing::warn!(%peer, error = %e, "hello refused"),
                         },
@@ -129,23 +160,42 @@ mod tests {
     use super::*;
     use meta_store::wire::{HELLO_MAGIC, Hello, PROTOCOL_VERSION};
 
-    fn hello(cluster: &str, from: u64, to: u64) -> Vec<u8> {
+    fn hello_at(cluster: &str, from: u64, to: u64, from_addr: &str) -> Vec<u8> {
         Hello {
             magic: HELLO_MAGIC,
             version: PROTOCOL_VERSION,
             cluster_id: cluster.into(),
             from,
             to,
+            from_addr: from_addr.into(),
         }
         .encode_to_vec()
+    }
+
+    fn hello(cluster: &str, from: u64, to: u64) -> Vec<u8> {
+        hello_at(cluster, from, to, "127.0.0.1:7000")
     }
 
     #[test]
     fn hellos_are_checked() {
         let c = ClusterId::random();
         let s = c.to_string();
-        assert_eq!(check_hello(&hello(&s, 1, 4), 4, None), Ok(c));
-        assert_eq!(check_hello(&hello(&s, 1, 4), 4, Some(c)), Ok(c));
+        let inv = Invitation {
+            cluster: c,
+            from: 1,
+            from_addr: "127.0.0.1:7000".into(),
+        };
+        assert_eq!(check_hello(&hello(&s, 1, 4), 4, None), Ok(inv.clone()));
+        assert_eq!(check_hello(&hello(&s, 1, 4), 4, Some(c)), Ok(inv));
+        for bad in ["", "no-port", ":7000", "h:0", "h:99999", &"x".repeat(400)] {
+            assert!(
+                matches!(
+                    check_hello(&hello_at(&s, 1, 4, bad), 4, None),
+                    Err(HelloError::Malformed(_))
+                ),
+                "{bad:?}"
+            );
+        }
         assert!(matches!(
             check_hello(&hello(&s, 1, 4), 4, Some(ClusterId::random())),
             Err(HelloError::OtherCluster(_))

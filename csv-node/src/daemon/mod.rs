@@ -128,15 +128,24 @@ impl Daemon {
             t.abort();
             let _ = t.await;
         }
-        let mcfg = self
+        let mut mcfg = self
             .cfg
             .meta_config(st.cluster_id, st.initial_voters.clone());
-        let tcfg = TcpConfig::new(
+        for p in &st.seed_peers {
+            if p.id != self.id() {
+                mcfg.peers.push(meta_store::PeerAddr {
+                    id: p.id,
+                    addr: p.addr.clone(),
+                });
+            }
+        }
+        let mut tcfg = TcpConfig::new(
             self.id(),
             st.cluster_id.to_string(),
             self.cfg.cluster.listen,
             mcfg.required_frame_bytes(),
         );
+        tcfg.advertise = Some(self.cfg.advertise());
         let mut attempt = 0;
         let transport = loop {
             match TcpTransport::bind(tcfg.clone()).await {
@@ -243,6 +252,7 @@ impl Daemon {
                     name.into()
                 }),
                 created_unix_ms: Some(now_unix_ms()),
+                seed_peers: Vec::new(),
             };
             if name.len() > crate::state::MAX_NAME_BYTES || name.contains('/') {
                 return Err(ApiError::new(
@@ -260,16 +270,20 @@ impl Daemon {
     }
 
     /// A leader contacted this uninitialised node: join its cluster.
-    async fn join(self: &Arc<Self>, cluster: ClusterId) -> anyhow::Result<()> {
+    async fn join(self: &Arc<Self>, inv: join::Invitation) -> anyhow::Result<()> {
         let mut phase = self.phase.write().await;
         if !matches!(*phase, Phase::Uninitialized) {
             return Ok(());
         }
         let st = NodeState {
-            cluster_id: cluster,
+            cluster_id: inv.cluster,
             initial_voters: Vec::new(),
             cluster_name: None,
             created_unix_ms: None,
+            seed_peers: vec![state_file::SeedPeer {
+                id: inv.from,
+                addr: inv.from_addr,
+            }],
         };
         self.become_member(&mut phase, &st, true).await?;
         Ok(())
@@ -397,8 +411,9 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            Some(cluster) = found_rx.recv() => {
-                if let Err(e) = daemon.join(cluster).await {
+            Some(inv) = found_rx.recv() => {
+                let cluster = inv.cluster;
+                if let Err(e) = daemon.join(inv).await {
                     tracing::error!(error = %format!("{e:#}"), "joining failed");
                     bail!("join cluster {cluster}: {e:#}");
                 }

@@ -26,6 +26,20 @@ pub struct NodeState {
     pub cluster_name: Option<String>,
     /// Creation time of the cluster (bootstrap node only).
     pub created_unix_ms: Option<u64>,
+    /// Peers known before the first snapshot: the leader that invited this node (joiners
+    /// only). Later addresses come from the replicated membership.
+    #[serde(default)]
+    pub seed_peers: Vec<SeedPeer>,
+}
+
+/// A peer address given at join time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedPeer {
+    /// Node id.
+    pub id: u64,
+    /// `host:port`.
+    pub addr: String,
 }
 
 fn path(data_dir: &Path) -> PathBuf {
@@ -76,6 +90,10 @@ mod tests {
             initial_voters: vec![1],
             cluster_name: Some("c".into()),
             created_unix_ms: Some(5),
+            seed_peers: vec![SeedPeer {
+                id: 2,
+                addr: "10.0.0.2:7100".into(),
+            }],
         };
         write(d.path(), &st).expect("write");
         assert_eq!(read(d.path()).expect("read"), Some(st));

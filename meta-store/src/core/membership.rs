@@ -143,7 +143,10 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
                         let matched = raft.prs().get(id).map_or(0, |p| p.matched);
                         let lag = last.saturating_sub(matched);
                         let max = self.cfg.limits.max_promote_lag;
-                        if lag > max {
+                        // A learner that never acknowledged anything is not caught up
+                        // however short the log is: promoting it could leave the cluster
+                        // without a quorum while it is still unreachable.
+                        if matched == 0 || lag > max {
                             return Err(Error::NotCaughtUp { id, lag, max });
                         }
                     } else if c.addr.is_empty() {

@@ -63,6 +63,8 @@ pub struct TcpConfig {
     pub backoff_max: Duration,
     /// Inbound connections served at once.
     pub max_inbound: usize,
+    /// Address peers reach this node at, sent in every hello (`None`: not sent).
+    pub advertise: Option<String>,
 }
 
 impl TcpConfig {
@@ -86,6 +88,7 @@ impl TcpConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             max_inbound: 256,
+            advertise: None,
         }
     }
 
@@ -320,6 +323,7 @@ pub async fn write_hello<W: AsyncWrite + Unpin>(
         cluster_id: cfg.cluster_id.clone(),
         from: cfg.node_id,
         to,
+        from_addr: cfg.advertise.clone().unwrap_or_default(),
     };
     write_frame(w, &hello.encode_to_vec()).await?;
     w.flush().await?;
