@@ -4,6 +4,7 @@
 
 mod cluster;
 mod image;
+mod owner;
 mod progress;
 mod size;
 
@@ -35,8 +36,10 @@ enum Command {
     Image(image::ImageCommand),
     /// Create a cluster, show its status, move the coordinator role.
     Cluster(cluster::ClusterArgs),
-    /// Add, promote and remove nodes.
+    /// Add, promote and remove nodes; node liveness.
     Node(cluster::NodeArgs),
+    /// VHD ownership: list, show, move, acquire, release.
+    Owner(owner::OwnerArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
             cluster_command(cli.admin, |s| cluster::run_cluster(s, args, cli.json))
         }
         Command::Node(args) => cluster_command(cli.admin, |s| cluster::run_node(s, args, cli.json)),
+        Command::Owner(args) => cluster_command(cli.admin, |s| owner::run_owner(s, args, cli.json)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -8,6 +8,7 @@ pub mod config;
 mod convert;
 mod handlers;
 mod join;
+pub mod lease;
 mod state_file;
 
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub(crate) enum Phase {
 pub(crate) struct Daemon {
     pub cfg: NodeConfig,
     pub phase: RwLock<Phase>,
+    /// Leases, fences and liveness (issue 5).
+    pub leases: Arc<lease::Leases>,
     join_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -147,7 +150,7 @@ impl Daemon {
         let meta = MetaNode::start(
             mcfg,
             &data.join("store"),
-            ClusterState::new(),
+            lease::Observed::new(ClusterState::new(), self.leases.observer()),
             Arc::new(transport.clone()),
         )
         .await
@@ -161,6 +164,7 @@ impl Daemon {
         tracing::info!(cluster = %st.cluster_id, "metadata store running");
         let d = self.clone();
         tokio::spawn(watch_removal(d).in_current_span());
+        tokio::spawn(lease::run(self.clone(), m.clone()).in_current_span());
         if st.initial_voters.contains(&self.id()) {
             let d = self.clone();
             let st = st.clone();
@@ -349,6 +353,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let daemon = Arc::new(Daemon {
         cfg: cfg.clone(),
         phase: RwLock::new(Phase::Uninitialized),
+        leases: Arc::new(lease::Leases::new(NodeId(cfg.node.id), cfg.lease.timing()?)),
         join_task: std::sync::Mutex::new(None),
     });
     let (found_tx, mut found_rx) = mpsc::channel(1);
