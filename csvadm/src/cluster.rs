@@ -86,6 +86,9 @@ enum NodeCommand {
         /// Node id.
         id: u64,
     },
+    /// Liveness of every node (renewal ages when asked on the coordinator) and the
+    /// addressed node's local fence.
+    Liveness,
 }
 
 /// Where the admin socket is.
@@ -224,6 +227,7 @@ pub fn run_node(socket: &Path, args: NodeArgs, json_top: bool) -> Result<(), Fai
         } => c.node_add(id, &address, learner),
         NodeCommand::Promote { id } => c.node_promote(id),
         NodeCommand::Remove { id } => c.node_remove(id),
+        NodeCommand::Liveness => return crate::owner::run_liveness(&mut c, json_out),
     }
     .map_err(failure)?;
     print_membership(&m, json_out);

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod image;
+mod owner;
 mod progress;
 mod size;
 mod vhd;
@@ -37,8 +38,10 @@ enum Command {
     Image(image::ImageCommand),
     /// Create a cluster, show its status, move the coordinator role.
     Cluster(cluster::ClusterArgs),
-    /// Add, promote and remove nodes.
+    /// Add, promote and remove nodes; node liveness.
     Node(cluster::NodeArgs),
+    /// VHD ownership: list, show, move, acquire, release.
+    Owner(owner::OwnerArgs),
     /// Format the cluster volume on the shared LUN; its status.
     Volume(volume::VolumeArgs),
     /// VHDs on the cluster volume: create, attach as NBD exports, import, export.
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
             cluster_command(cli.admin, |s| cluster::run_cluster(s, args, cli.json))
         }
         Command::Node(args) => cluster_command(cli.admin, |s| cluster::run_node(s, args, cli.json)),
+        Command::Owner(args) => cluster_command(cli.admin, |s| owner::run_owner(s, args, cli.json)),
         Command::Volume(args) => cluster_command(cli.admin, |s| volume::run(s, args, cli.json)),
         Command::Vhd(args) => cluster_command(cli.admin, |s| vhd::run(s, args, cli.json)),
     };

@@ -54,6 +54,12 @@ impl LockState {
                 epoch,
                 expected_generation,
             } => self.takeover(vhd, node, epoch, expected_generation),
+            Command::RequestTransfer {
+                vhd,
+                from,
+                to,
+                expected_generation,
+            } => self.request_transfer(vhd, from, to, expected_generation),
         }
     }
 
@@ -402,6 +408,49 @@ impl LockState {
         }
         self.live_at(to, to_epoch)?;
         self.install_writer(vhd, to, to_epoch, Some(from))
+    }
+
+    /// Validates a hand-off request; changes nothing.
+    fn request_transfer(
+        &self,
+        vhd: VhdId,
+        from: NodeId,
+        to: NodeId,
+        expected: Generation,
+    ) -> Result<Outcome, LockError> {
+        if from == to {
+            return Err(LockError::Invalid {
+                reason: format!("transfer of {vhd} from {from} to itself"),
+            });
+        }
+        let (node, from_epoch, generation) = self
+            .valid_writer(vhd)
+            .ok_or(LockError::NoWriter { vhd })?;
+        if node != from {
+            return Err(LockError::NotHeld { vhd, node: from });
+        }
+        if generation != expected {
+            return Err(LockError::GenerationMismatch {
+                vhd,
+                expected,
+                actual: generation,
+            });
+        }
+        let to_epoch = match self.nodes.get(&to) {
+            None => return Err(LockError::UnknownNode { node: to }),
+            Some(r) if r.status != NodeStatus::Live => {
+                return Err(LockError::NodeNotLive { node: to });
+            }
+            Some(r) => r.epoch,
+        };
+        Ok(Outcome::TransferRequested {
+            vhd,
+            from,
+            from_epoch,
+            to,
+            to_epoch,
+            generation,
+        })
     }
 
     fn reclaim(

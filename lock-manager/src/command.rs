@@ -130,6 +130,21 @@ pub enum Command {
         /// The generation it holds.
         expected_generation: Generation,
     },
+    /// Ask the current writer to hand the VHD to `to` (`csvadm owner move`). Changes
+    /// nothing: it only puts the request in the log, where every replica sees it in
+    /// order. Legal when `from` is the valid writer at `expected_generation` and `to`
+    /// (≠ `from`) is `Live`. The source, seeing it applied, closes its fence and proposes
+    /// `Transfer`; the target, seeing it, expects that transfer (design note 030, §6.1).
+    RequestTransfer {
+        /// The VHD.
+        vhd: VhdId,
+        /// The writer the requester saw.
+        from: NodeId,
+        /// The node that should become the writer.
+        to: NodeId,
+        /// The generation the requester saw.
+        expected_generation: Generation,
+    },
     /// Take the write hold of an expired writer. Legal when the node is `Live` at
     /// `epoch`, the VHD has a writer whose epoch is no longer its node's current epoch,
     /// and the VHD is at `expected_generation`.
@@ -219,6 +234,21 @@ pub enum Outcome {
         /// The writer this grant replaced (transfer source, expired owner, or the node
         /// itself for `Reclaim`), if any.
         previous_writer: Option<NodeId>,
+    },
+    /// `RequestTransfer`: the request is legal now; nothing changed.
+    TransferRequested {
+        /// The VHD.
+        vhd: VhdId,
+        /// The writer asked to hand it off.
+        from: NodeId,
+        /// The writer's epoch.
+        from_epoch: Epoch,
+        /// The node that should become the writer.
+        to: NodeId,
+        /// The target's epoch.
+        to_epoch: Epoch,
+        /// The generation the hand-off must name.
+        generation: Generation,
     },
     /// `Release`: the hold is gone.
     Released {

@@ -4,6 +4,7 @@
 //! are deleted. The binaries come from the workspace target directory (`scripts/test`
 //! builds them before the tests run).
 
+pub mod leases;
 pub mod netns;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ pub struct Options {
     pub netns: bool,
     /// Extra `RUST_LOG`.
     pub log: String,
+    /// Extra TOML appended to every node's config (e.g. a `[lease]` section).
+    pub extra_config: String,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             compact: None,
             netns: false,
             log: "info,raft=warn".into(),
+            extra_config: String::new(),
         }
     }
 }
@@ -194,6 +198,7 @@ impl Cluster {
                 "[raft]\ncompact_threshold = {t}\nkeep_entries = {k}\n"
             ));
         }
+        text.push_str(&self.opts.extra_config);
         fs::write(n.dir.join("node.toml"), text).expect("write config");
     }
 
@@ -269,6 +274,22 @@ impl Cluster {
             let _ = ch.kill();
             let _ = ch.wait();
         }
+    }
+
+    /// Sends signal `sig` (a `kill` name such as "STOP" or "CONT") to node `id`.
+    pub fn signal(&self, id: u64, sig: &str) {
+        let pid = self.nodes[&id]
+            .child
+            .as_ref()
+            .expect("node runs")
+            .id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill (procps)")
+            .success();
+        assert!(ok, "kill -{sig} {pid} failed");
     }
 
     /// Stops node `id` with SIGTERM and waits for it (SIGKILL after 20 s).

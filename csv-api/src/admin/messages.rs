@@ -10,7 +10,7 @@ pub struct AdminRequest {
     /// The request.
     #[prost(
         oneof = "Request",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 60, 61, 62, 63, 64, 65, 66, 67"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67"
     )]
     pub request: Option<Request>,
 }
@@ -74,6 +74,9 @@ pub enum Request {
     /// Free space and reservations → [`Response::Space`].
     #[prost(message, tag = "19")]
     SpaceGet(Empty),
+    /// Ownership and liveness (issue 5) → [`Response::Owner`].
+    #[prost(message, tag = "40")]
+    Owner(super::owner::OwnerRequest),
     /// Cluster volume requests (`super::volume`).
     #[prost(message, tag = "60")]
     VolumeFormat(super::volume::VolumeFormat),
@@ -107,7 +110,7 @@ pub struct AdminResponse {
     #[prost(uint32, tag = "1")]
     pub version: u32,
     /// The answer.
-    #[prost(oneof = "Response", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 60, 61, 62")]
+    #[prost(oneof = "Response", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62")]
     pub response: Option<Response>,
 }
 
@@ -144,6 +147,9 @@ pub enum Response {
     /// `SpaceGet`.
     #[prost(message, tag = "11")]
     Space(Space),
+    /// `Owner`.
+    #[prost(message, tag = "40")]
+    Owner(super::owner::OwnerReply),
     /// `VolumeFormat`, `VolumeStatus`.
     #[prost(message, tag = "60")]
     VolumeStatus(super::volume::VolumeStatus),

@@ -7,11 +7,13 @@
 pub mod client;
 pub mod frame;
 mod messages;
+pub mod owner;
 pub mod volume;
 
 pub use client::{Client, ClientError};
 pub use frame::{FrameError, MAX_FRAME_BYTES};
 pub use messages::*;
+pub use owner::*;
 
 /// Version of the admin protocol carried in every request and response.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -64,7 +64,43 @@ fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
     ApiError::new(code, m)
 }
 
+/// Registers the cooperative hand-off hook: before the lease layer hands a VHD this node
+/// writes to another node, its export is removed and the image flushed and closed (the
+/// lease layer then transfers the hold; this node keeps no attachment of it).
+pub(crate) fn register_handoff(d: &Arc<Daemon>) -> anyhow::Result<()> {
+    let weak = Arc::downgrade(d);
+    d.on_handoff(Box::new(move |vhd: VhdId| {
+        let weak = weak.clone();
+        Box::pin(async move {
+            match weak.upgrade() {
+                Some(d) => d.close_for_handoff(vhd).await,
+                None => Ok(()),
+            }
+        })
+    }))
+    .map_err(|e| anyhow::anyhow!("register the hand-off hook: {e}"))
+}
+
 impl Daemon {
+    /// The hand-off hook: close `vhd`'s export here without releasing its hold.
+    async fn close_for_handoff(&self, vhd: VhdId) -> Result<(), ApiError> {
+        let _op = self.att.op.lock().await;
+        let name = lock(&self.att.map)
+            .iter()
+            .find(|(_, a)| a.vhd == vhd)
+            .map(|(n, _)| n.clone());
+        let Some(name) = name else {
+            return Ok(());
+        };
+        // A failed flush aborts the hand-off with the export still served.
+        self.flush_attached(&name).await?;
+        let closed = self.close_export(&name).await;
+        self.save_attachments();
+        closed.map_err(|(_, e)| e)?;
+        tracing::info!(vhd = name, "closed for hand-off");
+        Ok(())
+    }
+
     fn nbd_socket(&self) -> PathBuf {
         self.cfg
             .volume
@@ -338,7 +374,7 @@ impl Daemon {
             p.retain(|s| s.name != name);
             n != p.len()
         };
-        let Some(a) = lock(&self.att.map).remove(name) else {
+        if !lock(&self.att.map).contains_key(name) {
             if was_pending {
                 self.save_attachments();
                 return Ok(());
@@ -346,6 +382,29 @@ impl Daemon {
             return Err(err(
                 ErrorCode::NotFound,
                 format!("{name} is not attached on node {}", self.id()),
+            ));
+        }
+        let (vhd, flushed) = match self.close_export(name).await {
+            Ok(v) => (v, Ok(())),
+            Err((v, e)) => (v, Err(e)),
+        };
+        if save {
+            self.save_attachments();
+        }
+        let released = self.release_vhd(vhd).await;
+        flushed?;
+        released?;
+        tracing::info!(vhd = name, "detached");
+        Ok(())
+    }
+
+    /// Removes the export of `name`, waits for its connections, flushes and closes the
+    /// image. The VHD id comes back with the flush result.
+    async fn close_export(&self, name: &str) -> Result<VhdId, (VhdId, ApiError)> {
+        let Some(a) = lock(&self.att.map).remove(name) else {
+            return Err((
+                VhdId(0),
+                err(ErrorCode::NotFound, format!("{name} is not attached")),
             ));
         };
         if let Some(s) = self.att.server.get()
@@ -359,20 +418,16 @@ impl Daemon {
         } else {
             a.device.flush().await
         };
-        drop(a.device);
-        if save {
-            self.save_attachments();
-        }
-        let released = self.release_vhd(a.vhd).await;
+        let vhd = a.vhd;
         if let Err(e) = flushed {
-            return Err(err(
+            let e = err(
                 ErrorCode::Storage,
                 format!("{name}: final flush failed (writes since the last flush may be lost): {e}"),
-            ));
+            );
+            return Err((vhd, e));
         }
-        released?;
-        tracing::info!(vhd = name, "detached");
-        Ok(())
+        drop(a);
+        Ok(vhd)
     }
 
     /// Flushes an image attached here (the owner's export, import and maintenance).

@@ -95,6 +95,9 @@ pub struct NodeConfig {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[lease]` (issue 5).
+    #[serde(default)]
+    pub lease: super::lease::LeaseSection,
     /// `[volume]`: the shared LUN (none: the node serves no VHDs).
     #[serde(default)]
     pub volume: Option<super::volume::VolumeSection>,
@@ -319,6 +322,9 @@ impl NodeConfig {
                 return Err(invalid(field, "must be 1s to 24h"));
             }
         }
+        self.lease
+            .timing()
+            .map_err(|e| invalid("lease.outage_budget", e.to_string()))?;
         // Everything else is checked by the metadata store's own validation.
         self.meta_config(csv_api::ClusterId::nil(), Vec::new())
             .validate()

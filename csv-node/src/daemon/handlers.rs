@@ -71,6 +71,7 @@ pub(super) async fn handle(d: &Arc<Daemon>, r: Request) -> Result<Response, ApiE
             }))
         }
         Request::Status(_) => status(d).await.map(Response::Status),
+        Request::Owner(o) => super::lease::handle(d, o).await,
         Request::NodeAdd(a) => node_add(d, a).await,
         Request::NodePromote(n) => node_promote(d, n.id).await,
         Request::NodeRemove(n) => node_remove(d, n.id).await,

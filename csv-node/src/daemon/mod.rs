@@ -9,8 +9,8 @@ pub mod config;
 mod convert;
 mod extents;
 mod handlers;
-mod hold_shim;
 mod join;
+pub mod lease;
 mod state_file;
 mod vhd_ops;
 mod vol_handlers;
@@ -67,10 +67,11 @@ pub(crate) enum Phase {
 pub(crate) struct Daemon {
     pub cfg: NodeConfig,
     pub phase: RwLock<Phase>,
+    /// Leases, fences and liveness (issue 5).
+    pub leases: Arc<lease::Leases>,
     join_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) vol: volume::VolumeRt,
     pub(crate) att: attach::Attachments,
-    pub(crate) holds: hold_shim::Holds,
 }
 
 pub(crate) fn now_unix_ms() -> u64 {
@@ -165,7 +166,7 @@ impl Daemon {
         let meta = MetaNode::start(
             mcfg,
             &data.join("store"),
-            ClusterState::new(),
+            lease::Observed::new(ClusterState::new(), self.leases.observer()),
             Arc::new(transport.clone()),
         )
         .await
@@ -179,6 +180,7 @@ impl Daemon {
         tracing::info!(cluster = %st.cluster_id, "metadata store running");
         let d = self.clone();
         tokio::spawn(watch_removal(d).in_current_span());
+        tokio::spawn(lease::run(self.clone(), m.clone()).in_current_span());
         tokio::spawn(volume::watch_volume(self.clone()).in_current_span());
         if st.initial_voters.contains(&self.id()) {
             let d = self.clone();
@@ -373,11 +375,12 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let daemon = Arc::new(Daemon {
         cfg: cfg.clone(),
         phase: RwLock::new(Phase::Uninitialized),
+        leases: Arc::new(lease::Leases::new(NodeId(cfg.node.id), cfg.lease.timing()?)),
         join_task: std::sync::Mutex::new(None),
         vol: Default::default(),
         att: Default::default(),
-        holds: Default::default(),
     });
+    attach::register_handoff(&daemon)?;
     let (found_tx, mut found_rx) = mpsc::channel(1);
     match &existing {
         Some(st) => {

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 
 use csv_api::{ErrorCode, NodeId, VhdId};
-use lock_manager::{Command as LockCommand, Outcome};
+use csv_api::error::ApiError;
+use lock_manager::{Command as LockCommand, HoldView, LockError, NodeView, Outcome, OwnerView};
+use serde::{Deserialize, Serialize};
 use meta_store::KvWrite;
 
 use super::types::*;
@@ -35,6 +37,8 @@ fn touched(cmd: &LockCommand, out: &Outcome) -> (BTreeSet<NodeId>, BTreeSet<VhdI
             nodes.insert(*to);
             vhds.insert(*vhd);
         }
+        // Validation only: nothing to persist.
+        C::RequestTransfer { .. } => {}
     }
     match out {
         Outcome::Expired {
@@ -57,12 +61,79 @@ fn touched(cmd: &LockCommand, out: &Outcome) -> (BTreeSet<NodeId>, BTreeSet<VhdI
     (nodes, vhds)
 }
 
+/// Separates the human message of a refused lock command from its typed detail.
+pub const LOCK_DETAIL_MARKER: &str = " | detail: ";
+
+/// A refused lock command as the proposer receives it: the stable code, the human
+/// message, and the typed `LockError` as JSON after [`LOCK_DETAIL_MARKER`] (the node's
+/// fence guard needs its fields, e.g. the current epoch of `stale_epoch`).
+pub fn lock_api_error(e: &LockError) -> ApiError {
+    let detail = serde_json::to_string(e).unwrap_or_default();
+    err(
+        ErrorCode::from_lock_manager(e.code()),
+        format!("{e}{LOCK_DETAIL_MARKER}{detail}"),
+    )
+}
+
+/// The typed `LockError` inside an error made by [`lock_api_error`], if it is one.
+pub fn lock_error_of(e: &ApiError) -> Option<LockError> {
+    let (_, detail) = e.message.rsplit_once(LOCK_DETAIL_MARKER)?;
+    serde_json::from_str(detail).ok()
+}
+
+/// Lock-table queries (`csvadm owner ...`, the node's lease task).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "lq", rename_all = "snake_case")]
+pub enum LockQuery {
+    /// Every ownership record.
+    Owners,
+    /// Every node's liveness record.
+    Nodes,
+    /// The holds of one node.
+    HoldsOf {
+        /// The node.
+        node: NodeId,
+    },
+}
+
+/// Answers to [`LockQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "lr", rename_all = "snake_case")]
+pub enum LockReply {
+    /// `Owners`.
+    Owners {
+        /// Ascending by VHD.
+        owners: Vec<OwnerView>,
+    },
+    /// `Nodes`.
+    Nodes {
+        /// Ascending by node.
+        nodes: Vec<NodeView>,
+    },
+    /// `HoldsOf`.
+    Holds {
+        /// Ascending by VHD.
+        holds: Vec<HoldView>,
+    },
+}
+
 impl ClusterState {
+    pub(super) fn answer_locks(&self, q: LockQuery) -> LockReply {
+        match q {
+            LockQuery::Owners => LockReply::Owners {
+                owners: self.locks.owners(),
+            },
+            LockQuery::Nodes => LockReply::Nodes {
+                nodes: self.locks.nodes(),
+            },
+            LockQuery::HoldsOf { node } => LockReply::Holds {
+                holds: self.locks.holds_of(node),
+            },
+        }
+    }
+
     pub(super) fn lock(&mut self, cmd: LockCommand, w: &mut dyn KvWrite) -> ApplyResult {
-        let outcome = self
-            .locks
-            .apply(&cmd)
-            .map_err(|e| err(ErrorCode::from_lock_manager(e.code()), e.to_string()))?;
+        let outcome = self.locks.apply(&cmd).map_err(|e| lock_api_error(&e))?;
         let (nodes, vhds) = touched(&cmd, &outcome);
         for n in nodes {
             persist::put_lock_node(w, n, self.locks.node_record(n));

@@ -9,7 +9,7 @@
 //! applied index in one batch), or answers an error and changes nothing.
 
 mod catalog;
-mod locks;
+pub mod locks;
 mod nodes;
 mod persist;
 pub mod runs;
@@ -216,6 +216,7 @@ impl ClusterState {
             Query::Owner { vhd } => Ok(QueryReply::Owner {
                 owner: self.locks.owner(vhd),
             }),
+            Query::Locks(q) => Ok(QueryReply::Locks(self.answer_locks(q))),
         }
     }
 }

@@ -378,6 +378,8 @@ pub enum Query {
         /// VHD.
         vhd: VhdId,
     },
+    /// Lock-table queries (issue 5) → [`QueryReply::Locks`].
+    Locks(super::locks::LockQuery),
 }
 
 /// Space summary.
@@ -431,6 +433,8 @@ pub enum QueryReply {
         /// The lock view, if anything holds the VHD.
         owner: Option<lock_manager::OwnerView>,
     },
+    /// Lock-table answers.
+    Locks(super::locks::LockReply),
 }
 
 impl Query {

@@ -1,0 +1,338 @@
+//! What the rest of the node asks of the lease machinery: take and drop holds
+//! ([`Daemon::acquire_vhd`], [`Daemon::release_vhd`]), be told before a cooperative
+//! hand-off ([`Daemon::on_handoff`]), move a VHD's write hold to another node
+//! (`owner move`), and the per-hold [`volume::WriteFence`] the data path checks right
+//! before every LUN write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use csv_api::error::ApiError;
+use csv_api::{ErrorCode, Generation, NodeId, VhdId};
+use lock_manager::{Command as LockCommand, FenceDenied, LockError, Mode, Outcome, OwnerView};
+
+use super::{HandoffHook, Leases, LockResult, boottime};
+use crate::daemon::{Daemon, Member, meta_err};
+use crate::state::locks::lock_api_error;
+use crate::state::types::{Command, Query, QueryReply, Reply, decode_result};
+
+/// Attempts of one proposal whose outcome is unknown (timeout, leader change) before
+/// the caller gets the error.
+pub const PROPOSE_ATTEMPTS: u32 = 5;
+/// Pause between those attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Longest `owner move` waits for the owner to hand the VHD off.
+pub const MOVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A hold the data path got from [`Daemon::acquire_vhd`].
+#[derive(Debug, Clone)]
+pub struct VhdHold {
+    /// The VHD.
+    pub vhd: VhdId,
+    /// The hold's generation (the fencing token of a write hold).
+    pub generation: Generation,
+    /// Answers, at each call, whether this node may still write the VHD at
+    /// `generation` (the fence guard's `check_write` with a fresh clock reading).
+    pub fence: Arc<dyn volume::WriteFence>,
+}
+
+/// The fence of one write hold: the guard's answer for (vhd, generation) at "now".
+struct HoldFence {
+    leases: Arc<Leases>,
+    vhd: VhdId,
+    generation: Generation,
+}
+
+impl std::fmt::Debug for HoldFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HoldFence")
+            .field("vhd", &self.vhd)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl volume::WriteFence for HoldFence {
+    fn check(&self) -> Result<(), volume::FenceError> {
+        let g = self.leases.guard();
+        g.check_write(self.vhd, self.generation, boottime())
+            .map_err(|d| volume::FenceError(format!("fenced: {} at {}: {d}", self.vhd, self.generation)))
+    }
+}
+
+/// A fence refusal as an API error.
+pub fn fenced(vhd: VhdId, d: FenceDenied) -> ApiError {
+    ApiError::new(ErrorCode::Fenced, format!("{vhd}: {d}"))
+}
+
+/// Proposes one lock command; the outer error is an unknown outcome or no cluster, the
+/// inner one the state machine's typed refusal.
+pub(crate) async fn propose_lock(
+    m: &Member,
+    cmd: LockCommand,
+    timeout: Duration,
+) -> Result<LockResult, ApiError> {
+    let r = m
+        .meta
+        .propose_with_timeout(Command::Lock { command: cmd }.encode(), timeout)
+        .await
+        .map_err(meta_err)?;
+    match super::observe::typed_result(&r) {
+        Some(t) => Ok(t),
+        None => match decode_result::<Reply>(&r) {
+            Err(e) => Err(e),
+            Ok(_) => Err(ApiError::new(
+                ErrorCode::Internal,
+                "unexpected state-machine reply to a lock command",
+            )),
+        },
+    }
+}
+
+/// [`propose_lock`] retried while the outcome is unknown: every lock command a node
+/// proposes is safe to repeat (idempotent, or refused by epoch/generation).
+pub(crate) async fn propose_retry(m: &Member, cmd: LockCommand) -> Result<LockResult, ApiError> {
+    let mut attempt = 0;
+    loop {
+        match propose_lock(m, cmd.clone(), Duration::ZERO).await {
+            Ok(r) => return Ok(r),
+            Err(e) if attempt + 1 < PROPOSE_ATTEMPTS && e.code() != ErrorCode::Stopped => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "lock proposal outcome unknown; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The VHD's ownership as this replica applied it.
+pub(crate) async fn local_owner(m: &Member, vhd: VhdId) -> Result<Option<OwnerView>, ApiError> {
+    let r = m
+        .meta
+        .query_local(Query::Owner { vhd }.encode())
+        .await
+        .map_err(meta_err)?;
+    match decode_result(&r)? {
+        QueryReply::Owner { owner } => Ok(owner),
+        _ => Err(ApiError::new(ErrorCode::Internal, "unexpected owner reply")),
+    }
+}
+
+/// The VHD's ownership, linearizable.
+pub(crate) async fn owner(m: &Member, vhd: VhdId) -> Result<Option<OwnerView>, ApiError> {
+    let r = m
+        .meta
+        .query(Query::Owner { vhd }.encode())
+        .await
+        .map_err(meta_err)?;
+    match decode_result(&r)? {
+        QueryReply::Owner { owner } => Ok(owner),
+        _ => Err(ApiError::new(ErrorCode::Internal, "unexpected owner reply")),
+    }
+}
+
+impl Leases {
+    fn hold_of(self: &Arc<Self>, vhd: VhdId, mode: Mode) -> Option<VhdHold> {
+        let g = self.guard();
+        let h = g.hold(vhd)?;
+        let enough = h.mode == mode || (h.mode == Mode::Write && mode == Mode::Read);
+        (enough && !h.handing_off).then(|| VhdHold {
+            vhd,
+            generation: h.generation,
+            fence: Arc::new(HoldFence {
+                leases: self.clone(),
+                vhd,
+                generation: h.generation,
+            }),
+        })
+    }
+
+    /// Proposes a guard request and feeds the answer back; returns the typed result.
+    async fn run_request(
+        self: &Arc<Self>,
+        m: &Member,
+        req: lock_manager::Request,
+    ) -> Result<LockResult, ApiError> {
+        let res = propose_retry(m, req.command.clone()).await?;
+        let events = self.guard().on_result(req.ticket, &res, boottime());
+        for f in self.note_events(events) {
+            self.spawn_request(m.clone(), f);
+        }
+        Ok(res)
+    }
+
+    /// Proposes `req` in the background; its answer reaches the guard through the
+    /// driver.
+    pub(crate) fn spawn_request(self: &Arc<Self>, m: Member, req: lock_manager::Request) {
+        let tx = self.res_tx.clone();
+        tokio::spawn(async move {
+            match propose_retry(&m, req.command.clone()).await {
+                Ok(r) => {
+                    let _ = tx.send((req.ticket, r)).await;
+                }
+                Err(e) => tracing::warn!(error = %e, command = ?req.command, "lock proposal failed"),
+            }
+        });
+    }
+
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        m: &Member,
+        vhd: VhdId,
+        mode: Mode,
+    ) -> Result<VhdHold, ApiError> {
+        if let Some(h) = self.hold_of(vhd, mode) {
+            return Ok(h);
+        }
+        let req = self
+            .guard()
+            .request_acquire(vhd, mode)
+            .map_err(|d| not_ready(vhd, d))?;
+        let mut res = self.run_request(m, req).await?;
+        if let (Mode::Write, Err(LockError::OwnerExpired { generation, owner, .. })) = (mode, &res)
+        {
+            tracing::info!(%vhd, %owner, %generation, "owner expired: taking the VHD over");
+            let req = self
+                .guard()
+                .request_takeover(vhd, *generation)
+                .map_err(|d| not_ready(vhd, d))?;
+            res = self.run_request(m, req).await?;
+        }
+        match res {
+            Ok(Outcome::Granted { generation, .. }) => match self.hold_of(vhd, mode) {
+                Some(h) if h.generation == generation => Ok(h),
+                _ => Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("{vhd}: granted at {generation} but superseded locally; retry"),
+                )),
+            },
+            Ok(other) => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("{vhd}: unexpected outcome {other:?}"),
+            )),
+            Err(e) => Err(lock_api_error(&e)),
+        }
+    }
+
+    pub(crate) async fn release(self: &Arc<Self>, m: &Member, vhd: VhdId) -> Result<(), ApiError> {
+        let req = self.guard().begin_release(vhd);
+        let req = match req {
+            Some(r) => r,
+            // Already releasing (an earlier attempt's answer was lost): say it again.
+            None => match self.guard().retry_release(vhd) {
+                Some(r) => r,
+                None => {
+                    return Err(ApiError::new(
+                        ErrorCode::LockNotHeld,
+                        format!("{vhd} is not held by this node"),
+                    ));
+                }
+            },
+        };
+        match self.run_request(m, req).await? {
+            Ok(_) | Err(LockError::NotHeld { .. } | LockError::GenerationMismatch { .. }) => Ok(()),
+            Err(e) => Err(lock_api_error(&e)),
+        }
+    }
+
+    /// `owner move`: asks the current writer (through the log) to hand `vhd` to `to`,
+    /// then waits until this replica applied the transfer.
+    pub(crate) async fn move_to(
+        self: &Arc<Self>,
+        m: &Member,
+        vhd: VhdId,
+        to: NodeId,
+    ) -> Result<OwnerView, ApiError> {
+        let view = owner(m, vhd).await?.ok_or_else(|| {
+            ApiError::new(ErrorCode::LockNoWriter, format!("{vhd} has no owner"))
+        })?;
+        let from = match (view.owner, view.owner_valid) {
+            (Some(o), true) => o,
+            (Some(o), false) => {
+                return Err(ApiError::new(
+                    ErrorCode::LockOwnerExpired,
+                    format!("{vhd}: owner {o} expired; acquire it on {to} to take it over"),
+                ));
+            }
+            (None, _) => {
+                return Err(ApiError::new(
+                    ErrorCode::LockNoWriter,
+                    format!("{vhd} has no owner"),
+                ));
+            }
+        };
+        if from == to {
+            return Ok(view);
+        }
+        let g = view.generation;
+        let cmd = LockCommand::RequestTransfer {
+            vhd,
+            from,
+            to,
+            expected_generation: g,
+        };
+        if let Err(e) = propose_retry(m, cmd).await? {
+            return Err(lock_api_error(&e));
+        }
+        let deadline = tokio::time::Instant::now() + MOVE_TIMEOUT;
+        loop {
+            let notified = self.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = local_owner(m, vhd).await?
+                && v.generation > g
+            {
+                return if v.owner == Some(to) {
+                    Ok(v)
+                } else {
+                    Err(ApiError::new(
+                        ErrorCode::LockConflict,
+                        format!("{vhd} moved on to {:?} at {} meanwhile", v.owner, v.generation),
+                    ))
+                };
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "{vhd}: owner {from} did not hand off within {MOVE_TIMEOUT:?} (it may be down: the VHD becomes takeover-able when its lease expires)"
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn not_ready(vhd: VhdId, d: FenceDenied) -> ApiError {
+    match d {
+        FenceDenied::NoLease => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("{vhd}: this node is not registered with the lock manager yet"),
+        ),
+        d => fenced(vhd, d),
+    }
+}
+
+impl Daemon {
+    /// Takes a hold on `vhd` for this node: `Write` acquires, or takes over a VHD whose
+    /// owner expired; read modes add a read hold. Idempotent while held (the data path
+    /// refcounts its own users). The returned fence answers each write check from the
+    /// node's clock, so it closes by itself when the lease lapses.
+    pub async fn acquire_vhd(&self, vhd: VhdId, mode: Mode) -> Result<VhdHold, ApiError> {
+        let m = self.member().await?;
+        self.leases.acquire(&m, vhd, mode).await
+    }
+
+    /// Drops this node's hold on `vhd` (the caller closed its users and drained writes).
+    pub async fn release_vhd(&self, vhd: VhdId) -> Result<(), ApiError> {
+        let m = self.member().await?;
+        self.leases.release(&m, vhd).await
+    }
+
+    /// Registers a hook run before this node hands a VHD off (see [`HandoffHook`]).
+    #[allow(dead_code, reason = "called by the data path (issue 6)")]
+    pub fn on_handoff(&self, f: HandoffHook) -> Result<(), ApiError> {
+        self.leases.add_handoff_hook(f)
+    }
+}
