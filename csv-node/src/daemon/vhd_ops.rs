@@ -18,7 +18,7 @@ use volume::{ExtentFile, Layout, LunPath, OpenFence, WriteAccess};
 use super::Daemon;
 use super::extents::{self, CatalogSink};
 use super::handlers::propose;
-use crate::state::types::{Command, Reply, VhdKind, VhdRecord, VhdState};
+use crate::state::types::{Command, Query, QueryReply, Reply, VhdKind, VhdRecord, VhdState};
 
 /// Copy chunk of import and export.
 const COPY_CHUNK: usize = 4 << 20;
@@ -134,6 +134,17 @@ impl Daemon {
                 (size, Some(mem.to_vec()))
             }
             (VhdKind::Differencing, Some(p)) => {
+                // The parent must stay as it is while children exist: no writer now (the
+                // attach of a parent with children is refused from here on).
+                if let QueryReply::Owner { owner: Some(o) } =
+                    super::handlers::query(&m, Query::Owner { vhd: p.id }).await?
+                    && let Some(w) = o.owner
+                {
+                    return Err(err(
+                        ErrorCode::InvalidState,
+                        format!("{} is written by {w}: detach it before creating a child", p.name),
+                    ));
+                }
                 let chain = extents::ancestors(&m, p).await?;
                 let (p2, l2) = (p.clone(), lun.clone());
                 let info = tokio::task::spawn_blocking(move || {
