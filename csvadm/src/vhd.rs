@@ -278,7 +278,11 @@ pub fn run(socket: &Path, args: VhdArgs, json_top: bool) -> Result<(), Failure> 
                             "{} attached on node {} ({}); connect with: {}",
                             a.name,
                             a.node,
-                            if a.read_only { "read-only" } else { "read-write" },
+                            if a.read_only {
+                                "read-only"
+                            } else {
+                                "read-write"
+                            },
                             a.uri
                         );
                     }

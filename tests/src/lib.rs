@@ -6,6 +6,7 @@
 
 pub mod leases;
 pub mod netns;
+pub mod volume;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -278,11 +279,7 @@ impl Cluster {
 
     /// Sends signal `sig` (a `kill` name such as "STOP" or "CONT") to node `id`.
     pub fn signal(&self, id: u64, sig: &str) {
-        let pid = self.nodes[&id]
-            .child
-            .as_ref()
-            .expect("node runs")
-            .id();
+        let pid = self.nodes[&id].child.as_ref().expect("node runs").id();
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(pid.to_string())

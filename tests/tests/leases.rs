@@ -49,7 +49,10 @@ fn heavy_killed_owner_is_taken_over_within_the_budget() {
     let r = c
         .client(taker)
         .owner_acquire(vhd_ref(&vhd.to_string()), "write");
-    assert!(r.is_err(), "a live owner's VHD was granted elsewhere: {r:?}");
+    assert!(
+        r.is_err(),
+        "a live owner's VHD was granted elsewhere: {r:?}"
+    );
     let killed = Instant::now();
     c.kill(owner);
     let got = acquire_until(&c, taker, vhd, PATIENCE);
@@ -109,7 +112,10 @@ fn cooperative_move_takes_milliseconds() {
             if f.write_open {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(5), "target fence: {f:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "target fence: {f:?}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let src = c
@@ -150,7 +156,10 @@ fn heavy_paused_owner_wakes_fenced_and_does_not_retake() {
     let h = acquire_until(&c, owner, vhd, PATIENCE);
     c.signal(owner, "STOP");
     let got = acquire_until(&c, taker, vhd, PATIENCE);
-    println!("taken over from the paused owner after {} refused attempts", got.refused);
+    println!(
+        "taken over from the paused owner after {} refused attempts",
+        got.refused
+    );
     c.signal(owner, "CONT");
     // The woken owner finds its fence closed and reports the hold as lost.
     let start = Instant::now();
@@ -232,7 +241,9 @@ fn heavy_partitioned_owner_fences_itself_before_the_takeover() {
     let start = Instant::now();
     loop {
         let f = liveness(&c, owner).ok().and_then(|l| l.local_fence);
-        if f.as_ref().is_some_and(|f| f.lost.iter().any(|l| l.vhd == vhd)) {
+        if f.as_ref()
+            .is_some_and(|f| f.lost.iter().any(|l| l.vhd == vhd))
+        {
             break;
         }
         assert!(start.elapsed() < PATIENCE, "lost hold not reported: {f:?}");

@@ -110,7 +110,10 @@ pub struct AdminResponse {
     #[prost(uint32, tag = "1")]
     pub version: u32,
     /// The answer.
-    #[prost(oneof = "Response", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62")]
+    #[prost(
+        oneof = "Response",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62"
+    )]
     pub response: Option<Response>,
 }
 

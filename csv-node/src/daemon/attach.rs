@@ -32,6 +32,10 @@ use crate::vhd_device::VhdDevice;
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Catalog page size when looking for children.
 const PAGE: u32 = 1_000;
+/// How long a restarted node keeps trying to bring an attachment back.
+const RESTORE_PATIENCE: Duration = Duration::from_secs(120);
+/// Pause between those attempts.
+const RESTORE_RETRY: Duration = Duration::from_secs(1);
 /// File of the attachment set in the data dir.
 const STATE_FILE: &str = "attachments.json";
 
@@ -122,7 +126,10 @@ impl Daemon {
                     .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
                 let sock = self.nbd_socket();
                 let l = listener::bind_unix(&sock, 0o660).map_err(|e| {
-                    err(ErrorCode::Config, format!("listen on {}: {e}", sock.display()))
+                    err(
+                        ErrorCode::Config,
+                        format!("listen on {}: {e}", sock.display()),
+                    )
                 })?;
                 s.spawn_listener(l);
                 if let Some(a) = self.cfg.volume.as_ref().and_then(|v| v.nbd_listen) {
@@ -259,7 +266,10 @@ impl Daemon {
             }
             return Err(err(
                 ErrorCode::InvalidState,
-                format!("{} is attached here in the other mode: detach it first", a.name),
+                format!(
+                    "{} is attached here in the other mode: detach it first",
+                    a.name
+                ),
             ));
         }
         let (lun, layout) = self.volume_ready().await?;
@@ -409,9 +419,14 @@ impl Daemon {
         };
         if let Some(s) = self.att.server.get()
             && let Some(r) = s.remove_export(name)
-            && tokio::time::timeout(DRAIN_DEADLINE, r.wait()).await.is_err()
+            && tokio::time::timeout(DRAIN_DEADLINE, r.wait())
+                .await
+                .is_err()
         {
-            tracing::warn!(vhd = name, "connections did not drain in {DRAIN_DEADLINE:?}");
+            tracing::warn!(
+                vhd = name,
+                "connections did not drain in {DRAIN_DEADLINE:?}"
+            );
         }
         let flushed = if a.read_only {
             Ok(())
@@ -422,7 +437,9 @@ impl Daemon {
         if let Err(e) = flushed {
             let e = err(
                 ErrorCode::Storage,
-                format!("{name}: final flush failed (writes since the last flush may be lost): {e}"),
+                format!(
+                    "{name}: final flush failed (writes since the last flush may be lost): {e}"
+                ),
             );
             return Err((vhd, e));
         }
@@ -478,21 +495,46 @@ impl Daemon {
             }
         };
         *lock(&self.att.pending) = saved.clone();
-        for s in saved {
-            let r = self
-                .attach(VhdAttach {
-                    name: s.name.clone(),
-                    node: 0,
-                    read_only: s.read_only,
-                })
-                .await;
-            match r {
-                Ok(_) => {
-                    lock(&self.att.pending).retain(|p| p.name != s.name);
-                    tracing::info!(vhd = s.name, "attachment restored");
+        let deadline = tokio::time::Instant::now() + RESTORE_PATIENCE;
+        let mut todo = saved;
+        while !todo.is_empty() {
+            let mut again = Vec::new();
+            for s in todo {
+                let r = self
+                    .attach(VhdAttach {
+                        name: s.name.clone(),
+                        node: 0,
+                        read_only: s.read_only,
+                    })
+                    .await;
+                match r {
+                    Ok(_) => {
+                        lock(&self.att.pending).retain(|p| p.name != s.name);
+                        tracing::info!(vhd = s.name, "attachment restored");
+                    }
+                    // The lease shell registers this node shortly after start; the
+                    // cluster may have no coordinator for a moment.
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            ErrorCode::Unavailable
+                                | ErrorCode::NoLeader
+                                | ErrorCode::NotLeader
+                                | ErrorCode::Timeout
+                                | ErrorCode::Dropped
+                                | ErrorCode::InvalidState
+                        ) && tokio::time::Instant::now() < deadline =>
+                    {
+                        tracing::debug!(vhd = s.name, "attachment not restored yet: {e}");
+                        again.push(s);
+                    }
+                    Err(e) => tracing::error!(vhd = s.name, "attachment not restored: {e}"),
                 }
-                Err(e) => tracing::error!(vhd = s.name, "attachment not restored: {e}"),
             }
+            if !again.is_empty() {
+                tokio::time::sleep(RESTORE_RETRY).await;
+            }
+            todo = again;
         }
     }
 }

@@ -317,7 +317,10 @@ pub(crate) async fn ancestors(m: &Member, rec: &VhdRecord) -> Result<Vec<VhdReco
         if out.len() >= MAX_DEPTH {
             return Err(ApiError::new(
                 ErrorCode::InvalidState,
-                format!("VHD {} has a parent chain deeper than {MAX_DEPTH}", rec.name),
+                format!(
+                    "VHD {} has a parent chain deeper than {MAX_DEPTH}",
+                    rec.name
+                ),
             ));
         }
         match query(m, Query::Vhd { vhd: p }).await? {
@@ -345,19 +348,20 @@ pub(crate) fn open_image(
     for p in chain {
         parents.push((p.name.clone(), Arc::new(open_file(lun, layout, p, None)?)));
     }
-    let resolver = FnResolver(move |child: ChildRef<'_>, _: &ParentHints| {
-        match parents.get(child.depth) {
-            Some((name, f)) => (
-                vec![ParentCandidate {
-                    storage: f.clone() as Arc<dyn vhd::Storage>,
-                    identity: format!("lun:{name}"),
-                    path: None,
-                }],
-                vec![format!("catalog parent {name}")],
-            ),
-            None => (Vec::new(), vec!["(the catalog records no parent)".into()]),
-        }
-    });
+    let resolver =
+        FnResolver(
+            move |child: ChildRef<'_>, _: &ParentHints| match parents.get(child.depth) {
+                Some((name, f)) => (
+                    vec![ParentCandidate {
+                        storage: f.clone() as Arc<dyn vhd::Storage>,
+                        identity: format!("lun:{name}"),
+                        path: None,
+                    }],
+                    vec![format!("catalog parent {name}")],
+                ),
+                None => (Vec::new(), vec!["(the catalog records no parent)".into()]),
+            },
+        );
     vhd::Image::open_storage(file, read_only, &format!("lun:{}", rec.name), &resolver).map_err(
         |e| {
             ApiError::new(
@@ -374,10 +378,37 @@ mod tests {
 
     #[test]
     fn tail_skips_whole_and_partial_runs() {
-        let r = vec![Run { start: 10, count: 3 }, Run { start: 20, count: 2 }];
+        let r = vec![
+            Run {
+                start: 10,
+                count: 3,
+            },
+            Run {
+                start: 20,
+                count: 2,
+            },
+        ];
         assert_eq!(tail(&r, 0), r);
-        assert_eq!(tail(&r, 2), vec![Run { start: 12, count: 1 }, Run { start: 20, count: 2 }]);
-        assert_eq!(tail(&r, 3), vec![Run { start: 20, count: 2 }]);
+        assert_eq!(
+            tail(&r, 2),
+            vec![
+                Run {
+                    start: 12,
+                    count: 1
+                },
+                Run {
+                    start: 20,
+                    count: 2
+                }
+            ]
+        );
+        assert_eq!(
+            tail(&r, 3),
+            vec![Run {
+                start: 20,
+                count: 2
+            }]
+        );
         assert_eq!(tail(&r, 5), Vec::<Run>::new());
         assert_eq!(extents(&r).collect::<Vec<_>>(), vec![10, 11, 12, 20, 21]);
     }

@@ -12,7 +12,7 @@ use csv_api::admin::{self as api};
 use csv_api::error::ApiError;
 use csv_api::{ErrorCode, NodeId};
 use lock_manager::Mode;
-use vhd::{DiskType};
+use vhd::DiskType;
 use volume::{ExtentFile, Layout, LunPath, OpenFence, WriteAccess};
 
 use super::Daemon;
@@ -142,7 +142,10 @@ impl Daemon {
                 {
                     return Err(err(
                         ErrorCode::InvalidState,
-                        format!("{} is written by {w}: detach it before creating a child", p.name),
+                        format!(
+                            "{} is written by {w}: detach it before creating a child",
+                            p.name
+                        ),
                     ));
                 }
                 let chain = extents::ancestors(&m, p).await?;
@@ -326,7 +329,8 @@ fn copy_in(path: &std::path::Path, file: &ExtentFile, length: u64) -> Result<(),
     let mut src = std::fs::File::open(path).map_err(io)?;
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut off = 0u64;
-    file.set_len(length).map_err(|e| storage("size the file", e))?;
+    file.set_len(length)
+        .map_err(|e| storage("size the file", e))?;
     while off < length {
         let n = (length - off).min(COPY_CHUNK as u64) as usize;
         src.read_exact(&mut buf[..n]).map_err(io)?;
@@ -346,7 +350,12 @@ fn copy_out(file: &ExtentFile, path: &std::path::Path) -> Result<(), ApiError> {
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|e| err(ErrorCode::InvalidArgument, format!("create {}: {e}", path.display())))?;
+        .map_err(|e| {
+            err(
+                ErrorCode::InvalidArgument,
+                format!("create {}: {e}", path.display()),
+            )
+        })?;
     let len = file.logical_len();
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut off = 0u64;

@@ -17,7 +17,10 @@ pub(super) async fn handle(d: &Arc<Daemon>, r: Request) -> Result<Response, ApiE
         Request::VolumeStatus(_) => d.volume_status().await.map(Response::VolumeStatus),
         Request::VhdNew(n) => d.vhd_new(n).await.map(|v| Response::Vhd(vhd_to_api(&v))),
         Request::VhdAttach(a) => d.attach(a).await.map(Response::Attachment),
-        Request::VhdDetach(n) => d.detach(&n.name).await.map(|()| Response::Done(api::Empty {})),
+        Request::VhdDetach(n) => d
+            .detach(&n.name)
+            .await
+            .map(|()| Response::Done(api::Empty {})),
         Request::Attachments(_) => Ok(Response::Attachments(api::volume::Attachments {
             attachments: d.attachments_list(),
         })),

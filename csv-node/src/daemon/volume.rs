@@ -64,7 +64,8 @@ impl VolumeSection {
         if self.lun.is_empty() {
             return Err(("volume.lun", "empty".into()));
         }
-        volume::path::validate_io_timeout(self.io_timeout.0).map_err(|e| ("volume.io_timeout", e))?;
+        volume::path::validate_io_timeout(self.io_timeout.0)
+            .map_err(|e| ("volume.io_timeout", e))?;
         if !(1..=16).contains(&self.nbd_connections) {
             return Err(("volume.nbd_connections", "1 to 16".into()));
         }
@@ -298,7 +299,12 @@ impl Daemon {
         let rec = record_of(&sb, &lun.describe())?;
         match propose(&m, Command::SetVolume { volume: rec }).await? {
             Reply::Volume(_) => {}
-            _ => return Err(api_err(ErrorCode::Internal, "unexpected reply to SetVolume")),
+            _ => {
+                return Err(api_err(
+                    ErrorCode::Internal,
+                    "unexpected reply to SetVolume",
+                ));
+            }
         }
         tracing::info!(volume = %sb.uuid, "volume formatted");
         self.check_volume().await;
@@ -318,10 +324,19 @@ impl Daemon {
         };
         let lun = match lock(&self.vol.lun).clone() {
             Some(l) => l.describe(),
-            None => self.cfg.volume.as_ref().map(|v| v.lun.clone()).unwrap_or_default(),
+            None => self
+                .cfg
+                .volume
+                .as_ref()
+                .map(|v| v.lun.clone())
+                .unwrap_or_default(),
         };
         let (state, message, uuid) = if self.cfg.volume.is_none() {
-            ("unconfigured", "no [volume] section".to_string(), String::new())
+            (
+                "unconfigured",
+                "no [volume] section".to_string(),
+                String::new(),
+            )
         } else {
             match self.check_volume().await {
                 Check::Ok(sb) => ("ok", String::new(), sb.uuid.to_string()),
