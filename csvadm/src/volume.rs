@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use csv_api::admin::volume::{VolumeFormat, VolumeStatus};
+use csv_api::admin::volume::{VolumeFormat, VolumeRecover, VolumeStatus};
 use csv_api::admin::{Empty, Request, Response};
 use serde_json::json;
 
@@ -38,6 +38,13 @@ enum VolumeCommand {
     },
     /// The volume record, this node's LUN and superblock check, space, attachments here.
     Status,
+    /// Rebuild this new, empty cluster's volume and VHD catalog from the newest metadata
+    /// checkpoint on the LUN.
+    Recover {
+        /// LUN to read (path or NBD URI on the node's host; default: the node's [volume]).
+        #[arg(long)]
+        lun: Option<String>,
+    },
 }
 
 pub(crate) fn unexpected(r: &Response) -> Failure {
@@ -65,6 +72,9 @@ pub fn status_json(s: &VolumeStatus) -> serde_json::Value {
             "mapped_extents": p.mapped_extents, "largest_free_run": p.largest_free_run,
             "reserved": p.reservations.iter().map(|r| json!({"node": r.node, "extents": r.extents})).collect::<Vec<_>>(),
         })),
+        "checkpoint": if s.checkpoint_sequence == 0 { serde_json::Value::Null } else {
+            json!({"sequence": s.checkpoint_sequence, "raft_index": s.checkpoint_index})
+        },
         "attachments": s.attachments.iter().map(crate::vhd::attachment_json).collect::<Vec<_>>(),
     })
 }
@@ -93,6 +103,12 @@ fn print_status(s: &VolumeStatus, json_out: bool) {
             p.free_extents, p.extent_count, p.mapped_extents, p.largest_free_run
         );
     }
+    if s.checkpoint_sequence != 0 {
+        println!(
+            "  metadata checkpoint {} (raft index {})",
+            s.checkpoint_sequence, s.checkpoint_index
+        );
+    }
     for a in &s.attachments {
         println!(
             "  attached here: {} ({}) {}",
@@ -118,6 +134,9 @@ pub fn run(socket: &Path, args: VolumeArgs, json_top: bool) -> Result<(), Failur
             force,
         }),
         VolumeCommand::Status => Request::VolumeStatus(Empty {}),
+        VolumeCommand::Recover { lun } => Request::VolumeRecover(VolumeRecover {
+            lun: lun.unwrap_or_default(),
+        }),
     };
     match c.call(req).map_err(failure)? {
         Response::VolumeStatus(s) => print_status(&s, json_out),

@@ -45,6 +45,19 @@ pub fn volume_cluster_with(n: u64, lun_size: u64, volume_toml: &str) -> VolumeCl
     let lun = dir.path().join("lun.img");
     let f = std::fs::File::create(&lun).expect("create LUN file");
     f.set_len(lun_size).expect("size LUN file");
+    let c = cluster_on_lun(n, &lun, volume_toml);
+    let vc = VolumeCluster {
+        c,
+        lun,
+        _lun_dir: dir,
+    };
+    vc.ok(1, &["volume", "format", "--extent-size", TEST_EXTENT]);
+    vc
+}
+
+/// `n` new nodes whose `[volume]` is `volume_toml` with `{lun}` = `lun` (not formatted
+/// here), bootstrapped, leases valid.
+pub fn cluster_on_lun(n: u64, lun: &Path, volume_toml: &str) -> Cluster {
     let opts = Options {
         extra_config: volume_toml.replace("{lun}", &lun.display().to_string()),
         ..Options::default()
@@ -54,13 +67,7 @@ pub fn volume_cluster_with(n: u64, lun_size: u64, volume_toml: &str) -> VolumeCl
     c.wait_leader();
     let ids: Vec<u64> = (1..=n).collect();
     wait_leases(&c, &ids);
-    let vc = VolumeCluster {
-        c,
-        lun,
-        _lun_dir: dir,
-    };
-    vc.ok(1, &["volume", "format", "--extent-size", TEST_EXTENT]);
-    vc
+    c
 }
 
 /// `n` nodes on one sparse file LUN of `lun_size` bytes.

@@ -199,3 +199,97 @@ fn a_restarted_node_serves_its_exports_again() {
     let st = vc.ok(2, &["volume", "status", "--json"]);
     assert!(st.contains("\"r1\""), "{st}");
 }
+
+/// Runs qemu-io commands on an export (read-only with `-r` first); a pattern mismatch
+/// fails.
+fn qemu_io(uri: &str, cmds: &[&str]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    let cmds = match cmds.first() {
+        Some(&"-r") => {
+            c.arg("-r");
+            &cmds[1..]
+        }
+        _ => cmds,
+    };
+    for x in cmds {
+        c.args(["-c", x]);
+    }
+    c.arg(uri);
+    let out = run(&mut c);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    out
+}
+
+#[test]
+fn volume_recover_on_a_fresh_cluster_sees_every_vhd() {
+    need("qemu-io", "qemu-utils");
+    let mut vc = volume_cluster(2, 2 * GIB);
+    vc.ok(1, &["vhd", "create", "a", "--size", "256M"]);
+    vc.ok(
+        1,
+        &["vhd", "create", "f", "--size", "64M", "--type", "fixed"],
+    );
+    for (name, cmd) in [("a", "write -P 0x61 10M 2M"), ("f", "write -P 0x66 1M 1M")] {
+        vc.ok(2, &["vhd", "attach", name]);
+        qemu_io(&vc.uri(2, name), &[cmd]);
+        vc.ok(2, &["vhd", "detach", name]);
+    }
+    vc.ok(1, &["vhd", "create", "c", "--parent", "a"]);
+    vc.ok(1, &["vhd", "attach", "c"]);
+    qemu_io(&vc.uri(1, "c"), &["write -P 0x63 20M 1M"]);
+    vc.ok(1, &["vhd", "detach", "c"]);
+    // The coordinator checkpoints the catalog once the applied index moved.
+    let applied = vc.c.status(1).expect("status").applied_index;
+    let start = std::time::Instant::now();
+    loop {
+        let st: serde_json::Value =
+            serde_json::from_str(&vc.ok(1, &["volume", "status", "--json"])).expect("json");
+        if st["checkpoint"]["raft_index"]
+            .as_u64()
+            .is_some_and(|i| i >= applied)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < csv_tests::PATIENCE,
+            "no checkpoint at index {applied}: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The old cluster is gone for good; a new one knows nothing but the LUN.
+    vc.c.kill(1);
+    vc.c.kill(2);
+    vc.c = csv_tests::volume::cluster_on_lun(2, &vc.lun, "[volume]\nlun = \"{lun}\"\n");
+    let e = vc.refused(1, &["vhd", "info", "a"]);
+    assert!(e.contains("not_found") || e.contains("no volume"), "{e}");
+    vc.ok(1, &["volume", "recover"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&vc.ok(2, &["vhd", "list", "--json"])).expect("json");
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "f", "c"], "{list}");
+    for (name, cmds) in [
+        ("a", vec!["-r", "read -P 0x61 10M 2M", "read -P 0 0 1M"]),
+        ("f", vec!["-r", "read -P 0x66 1M 1M"]),
+        (
+            "c",
+            vec!["-r", "read -P 0x63 20M 1M", "read -P 0x61 10M 2M"],
+        ),
+    ] {
+        vc.ok(2, &["vhd", "attach", name, "--read-only"]);
+        qemu_io(&vc.uri(2, name), &cmds);
+        vc.ok(2, &["vhd", "detach", name]);
+    }
+    // The recovered allocator knows which extents are in use.
+    vc.ok(
+        1,
+        &["vhd", "create", "after", "--size", "64M", "--type", "fixed"],
+    );
+    vc.ok(2, &["vhd", "attach", "c"]);
+    qemu_io(&vc.uri(2, "c"), &["read -P 0x63 20M 1M"]);
+}

@@ -46,6 +46,12 @@ pub struct VolumeStatus {
     /// VHDs attached on this node.
     #[prost(message, repeated, tag = "8")]
     pub attachments: Vec<Attachment>,
+    /// Sequence of the newest valid metadata checkpoint on the LUN (0: none).
+    #[prost(uint64, tag = "9")]
+    pub checkpoint_sequence: u64,
+    /// Raft index that checkpoint holds the catalog of.
+    #[prost(uint64, tag = "10")]
+    pub checkpoint_index: u64,
 }
 
 /// `csvadm vhd create`: record, allocate and write a VHD image → `Response::Vhd`.
@@ -146,4 +152,13 @@ pub struct VhdExport {
     /// Absolute path of the new file.
     #[prost(string, tag = "2")]
     pub path: String,
+}
+
+/// `csvadm volume recover`: rebuild this (new, empty) cluster's volume record and VHD
+/// catalog from the newest checkpoint on the LUN → `Response::VolumeStatus`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VolumeRecover {
+    /// LUN to read (a path or NBD URI on the node's host); empty: the node's `[volume]`.
+    #[prost(string, tag = "1")]
+    pub lun: String,
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod attach;
+mod checkpoint;
 pub mod config;
 mod convert;
 mod extents;
@@ -182,6 +183,7 @@ impl Daemon {
         tokio::spawn(watch_removal(d).in_current_span());
         tokio::spawn(lease::run(self.clone(), m.clone()).in_current_span());
         tokio::spawn(volume::watch_volume(self.clone()).in_current_span());
+        tokio::spawn(checkpoint::run(self.clone()).in_current_span());
         if st.initial_voters.contains(&self.id()) {
             let d = self.clone();
             let st = st.clone();

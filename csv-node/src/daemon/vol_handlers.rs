@@ -29,6 +29,7 @@ pub(super) async fn handle(d: &Arc<Daemon>, r: Request) -> Result<Response, ApiE
             .vhd_export(e)
             .await
             .map(|()| Response::Done(api::Empty {})),
+        Request::VolumeRecover(r) => d.volume_recover(r).await,
         other => Err(ApiError::new(
             ErrorCode::Internal,
             format!("no handler for {other:?}"),

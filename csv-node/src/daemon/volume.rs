@@ -187,6 +187,11 @@ impl Daemon {
         })
     }
 
+    /// The check result (the checkpoint writer reads the superblock from it).
+    pub(crate) fn vol_check(&self) -> &Mutex<Option<Check>> {
+        &self.vol.check
+    }
+
     /// The open LUN (opened on first use).
     pub(crate) async fn lun(&self) -> Result<Arc<dyn LunPath>, ApiError> {
         if let Some(l) = lock(&self.vol.lun).clone() {
@@ -331,6 +336,7 @@ impl Daemon {
                 .map(|v| v.lun.clone())
                 .unwrap_or_default(),
         };
+        let mut checkpoint = (0, 0);
         let (state, message, uuid) = if self.cfg.volume.is_none() {
             (
                 "unconfigured",
@@ -339,7 +345,20 @@ impl Daemon {
             )
         } else {
             match self.check_volume().await {
-                Check::Ok(sb) => ("ok", String::new(), sb.uuid.to_string()),
+                Check::Ok(sb) => {
+                    if let Ok(l) = self.lun().await {
+                        let sb2 = sb.clone();
+                        if let Ok(Ok(latest)) = tokio::task::spawn_blocking(move || {
+                            volume::checkpoint::read_latest(&*l, &sb2)
+                        })
+                        .await
+                            && let Some(c) = latest.checkpoint
+                        {
+                            checkpoint = (c.sequence, c.raft_index);
+                        }
+                    }
+                    ("ok", String::new(), sb.uuid.to_string())
+                }
                 Check::Pending(m) => ("unformatted", m, String::new()),
                 Check::Bad(m) => ("error", m, String::new()),
             }
@@ -353,6 +372,8 @@ impl Daemon {
             superblock_uuid: uuid,
             space,
             attachments: self.attachments_list(),
+            checkpoint_sequence: checkpoint.0,
+            checkpoint_index: checkpoint.1,
         })
     }
 }

@@ -12,6 +12,7 @@ mod catalog;
 pub mod locks;
 mod nodes;
 mod persist;
+mod restore;
 pub mod runs;
 pub mod types;
 
@@ -150,6 +151,7 @@ impl ClusterState {
                 length,
             } => self.unmap_extents(vhd, keep_extents, length, w),
             Command::Lock { command } => self.lock(command, w),
+            Command::RestoreCatalog { volume, vhds } => self.restore_catalog(volume, vhds, w),
         };
         self.flush_runs(w);
         r

@@ -252,6 +252,15 @@ pub enum Command {
         /// New length.
         length: u64,
     },
+    /// Rebuilds the volume record and the catalog from a LUN checkpoint (recovery).
+    /// Legal on an initialised cluster with no volume and no VHDs, when the records are
+    /// consistent (unique names and ids, disjoint runs inside the volume, parents present).
+    RestoreCatalog {
+        /// The volume record.
+        volume: VolumeRecord,
+        /// The VHD records.
+        vhds: Vec<VhdRecord>,
+    },
     /// A lock-manager command (legality as in `lock_manager::Command`). An expiry or a
     /// leave also returns the node's extent reservation to the free pool.
     Lock {
