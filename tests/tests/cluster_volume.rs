@@ -293,3 +293,29 @@ fn volume_recover_on_a_fresh_cluster_sees_every_vhd() {
     vc.ok(2, &["vhd", "attach", "c"]);
     qemu_io(&vc.uri(2, "c"), &["read -P 0x63 20M 1M"]);
 }
+
+#[test]
+fn thirty_vhds_attached_across_three_nodes_under_fio_verify() {
+    need("fio", "fio");
+    let vc = volume_cluster(3, 4 * GIB);
+    let work = tempfile::tempdir().expect("work dir");
+    let mut jobs = String::from(
+        "[global]\nioengine=nbd\nrw=randwrite\nbs=64k\nsize=8M\niodepth=4\nverify=crc32c\nverify_fatal=1\nverify_state_save=0\n",
+    );
+    for i in 0..30u64 {
+        let name = format!("m{i}");
+        let node = i % 3 + 1;
+        let kind = if i % 2 == 0 { "dynamic" } else { "fixed" };
+        vc.ok(1, &["vhd", "create", &name, "--size", "64M", "--type", kind]);
+        vc.ok(node, &["vhd", "attach", &name]);
+        jobs.push_str(&format!("[{name}]\nuri={}\n", vc.uri(node, &name)));
+    }
+    let file = work.path().join("thirty.fio");
+    std::fs::write(&file, jobs).expect("job file");
+    run(Command::new("fio").current_dir(work.path()).arg(&file));
+    for id in 1..=3u64 {
+        let st: serde_json::Value =
+            serde_json::from_str(&vc.ok(id, &["volume", "status", "--json"])).expect("json");
+        assert_eq!(st["attachments"].as_array().map(Vec::len), Some(10), "{st}");
+    }
+}
