@@ -14,6 +14,7 @@ use crate::{Cluster, Options, PATIENCE, binary};
 pub const TEST_EXTENT: &str = "16M";
 
 /// A cluster on a shared LUN (the LUN lives in its own temp dir, removed on drop).
+#[derive(Debug)]
 pub struct VolumeCluster {
     /// The cluster (processes are killed on drop).
     pub c: Cluster,

@@ -45,7 +45,10 @@ fn create_attach_verify_over_an_nbdkit_san_target() {
     );
     let start = Instant::now();
     while !sock.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "nbdkit did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nbdkit did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let uri = format!("nbd+unix:///?socket={}", sock.display());
@@ -71,12 +74,15 @@ fn qemu_io(uri: &str, cmd: &str) -> std::process::Output {
 #[test]
 fn a_paused_owner_never_writes_after_the_new_owner() {
     need("qemu-io", "qemu-utils");
-    let mut vc = volume_cluster_with(
+    let vc = volume_cluster_with(
         3,
         2 * GIB,
         "[lease]\noutage_budget = \"6s\"\n[volume]\nlun = \"{lun}\"\nfence_wait = \"1s\"\n",
     );
-    vc.ok(1, &["vhd", "create", "z", "--size", "128M", "--type", "fixed"]);
+    vc.ok(
+        1,
+        &["vhd", "create", "z", "--size", "128M", "--type", "fixed"],
+    );
     vc.ok(2, &["vhd", "attach", "z"]);
     let zombie_uri = vc.uri(2, "z");
     qemu_io(&zombie_uri, "write -P 0xaa 0 4M");

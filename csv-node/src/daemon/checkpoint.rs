@@ -1,6 +1,7 @@
 //! The metadata checkpoint on the LUN (docs/design/040 §5): the coordinator writes the
 //! volume record and the VHD catalog into the two-slot checkpoint region whenever the
-//! applied index moved (polled, so a burst of catalog changes costs one write), and
+//! catalog changed (polled each second, so a burst of changes costs one write; lease
+//! renewals move the applied index without changing the catalog and cost nothing), and
 //! `volume recover` rebuilds a new cluster's catalog from the newest valid slot.
 
 use std::sync::Arc;
@@ -86,6 +87,7 @@ pub(crate) async fn run(d: Arc<Daemon>) {
         return;
     }
     let mut written = 0u64;
+    let mut written_hash: Option<u64> = None;
     let mut sequence: Option<u64> = None;
     loop {
         tokio::time::sleep(CHECKPOINT_POLL).await;
@@ -100,7 +102,7 @@ pub(crate) async fn run(d: Arc<Daemon>) {
         if st.leader != Some(d.id()) || st.applied == written {
             continue;
         }
-        let sb = match lock(&d.vol_check()).clone() {
+        let sb = match lock(d.vol_check()).clone() {
             Some(Check::Ok(sb)) => sb,
             _ => continue,
         };
@@ -113,6 +115,18 @@ pub(crate) async fn run(d: Arc<Daemon>) {
                 continue;
             }
         };
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            serde_json::to_vec(&(&payload.volume, &payload.vhds))
+                .unwrap_or_default()
+                .hash(&mut h);
+            h.finish()
+        };
+        if written_hash == Some(hash) {
+            written = st.applied;
+            continue;
+        }
         let bytes = match serde_json::to_vec(&payload) {
             Ok(b) => b,
             Err(e) => {
@@ -138,11 +152,13 @@ pub(crate) async fn run(d: Arc<Daemon>) {
                 tracing::debug!(slot, sequence = next, index = applied, "checkpoint written");
                 sequence = Some(next);
                 written = applied;
+                written_hash = Some(hash);
             }
             Ok(Err(e)) => {
                 // Another coordinator may have written meanwhile: re-read the sequence.
                 tracing::warn!("checkpoint: {e}");
                 sequence = None;
+                written_hash = None;
             }
             Err(e) => tracing::error!("checkpoint task: {e}"),
         }
