@@ -423,9 +423,8 @@ impl LockState {
                 reason: format!("transfer of {vhd} from {from} to itself"),
             });
         }
-        let (node, from_epoch, generation) = self
-            .valid_writer(vhd)
-            .ok_or(LockError::NoWriter { vhd })?;
+        let (node, from_epoch, generation) =
+            self.valid_writer(vhd).ok_or(LockError::NoWriter { vhd })?;
         if node != from {
             return Err(LockError::NotHeld { vhd, node: from });
         }

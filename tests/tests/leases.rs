@@ -49,7 +49,10 @@ fn heavy_killed_owner_is_taken_over_within_the_budget() {
     let r = c
         .client(taker)
         .owner_acquire(vhd_ref(&vhd.to_string()), "write");
-    assert!(r.is_err(), "a live owner's VHD was granted elsewhere: {r:?}");
+    assert!(
+        r.is_err(),
+        "a live owner's VHD was granted elsewhere: {r:?}"
+    );
     let killed = Instant::now();
     c.kill(owner);
     let got = acquire_until(&c, taker, vhd, PATIENCE);
@@ -109,7 +112,10 @@ fn cooperative_move_takes_milliseconds() {
             if f.write_open {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(5), "target fence: {f:?}");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "target fence: {f:?}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let src = c
@@ -150,7 +156,10 @@ fn heavy_paused_owner_wakes_fenced_and_does_not_retake() {
     let h = acquire_until(&c, owner, vhd, PATIENCE);
     c.signal(owner, "STOP");
     let got = acquire_until(&c, taker, vhd, PATIENCE);
-    println!("taken over from the paused owner after {} refused attempts", got.refused);
+    println!(
+        "taken over from the paused owner after {} refused attempts",
+        got.refused
+    );
     c.signal(owner, "CONT");
     // The woken owner finds its fence closed and reports the hold as lost.
     let start = Instant::now();
@@ -232,11 +241,47 @@ fn heavy_partitioned_owner_fences_itself_before_the_takeover() {
     let start = Instant::now();
     loop {
         let f = liveness(&c, owner).ok().and_then(|l| l.local_fence);
-        if f.as_ref().is_some_and(|f| f.lost.iter().any(|l| l.vhd == vhd)) {
+        if f.as_ref()
+            .is_some_and(|f| f.lost.iter().any(|l| l.vhd == vhd))
+        {
             break;
         }
         assert!(start.elapsed() < PATIENCE, "lost hold not reported: {f:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(owner_of(&c, taker, vhd), (taker, got.hold.generation, true));
+}
+
+#[test]
+fn restarted_owner_voids_its_old_generation_and_writes_again() {
+    let (mut c, vhds) = lease_cluster(3, BUDGET, false, 1);
+    let vhd = vhds[0];
+    let owner = follower(&c, &[]);
+    let h = acquire_until(&c, owner, vhd, PATIENCE);
+    // Restart before the coordinator could expire it: same epoch, so the hold is still
+    // its own, but the new incarnation renumbers it (commands of the old one may still
+    // be in flight) and opens its fence only after the recovery delay.
+    c.kill(owner);
+    c.start(owner);
+    let start = Instant::now();
+    let f = loop {
+        let s = c
+            .client(owner)
+            .owner_show(vhd_ref(&vhd.to_string()))
+            .expect("show");
+        let f = s.local_fence.clone().expect("local fence");
+        if f.write_open {
+            assert_eq!(s.owner, owner);
+            assert!(s.generation > h.hold.generation, "{s:?}");
+            break f;
+        }
+        assert!(start.elapsed() < PATIENCE, "fence never reopened: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "restarted owner writes again after {:?}: {f:?}",
+        start.elapsed()
+    );
+    assert_eq!(f.epoch, 1, "the restart did not cost the epoch");
+    assert!(f.holds.iter().any(|l| l.vhd == vhd && l.mode == "write"));
 }

@@ -4,11 +4,11 @@
 
 use std::collections::BTreeSet;
 
-use csv_api::{ErrorCode, NodeId, VhdId};
 use csv_api::error::ApiError;
+use csv_api::{ErrorCode, NodeId, VhdId};
 use lock_manager::{Command as LockCommand, HoldView, LockError, NodeView, Outcome, OwnerView};
-use serde::{Deserialize, Serialize};
 use meta_store::KvWrite;
+use serde::{Deserialize, Serialize};
 
 use super::types::*;
 use super::{ClusterState, err, persist};

@@ -101,7 +101,10 @@ pub(crate) fn local_fence(l: &Leases, vhd: Option<VhdId>) -> LocalFence {
                 Some(h) => g.check_write(v, h.generation, now),
                 None => Err(lock_manager::FenceDenied::NotHeld),
             };
-            (r.is_ok(), r.err().map(|d| d.to_string()).unwrap_or_default())
+            (
+                r.is_ok(),
+                r.err().map(|d| d.to_string()).unwrap_or_default(),
+            )
         }
         None => (false, String::new()),
     };
@@ -151,14 +154,18 @@ fn reply(a: OwnerAnswer) -> Response {
 pub(crate) async fn handle(d: &Arc<Daemon>, r: OwnerRequest) -> Result<Response, ApiError> {
     let m = d.member().await?;
     let l = &d.leases;
-    let op = r
-        .op
-        .ok_or_else(|| ApiError::new(ErrorCode::Malformed, "empty owner request"))?;
+    let op =
+        r.op.ok_or_else(|| ApiError::new(ErrorCode::Malformed, "empty owner request"))?;
     match op {
         OwnerOp::List(_) => {
             let owners = match query(&m, Query::Locks(LockQuery::Owners)).await? {
                 QueryReply::Locks(LockReply::Owners { owners }) => owners,
-                _ => return Err(ApiError::new(ErrorCode::Internal, "unexpected owners reply")),
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        "unexpected owners reply",
+                    ));
+                }
             };
             let mut out = Vec::with_capacity(owners.len());
             for o in &owners {
@@ -226,7 +233,9 @@ pub(crate) async fn handle(d: &Arc<Daemon>, r: OwnerRequest) -> Result<Response,
                 nodes: nodes
                     .iter()
                     .map(|n| {
-                        let r = report.iter().find(|r| r.node == n.node && r.epoch == n.epoch);
+                        let r = report
+                            .iter()
+                            .find(|r| r.node == n.node && r.epoch == n.epoch);
                         NodeLiveness {
                             node: n.node.0,
                             epoch: n.epoch.0,

@@ -56,7 +56,9 @@ impl volume::WriteFence for HoldFence {
     fn check(&self) -> Result<(), volume::FenceError> {
         let g = self.leases.guard();
         g.check_write(self.vhd, self.generation, boottime())
-            .map_err(|d| volume::FenceError(format!("fenced: {} at {}: {d}", self.vhd, self.generation)))
+            .map_err(|d| {
+                volume::FenceError(format!("fenced: {} at {}: {d}", self.vhd, self.generation))
+            })
     }
 }
 
@@ -171,7 +173,9 @@ impl Leases {
                 Ok(r) => {
                     let _ = tx.send((req.ticket, r)).await;
                 }
-                Err(e) => tracing::warn!(error = %e, command = ?req.command, "lock proposal failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, command = ?req.command, "lock proposal failed")
+                }
             }
         });
     }
@@ -190,7 +194,12 @@ impl Leases {
             .request_acquire(vhd, mode)
             .map_err(|d| not_ready(vhd, d))?;
         let mut res = self.run_request(m, req).await?;
-        if let (Mode::Write, Err(LockError::OwnerExpired { generation, owner, .. })) = (mode, &res)
+        if let (
+            Mode::Write,
+            Err(LockError::OwnerExpired {
+                generation, owner, ..
+            }),
+        ) = (mode, &res)
         {
             tracing::info!(%vhd, %owner, %generation, "owner expired: taking the VHD over");
             let req = self
@@ -244,9 +253,9 @@ impl Leases {
         vhd: VhdId,
         to: NodeId,
     ) -> Result<OwnerView, ApiError> {
-        let view = owner(m, vhd).await?.ok_or_else(|| {
-            ApiError::new(ErrorCode::LockNoWriter, format!("{vhd} has no owner"))
-        })?;
+        let view = owner(m, vhd)
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::LockNoWriter, format!("{vhd} has no owner")))?;
         let from = match (view.owner, view.owner_valid) {
             (Some(o), true) => o,
             (Some(o), false) => {
@@ -288,7 +297,10 @@ impl Leases {
                 } else {
                     Err(ApiError::new(
                         ErrorCode::LockConflict,
-                        format!("{vhd} moved on to {:?} at {} meanwhile", v.owner, v.generation),
+                        format!(
+                            "{vhd} moved on to {:?} at {} meanwhile",
+                            v.owner, v.generation
+                        ),
                     ))
                 };
             }

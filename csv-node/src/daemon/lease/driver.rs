@@ -169,7 +169,10 @@ async fn registered(l: &Arc<Leases>, m: &Member, outcome: &Outcome) {
         }
     };
     if !holds.is_empty() {
-        tracing::info!(holds = holds.len(), "recovering the holds of the previous incarnation");
+        tracing::info!(
+            holds = holds.len(),
+            "recovering the holds of the previous incarnation"
+        );
     }
     let reqs = l.guard().recover(&holds, boottime());
     for req in reqs {

@@ -109,7 +109,10 @@ mod tests {
         };
         sm.apply(2, &reg.encode(), &mut NoWrites);
         let o = rx.try_recv().expect("observed");
-        assert!(matches!(o.result, Ok(Outcome::Registered { created: true, .. })));
+        assert!(matches!(
+            o.result,
+            Ok(Outcome::Registered { created: true, .. })
+        ));
         let stale = Command::Lock {
             command: lock_manager::Command::Renew {
                 node: NodeId(1),
@@ -124,7 +127,14 @@ mod tests {
             o.result
         );
         // Catalog commands are not reported.
-        sm.apply(4, &Command::DeleteVhd { vhd: csv_api::VhdId(1) }.encode(), &mut NoWrites);
+        sm.apply(
+            4,
+            &Command::DeleteVhd {
+                vhd: csv_api::VhdId(1),
+            }
+            .encode(),
+            &mut NoWrites,
+        );
         assert!(rx.try_recv().is_err());
     }
 }
