@@ -93,6 +93,18 @@ fn resolve(s: &LockState, a: Action) -> Command {
                 expected_generation: generation,
             }
         }
+        14 => {
+            let from = s
+                .vhd_record(vhd)
+                .and_then(|r| r.writer)
+                .map_or(node, |w| w.node);
+            Command::RequestTransfer {
+                vhd,
+                from,
+                to: other,
+                expected_generation: generation,
+            }
+        }
         16 => {
             let n = s
                 .vhd_record(vhd)
@@ -259,7 +271,7 @@ fn ended_by_holder(cmd: &Command, holder: NodeId) -> bool {
         | Command::Reclaim { node, .. }
         | Command::Takeover { node, .. } => node == holder,
         Command::Transfer { from, to, .. } => from == holder || to == holder,
-        Command::Register { .. } | Command::Renew { .. } => false,
+        Command::Register { .. } | Command::Renew { .. } | Command::RequestTransfer { .. } => false,
     }
 }
 

@@ -63,6 +63,15 @@ fn conflict(holder: NodeId, reason: ConflictReason) -> Result<Outcome, LockError
     })
 }
 
+fn req_xfer(v: u64, from: u64, to: u64, gen_: u64) -> Command {
+    Command::RequestTransfer {
+        vhd: VhdId(v),
+        from: NodeId(from),
+        to: NodeId(to),
+        expected_generation: Generation(gen_),
+    }
+}
+
 fn two() -> Vec<Command> {
     vec![reg(1), reg(2)]
 }
@@ -514,6 +523,57 @@ fn rows() -> Vec<Row> {
             cmd: xfer(1, 1, 1, 2, 1, 1),
             expect: granted(V1, N2, 1, Mode::Write, 4, Some(N1)),
             after: "N 1@1L0 2@1L0 3@1L0 | V v1:w2@1#4 r3@1R#3 | n=5",
+        },
+        Row {
+            name: "a hand-off request to a live node is accepted and changes nothing",
+            setup: with(two(), &[w(1, 1, 1)]),
+            before: "N 1@1L0 2@1L0 | V v1:w1@1#1 | n=2",
+            cmd: req_xfer(1, 1, 2, 1),
+            expect: Ok(Outcome::TransferRequested {
+                vhd: V1,
+                from: N1,
+                from_epoch: e(1),
+                to: N2,
+                to_epoch: e(1),
+                generation: g(1),
+            }),
+            after: "N 1@1L0 2@1L0 | V v1:w1@1#1 | n=2",
+        },
+        Row {
+            name: "a hand-off request naming another writer is refused",
+            setup: with(three(), &[w(1, 1, 1)]),
+            before: "N 1@1L0 2@1L0 3@1L0 | V v1:w1@1#1 | n=2",
+            cmd: req_xfer(1, 3, 2, 1),
+            expect: Err(LockError::NotHeld { vhd: V1, node: N3 }),
+            after: "N 1@1L0 2@1L0 3@1L0 | V v1:w1@1#1 | n=2",
+        },
+        Row {
+            name: "a hand-off request at an old generation is refused",
+            setup: with(two(), &[w(1, 1, 1)]),
+            before: "N 1@1L0 2@1L0 | V v1:w1@1#1 | n=2",
+            cmd: req_xfer(1, 1, 2, 0),
+            expect: Err(LockError::GenerationMismatch {
+                vhd: V1,
+                expected: g(0),
+                actual: g(1),
+            }),
+            after: "N 1@1L0 2@1L0 | V v1:w1@1#1 | n=2",
+        },
+        Row {
+            name: "a hand-off request to an expired node is refused",
+            setup: with(two(), &[w(1, 1, 1), expire(2, 1, 0)]),
+            before: "N 1@1L0 2@2X0 | V v1:w1@1#1 | n=2",
+            cmd: req_xfer(1, 1, 2, 1),
+            expect: Err(LockError::NodeNotLive { node: N2 }),
+            after: "N 1@1L0 2@2X0 | V v1:w1@1#1 | n=2",
+        },
+        Row {
+            name: "a hand-off request of an expired writer is refused",
+            setup: with(two(), &[w(1, 1, 1), expire(1, 1, 0)]),
+            before: "N 1@2X0 2@1L0 | V v1:w1@1#1 | n=2",
+            cmd: req_xfer(1, 1, 2, 1),
+            expect: Err(LockError::NoWriter { vhd: V1 }),
+            after: "N 1@2X0 2@1L0 | V v1:w1@1#1 | n=2",
         },
         Row {
             name: "transfer to the source itself is invalid",

@@ -277,6 +277,11 @@ impl Cluster {
         }
     }
 
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes[&id].child.as_ref().map(Child::id)
+    }
+
     /// Sends signal `sig` (a `kill` name such as "STOP" or "CONT") to node `id`.
     pub fn signal(&self, id: u64, sig: &str) {
         let pid = self.nodes[&id].child.as_ref().expect("node runs").id();

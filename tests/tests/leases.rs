@@ -251,3 +251,37 @@ fn heavy_partitioned_owner_fences_itself_before_the_takeover() {
     }
     assert_eq!(owner_of(&c, taker, vhd), (taker, got.hold.generation, true));
 }
+
+#[test]
+fn restarted_owner_voids_its_old_generation_and_writes_again() {
+    let (mut c, vhds) = lease_cluster(3, BUDGET, false, 1);
+    let vhd = vhds[0];
+    let owner = follower(&c, &[]);
+    let h = acquire_until(&c, owner, vhd, PATIENCE);
+    // Restart before the coordinator could expire it: same epoch, so the hold is still
+    // its own, but the new incarnation renumbers it (commands of the old one may still
+    // be in flight) and opens its fence only after the recovery delay.
+    c.kill(owner);
+    c.start(owner);
+    let start = Instant::now();
+    let f = loop {
+        let s = c
+            .client(owner)
+            .owner_show(vhd_ref(&vhd.to_string()))
+            .expect("show");
+        let f = s.local_fence.clone().expect("local fence");
+        if f.write_open {
+            assert_eq!(s.owner, owner);
+            assert!(s.generation > h.hold.generation, "{s:?}");
+            break f;
+        }
+        assert!(start.elapsed() < PATIENCE, "fence never reopened: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "restarted owner writes again after {:?}: {f:?}",
+        start.elapsed()
+    );
+    assert_eq!(f.epoch, 1, "the restart did not cost the epoch");
+    assert!(f.holds.iter().any(|l| l.vhd == vhd && l.mode == "write"));
+}

@@ -169,7 +169,14 @@ pub(crate) async fn handle(d: &Arc<Daemon>, r: OwnerRequest) -> Result<Response,
             };
             let mut out = Vec::with_capacity(owners.len());
             for o in &owners {
-                let name = match query(&m, Query::Vhd { vhd: o.vhd }).await {
+                // Names are informative: this replica's catalog is enough.
+                let name = match m
+                    .meta
+                    .query_local(Query::Vhd { vhd: o.vhd }.encode())
+                    .await
+                    .map_err(meta_err)
+                    .and_then(|r| decode_result::<QueryReply>(&r))
+                {
                     Ok(QueryReply::Vhd(v)) => v.name,
                     _ => String::new(),
                 };

@@ -348,3 +348,77 @@ impl Daemon {
         self.leases.add_handoff_hook(f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csv_api::Epoch;
+    use lock_manager::LeaseTiming;
+    use volume::WriteFence as _;
+
+    /// The fence handed to the data path answers from the guard at each call: open with a
+    /// confirmed lease at the held generation, closed ("fenced") once the epoch is lost.
+    #[test]
+    fn hold_fence_follows_the_guard() {
+        let l = Arc::new(Leases::new(NodeId(1), LeaseTiming::default()));
+        let now = boottime();
+        {
+            let mut g = l.guard();
+            g.on_registered(&Outcome::Registered {
+                node: NodeId(1),
+                epoch: Epoch(1),
+                status: lock_manager::NodeStatus::Live,
+                renewals: 0,
+                created: true,
+            });
+            let r = g.poll_renewal(now).expect("renewal");
+            g.on_result(
+                r.ticket,
+                &Ok(Outcome::Renewed {
+                    node: NodeId(1),
+                    epoch: Epoch(1),
+                    renewals: 1,
+                }),
+                now,
+            );
+            let a = g.request_acquire(VhdId(7), Mode::Write).expect("acquire");
+            g.on_result(
+                a.ticket,
+                &Ok(Outcome::Granted {
+                    vhd: VhdId(7),
+                    node: NodeId(1),
+                    epoch: Epoch(1),
+                    mode: Mode::Write,
+                    generation: Generation(3),
+                    previous_writer: None,
+                }),
+                now,
+            );
+        }
+        let hold = l.hold_of(VhdId(7), Mode::Write).expect("held");
+        assert_eq!(hold.generation, Generation(3));
+        hold.fence.check().expect("open");
+        // A stale generation of the same VHD is refused.
+        let old = HoldFence {
+            leases: l.clone(),
+            vhd: VhdId(7),
+            generation: Generation(2),
+        };
+        assert!(old.check().is_err());
+        // The epoch moves on: every hold is gone, the fence says so.
+        let lost = l.guard().on_error(&LockError::StaleEpoch {
+            node: NodeId(1),
+            given: Epoch(1),
+            current: Epoch(2),
+        });
+        assert!(matches!(
+            lost.as_slice(),
+            [lock_manager::FenceEvent::OwnershipLost { .. }]
+        ));
+        let e = hold.fence.check().expect_err("closed");
+        assert!(e.0.starts_with("fenced"), "{e}");
+        l.note_events(lost);
+        assert_eq!(l.record().lost.len(), 1);
+        assert!(l.hold_of(VhdId(7), Mode::Write).is_none());
+    }
+}

@@ -39,6 +39,12 @@ pub(crate) async fn run(d: Arc<Daemon>, m: Member) {
         return;
     };
     let mut leadership = m.meta.leadership();
+    // Leading already (a single-node cluster elects itself at once): start tracking now,
+    // `changed()` only reports later changes.
+    let leading = leadership.borrow_and_update().is_self;
+    if leading {
+        on_leadership(&l, &m, true).await;
+    }
     let (reg_tx, mut reg_rx) = mpsc::channel::<Outcome>(1);
     let mut registering = false;
     tracing::info!(timing = ?l.timing, "lease task running");

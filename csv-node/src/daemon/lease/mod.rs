@@ -312,3 +312,38 @@ impl Leases {
         follow
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::NodeConfig;
+
+    const BASE: &str = "[node]\nid = 1\n[cluster]\nlisten = \"127.0.0.1:7000\"\n[paths]\ndata_dir = \"/var/lib/csv\"\n";
+
+    #[test]
+    fn the_budget_is_configurable_and_bounded() {
+        let c = NodeConfig::parse(BASE).expect("default");
+        assert_eq!(c.lease.outage_budget.0, Duration::from_secs(8));
+        let c = NodeConfig::parse(&format!("{BASE}[lease]\noutage_budget = \"6s\"\n"))
+            .expect("minimum");
+        assert_eq!(
+            c.lease.timing().expect("timing").outage_budget,
+            Duration::from_secs(6)
+        );
+        for bad in ["5s", "301s", "0ms"] {
+            let e = NodeConfig::parse(&format!("{BASE}[lease]\noutage_budget = \"{bad}\"\n"))
+                .expect_err(bad);
+            assert!(e.to_string().contains("lease.outage_budget"), "{e}");
+        }
+        assert!(NodeConfig::parse(&format!("{BASE}[lease]\nbudget = \"8s\"\n")).is_err());
+    }
+
+    #[test]
+    fn wall_time_of_a_clock_reading() {
+        let now = boottime();
+        let wall = super::super::now_unix_ms();
+        let past = Time::from_nanos(now.as_nanos().saturating_sub(2_000_000_000));
+        let w = wall_ms_of(past);
+        assert!(w + 2_000 >= wall && w + 1_900 <= wall, "{w} vs {wall}");
+    }
+}
