@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
-use csv_api::admin::volume::{Attachment, VhdAttach, VhdExport, VhdImport, VhdName, VhdNew};
+use csv_api::admin::volume::{
+    Attachment, VhdAttach, VhdExport, VhdImport, VhdMaintain, VhdName, VhdNew,
+};
 use csv_api::admin::{Request, Response, Vhd, VhdKind, VhdList, VhdRef, VhdState};
 use serde_json::json;
 
@@ -79,6 +81,19 @@ enum VhdCommand {
         /// The file.
         file: PathBuf,
         /// New VHD name.
+        name: String,
+    },
+    /// Grow a detached VHD's virtual size.
+    Expand {
+        /// Name.
+        name: String,
+        /// New virtual size.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
+    /// Reclaim zero blocks and leaked space of a detached dynamic or differencing VHD.
+    Compact {
+        /// Name.
         name: String,
     },
     /// Copy a VHD's exact bytes into a new local file (on the node's host).
@@ -309,6 +324,24 @@ pub fn run(socket: &Path, args: VhdArgs, json_top: bool) -> Result<(), Failure> 
             let path = local_path(&file)?;
             match c
                 .call(Request::VhdImport(VhdImport { path, name }))
+                .map_err(failure)?
+            {
+                Response::Vhd(v) => print_vhd(&v),
+                other => return Err(unexpected(&other)),
+            }
+        }
+        VhdCommand::Expand { name, size } => {
+            match c
+                .call(Request::VhdMaintain(VhdMaintain { name, size }))
+                .map_err(failure)?
+            {
+                Response::Vhd(v) => print_vhd(&v),
+                other => return Err(unexpected(&other)),
+            }
+        }
+        VhdCommand::Compact { name } => {
+            match c
+                .call(Request::VhdMaintain(VhdMaintain { name, size: 0 }))
                 .map_err(failure)?
             {
                 Response::Vhd(v) => print_vhd(&v),

@@ -323,3 +323,48 @@ fn thirty_vhds_attached_across_three_nodes_under_fio_verify() {
         assert_eq!(st["attachments"].as_array().map(Vec::len), Some(10), "{st}");
     }
 }
+
+#[test]
+fn expand_and_compact_a_detached_vhd() {
+    need("qemu-io", "qemu-utils");
+    need("qemu-img", "qemu-utils");
+    let vc = volume_cluster(2, 2 * GIB);
+    vc.ok(1, &["vhd", "create", "e", "--size", "64M"]);
+    vc.ok(2, &["vhd", "attach", "e"]);
+    // Data, then zeros over a written region (a block compact can drop).
+    qemu_io(
+        &vc.uri(2, "e"),
+        &[
+            "write -P 0x45 10M 2M",
+            "write -P 0x46 30M 2M",
+            "write -z -u 30M 2M",
+        ],
+    );
+    // Maintenance of an attached VHD is refused, on its node and elsewhere.
+    vc.refused(2, &["vhd", "compact", "e"]);
+    vc.refused(1, &["vhd", "expand", "e", "--size", "128M"]);
+    vc.ok(2, &["vhd", "detach", "e"]);
+    let before: serde_json::Value =
+        serde_json::from_str(&vc.ok(1, &["vhd", "info", "e", "--json"])).expect("json");
+    vc.ok(1, &["vhd", "expand", "e", "--size", "128M"]);
+    vc.ok(1, &["vhd", "compact", "e"]);
+    let after: serde_json::Value =
+        serde_json::from_str(&vc.ok(1, &["vhd", "info", "e", "--json"])).expect("json");
+    assert_eq!(after["virtual_size"], 128u64 << 20, "{after}");
+    assert!(
+        after["length"].as_u64() <= before["length"].as_u64(),
+        "compact grew the file: {before} -> {after}"
+    );
+    vc.ok(2, &["vhd", "attach", "e"]);
+    let info = run(Command::new("qemu-img").args(["info", &vc.uri(2, "e")]));
+    assert!(info.contains("134217728"), "{info}");
+    qemu_io(
+        &vc.uri(2, "e"),
+        &[
+            "read -P 0x45 10M 2M",
+            "read -P 0 30M 2M",
+            "write -P 0x47 120M 1M",
+            "read -P 0x47 120M 1M",
+        ],
+    );
+}

@@ -10,7 +10,7 @@ pub struct AdminRequest {
     /// The request.
     #[prost(
         oneof = "Request",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69"
     )]
     pub request: Option<Request>,
 }
@@ -104,6 +104,9 @@ pub enum Request {
     /// → [`Response::VolumeStatus`].
     #[prost(message, tag = "68")]
     VolumeRecover(super::volume::VolumeRecover),
+    /// → [`Response::Vhd`].
+    #[prost(message, tag = "69")]
+    VhdMaintain(super::volume::VhdMaintain),
 }
 
 /// A response from a node's daemon.

@@ -162,3 +162,15 @@ pub struct VolumeRecover {
     #[prost(string, tag = "1")]
     pub lun: String,
 }
+
+/// `csvadm vhd expand NAME --size SIZE` / `vhd compact NAME`: maintenance of a detached
+/// VHD (the node takes the write hold for the operation) → `Response::Vhd`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdMaintain {
+    /// VHD name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// New virtual size (expand); 0: compact.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+}

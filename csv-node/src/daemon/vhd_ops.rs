@@ -7,7 +7,7 @@
 use std::io::{Read as _, Seek as _, Write as _};
 use std::sync::Arc;
 
-use csv_api::admin::volume::{VhdExport, VhdImport, VhdNew};
+use csv_api::admin::volume::{VhdExport, VhdImport, VhdMaintain, VhdNew};
 use csv_api::admin::{self as api};
 use csv_api::error::ApiError;
 use csv_api::{ErrorCode, NodeId};
@@ -321,6 +321,84 @@ impl Daemon {
             tracing::warn!(vhd = req.name, "release after export: {e}");
         }
         r
+    }
+}
+
+impl Daemon {
+    /// `vhd expand` (size > 0) and `vhd compact` (size 0) of a VHD attached nowhere: the
+    /// node takes the write hold, opens the image read-write over its extent file
+    /// (growth from the reservation, commits at the hold's generation, the hold's fence),
+    /// runs the vhd crate's operation, flushes and releases.
+    pub(crate) async fn vhd_maintain(&self, req: VhdMaintain) -> Result<VhdRecord, ApiError> {
+        let (lun, layout) = self.volume_ready().await?;
+        let m = self.member().await?;
+        let rec = self.vhd_by_name(&req.name).await?;
+        if self.is_attached_here(rec.id) {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("{} is attached here: detach it first", rec.name),
+            ));
+        }
+        if req.size > 0 && !self.children_of(rec.id).await?.is_empty() {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("{} has children: a parent keeps its size", rec.name),
+            ));
+        }
+        let hold = self.acquire_vhd(rec.id, Mode::Write).await?;
+        // Re-read under the hold: the last writer's commits are in.
+        let r = async {
+            let rec = self.vhd_by_name(&req.name).await?;
+            let chain = extents::ancestors(&m, &rec).await?;
+            let access = WriteAccess {
+                source: self.reservation_source(&m),
+                sink: Arc::new(CatalogSink::new(
+                    m.clone(),
+                    tokio::runtime::Handle::current(),
+                    &rec,
+                    NodeId(self.id()),
+                    Some(hold.generation),
+                    layout.extent_size,
+                )),
+                fence: hold.fence.clone(),
+                fence_wait: volume::DEFAULT_FENCE_WAIT,
+            };
+            let size = req.size;
+            let r2 = rec.clone();
+            tokio::task::spawn_blocking(move || {
+                let file = Arc::new(extents::open_file(&lun, &layout, &r2, Some(access))?);
+                let mut img = extents::open_image(&lun, &layout, file, &r2, &chain, false)?;
+                if size > 0 {
+                    img.expand(size)
+                        .map_err(|e| err(ErrorCode::InvalidArgument, format!("expand: {e}")))?;
+                } else {
+                    img.compact(&mut |_, _| {})
+                        .map_err(|e| storage("compact", e))?;
+                }
+                img.flush().map_err(|e| storage("flush", e))?;
+                Ok::<_, ApiError>(img.virtual_size())
+            })
+            .await
+            .map_err(internal)?
+        }
+        .await;
+        let released = self.release_vhd(rec.id).await;
+        let new_size = r?;
+        released?;
+        if new_size != rec.virtual_size {
+            vhd_reply(
+                propose(
+                    &m,
+                    Command::SetVirtualSize {
+                        vhd: rec.id,
+                        virtual_size: new_size,
+                    },
+                )
+                .await?,
+            )
+        } else {
+            self.vhd_by_name(&req.name).await
+        }
     }
 }
 

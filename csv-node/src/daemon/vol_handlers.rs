@@ -30,6 +30,10 @@ pub(super) async fn handle(d: &Arc<Daemon>, r: Request) -> Result<Response, ApiE
             .await
             .map(|()| Response::Done(api::Empty {})),
         Request::VolumeRecover(r) => d.volume_recover(r).await,
+        Request::VhdMaintain(x) => d
+            .vhd_maintain(x)
+            .await
+            .map(|v| Response::Vhd(vhd_to_api(&v))),
         other => Err(ApiError::new(
             ErrorCode::Internal,
             format!("no handler for {other:?}"),

@@ -12,6 +12,7 @@ mod catalog;
 pub mod locks;
 mod nodes;
 mod persist;
+mod resize;
 mod restore;
 pub mod runs;
 pub mod types;
@@ -152,6 +153,9 @@ impl ClusterState {
             } => self.unmap_extents(vhd, keep_extents, length, w),
             Command::Lock { command } => self.lock(command, w),
             Command::RestoreCatalog { volume, vhds } => self.restore_catalog(volume, vhds, w),
+            Command::SetVirtualSize { vhd, virtual_size } => {
+                self.set_virtual_size(vhd, virtual_size, w)
+            }
         };
         self.flush_runs(w);
         r

@@ -261,6 +261,14 @@ pub enum Command {
         /// The VHD records.
         vhds: Vec<VhdRecord>,
     },
+    /// Records a VHD's grown virtual size (`vhd expand`). Legal for an existing VHD not
+    /// being deleted, without children, with a size not below the recorded one.
+    SetVirtualSize {
+        /// VHD.
+        vhd: VhdId,
+        /// New virtual size.
+        virtual_size: u64,
+    },
     /// A lock-manager command (legality as in `lock_manager::Command`). An expiry or a
     /// leave also returns the node's extent reservation to the free pool.
     Lock {
