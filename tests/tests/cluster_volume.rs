@@ -368,3 +368,33 @@ fn expand_and_compact_a_detached_vhd() {
         ],
     );
 }
+
+#[test]
+fn owner_move_hands_an_attached_vhd_off() {
+    need("qemu-io", "qemu-utils");
+    need("qemu-img", "qemu-utils");
+    let vc = volume_cluster(3, 2 * GIB);
+    vc.ok(1, &["vhd", "create", "h", "--size", "128M"]);
+    vc.ok(2, &["vhd", "attach", "h"]);
+    qemu_io(&vc.uri(2, "h"), &["write -P 0x48 5M 1M"]);
+    // The owner flushes and closes its export before the hold moves.
+    vc.ok(1, &["owner", "move", "h", "--to", "3"]);
+    let st: serde_json::Value =
+        serde_json::from_str(&vc.ok(2, &["volume", "status", "--json"])).expect("json");
+    assert_eq!(st["attachments"].as_array().map(Vec::len), Some(0), "{st}");
+    let gone = Command::new("qemu-img")
+        .args(["info", &vc.uri(2, "h")])
+        .output()
+        .expect("run qemu-img");
+    assert!(!gone.status.success(), "node 2 still serves h");
+    // The new writer serves it on attach, with the old owner's data.
+    vc.ok(3, &["vhd", "attach", "h"]);
+    qemu_io(
+        &vc.uri(3, "h"),
+        &[
+            "read -P 0x48 5M 1M",
+            "write -P 0x49 6M 1M",
+            "read -P 0x49 6M 1M",
+        ],
+    );
+}
