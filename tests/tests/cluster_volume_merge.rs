@@ -109,7 +109,9 @@ fn merge_a_child_into_its_parent() {
     let mapped = || -> u64 {
         let s: serde_json::Value =
             serde_json::from_str(&vc.ok(1, &["volume", "status", "--json"])).expect("json");
-        s["space"]["mapped_extents"].as_u64().expect("mapped_extents")
+        s["space"]["mapped_extents"]
+            .as_u64()
+            .expect("mapped_extents")
     };
     let extents = |name: &str| -> u64 {
         let v: serde_json::Value =
@@ -148,7 +150,11 @@ fn merge_a_child_into_its_parent() {
     qemu_io(
         "raw",
         &vc.uri(1, "base"),
-        &["read -P 0x21 1M 1M", "read -P 0 21M 512K", "read -P 0x24 40M 2M"],
+        &[
+            "read -P 0x21 1M 1M",
+            "read -P 0 21M 512K",
+            "read -P 0x24 40M 2M",
+        ],
     );
     vc.ok(1, &["vhd", "detach", "base"]);
     // And so does its exported VHD file, read by qemu's own VHD driver.
@@ -194,7 +200,11 @@ fn import_progress_advances() {
         &srcs,
         "1G",
     ]));
-    qemu_io("vpc", &srcs, &["write -P 0x31 0 4M", "write -P 0x32 900M 4M"]);
+    qemu_io(
+        "vpc",
+        &srcs,
+        &["write -P 0x31 0 4M", "write -P 0x32 900M 4M"],
+    );
     let len = std::fs::metadata(&src).expect("stat").len();
     let admin = vc.c.nodes[&1].admin.clone();
     let running = Arc::new(AtomicBool::new(true));
@@ -223,7 +233,10 @@ fn import_progress_advances() {
     assert_eq!(e.code(), Some(csv_api::ErrorCode::NotFound));
     let seen = seen.lock().expect("lock").clone();
     assert!(!seen.is_empty(), "no progress seen during the import");
-    assert!(seen.iter().all(|&(_, t)| t == len), "{seen:?} (total {len})");
+    assert!(
+        seen.iter().all(|&(_, t)| t == len),
+        "{seen:?} (total {len})"
+    );
     assert!(
         seen.windows(2).all(|w| w[0].0 <= w[1].0),
         "progress went back: {seen:?}"
@@ -238,6 +251,10 @@ fn import_progress_advances() {
     qemu_io(
         "raw",
         &vc.uri(1, "big"),
-        &["read -P 0x31 0 4M", "read -P 0 4M 1M", "read -P 0x32 900M 4M"],
+        &[
+            "read -P 0x31 0 4M",
+            "read -P 0 4M 1M",
+            "read -P 0x32 900M 4M",
+        ],
     );
 }

@@ -98,7 +98,10 @@ impl Daemon {
                 }
                 return Err(err(
                     e.code(),
-                    format!("the parent of {} is in use (attached?): {}", child.name, e.message),
+                    format!(
+                        "the parent of {} is in use (attached?): {}",
+                        child.name, e.message
+                    ),
                 ));
             }
         };

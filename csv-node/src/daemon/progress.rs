@@ -111,7 +111,11 @@ impl Operations {
             ));
         }
         if t.len() >= MAX_OPERATIONS {
-            tracing::warn!(op_id, kind, "{MAX_OPERATIONS} operations tracked: this one runs without progress");
+            tracing::warn!(
+                op_id,
+                kind,
+                "{MAX_OPERATIONS} operations tracked: this one runs without progress"
+            );
             return Ok(OpGuard {
                 table: None,
                 progress,
@@ -148,7 +152,10 @@ mod tests {
         assert_eq!(ops.get(7).unwrap_err().code(), ErrorCode::NotFound);
         let g = ops.start(7, "import", "a", "bytes").unwrap();
         let p = ops.get(7).unwrap();
-        assert_eq!((p.kind.as_str(), p.name.as_str(), p.done, p.total), ("import", "a", 0, 0));
+        assert_eq!(
+            (p.kind.as_str(), p.name.as_str(), p.done, p.total),
+            ("import", "a", 0, 0)
+        );
         g.progress().set(10, 40);
         let p = ops.get(7).unwrap();
         assert_eq!((p.done, p.total, p.unit.as_str()), (10, 40, "bytes"));
