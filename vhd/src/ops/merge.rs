@@ -79,8 +79,11 @@ pub fn merge(child_path: &Path, opts: &MergeOptions, progress: Progress<'_>) -> 
     Ok(stats)
 }
 
-/// Byte ranges (virtual offset, length, offset in the child's storage) the child has.
-fn present_ranges(child: &Image) -> Result<(Vec<(u64, u64, u64)>, u64)> {
+/// A run of sectors the child has: (virtual offset, length, offset in its storage).
+type Range = (u64, u64, u64);
+
+/// The runs the child has, and its number of allocated blocks.
+fn present_ranges(child: &Image) -> Result<(Vec<Range>, u64)> {
     let d = child.dyn_ref()?;
     let bms = d
         .bitmaps
