@@ -4,7 +4,9 @@
 //! then reads exactly like a raw file that got the same writes through qemu-io (compared
 //! by qemu-img over NBD and on the exported VHD); merges of an attached child, of a child
 //! whose parent is attached, and of a child with a sibling are refused. An import polled
-//! through `OperationProgress` on a second admin connection reports advancing progress.
+//! through `OperationProgress` on a second admin connection reports advancing progress,
+//! and `csvadm` draws a bar when its stderr is a terminal (a pty from `script`), none
+//! otherwise.
 
 use std::path::Path;
 use std::process::Command;
@@ -257,4 +259,49 @@ fn import_progress_advances() {
             "read -P 0x32 900M 4M",
         ],
     );
+}
+
+#[test]
+fn csvadm_draws_a_progress_bar_on_a_terminal() {
+    need("qemu-img", "qemu-utils");
+    need("script", "bsdutils");
+    let vc = volume_cluster(1, 4 * GIB);
+    let work = tempfile::tempdir().expect("work dir");
+    let src = work.path().join("big.vhd");
+    let srcs = src.display().to_string();
+    run(Command::new("qemu-img").args([
+        "create",
+        "-f",
+        "vpc",
+        "-o",
+        "subformat=fixed,force_size=on",
+        &srcs,
+        "2G",
+    ]));
+    let admin = vc.c.nodes[&1].admin.display().to_string();
+    let csvadm = csv_tests::binary("csvadm").display().to_string();
+    // `script` gives csvadm a pseudo-terminal as stderr; its output is the terminal's.
+    let cmd = format!("{csvadm} --admin {admin} vhd import {srcs} big");
+    let out = Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .expect("run script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("import big ["),
+        "no progress bar drawn: {text:?}"
+    );
+    assert!(text.contains('%'), "{text:?}");
+    // Without a terminal: no bar on stderr, just the result on stdout.
+    let out_file = work.path().join("out.vhd").display().to_string();
+    let o = vc.csvadm(1, &["vhd", "export", "big", &out_file]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("big written to"));
 }
