@@ -95,6 +95,13 @@ fn merge_a_child_into_its_parent() {
     assert!(e.contains("attached"), "{e}");
     vc.refused(2, &["vhd", "merge", "top"]);
     vc.ok(1, &["vhd", "detach", "top"]);
+    // The child grows past its parent and is written there: the merge grows the parent.
+    vc.ok(2, &["vhd", "expand", "top", "--size", "96M"]);
+    run(Command::new("qemu-img").args(["resize", "-f", "raw", &exp, "96M"]));
+    vc.ok(1, &["vhd", "attach", "top"]);
+    qemu_io("raw", &vc.uri(1, "top"), &["write -P 0x26 80M 1M"]);
+    qemu_io("raw", &exp, &["write -P 0x26 80M 1M"]);
+    vc.ok(1, &["vhd", "detach", "top"]);
     // A parent attached (read-only, as a parent may be): refused.
     vc.ok(2, &["vhd", "attach", "base", "--read-only"]);
     vc.refused(1, &["vhd", "merge", "top"]);
@@ -126,6 +133,7 @@ fn merge_a_child_into_its_parent() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("merge json");
     assert_eq!(v["merged"], "top", "{v}");
     assert_eq!(v["parent"]["name"], "base", "{v}");
+    assert_eq!(v["parent"]["virtual_size"], 96u64 << 20, "{v}");
     // The child is gone, its extents are free again.
     let list = vc.ok(1, &["vhd", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_str(&list).expect("list json");
