@@ -112,6 +112,11 @@ fn merge_a_child_into_its_parent() {
     let e = vc.refused(2, &["vhd", "merge", "top"]);
     assert!(e.contains("sib"), "{e}");
     vc.ok(1, &["vhd", "delete", "sib"]);
+    // A child with children of its own: refused (they are not relinked).
+    vc.ok(1, &["vhd", "create", "gc", "--parent", "top"]);
+    let e = vc.refused(1, &["vhd", "merge", "top"]);
+    assert!(e.contains("gc"), "{e}");
+    vc.ok(1, &["vhd", "delete", "gc"]);
     // Not a differencing VHD: refused.
     vc.refused(1, &["vhd", "merge", "base"]);
 

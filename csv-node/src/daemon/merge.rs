@@ -1,13 +1,13 @@
 //! `vhd merge CHILD`: a detached differencing child merged into its detached parent on
 //! the volume. Refused while either is attached anywhere (the write holds this takes
-//! would conflict) or while the parent has another child (merging would change what that
-//! sibling sees). Under both write holds the vhd crate's `merge_into` writes the child's
-//! sectors into the parent over its extent file (growth from the node's reservation,
-//! `MapExtents` at the parent hold's generation, the hold's fence) and flushes; then the
-//! child hold is released and the child deleted from the catalog (its extents return to
-//! the free pool). A crash before the delete leaves the child valid: it has every sector
-//! it had, and the parent sectors it shadows were not visible to it.
-
+//! would conflict), while the parent has another child (merging would change what that
+//! sibling sees) or while the child has children (they are not relinked). Under both
+//! write holds the vhd crate's `merge_into` writes the child's sectors into the parent
+//! over its extent file (growth from the node's reservation, `MapExtents` at the parent
+//! hold's generation, the hold's fence) and flushes; then the child hold is released and
+//! the child deleted from the catalog (its extents return to the free pool). A crash
+//! before the delete leaves the child valid: it has every sector it had, and the parent
+//! sectors it shadows were not visible to it.
 use std::sync::Arc;
 
 use csv_api::admin::volume::VhdMerge;
@@ -54,6 +54,15 @@ impl Daemon {
                     format!("{} is attached here: detach it first", v.name),
                 ));
             }
+        }
+        if let Some(k) = self.children_of(child.id).await?.first() {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!(
+                    "{} is the parent of {}: merge or delete its children first",
+                    child.name, k.name
+                ),
+            ));
         }
         let siblings: Vec<String> = self
             .children_of(parent.id)
