@@ -6,6 +6,7 @@ mod cluster;
 mod image;
 mod owner;
 mod progress;
+mod remote_progress;
 mod size;
 mod vhd;
 mod volume;

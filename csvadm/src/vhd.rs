@@ -1,17 +1,19 @@
 //! `csvadm vhd ...`: VHD images on the cluster volume, through the addressed node: create,
 //! list, info, delete, attach and detach (the export is served by the node that attaches),
-//! import and export of local files (paths on the node's host).
+//! import and export of local files (paths on the node's host), expand, compact and merge
+//! (long operations draw a progress bar on a terminal: `remote_progress.rs`).
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use csv_api::admin::volume::{
-    Attachment, VhdAttach, VhdExport, VhdImport, VhdMaintain, VhdName, VhdNew,
+    Attachment, VhdAttach, VhdExport, VhdImport, VhdMaintain, VhdMerge, VhdName, VhdNew,
 };
 use csv_api::admin::{Request, Response, Vhd, VhdKind, VhdList, VhdRef, VhdState};
 use serde_json::json;
 
 use crate::cluster::{EXIT_REFUSED, Failure, connect, failure};
+use crate::remote_progress::{call_with_progress, new_op_id};
 use crate::size::parse_size;
 use crate::volume::unexpected;
 
@@ -102,6 +104,12 @@ enum VhdCommand {
         name: String,
         /// New file.
         file: PathBuf,
+    },
+    /// Merge a detached differencing child into its detached parent (which must have no
+    /// other child), then delete the child.
+    Merge {
+        /// The child's name.
+        child: String,
     },
 }
 
@@ -322,17 +330,25 @@ pub fn run(socket: &Path, args: VhdArgs, json_top: bool) -> Result<(), Failure> 
         }
         VhdCommand::Import { file, name } => {
             let path = local_path(&file)?;
-            match c
-                .call(Request::VhdImport(VhdImport { path, name }))
-                .map_err(failure)?
-            {
+            let op_id = new_op_id();
+            match call_with_progress(
+                socket,
+                &mut c,
+                &format!("import {name}"),
+                op_id,
+                Request::VhdImport(VhdImport { path, name, op_id }),
+            )? {
                 Response::Vhd(v) => print_vhd(&v),
                 other => return Err(unexpected(&other)),
             }
         }
         VhdCommand::Expand { name, size } => {
             match c
-                .call(Request::VhdMaintain(VhdMaintain { name, size }))
+                .call(Request::VhdMaintain(VhdMaintain {
+                    name,
+                    size,
+                    op_id: 0,
+                }))
                 .map_err(failure)?
             {
                 Response::Vhd(v) => print_vhd(&v),
@@ -340,28 +356,67 @@ pub fn run(socket: &Path, args: VhdArgs, json_top: bool) -> Result<(), Failure> 
             }
         }
         VhdCommand::Compact { name } => {
-            match c
-                .call(Request::VhdMaintain(VhdMaintain { name, size: 0 }))
-                .map_err(failure)?
-            {
+            let op_id = new_op_id();
+            match call_with_progress(
+                socket,
+                &mut c,
+                &format!("compact {name}"),
+                op_id,
+                Request::VhdMaintain(VhdMaintain {
+                    name: name.clone(),
+                    size: 0,
+                    op_id,
+                }),
+            )? {
                 Response::Vhd(v) => print_vhd(&v),
                 other => return Err(unexpected(&other)),
             }
         }
         VhdCommand::Export { name, file } => {
             let path = local_path(&file)?;
-            match c
-                .call(Request::VhdExport(VhdExport {
+            let op_id = new_op_id();
+            match call_with_progress(
+                socket,
+                &mut c,
+                &format!("export {name}"),
+                op_id,
+                Request::VhdExport(VhdExport {
                     name: name.clone(),
                     path: path.clone(),
-                }))
-                .map_err(failure)?
-            {
+                    op_id,
+                }),
+            )? {
                 Response::Done(_) => {
                     if json_out {
                         println!("{}", json!({"exported": name, "file": path}));
                     } else {
                         println!("{name} written to {path}");
+                    }
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+        VhdCommand::Merge { child } => {
+            let op_id = new_op_id();
+            match call_with_progress(
+                socket,
+                &mut c,
+                &format!("merge {child}"),
+                op_id,
+                Request::VhdMerge(VhdMerge {
+                    name: child.clone(),
+                    op_id,
+                }),
+            )? {
+                Response::Vhd(v) => {
+                    if json_out {
+                        println!(
+                            "{}",
+                            json!({"merged": child, "parent": vhd_json(&v, &no_names)})
+                        );
+                    } else {
+                        println!("{child} merged into {}", v.name);
+                        print_vhd(&v);
                     }
                 }
                 other => return Err(unexpected(&other)),

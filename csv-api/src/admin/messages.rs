@@ -10,7 +10,7 @@ pub struct AdminRequest {
     /// The request.
     #[prost(
         oneof = "Request",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79"
     )]
     pub request: Option<Request>,
 }
@@ -107,6 +107,12 @@ pub enum Request {
     /// → [`Response::Vhd`].
     #[prost(message, tag = "69")]
     VhdMaintain(super::volume::VhdMaintain),
+    /// → [`Response::Vhd`] (the parent).
+    #[prost(message, tag = "78")]
+    VhdMerge(super::volume::VhdMerge),
+    /// → [`Response::Progress`].
+    #[prost(message, tag = "79")]
+    OperationProgress(super::volume::OperationProgress),
 }
 
 /// A response from a node's daemon.
@@ -118,7 +124,7 @@ pub struct AdminResponse {
     /// The answer.
     #[prost(
         oneof = "Response",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62, 69"
     )]
     pub response: Option<Response>,
 }
@@ -168,6 +174,9 @@ pub enum Response {
     /// `Attachments`.
     #[prost(message, tag = "62")]
     Attachments(super::volume::Attachments),
+    /// `OperationProgress`.
+    #[prost(message, tag = "69")]
+    Progress(super::volume::Progress),
 }
 
 /// No fields.

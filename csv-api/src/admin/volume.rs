@@ -140,6 +140,9 @@ pub struct VhdImport {
     /// New VHD name.
     #[prost(string, tag = "2")]
     pub name: String,
+    /// Progress id chosen by the client (0: not tracked), see [`OperationProgress`].
+    #[prost(uint64, tag = "3")]
+    pub op_id: u64,
 }
 
 /// `csvadm vhd export NAME FILE`: write the VHD's exact bytes to a new local file on the
@@ -152,6 +155,9 @@ pub struct VhdExport {
     /// Absolute path of the new file.
     #[prost(string, tag = "2")]
     pub path: String,
+    /// Progress id chosen by the client (0: not tracked), see [`OperationProgress`].
+    #[prost(uint64, tag = "3")]
+    pub op_id: u64,
 }
 
 /// `csvadm volume recover`: rebuild this (new, empty) cluster's volume record and VHD
@@ -173,4 +179,57 @@ pub struct VhdMaintain {
     /// New virtual size (expand); 0: compact.
     #[prost(uint64, tag = "2")]
     pub size: u64,
+    /// Progress id chosen by the client (0: not tracked), see [`OperationProgress`].
+    #[prost(uint64, tag = "3")]
+    pub op_id: u64,
+}
+
+/// `csvadm vhd merge CHILD`: write a detached differencing child's sectors into its
+/// detached parent (which has no other child), then delete the child → `Response::Vhd`
+/// (the parent's record).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdMerge {
+    /// The child's name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Progress id chosen by the client (0: not tracked), see [`OperationProgress`].
+    #[prost(uint64, tag = "2")]
+    pub op_id: u64,
+}
+
+/// How far a long operation (import, export, merge, compact) running on the addressed
+/// node got → `Response::Progress`. The client picks a random non-zero `op_id`, sends it
+/// with the operation on one connection and asks for it on another; the entry exists
+/// while the operation runs (`NotFound` before it starts and after it ends).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OperationProgress {
+    /// The operation's id.
+    #[prost(uint64, tag = "1")]
+    pub op_id: u64,
+}
+
+/// A running operation's progress.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Progress {
+    /// The operation's id.
+    #[prost(uint64, tag = "1")]
+    pub op_id: u64,
+    /// `import`, `export`, `merge`, `compact`, `expand`.
+    #[prost(string, tag = "2")]
+    pub kind: String,
+    /// The VHD it works on.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// Units done.
+    #[prost(uint64, tag = "4")]
+    pub done: u64,
+    /// Units in all (0: not known yet).
+    #[prost(uint64, tag = "5")]
+    pub total: u64,
+    /// `bytes` or `blocks`.
+    #[prost(string, tag = "6")]
+    pub unit: String,
+    /// Milliseconds since the operation started.
+    #[prost(uint64, tag = "7")]
+    pub elapsed_ms: u64,
 }

@@ -12,6 +12,8 @@ mod extents;
 mod handlers;
 mod join;
 pub mod lease;
+mod merge;
+mod progress;
 mod state_file;
 mod vhd_ops;
 mod vol_handlers;
@@ -73,6 +75,8 @@ pub(crate) struct Daemon {
     join_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) vol: volume::VolumeRt,
     pub(crate) att: attach::Attachments,
+    /// Long operations' progress (`progress.rs`).
+    pub(crate) ops: progress::Operations,
 }
 
 pub(crate) fn now_unix_ms() -> u64 {
@@ -381,6 +385,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         join_task: std::sync::Mutex::new(None),
         vol: Default::default(),
         att: Default::default(),
+        ops: Default::default(),
     });
     attach::register_handoff(&daemon)?;
     let (found_tx, mut found_rx) = mpsc::channel(1);

@@ -18,6 +18,7 @@ use volume::{ExtentFile, Layout, LunPath, OpenFence, WriteAccess};
 use super::Daemon;
 use super::extents::{self, CatalogSink};
 use super::handlers::propose;
+use super::progress::OpProgress;
 use crate::state::types::{Command, Query, QueryReply, Reply, VhdKind, VhdRecord, VhdState};
 
 /// Copy chunk of import and export.
@@ -267,6 +268,8 @@ impl Daemon {
         .await
         .map_err(internal)??;
         let m = self.member().await?;
+        let guard = self.ops.start(req.op_id, "import", &req.name, "bytes")?;
+        guard.progress().set(0, length);
         let rec = vhd_reply(
             propose(
                 &m,
@@ -282,7 +285,8 @@ impl Daemon {
         )?;
         let r = async {
             let (file, _, _) = self.open_for_fill(&rec).await?;
-            tokio::task::spawn_blocking(move || copy_in(&path, &file, length))
+            let progress = guard.progress();
+            tokio::task::spawn_blocking(move || copy_in(&path, &file, length, &progress))
                 .await
                 .map_err(internal)?
         }
@@ -300,6 +304,8 @@ impl Daemon {
     pub(crate) async fn vhd_export(&self, req: VhdExport) -> Result<(), ApiError> {
         let (lun, layout) = self.volume_ready().await?;
         let rec = self.vhd_by_name(&req.name).await?;
+        let guard = self.ops.start(req.op_id, "export", &req.name, "bytes")?;
+        let progress = guard.progress();
         let mine = self.is_attached_here(rec.id);
         if mine {
             self.flush_attached(&req.name).await?;
@@ -312,7 +318,7 @@ impl Daemon {
         let path = std::path::PathBuf::from(&req.path);
         let r = tokio::task::spawn_blocking(move || {
             let f = extents::open_file(&lun, &layout, &rec, None)?;
-            copy_out(&f, &path)
+            copy_out(&f, &path, &progress)
         })
         .await
         .map_err(internal)
@@ -345,6 +351,11 @@ impl Daemon {
                 format!("{} has children: a parent keeps its size", rec.name),
             ));
         }
+        let guard = if req.size > 0 {
+            self.ops.start(req.op_id, "expand", &rec.name, "bytes")?
+        } else {
+            self.ops.start(req.op_id, "compact", &rec.name, "blocks")?
+        };
         let hold = self.acquire_vhd(rec.id, Mode::Write).await?;
         // Re-read under the hold: the last writer's commits are in.
         let r = async {
@@ -365,6 +376,7 @@ impl Daemon {
             };
             let size = req.size;
             let r2 = rec.clone();
+            let progress = guard.progress();
             tokio::task::spawn_blocking(move || {
                 let file = Arc::new(extents::open_file(&lun, &layout, &r2, Some(access))?);
                 let mut img = extents::open_image(&lun, &layout, file, &r2, &chain, false)?;
@@ -372,7 +384,7 @@ impl Daemon {
                     img.expand(size)
                         .map_err(|e| err(ErrorCode::InvalidArgument, format!("expand: {e}")))?;
                 } else {
-                    img.compact(&mut |_, _| {})
+                    img.compact(&mut |d, t| progress.set(d, t))
                         .map_err(|e| storage("compact", e))?;
                 }
                 img.flush().map_err(|e| storage("flush", e))?;
@@ -402,7 +414,12 @@ impl Daemon {
     }
 }
 
-fn copy_in(path: &std::path::Path, file: &ExtentFile, length: u64) -> Result<(), ApiError> {
+fn copy_in(
+    path: &std::path::Path,
+    file: &ExtentFile,
+    length: u64,
+    progress: &OpProgress,
+) -> Result<(), ApiError> {
     let io = |e: std::io::Error| storage(&format!("read {}", path.display()), e);
     let mut src = std::fs::File::open(path).map_err(io)?;
     let mut buf = vec![0u8; COPY_CHUNK];
@@ -418,11 +435,16 @@ fn copy_in(path: &std::path::Path, file: &ExtentFile, length: u64) -> Result<(),
                 .map_err(|e| storage("write to the LUN", e))?;
         }
         off += n as u64;
+        progress.set(off, length);
     }
     file.flush().map_err(|e| storage("flush", e))
 }
 
-fn copy_out(file: &ExtentFile, path: &std::path::Path) -> Result<(), ApiError> {
+fn copy_out(
+    file: &ExtentFile,
+    path: &std::path::Path,
+    progress: &OpProgress,
+) -> Result<(), ApiError> {
     let io = |e: std::io::Error| storage(&format!("write {}", path.display()), e);
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -437,6 +459,7 @@ fn copy_out(file: &ExtentFile, path: &std::path::Path) -> Result<(), ApiError> {
     let len = file.logical_len();
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut off = 0u64;
+    progress.set(0, len);
     let r = (|| {
         while off < len {
             let n = (len - off).min(COPY_CHUNK as u64) as usize;
@@ -447,6 +470,7 @@ fn copy_out(file: &ExtentFile, path: &std::path::Path) -> Result<(), ApiError> {
                 out.write_all(&buf[..n]).map_err(io)?;
             }
             off += n as u64;
+            progress.set(off, len);
         }
         out.set_len(len).map_err(io)?;
         out.sync_all().map_err(io)

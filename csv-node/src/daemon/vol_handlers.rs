@@ -34,6 +34,8 @@ pub(super) async fn handle(d: &Arc<Daemon>, r: Request) -> Result<Response, ApiE
             .vhd_maintain(x)
             .await
             .map(|v| Response::Vhd(vhd_to_api(&v))),
+        Request::VhdMerge(x) => d.vhd_merge(x).await.map(|v| Response::Vhd(vhd_to_api(&v))),
+        Request::OperationProgress(p) => d.ops.get(p.op_id).map(Response::Progress),
         other => Err(ApiError::new(
             ErrorCode::Internal,
             format!("no handler for {other:?}"),

@@ -10,7 +10,7 @@ mod merge;
 
 pub use compact::CompactStats;
 pub use convert::{ConvertTarget, Source, SourceFormat, convert, open_source};
-pub use merge::{MergeOptions, MergeStats, merge};
+pub use merge::{MergeCount, MergeOptions, MergeStats, merge, merge_into};
 
 /// Unit of copy loops (reads and writes of this many bytes at most).
 pub const COPY_CHUNK: usize = 2 << 20;
