@@ -92,7 +92,10 @@ impl ScaleReport {
 
     /// The largest per-node growth per VHD, in bytes.
     pub fn per_vhd_max(&self) -> f64 {
-        self.nodes.iter().map(NodeScale::per_vhd).fold(0.0, f64::max)
+        self.nodes
+            .iter()
+            .map(NodeScale::per_vhd)
+            .fold(0.0, f64::max)
     }
 
     /// (min, median, max) of the nodes' RSS after the attaches, in bytes.
@@ -228,7 +231,8 @@ pub fn run(o: &ScaleOptions) -> Result<(VolumeCluster, ScaleReport)> {
                 node: 0,
                 read_only: false,
             });
-            call_retry(admin, &req, |_| false).with_context(|| format!("attach {}", vhd_name(i)))?;
+            call_retry(admin, &req, |_| false)
+                .with_context(|| format!("attach {}", vhd_name(i)))?;
         }
         Ok(())
     })?;
@@ -259,10 +263,7 @@ pub fn run(o: &ScaleOptions) -> Result<(VolumeCluster, ScaleReport)> {
         .iter()
         .map(|&i| {
             let id = node_of(i, o.nodes);
-            (
-                vc.nbd_socket(id).display().to_string(),
-                vhd_name(i),
-            )
+            (vc.nbd_socket(id).display().to_string(), vhd_name(i))
         })
         .collect();
     check_exports(&targets, o.vhd_size)?;
