@@ -72,6 +72,10 @@ pub struct ScaleReport {
     pub checked: usize,
     /// Open file descriptors of each node after the attaches (max over nodes).
     pub max_fds: usize,
+    /// Threads of each node after the attaches (max over nodes).
+    pub max_threads: usize,
+    /// Bytes the sparse LUN file occupies after the checks (`st_blocks`).
+    pub lun_allocated: u64,
 }
 
 impl ScaleReport {
@@ -138,6 +142,10 @@ pub fn rss(pid: u32) -> Result<u64> {
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 /// Sends `req` until it succeeds or fails with a non-retryable error; `done` tells an
@@ -241,9 +249,11 @@ pub fn run(o: &ScaleOptions) -> Result<(VolumeCluster, ScaleReport)> {
     std::thread::sleep(SETTLE);
     let mut nodes = Vec::new();
     let mut max_fds = 0;
+    let mut max_threads = 0;
     for id in 1..=o.nodes {
         let p = pid(id)?;
         max_fds = max_fds.max(open_fds(p));
+        max_threads = max_threads.max(threads(p));
         nodes.push(NodeScale {
             id,
             vhds: (0..o.vhds).filter(|i| node_of(*i, o.nodes) == id).count(),
@@ -267,6 +277,10 @@ pub fn run(o: &ScaleOptions) -> Result<(VolumeCluster, ScaleReport)> {
         })
         .collect();
     check_exports(&targets, o.vhd_size)?;
+    let lun_allocated = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&vc.lun).context("stat the LUN")?.blocks() * 512
+    };
     Ok((
         vc,
         ScaleReport {
@@ -275,6 +289,8 @@ pub fn run(o: &ScaleOptions) -> Result<(VolumeCluster, ScaleReport)> {
             attach,
             checked: targets.len(),
             max_fds,
+            max_threads,
+            lun_allocated,
         },
     ))
 }

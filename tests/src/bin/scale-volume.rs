@@ -98,7 +98,12 @@ fn main() -> Result<()> {
         o.vhds as f64 / r.attach.as_secs_f64(),
         secs(total)
     );
-    println!("open fds (max over nodes): {}", r.max_fds);
+    println!(
+        "per node after attaches (max): {} open fds, {} threads; LUN file allocated: {}",
+        r.max_fds,
+        r.max_threads,
+        mib(r.lun_allocated as f64)
+    );
     println!(
         "exports checked with libnbd (size, 4 KiB write + read back, zero block 0): {}/{} answered",
         r.checked, r.checked

@@ -559,7 +559,11 @@ mod tests {
         std::fs::write(&p2, vec![9u8; 8 * MB as usize]).unwrap();
         let f = FilePath::open(&p2, FileOptions::default()).unwrap();
         f.write_zeroes(0, 4 * MB).unwrap();
-        assert!(blocks(&p2) >= 8 * MB, "a thick file lost blocks: {}", blocks(&p2));
+        assert!(
+            blocks(&p2) >= 8 * MB,
+            "a thick file lost blocks: {}",
+            blocks(&p2)
+        );
         f.read_at(&mut b, MB).unwrap();
         assert!(b.iter().all(|x| *x == 0));
     }
