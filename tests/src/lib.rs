@@ -6,6 +6,7 @@
 
 pub mod leases;
 pub mod netns;
+pub mod scale;
 pub mod volume;
 
 use std::collections::BTreeMap;

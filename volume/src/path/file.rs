@@ -7,7 +7,7 @@ use super::{ErrorClass, LunPath, Op, PathError, check_range, classify_io, valida
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +47,9 @@ pub struct FilePath {
     path: PathBuf,
     target: String,
     block_device: bool,
+    /// A regular file with fewer blocks than its length at open (thin): zeroing punches
+    /// holes so the file stays thin; a fully allocated file keeps its blocks (zero range).
+    sparse: bool,
     /// Alignment of offsets, lengths and buffers (1 without O_DIRECT).
     align: usize,
     size: u64,
@@ -111,6 +114,7 @@ impl FilePath {
                 detail: "not a regular file or block device".into(),
             });
         };
+        let sparse = !block_device && meta.blocks().saturating_mul(512) < size;
         let align = if !opts.direct {
             1
         } else if block_device {
@@ -143,6 +147,7 @@ impl FilePath {
             path: path.to_path_buf(),
             target: desc,
             block_device,
+            sparse,
             align,
             size,
             opts,
@@ -299,10 +304,18 @@ impl FilePath {
             }
         } else {
             let keep = libc::FALLOC_FL_KEEP_SIZE;
-            for mode in [
+            let (zero, punch) = (
                 libc::FALLOC_FL_ZERO_RANGE | keep,
                 libc::FALLOC_FL_PUNCH_HOLE | keep,
-            ] {
+            );
+            // ZERO_RANGE allocates (unwritten) blocks: on a thin LUN file every zeroed
+            // extent would cost real space (a new dynamic VHD zeroes a whole extent).
+            let modes = if self.sparse {
+                [punch, zero]
+            } else {
+                [zero, punch]
+            };
+            for mode in modes {
                 match fallocate(&self.file, mode, offset, len) {
                     Ok(()) => return Ok(true),
                     Err(e) if unsupported(&e) => continue,
@@ -524,6 +537,35 @@ mod tests {
         let e = f.write_at(b"x", u64::MAX).unwrap_err();
         assert!(matches!(e, PathError::OutOfRange { .. }));
         f.flush().unwrap();
+    }
+
+    #[test]
+    fn zeroing_keeps_a_thin_file_thin_and_a_thick_file_thick() {
+        const MB: u64 = 1 << 20;
+        let blocks = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+        let (_d, p) = lun(8 * MB);
+        let f = FilePath::open(&p, FileOptions::default()).unwrap();
+        f.write_zeroes(0, 4 * MB).unwrap();
+        assert!(blocks(&p) < MB, "zeroing allocated {} bytes", blocks(&p));
+        f.write_at(&vec![7u8; MB as usize], MB).unwrap();
+        f.flush().unwrap();
+        f.write_zeroes(0, 4 * MB).unwrap();
+        assert!(blocks(&p) < MB, "zeroing kept {} bytes", blocks(&p));
+        let mut b = vec![1u8; MB as usize];
+        f.read_at(&mut b, MB).unwrap();
+        assert!(b.iter().all(|x| *x == 0));
+
+        let (_d2, p2) = lun(0);
+        std::fs::write(&p2, vec![9u8; 8 * MB as usize]).unwrap();
+        let f = FilePath::open(&p2, FileOptions::default()).unwrap();
+        f.write_zeroes(0, 4 * MB).unwrap();
+        assert!(
+            blocks(&p2) >= 8 * MB,
+            "a thick file lost blocks: {}",
+            blocks(&p2)
+        );
+        f.read_at(&mut b, MB).unwrap();
+        assert!(b.iter().all(|x| *x == 0));
     }
 
     #[test]
