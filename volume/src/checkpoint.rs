@@ -7,6 +7,7 @@
 //! payload (56..60), crc32c of bytes 0..60 (60..64); the rest of the 4 KiB is zero.
 
 use crate::layout::CHECKPOINT_SLOTS;
+use crate::le::{u32_at, u64_at};
 use crate::path::{LunPath, PathError};
 use crate::superblock::Superblock;
 use uuid::Uuid;
@@ -60,18 +61,6 @@ pub struct Header {
     pub raft_index: u64,
     pub payload_len: u64,
     pub payload_crc: u32,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 impl Header {

@@ -18,6 +18,7 @@ pub mod extent_map;
 pub mod fuzz;
 pub mod hooks;
 pub mod layout;
+mod le;
 pub mod path;
 pub mod superblock;
 pub mod testing;

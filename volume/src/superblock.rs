@@ -9,6 +9,7 @@
 //! zero-padded), crc32c of bytes 0..4092 (4092..4096).
 
 use crate::layout::{CHECKPOINT_SLOTS, Layout, LayoutError, SUPERBLOCK_SIZE, backup_offset};
+use crate::le::{u32_at, u64_at};
 use crate::path::{LunPath, PathError};
 use uuid::Uuid;
 
@@ -68,18 +69,6 @@ pub struct Superblock {
     /// Unix seconds.
     pub created: u64,
     pub label: String,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn validate_label(label: &str) -> Result<(), SuperblockError> {
