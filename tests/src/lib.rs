@@ -286,24 +286,15 @@ impl Cluster {
     /// Sends signal `sig` (a `kill` name such as "STOP" or "CONT") to node `id`.
     pub fn signal(&self, id: u64, sig: &str) {
         let pid = self.nodes[&id].child.as_ref().expect("node runs").id();
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill (procps)")
-            .success();
-        assert!(ok, "kill -{sig} {pid} failed");
+        if let Err(e) = send_signal(pid, sig) {
+            panic!("kill -{sig} {pid}: {e}");
+        }
     }
 
     /// Stops node `id` with SIGTERM and waits for it (SIGKILL after 20 s).
     pub fn stop(&mut self, id: u64) {
         if let Some(mut ch) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
-            let pid = ch.id() as i32;
-            // The `kill` command signals the child we own without unsafe code here.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
+            let _ = send_signal(ch.id(), "TERM");
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(20) {
                 if let Ok(Some(_)) = ch.try_wait() {
@@ -503,4 +494,27 @@ impl Drop for Cluster {
         // The namespaces go when `ns` drops, after the processes inside are gone.
         self.ns.take();
     }
+}
+
+/// Sends the signal named `sig` ("STOP", "CONT", "TERM", "KILL", "INT") to process `pid`.
+pub fn send_signal(pid: u32, sig: &str) -> std::io::Result<()> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let s = match sig {
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        "TERM" => Signal::TERM,
+        "KILL" => Signal::KILL,
+        "INT" => Signal::INT,
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("unknown signal name {other}"),
+            ));
+        }
+    };
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad pid"))?;
+    Ok(kill_process(pid, s)?)
 }

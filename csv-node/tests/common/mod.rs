@@ -154,11 +154,19 @@ impl Drop for ExportServer {
     }
 }
 
+/// Sends SIGSTOP/SIGCONT/SIGTERM/SIGKILL (by name) to `pid`; a process already gone is fine.
 pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+    use rustix::process::{Pid, Signal, kill_process};
+    let s = match sig {
+        "STOP" => Signal::STOP,
+        "CONT" => Signal::CONT,
+        "TERM" => Signal::TERM,
+        "KILL" => Signal::KILL,
+        other => panic!("unknown signal name {other}"),
+    };
+    if let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(p, s);
+    }
 }
 
 pub fn free_port() -> u16 {
