@@ -2,10 +2,12 @@
 //! VHDs are created on one node, attached and written on another (fio crc32c verify over
 //! NBD), moved to a third and verified there; exports are compared with qemu-img and
 //! read by libvhdi; a qemu-img-made VHD is imported; differencing children over one
-//! parent are served by two nodes; a restarted node serves its exports again.
+//! parent are served by two nodes; a restarted node serves its exports again; a stopped
+//! node releases its VHDs and leaves.
 
 use std::process::Command;
 
+use csv_tests::leases::liveness;
 use csv_tests::volume::{fio_verify, need, run, volume_cluster};
 
 const GIB: u64 = 1 << 30;
@@ -198,6 +200,51 @@ fn a_restarted_node_serves_its_exports_again() {
     assert!(!out.contains("Pattern verification failed"), "{out}");
     let st = vc.ok(2, &["volume", "status", "--json"]);
     assert!(st.contains("\"r1\""), "{st}");
+}
+
+/// A graceful stop (SIGTERM) closes the node's exports, releases their holds and leaves
+/// the cluster: another node attaches at once (within the stopped node's lease, which
+/// would refuse it otherwise) and reads the data; the restarted node rejoins without
+/// taking the VHD back.
+#[test]
+fn a_gracefully_stopped_node_releases_its_vhds_and_leaves() {
+    need("qemu-io", "qemu-utils");
+    let mut vc = volume_cluster(3, 2 * GIB);
+    vc.ok(1, &["vhd", "create", "g1", "--size", "128M"]);
+    vc.ok(2, &["vhd", "attach", "g1"]);
+    run(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x5a 7M 3M", &vc.uri(2, "g1")]));
+    vc.c.stop(2);
+    // No retry: node 2's lease is still valid, only its release lets this in.
+    vc.ok(3, &["vhd", "attach", "g1"]);
+    let out = run(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x5a 7M 3M",
+        &vc.uri(3, "g1"),
+    ]));
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    let l = liveness(&vc.c, 1).expect("liveness");
+    let n2 = l.nodes.iter().find(|n| n.node == 2).expect("node 2 listed");
+    assert_eq!(n2.status, "left", "{l:?}");
+    // Back again: registered, live, and node 3 keeps the VHD it attached.
+    vc.c.start(2);
+    let start = std::time::Instant::now();
+    loop {
+        let l = liveness(&vc.c, 1).expect("liveness");
+        if l.nodes.iter().any(|n| n.node == 2 && n.status == "live") {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "node 2 never came back live: {l:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let owner = vc.ok(1, &["owner", "show", "g1", "--json"]);
+    let owner: serde_json::Value = serde_json::from_str(&owner).expect("owner json");
+    assert_eq!(owner["owner"], 3, "{owner}");
+    vc.refused(2, &["vhd", "detach", "g1"]);
 }
 
 /// Runs qemu-io commands on an export (read-only with `-r` first); a pattern mismatch

@@ -38,6 +38,8 @@ const RESTORE_PATIENCE: Duration = Duration::from_secs(120);
 const RESTORE_RETRY: Duration = Duration::from_secs(1);
 /// File of the attachment set in the data dir.
 const STATE_FILE: &str = "attachments.json";
+/// Hold releases in flight at once during a graceful shutdown.
+const SHUTDOWN_RELEASES: usize = 32;
 
 struct Attached {
     vhd: VhdId,
@@ -459,22 +461,38 @@ impl Daemon {
         }
     }
 
-    /// Flushes every attached writable image (shutdown): the holds stay, the attachment
-    /// set is kept for the restart.
-    pub(crate) async fn flush_attachments(&self) {
-        let devs: Vec<(String, Arc<VhdDevice>)> = lock(&self.att.map)
-            .iter()
-            .filter(|(_, a)| !a.read_only)
-            .map(|(n, a)| (n.clone(), a.device.clone()))
-            .collect();
+    /// Graceful shutdown: stops the NBD server, then closes every export (connections
+    /// drained, image flushed) and releases its hold, so another node can attach the
+    /// VHD at once instead of a lease later. The attachment set on disk is kept: the
+    /// restart attaches them again unless another node took them meanwhile. A flush
+    /// that fails keeps that hold (it expires with the node's lease) rather than let
+    /// another writer in before the data is on the LUN.
+    pub(crate) async fn release_at_shutdown(&self) {
+        let _op = self.att.op.lock().await;
         if let Some(s) = self.att.server.get() {
             s.shutdown();
         }
-        for (n, d) in devs {
-            if let Err(e) = d.flush().await {
-                tracing::error!(vhd = n, "flush at shutdown failed: {e}");
+        let names: Vec<String> = lock(&self.att.map).keys().cloned().collect();
+        let mut closed = Vec::with_capacity(names.len());
+        for n in names {
+            match self.close_export(&n).await {
+                Ok(vhd) => closed.push((n, vhd)),
+                Err((_, e)) => tracing::error!(vhd = n, "close at shutdown failed: {e}"),
             }
         }
+        use futures_util::StreamExt as _;
+        futures_util::stream::iter(closed)
+            .map(|(n, vhd)| async move {
+                if let Err(e) = self.release_vhd(vhd).await {
+                    tracing::warn!(
+                        vhd = n,
+                        "release at shutdown failed (the hold expires with the lease): {e}"
+                    );
+                }
+            })
+            .buffer_unordered(SHUTDOWN_RELEASES)
+            .collect::<Vec<()>>()
+            .await;
     }
 
     /// Re-attaches what `attachments.json` lists (after a restart).

@@ -38,6 +38,8 @@ use state_file::NodeState;
 
 /// How long a graceful shutdown may take.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the `Leave` proposal at shutdown may wait for a quorum.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a member checks whether it was removed.
 const REMOVAL_CHECK: Duration = Duration::from_secs(1);
 /// Attempts to bind the cluster address after the join listener closed it.
@@ -432,7 +434,17 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     admin_task.abort();
-    daemon.flush_attachments().await;
+    // Exports closed and flushed, holds released, then `Leave`: other nodes may take
+    // this node's VHDs at once. Bounded: without a quorum the holds expire instead.
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, daemon.release_at_shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("releasing the attachments took too long; the rest expire with the lease");
+    }
+    if let Err(e) = daemon.leave_cluster(LEAVE_TIMEOUT).await {
+        tracing::warn!("leave at shutdown: {e}");
+    }
     let _ = std::fs::remove_file(&sock);
     if tokio::time::timeout(SHUTDOWN_DEADLINE, daemon.stop())
         .await

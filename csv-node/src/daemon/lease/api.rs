@@ -342,6 +342,29 @@ impl Daemon {
         self.leases.release(&m, vhd).await
     }
 
+    /// Graceful exit (after the data path released its holds): stops renewing and
+    /// proposes `Leave` at the current epoch, so the coordinator marks this node `Left`
+    /// at once instead of expiring it a lease later; any hold still listed is dropped
+    /// with it. Bounded by `timeout`; the next start registers again.
+    pub(crate) async fn leave_cluster(&self, timeout: Duration) -> Result<(), ApiError> {
+        // Not a member (never initialised, or removed): nothing to leave.
+        let Ok(m) = self.member().await else {
+            return Ok(());
+        };
+        self.leases.stop_driver();
+        let Some(epoch) = self.leases.guard().epoch() else {
+            return Ok(());
+        };
+        let cmd = LockCommand::Leave {
+            node: NodeId(self.id()),
+            epoch,
+        };
+        match propose_lock(&m, cmd, timeout).await? {
+            Ok(_) => Ok(()),
+            Err(e) => Err(lock_api_error(&e)),
+        }
+    }
+
     /// Registers a hook run before this node hands a VHD off (see [`HandoffHook`]).
     #[allow(dead_code, reason = "called by the data path (issue 6)")]
     pub fn on_handoff(&self, f: HandoffHook) -> Result<(), ApiError> {

@@ -49,6 +49,10 @@ pub(crate) async fn run(d: Arc<Daemon>, m: Member) {
     let mut registering = false;
     tracing::info!(timing = ?l.timing, "lease task running");
     loop {
+        if l.is_stopping() {
+            tracing::info!("leaving: lease task stops");
+            return;
+        }
         if !matches!(*d.phase.read().await, Phase::Member(_)) {
             tracing::info!("not a member any more: lease task stops");
             return;
@@ -115,6 +119,7 @@ pub(crate) async fn run(d: Arc<Daemon>, m: Member) {
                 let is_self = leadership.borrow_and_update().is_self;
                 on_leadership(&l, &m, is_self).await;
             }
+            _ = l.stop.notified() => {}
             _ = tokio::time::sleep(wake) => {}
         }
     }

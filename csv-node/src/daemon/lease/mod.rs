@@ -166,6 +166,10 @@ pub struct Leases {
     obs_rx: Mutex<Option<mpsc::Receiver<Observation>>>,
     res_tx: mpsc::Sender<(u64, LockResult)>,
     res_rx: Mutex<Option<mpsc::Receiver<(u64, LockResult)>>>,
+    /// Set when the node leaves at shutdown: the driver stops renewing (a renewal at
+    /// the pre-`Leave` epoch would fail and make it register again).
+    stopping: std::sync::atomic::AtomicBool,
+    stop: Notify,
 }
 
 impl std::fmt::Debug for Leases {
@@ -199,7 +203,20 @@ impl Leases {
             obs_rx: Mutex::new(Some(obs_rx)),
             res_tx,
             res_rx: Mutex::new(Some(res_rx)),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            stop: Notify::new(),
         }
+    }
+
+    /// Stops the driver (no more renewals, registrations or expiries from this node).
+    pub(crate) fn stop_driver(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.stop.notify_one();
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The derived timings.
