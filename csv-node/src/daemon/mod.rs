@@ -36,10 +36,14 @@ use crate::state::types::{Command, NodeState as RecordState, Query, QueryReply, 
 use config::NodeConfig;
 use state_file::NodeState;
 
-/// How long a graceful shutdown may take.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+/// How long closing the exports and releasing their holds may take at shutdown (a map
+/// commit or a release needs a quorum, which a whole-cluster stop may already lack).
+const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the `Leave` proposal at shutdown may wait for a quorum.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long stopping the metadata store may take. With the two above, a graceful
+/// shutdown ends within 18 s (`scripts/local-cluster stop` waits 20 s before SIGKILL).
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
 /// How often a member checks whether it was removed.
 const REMOVAL_CHECK: Duration = Duration::from_secs(1);
 /// Attempts to bind the cluster address after the join listener closed it.
@@ -436,7 +440,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     admin_task.abort();
     // Exports closed and flushed, holds released, then `Leave`: other nodes may take
     // this node's VHDs at once. Bounded: without a quorum the holds expire instead.
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, daemon.release_at_shutdown())
+    if tokio::time::timeout(RELEASE_DEADLINE, daemon.release_at_shutdown())
         .await
         .is_err()
     {
@@ -446,7 +450,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         tracing::warn!("leave at shutdown: {e}");
     }
     let _ = std::fs::remove_file(&sock);
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, daemon.stop())
+    if tokio::time::timeout(STOP_DEADLINE, daemon.stop())
         .await
         .is_err()
     {
