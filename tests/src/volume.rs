@@ -56,6 +56,18 @@ pub fn volume_cluster_with(n: u64, lun_size: u64, volume_toml: &str) -> VolumeCl
     vc
 }
 
+/// `n` nodes on an existing LUN (a block device, say), formatted through node 1.
+pub fn volume_cluster_on(n: u64, lun: &Path, volume_toml: &str) -> VolumeCluster {
+    let c = cluster_on_lun(n, lun, volume_toml);
+    let vc = VolumeCluster {
+        c,
+        lun: lun.to_path_buf(),
+        _lun_dir: tempfile::tempdir().expect("empty dir"),
+    };
+    vc.ok(1, &["volume", "format", "--extent-size", TEST_EXTENT]);
+    vc
+}
+
 /// `n` new nodes whose `[volume]` is `volume_toml` with `{lun}` = `lun` (not formatted
 /// here), bootstrapped, leases valid.
 pub fn cluster_on_lun(n: u64, lun: &Path, volume_toml: &str) -> Cluster {

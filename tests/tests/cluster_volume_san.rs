@@ -3,12 +3,14 @@
 //!   exporting the LUN file: create on node 1, attach on node 2 and fio-verify, move to
 //!   node 3 and verify;
 //! * a paused owner (SIGSTOP past its lease) is taken over by another node, which
-//!   writes; after SIGCONT, none of the zombie's queued writes lands on the LUN.
+//!   writes; after SIGCONT, none of the zombie's queued writes lands on the LUN;
+//! * the LUN is a block device (a loop device): opened with O_DIRECT by default, create,
+//!   attach, fio-verify, move, verify.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use csv_tests::volume::{fio_verify, need, run, volume_cluster_with};
+use csv_tests::volume::{fio_verify, need, run, volume_cluster_on, volume_cluster_with};
 
 const GIB: u64 = 1 << 30;
 
@@ -19,6 +21,48 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A loop device, detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_lun_is_opened_direct_and_serves_vhds() {
+    need("losetup", "mount");
+    let work = tempfile::tempdir().expect("work dir");
+    let img = work.path().join("block.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(2 * GIB))
+        .expect("backing file");
+    let dev = run(Command::new("losetup").args(["--find", "--show"]).arg(&img));
+    let dev = Loop(dev.trim().to_string());
+    assert!(dev.0.starts_with("/dev/loop"), "losetup said {:?}", dev.0);
+    let vc = volume_cluster_on(
+        3,
+        std::path::Path::new(&dev.0),
+        "[volume]\nlun = \"{lun}\"\n",
+    );
+    let st = vc.ok(2, &["volume", "status", "--json"]);
+    assert!(st.contains("\"ok\"") && st.contains("O_DIRECT"), "{st}");
+    vc.ok(1, &["vhd", "create", "b1", "--size", "256M"]);
+    vc.ok(
+        1,
+        &["vhd", "create", "b2", "--size", "64M", "--type", "fixed"],
+    );
+    for name in ["b1", "b2"] {
+        vc.ok(2, &["vhd", "attach", name]);
+        fio_verify(&vc.uri(2, name), "randwrite", "32M", false, work.path());
+        vc.ok(2, &["vhd", "detach", name]);
+        vc.ok(3, &["vhd", "attach", name]);
+        fio_verify(&vc.uri(3, name), "randwrite", "32M", true, work.path());
+        vc.ok(3, &["vhd", "detach", name]);
     }
 }
 

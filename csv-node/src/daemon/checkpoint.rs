@@ -176,7 +176,7 @@ impl Daemon {
         } else {
             let mut cfg: VolumeSection = self.cfg.volume.clone().unwrap_or(VolumeSection {
                 lun: String::new(),
-                direct: false,
+                direct: None,
                 io_timeout: super::config::Dur(volume::path::DEFAULT_IO_TIMEOUT),
                 nbd_connections: 1,
                 fence_wait: super::config::Dur(volume::DEFAULT_FENCE_WAIT),

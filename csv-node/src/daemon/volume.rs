@@ -27,9 +27,12 @@ pub struct VolumeSection {
     /// The LUN: a file or block device path, or `nbd://host[:port]/export`,
     /// `nbd+unix:///export?socket=PATH` for a SAN target.
     pub lun: String,
-    /// Open a file or block device with O_DIRECT (nodes on different hosts).
+    /// Open the LUN with O_DIRECT. Unset: on for a block device (nodes on different
+    /// hosts must not read each other's data from their own page cache), off for a
+    /// regular file (one host's page cache is coherent among its nodes; set it for a
+    /// file on a shared network file system).
     #[serde(default)]
-    pub direct: bool,
+    pub direct: Option<bool>,
     /// Bound of one LUN call.
     #[serde(default = "default_io_timeout")]
     pub io_timeout: Dur,
@@ -92,10 +95,19 @@ impl VolumeSection {
             .map_err(|e| e.to_string())?;
             Ok(Arc::new(p))
         } else {
+            let path = std::path::Path::new(&self.lun);
+            let block = is_block_device(path);
+            let direct = resolve_direct(self.direct, block);
+            if block && !direct {
+                tracing::warn!(
+                    lun = %self.lun,
+                    "block device LUN opened without O_DIRECT: another host's writes may be read stale from this host's page cache"
+                );
+            }
             let p = FilePath::open(
-                std::path::Path::new(&self.lun),
+                path,
                 FileOptions {
-                    direct: self.direct,
+                    direct,
                     io_timeout: self.io_timeout.0,
                     ..FileOptions::default()
                 },
@@ -104,6 +116,17 @@ impl VolumeSection {
             Ok(Arc::new(p))
         }
     }
+}
+
+/// Whether `path` is a block device (a symlink such as /dev/mapper/x is followed).
+fn is_block_device(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// O_DIRECT as configured, else on exactly for block devices.
+fn resolve_direct(configured: Option<bool>, block_device: bool) -> bool {
+    configured.unwrap_or(block_device)
 }
 
 /// What the node knows about the volume.
@@ -393,4 +416,31 @@ pub(crate) async fn watch_volume(d: Arc<Daemon>) {
         }
     }
     d.restore_attachments().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_defaults_to_on_for_block_devices_only() {
+        assert!(resolve_direct(None, true));
+        assert!(!resolve_direct(None, false));
+        assert!(resolve_direct(Some(true), false));
+        assert!(!resolve_direct(Some(false), true));
+        let f = tempfile::NamedTempFile::new().expect("temp file");
+        assert!(!is_block_device(f.path()));
+        assert!(!is_block_device(std::path::Path::new("/dev/null")));
+        assert!(!is_block_device(std::path::Path::new("/nonexistent/lun")));
+        // A block device of this host, where /dev shows one (VMs and hosts do).
+        let dev = std::fs::read_dir("/sys/block")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| std::path::Path::new("/dev").join(e.file_name()))
+            .find(|p| p.exists());
+        if let Some(dev) = dev {
+            assert!(is_block_device(&dev), "{}", dev.display());
+        }
+    }
 }
