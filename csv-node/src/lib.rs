@@ -4,3 +4,4 @@
 pub mod daemon;
 pub mod state;
 pub mod vhd_device;
+pub mod watchdog;

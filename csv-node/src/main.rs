@@ -21,6 +21,9 @@ enum Command {
     Export(export::ExportArgs),
     /// Run the cluster daemon (metadata store, admin socket) until SIGTERM/SIGINT.
     Run(csv_node::daemon::RunArgs),
+    /// The lease watchdog `run` starts when `[lease] watchdog = true` (not run by hand).
+    #[command(hide = true)]
+    Watchdog(csv_node::watchdog::WatchdogArgs),
 }
 
 fn init_logging() {
@@ -39,5 +42,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Export(args) => export::run(args),
         Command::Run(args) => csv_node::daemon::run(args),
+        Command::Watchdog(args) => csv_node::watchdog::run(args),
     }
 }

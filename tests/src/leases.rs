@@ -62,7 +62,12 @@ pub fn wait_leases(c: &Cluster, ids: &[u64]) {
 /// Bootstraps `n` nodes with budget `budget`, sets a volume, creates `vhds` VHDs named
 /// `d0`, `d1`, … and waits for every lease. Returns the cluster and the VHD ids.
 pub fn lease_cluster(n: u64, budget: &str, netns: bool, vhds: usize) -> (Cluster, Vec<u64>) {
-    let mut c = Cluster::new(n, lease_options(budget, netns));
+    lease_cluster_with(n, lease_options(budget, netns), vhds)
+}
+
+/// [`lease_cluster`] with the nodes' options given.
+pub fn lease_cluster_with(n: u64, opts: Options, vhds: usize) -> (Cluster, Vec<u64>) {
+    let mut c = Cluster::new(n, opts);
     c.bootstrap();
     let leader = c.wait_leader();
     c.set_volume(leader, 4096.max(vhds as u64 + 16));

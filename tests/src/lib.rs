@@ -278,6 +278,15 @@ impl Cluster {
         }
     }
 
+    /// The exit status of node `id` once its process ended (it is then not running);
+    /// `None` while it runs.
+    pub fn try_exit(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let n = self.nodes.get_mut(&id)?;
+        let st = n.child.as_mut()?.try_wait().ok()??;
+        n.child = None;
+        Some(st)
+    }
+
     /// The process id of node `id`, while it runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.nodes[&id].child.as_ref().map(Child::id)

@@ -394,6 +394,11 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         ops: Default::default(),
     });
     attach::register_handoff(&daemon)?;
+    if cfg.lease.watchdog {
+        let w = crate::watchdog::Watchdog::spawn()?;
+        tracing::info!(pid = w.pid(), "lease watchdog running");
+        daemon.leases.set_watchdog(w);
+    }
     let (found_tx, mut found_rx) = mpsc::channel(1);
     match &existing {
         Some(st) => {

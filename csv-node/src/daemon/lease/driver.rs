@@ -79,6 +79,7 @@ pub(crate) async fn run(d: Arc<Daemon>, m: Member) {
                 }
             });
         }
+        l.feed_watchdog();
         let due = l.tracker().due(now);
         for cmd in due {
             tracing::warn!(command = ?cmd, "node lease expired: proposing its expiry");

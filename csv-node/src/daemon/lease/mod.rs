@@ -69,12 +69,18 @@ pub struct LeaseSection {
     /// Longest a crashed owner's VHDs stay unwritable (6 s to 300 s, default 8 s); every
     /// other lease timeout is derived from it (design note 030 §8).
     pub outage_budget: Dur,
+    /// Run the lease watchdog (`crate::watchdog`): a separate process that SIGKILLs this
+    /// node when it holds a write hold and its lease ends without a confirmed renewal
+    /// (paused, stuck, or cut off), so no write checked before the deadline can be
+    /// submitted after it.
+    pub watchdog: bool,
 }
 
 impl Default for LeaseSection {
     fn default() -> Self {
         LeaseSection {
             outage_budget: Dur(lock_manager::timing::DEFAULT_OUTAGE_BUDGET),
+            watchdog: false,
         }
     }
 }
@@ -170,6 +176,7 @@ pub struct Leases {
     /// the pre-`Leave` epoch would fail and make it register again).
     stopping: std::sync::atomic::AtomicBool,
     stop: Notify,
+    watchdog: Mutex<Option<crate::watchdog::Watchdog>>,
 }
 
 impl std::fmt::Debug for Leases {
@@ -205,6 +212,39 @@ impl Leases {
             res_rx: Mutex::new(Some(res_rx)),
             stopping: std::sync::atomic::AtomicBool::new(false),
             stop: Notify::new(),
+            watchdog: Mutex::new(None),
+        }
+    }
+
+    /// Hands the started watchdog to the lease machinery, which arms it from now on.
+    pub(crate) fn set_watchdog(&self, w: crate::watchdog::Watchdog) {
+        *lock(&self.watchdog) = Some(w);
+    }
+
+    /// Tells the watchdog (if any) the current kill time: the local lease deadline plus
+    /// half of `io_timeout` while a write hold exists, none otherwise. Cheap when
+    /// nothing changed; called by the driver after every event.
+    pub(crate) fn feed_watchdog(&self) {
+        use crate::watchdog::Arm;
+        let mut w = lock(&self.watchdog);
+        let Some(wd) = w.as_mut() else {
+            return;
+        };
+        let arm = {
+            let g = self.guard();
+            match g.deadline() {
+                Some(d) if g.holds().values().any(|h| h.mode == Mode::Write) => {
+                    Arm::At(d.saturating_add(self.timing.io_timeout / 2))
+                }
+                _ => Arm::Off,
+            }
+        };
+        if let Err(e) = wd.set(arm) {
+            tracing::error!(
+                pid = wd.pid(),
+                "the lease watchdog is gone ({e}); this node runs unguarded"
+            );
+            *w = None;
         }
     }
 
