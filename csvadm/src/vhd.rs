@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use csv_api::admin::volume::{
-    Attachment, VhdAttach, VhdDetach, VhdExport, VhdImport, VhdMaintain, VhdMerge, VhdName, VhdNew,
+    Attachment, VhdAttach, VhdDetach, VhdExport, VhdImport, VhdMaintain, VhdMerge, VhdNew,
 };
 use csv_api::admin::{Request, Response, Vhd, VhdKind, VhdList, VhdRef, VhdState};
 use serde_json::json;

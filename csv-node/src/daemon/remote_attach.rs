@@ -266,10 +266,17 @@ impl Daemon {
 
     fn outcome_error(&self, rec: &RemoteRecord, o: RemoteOutcome) -> ApiError {
         match o {
-            RemoteOutcome::Failed { error } => ApiError {
-                code: error.code,
-                message: format!("{}: {}", rec.target, error.message),
-            },
+            RemoteOutcome::Failed { error } => {
+                let t = rec.target.to_string();
+                ApiError {
+                    code: error.code,
+                    message: if error.message.contains(&t) {
+                        error.message
+                    } else {
+                        format!("on {t}: {}", error.message)
+                    },
+                }
+            }
             RemoteOutcome::Cancelled => err(
                 ErrorCode::Timeout,
                 format!(
@@ -336,7 +343,7 @@ impl Daemon {
                 _ => Err(err(
                     ErrorCode::Timeout,
                     format!(
-                        "{target} took up the request ({id:#x}) but did not finish it within {REMOTE_TIMEOUT:?}; it will finish it: see `csvadm vhd attachments` on {target}"
+                        "{target} took up the request ({id:#x}) but did not finish it within {REMOTE_TIMEOUT:?}; it will finish it: see `csvadm volume status` on {target}"
                     ),
                 )),
             },
