@@ -5,12 +5,15 @@
 //! through node 2, attached on node 2 directly and verified there; a detach asked on a
 //! node that does not hold the VHD names the node that does; a read-only attach on node 3
 //! through node 2; requests to a killed node fail with a clear error within the timeout,
-//! and requests to a removed node are refused at once.
+//! and requests to a removed node are refused at once. A request recorded while its
+//! target is frozen is answered by the target's next incarnation, once: a later restart
+//! restores the attachment without running the request again.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use csv_tests::volume::{fio_verify, need, volume_cluster};
+use csv_tests::binary;
+use csv_tests::volume::{fio_verify, need, volume_cluster, volume_cluster_with};
 
 const GIB: u64 = 1 << 30;
 
@@ -131,4 +134,53 @@ fn attach_and_detach_on_another_node() {
     let a = json(&vc.ok(1, &["vhd", "attach", "r1", "--node", "2", "--json"]));
     assert_eq!(a["node"], 2, "{a}");
     fio_verify(&vc.uri(2, "r1"), "randwrite", "64M", true, work.path());
+}
+
+#[test]
+fn a_restarted_target_answers_a_pending_request_once() {
+    need("fio", "fio");
+    need("qemu-img", "qemu-utils");
+    // A long lease, so the frozen node restarts before anyone expires it.
+    let mut vc = volume_cluster_with(
+        3,
+        2 * GIB,
+        "[lease]\noutage_budget = \"30s\"\n[volume]\nlun = \"{lun}\"\n",
+    );
+    let work = tempfile::tempdir().expect("work dir");
+    vc.ok(1, &["vhd", "create", "r2", "--size", "128M"]);
+    vc.c.signal(3, "STOP");
+    let admin1 = vc.c.nodes[&1].admin.clone();
+    let asker = std::thread::spawn(move || {
+        Command::new(binary("csvadm"))
+            .arg("--admin")
+            .arg(admin1)
+            .args(["vhd", "attach", "r2", "--node", "3", "--json"])
+            .output()
+            .expect("run csvadm")
+    });
+    // Recorded and pending while node 3 is frozen; node 3 dies and comes back.
+    std::thread::sleep(Duration::from_millis(1500));
+    vc.c.kill(3);
+    vc.c.start(3);
+    let out = asker.join().expect("asker thread");
+    assert!(
+        out.status.success(),
+        "attach through node 1 failed: {}\nnode 3 log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        vc.c.log(3)
+    );
+    let a = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(a["node"], 3, "{a}");
+    assert_eq!(a["uri"], vc.uri(3, "r2").as_str(), "{a}");
+    fio_verify(&vc.uri(3, "r2"), "randwrite", "32M", false, work.path());
+    // Restarted again (SIGTERM: fio flushed nothing, the shutdown flushes): the
+    // attachment comes back from node 3's own record, and the answered request is not
+    // run a second time.
+    vc.c.stop(3);
+    vc.c.start(3);
+    vc.wait_export(3, "r2");
+    fio_verify(&vc.uri(3, "r2"), "randwrite", "32M", true, work.path());
+    let log = std::fs::read_to_string(vc.c.nodes[&3].log_path()).expect("node 3 log");
+    let runs = log.matches("running remote request").count();
+    assert_eq!(runs, 1, "node 3 ran the request {runs} times:\n{log}");
 }
