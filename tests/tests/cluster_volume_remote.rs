@@ -99,7 +99,15 @@ fn attach_and_detach_on_another_node() {
     // Read-only on node 3, asked through node 2.
     let a = json(&vc.ok(
         2,
-        &["vhd", "attach", "r1", "--node", "3", "--read-only", "--json"],
+        &[
+            "vhd",
+            "attach",
+            "r1",
+            "--node",
+            "3",
+            "--read-only",
+            "--json",
+        ],
     ));
     assert_eq!(a["read_only"], true, "{a}");
     assert_eq!(a["node"], 3, "{a}");
@@ -120,7 +128,10 @@ fn attach_and_detach_on_another_node() {
     // Now expired: refused at once.
     let t = Instant::now();
     let e = vc.refused(2, &["vhd", "attach", "r1", "--node", "3"]);
-    eprintln!("request to the expired node answered in {:?}: {e}", t.elapsed());
+    eprintln!(
+        "request to the expired node answered in {:?}: {e}",
+        t.elapsed()
+    );
     assert!(t.elapsed() < Duration::from_secs(10), "{e}");
     assert!(e.contains("node-3") && e.contains("unavailable"), "{e}");
 
@@ -128,7 +139,10 @@ fn attach_and_detach_on_another_node() {
     vc.ok(1, &["node", "remove", "3"]);
     let t = Instant::now();
     let e = vc.refused(1, &["vhd", "attach", "r1", "--node", "3"]);
-    eprintln!("request to the removed node answered in {:?}: {e}", t.elapsed());
+    eprintln!(
+        "request to the removed node answered in {:?}: {e}",
+        t.elapsed()
+    );
     assert!(t.elapsed() < Duration::from_secs(10), "{e}");
     assert!(e.contains("node-3 was removed"), "{e}");
     let a = json(&vc.ok(1, &["vhd", "attach", "r1", "--node", "2", "--json"]));

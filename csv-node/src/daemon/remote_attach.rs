@@ -138,7 +138,10 @@ async fn propose_remote(m: &Member, cmd: RemoteCommand) -> Result<RemoteRecord, 
             Ok(r) => {
                 return match decode_result::<Reply>(&r)? {
                     Reply::Remote { record } => Ok(record),
-                    _ => Err(err(ErrorCode::Internal, "unexpected reply to a remote command")),
+                    _ => Err(err(
+                        ErrorCode::Internal,
+                        "unexpected reply to a remote command",
+                    )),
                 };
             }
             Err(e)
@@ -215,7 +218,9 @@ impl Daemon {
     /// asked here of a VHD attached elsewhere names the nodes that hold it.
     pub(crate) async fn detach_request(&self, r: VhdDetach) -> Result<(), ApiError> {
         if r.node != 0 && r.node != self.id() {
-            let (rec, outcome) = self.ask(NodeId(r.node), &r.name, RemoteAction::Detach).await?;
+            let (rec, outcome) = self
+                .ask(NodeId(r.node), &r.name, RemoteAction::Detach)
+                .await?;
             return match outcome {
                 RemoteOutcome::Detached => Ok(()),
                 other => Err(self.outcome_error(&rec, other)),
@@ -235,7 +240,8 @@ impl Daemon {
         let Ok(m) = self.member().await else {
             return e;
         };
-        let Ok(QueryReply::Owner { owner: Some(o) }) = query(&m, Query::Owner { vhd: rec.id }).await
+        let Ok(QueryReply::Owner { owner: Some(o) }) =
+            query(&m, Query::Owner { vhd: rec.id }).await
         else {
             return e;
         };
@@ -434,7 +440,15 @@ async fn execute(d: &Daemon, m: &Member, rec: RemoteRecord) {
     let id = rec.id;
     let again = rec.state == RemoteState::Running;
     if !again {
-        match propose_remote(m, RemoteCommand::Claim { id, node: rec.target }).await {
+        match propose_remote(
+            m,
+            RemoteCommand::Claim {
+                id,
+                node: rec.target,
+            },
+        )
+        .await
+        {
             Ok(r) if r.state == RemoteState::Running => {}
             Ok(r) => {
                 tracing::info!(id = format_args!("{id:#x}"), state = ?r.state, "remote request not claimed");
@@ -460,7 +474,11 @@ async fn execute(d: &Daemon, m: &Member, rec: RemoteRecord) {
     )
     .await
     {
-        Ok(_) => tracing::info!(id = format_args!("{id:#x}"), ?outcome, "remote request answered"),
+        Ok(_) => tracing::info!(
+            id = format_args!("{id:#x}"),
+            ?outcome,
+            "remote request answered"
+        ),
         Err(e) if e.code() == ErrorCode::InvalidState || e.code() == ErrorCode::NotFound => {
             // Finished otherwise meanwhile (this node expired or was removed): nobody
             // learns of an attachment made here, so it is undone.
@@ -472,7 +490,9 @@ async fn execute(d: &Daemon, m: &Member, rec: RemoteRecord) {
             }
         }
         // Unknown: the request stays running and the sweep runs it again (idempotent).
-        Err(e) => tracing::warn!(id = format_args!("{id:#x}"), error = %e, "remote outcome not recorded; retried"),
+        Err(e) => {
+            tracing::warn!(id = format_args!("{id:#x}"), error = %e, "remote outcome not recorded; retried")
+        }
     }
 }
 
@@ -511,6 +531,58 @@ async fn perform(d: &Daemon, rec: &RemoteRecord, again: bool) -> RemoteOutcome {
                 tokio::time::sleep(EXECUTE_RETRY).await;
             }
             Err(error) => return RemoteOutcome::Failed { error },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::remote::RemoteAction;
+    use csv_api::{Epoch, VhdId};
+
+    #[test]
+    fn the_tap_wakes_on_commands_that_change_requests_only() {
+        let lock = |command| Command::Lock { command }.encode();
+        let yes = [
+            Command::Remote {
+                command: RemoteCommand::Request {
+                    id: 1,
+                    from: NodeId(1),
+                    target: NodeId(2),
+                    name: "a".into(),
+                    action: RemoteAction::Detach,
+                },
+            }
+            .encode(),
+            Command::Remote {
+                command: RemoteCommand::Forget { id: 1 },
+            }
+            .encode(),
+            Command::RemoveNode { node: NodeId(3) }.encode(),
+            lock(lock_manager::Command::ExpireNode {
+                node: NodeId(3),
+                epoch: Epoch(1),
+                renewals: 4,
+            }),
+            lock(lock_manager::Command::Leave {
+                node: NodeId(3),
+                epoch: Epoch(1),
+            }),
+        ];
+        for c in yes {
+            assert!(touches_remote(&c), "{}", String::from_utf8_lossy(&c));
+        }
+        let no = [
+            lock(lock_manager::Command::Renew {
+                node: NodeId(3),
+                epoch: Epoch(1),
+            }),
+            Command::DeleteVhd { vhd: VhdId(1) }.encode(),
+            Command::ReleaseReservation { node: NodeId(2) }.encode(),
+        ];
+        for c in no {
+            assert!(!touches_remote(&c), "{}", String::from_utf8_lossy(&c));
         }
     }
 }

@@ -260,6 +260,8 @@ impl StateMachine for ClusterState {
 }
 
 #[cfg(test)]
+mod remote_tests;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;

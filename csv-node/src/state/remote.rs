@@ -280,7 +280,12 @@ impl ClusterState {
         }
     }
 
-    pub(super) fn apply_remote(&mut self, index: u64, cmd: RemoteCommand, w: &mut dyn KvWrite) -> ApplyResult {
+    pub(super) fn apply_remote(
+        &mut self,
+        index: u64,
+        cmd: RemoteCommand,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
         match cmd {
             RemoteCommand::Request {
                 id,
@@ -299,7 +304,11 @@ impl ClusterState {
                 }
                 match &rec.state {
                     RemoteState::Pending => {}
-                    RemoteState::Running => return Ok(Reply::Remote { record: rec.clone() }),
+                    RemoteState::Running => {
+                        return Ok(Reply::Remote {
+                            record: rec.clone(),
+                        });
+                    }
                     RemoteState::Done { outcome, .. } => {
                         return Err(err(
                             ErrorCode::InvalidState,
@@ -335,7 +344,9 @@ impl ClusterState {
                 match &rec.state {
                     RemoteState::Running => {}
                     RemoteState::Done { outcome: o, .. } if *o == outcome => {
-                        return Ok(Reply::Remote { record: rec.clone() });
+                        return Ok(Reply::Remote {
+                            record: rec.clone(),
+                        });
                     }
                     RemoteState::Done { outcome: o, .. } => {
                         return Err(err(
@@ -360,7 +371,9 @@ impl ClusterState {
             RemoteCommand::Cancel { id } => {
                 let rec = self.remote_ref(id)?;
                 if rec.state != RemoteState::Pending {
-                    return Ok(Reply::Remote { record: rec.clone() });
+                    return Ok(Reply::Remote {
+                        record: rec.clone(),
+                    });
                 }
                 let mut rec = rec.clone();
                 rec.state = RemoteState::Done {
@@ -400,8 +413,14 @@ impl ClusterState {
             return Err(err(ErrorCode::InvalidArgument, "request id 0"));
         }
         if let Some(cur) = self.remote.get(&id) {
-            return if cur.from == from && cur.target == target && cur.name == name && cur.action == action {
-                Ok(Reply::Remote { record: cur.clone() })
+            return if cur.from == from
+                && cur.target == target
+                && cur.name == name
+                && cur.action == action
+            {
+                Ok(Reply::Remote {
+                    record: cur.clone(),
+                })
             } else {
                 Err(err(
                     ErrorCode::AlreadyExists,
@@ -465,7 +484,13 @@ impl ClusterState {
 
     /// Finishes every unfinished request addressed to `node` as `unavailable` (the node
     /// was removed, expired or left: it will not answer them).
-    pub(super) fn fail_remote_for(&mut self, index: u64, node: NodeId, why: &str, w: &mut dyn KvWrite) {
+    pub(super) fn fail_remote_for(
+        &mut self,
+        index: u64,
+        node: NodeId,
+        why: &str,
+        w: &mut dyn KvWrite,
+    ) {
         let open: Vec<u64> = self
             .remote
             .values()
@@ -478,7 +503,10 @@ impl ClusterState {
                     outcome: RemoteOutcome::Failed {
                         error: err(
                             ErrorCode::Unavailable,
-                            format!("{node} {why} before it finished the request on {}", rec.name),
+                            format!(
+                                "{node} {why} before it finished the request on {}",
+                                rec.name
+                            ),
                         ),
                     },
                     finished_index: index,
