@@ -40,7 +40,9 @@ fn attach_and_detach_on_another_node() {
     vc.ok(1, &["vhd", "create", "r1", "--size", "256M"]);
 
     // Attach on node 3, asked through node 1: the answer is node 3's attachment.
+    let t = Instant::now();
     let a = json(&vc.ok(1, &["vhd", "attach", "r1", "--node", "3", "--json"]));
+    eprintln!("remote attach (csvadm wall time): {:?}", t.elapsed());
     let sock3 = vc.nbd_socket(3).display().to_string();
     assert_eq!(a["name"], "r1", "{a}");
     assert_eq!(a["node"], 3, "{a}");
@@ -85,16 +87,22 @@ fn attach_and_detach_on_another_node() {
         "{e}"
     );
     // Detach on node 3, asked through node 2.
+    let t = Instant::now();
     let d = json(&vc.ok(2, &["vhd", "detach", "r1", "--node", "3", "--json"]));
+    eprintln!("remote detach (csvadm wall time): {:?}", t.elapsed());
     assert_eq!(d["detached"], "r1", "{d}");
     assert!(!served(&vc.uri(3, "r1")), "node 3 still serves r1");
     let e = vc.refused(2, &["vhd", "detach", "r1", "--node", "3"]);
     assert!(e.contains("node-3") && e.contains("not attached"), "{e}");
 
     // Attached on node 2 directly, the data written through node 3 is there.
+    let t = Instant::now();
     vc.ok(2, &["vhd", "attach", "r1"]);
+    eprintln!("local attach (csvadm wall time): {:?}", t.elapsed());
     fio_verify(&vc.uri(2, "r1"), "randwrite", "64M", true, work.path());
+    let t = Instant::now();
     vc.ok(2, &["vhd", "detach", "r1"]);
+    eprintln!("local detach (csvadm wall time): {:?}", t.elapsed());
 
     // Read-only on node 3, asked through node 2.
     let a = json(&vc.ok(
