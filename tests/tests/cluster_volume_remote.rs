@@ -7,7 +7,8 @@
 //! through node 2; requests to a killed node fail with a clear error within the timeout,
 //! and requests to a removed node are refused at once. A request recorded while its
 //! target is frozen is answered by the target's next incarnation, once: a later restart
-//! restores the attachment without running the request again.
+//! restores the attachment without running the request again. A request to a frozen
+//! node that outlives the asker's timeout is cancelled and never runs.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -205,4 +206,44 @@ fn a_restarted_target_answers_a_pending_request_once() {
     let log = std::fs::read_to_string(vc.c.nodes[&3].log_path()).expect("node 3 log");
     let runs = log.matches("running remote request").count();
     assert_eq!(runs, 1, "node 3 ran the request {runs} times:\n{log}");
+}
+
+#[test]
+fn a_request_that_times_out_is_cancelled_and_never_runs() {
+    need("qemu-img", "qemu-utils");
+    // A lease longer than the asker's 30 s timeout: the frozen node is not expired.
+    let vc = volume_cluster_with(
+        3,
+        GIB,
+        "[lease]\noutage_budget = \"120s\"\n[volume]\nlun = \"{lun}\"\n",
+    );
+    vc.ok(1, &["vhd", "create", "r3", "--size", "64M"]);
+    vc.c.signal(3, "STOP");
+    let t = Instant::now();
+    let e = vc.refused(1, &["vhd", "attach", "r3", "--node", "3"]);
+    let took = t.elapsed();
+    eprintln!("request to the frozen node answered in {took:?}: {e}");
+    assert!(
+        took >= Duration::from_secs(29) && took < Duration::from_secs(45),
+        "{took:?}: {e}"
+    );
+    assert!(
+        e.contains("timeout") && e.contains("cancelled") && e.contains("node-3"),
+        "{e}"
+    );
+    // Thawed, node 3 catches up, sees the request cancelled, and does nothing.
+    vc.c.signal(3, "CONT");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        let _ = vc.ok(3, &["volume", "status", "--json"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let st = json(&vc.ok(3, &["volume", "status", "--json"]));
+    assert_eq!(st["attachments"], serde_json::json!([]), "{st}");
+    assert!(!served(&vc.uri(3, "r3")));
+    let log = std::fs::read_to_string(vc.c.nodes[&3].log_path()).expect("node 3 log");
+    assert!(!log.contains("running remote request"), "{log}");
+    // Nothing holds it: node 2 attaches it.
+    vc.ok(2, &["vhd", "attach", "r3"]);
+    assert!(served(&vc.uri(2, "r3")));
 }

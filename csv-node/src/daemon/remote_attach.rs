@@ -129,7 +129,9 @@ fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
     ApiError::new(code, m)
 }
 
-/// Proposes a remote command, retried while its outcome is unknown.
+/// Proposes a remote command. A failure of the log itself (no coordinator, a lost or
+/// unknown outcome) is retried: every remote command is idempotent or refused on
+/// repeat. The state machine's refusal is answered at once.
 async fn propose_remote(m: &Member, cmd: RemoteCommand) -> Result<RemoteRecord, ApiError> {
     let bytes = Command::Remote { command: cmd }.encode();
     let mut attempt = 0;
@@ -144,18 +146,27 @@ async fn propose_remote(m: &Member, cmd: RemoteCommand) -> Result<RemoteRecord, 
                     )),
                 };
             }
-            Err(e)
-                if attempt + 1 < PROPOSE_ATTEMPTS
-                    && e.code() != ErrorCode::Stopped
-                    && !matches!(e.code(), ErrorCode::InvalidArgument | ErrorCode::Malformed) =>
-            {
+            Err(e) if attempt + 1 < PROPOSE_ATTEMPTS && log_passing(e.code()) => {
                 attempt += 1;
-                tracing::debug!(error = %e, attempt, "remote command outcome unknown; retrying");
+                tracing::debug!(error = %e, attempt, "remote command not applied yet; retrying");
                 tokio::time::sleep(PROPOSE_PAUSE).await;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Log failures worth another attempt (not applied, or outcome unknown).
+fn log_passing(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NoLeader
+            | ErrorCode::NotLeader
+            | ErrorCode::Dropped
+            | ErrorCode::Busy
+            | ErrorCode::Timeout
+            | ErrorCode::Indeterminate
+    )
 }
 
 /// A record as this replica applied it.
