@@ -328,7 +328,23 @@ impl Daemon {
                 action,
             },
         )
-        .await?;
+        .await;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                // Perhaps applied after all: cancel it, so it does not run unannounced.
+                if matches!(e.code(), ErrorCode::Timeout | ErrorCode::Indeterminate) {
+                    let m = m.clone();
+                    tokio::spawn(
+                        async move {
+                            let _ = propose_remote(&m, RemoteCommand::Cancel { id }).await;
+                        }
+                        .in_current_span(),
+                    );
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(id = format_args!("{id:#x}"), %target, vhd = name, ?action, "remote request recorded");
         let deadline = tokio::time::Instant::now() + REMOTE_TIMEOUT;
         let mut last = rec;

@@ -343,12 +343,27 @@ fn the_table_is_bounded_and_evicts_the_oldest_finished_record() {
 
 /// A random remote command for the replica-determinism and simulation tests.
 pub(crate) fn random_remote(rng: &mut StdRng, nodes: u64) -> Command {
-    let id = rng.random_range(0..12);
-    let node = NodeId(rng.random_range(1..=nodes + 1));
-    let command = match rng.random_range(0..6) {
+    let id = if rng.random_bool(0.05) {
+        0
+    } else {
+        rng.random_range(1..10)
+    };
+    // Mostly the node an id's request is addressed to, so claims and outcomes apply.
+    let node = if rng.random_bool(0.8) {
+        NodeId(1 + id % nodes)
+    } else {
+        NodeId(rng.random_range(1..=nodes + 1))
+    };
+    let command = match rng.random_range(0..9) {
+        // Targets need a live lease.
+        8 => return register(node.0),
         0 | 1 => RemoteCommand::Request {
             id,
-            from: NodeId(rng.random_range(1..=nodes)),
+            from: if rng.random_bool(0.9) {
+                NodeId(1 + node.0 % nodes)
+            } else {
+                NodeId(rng.random_range(1..=nodes))
+            },
             target: node,
             name: format!("v{}", rng.random_range(0..60)),
             action: if rng.random_bool(0.5) {
@@ -359,11 +374,11 @@ pub(crate) fn random_remote(rng: &mut StdRng, nodes: u64) -> Command {
                 RemoteAction::Detach
             },
         },
-        2 => RemoteCommand::Claim { id, node },
-        3 => RemoteCommand::Finish {
+        2 | 3 => RemoteCommand::Claim { id, node },
+        4 | 5 => RemoteCommand::Finish {
             id,
             node,
-            outcome: match rng.random_range(0..3) {
+            outcome: match rng.random_range(0..4) {
                 0 => attached(rng.random_range(1..9)),
                 1 => RemoteOutcome::Detached,
                 _ => RemoteOutcome::Failed {
@@ -371,8 +386,44 @@ pub(crate) fn random_remote(rng: &mut StdRng, nodes: u64) -> Command {
                 },
             },
         },
-        4 => RemoteCommand::Cancel { id },
+        6 => RemoteCommand::Cancel { id },
         _ => RemoteCommand::Forget { id },
     };
     Command::Remote { command }
+}
+
+/// The random commands the replica and simulation tests apply reach every remote
+/// transition, so those tests cover them.
+#[test]
+fn random_remote_commands_reach_every_transition() {
+    use rand::SeedableRng;
+    let mut ok = [0u32; 5];
+    for seed in 0..20u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut sm = ClusterState::new();
+        let mut kv = MemKv::default();
+        let mut i = 1;
+        for c in super::tests::bootstrap_commands() {
+            sm.execute(i, c, &mut kv).expect("bootstrap");
+            i += 1;
+        }
+        for _ in 0..400 {
+            let c = super::tests::random_command(&mut rng, 3);
+            let k = match &c {
+                Command::Remote { command } => match command {
+                    RemoteCommand::Request { .. } => 0,
+                    RemoteCommand::Claim { .. } => 1,
+                    RemoteCommand::Finish { .. } => 2,
+                    RemoteCommand::Cancel { .. } => 3,
+                    RemoteCommand::Forget { .. } => 4,
+                },
+                _ => usize::MAX,
+            };
+            if sm.execute(i, c, &mut kv).is_ok() && k < ok.len() {
+                ok[k] += 1;
+            }
+            i += 1;
+        }
+    }
+    assert!(ok.iter().all(|&n| n > 0), "applied per kind: {ok:?}");
 }
