@@ -172,6 +172,7 @@ fn a_restarted_target_answers_a_pending_request_once() {
     let work = tempfile::tempdir().expect("work dir");
     vc.ok(1, &["vhd", "create", "r2", "--size", "128M"]);
     vc.c.signal(3, "STOP");
+    let t = Instant::now();
     let admin1 = vc.c.nodes[&1].admin.clone();
     let asker = std::thread::spawn(move || {
         Command::new(binary("csvadm"))
@@ -186,6 +187,10 @@ fn a_restarted_target_answers_a_pending_request_once() {
     vc.c.kill(3);
     vc.c.start(3);
     let out = asker.join().expect("asker thread");
+    eprintln!(
+        "pending request answered by the restarted node {:?} after the request",
+        t.elapsed()
+    );
     assert!(
         out.status.success(),
         "attach through node 1 failed: {}\nnode 3 log:\n{}",
