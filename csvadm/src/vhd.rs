@@ -1,5 +1,6 @@
 //! `csvadm vhd ...`: VHD images on the cluster volume, through the addressed node: create,
-//! list, info, delete, attach and detach (the export is served by the node that attaches),
+//! list, info, delete, attach and detach (the export is served by the node that attaches:
+//! the addressed one, or the one `--node` names, asked through the cluster's log),
 //! import and export of local files (paths on the node's host), expand, compact and merge
 //! (long operations draw a progress bar on a terminal: `remote_progress.rs`).
 
@@ -7,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use csv_api::admin::volume::{
-    Attachment, VhdAttach, VhdExport, VhdImport, VhdMaintain, VhdMerge, VhdName, VhdNew,
+    Attachment, VhdAttach, VhdDetach, VhdExport, VhdImport, VhdMaintain, VhdMerge, VhdNew,
 };
 use csv_api::admin::{Request, Response, Vhd, VhdKind, VhdList, VhdRef, VhdState};
 use serde_json::json;
@@ -61,22 +62,28 @@ enum VhdCommand {
         /// Name.
         name: String,
     },
-    /// Attach a VHD on the addressed node: it takes ownership and serves the VHD as NBD
-    /// export NAME on its socket.
+    /// Attach a VHD: the serving node (the addressed one, or --node) takes ownership and
+    /// serves the VHD as NBD export NAME on its socket (the answer names that socket).
     Attach {
         /// Name.
         name: String,
-        /// Node that must serve it (must be the addressed node).
+        /// Node that serves it (default: the addressed node). Another node is asked
+        /// through the cluster and answers within 30 s; a node that is down, expired or
+        /// removed is reported as unavailable.
         #[arg(long)]
         node: Option<u64>,
         /// Shared read-only hold (no writer anywhere meanwhile) and a read-only export.
         #[arg(long)]
         read_only: bool,
     },
-    /// Flush, remove the export, release ownership.
+    /// Flush, remove the export, release ownership (on the addressed node, or --node).
     Detach {
         /// Name.
         name: String,
+        /// Node that detaches it (default: the addressed node; when the VHD is attached
+        /// elsewhere, the error names the node that holds it).
+        #[arg(long)]
+        node: Option<u64>,
     },
     /// Copy a local VHD file (fixed or dynamic, on the node's host) into a new VHD.
     Import {
@@ -313,9 +320,12 @@ pub fn run(socket: &Path, args: VhdArgs, json_top: bool) -> Result<(), Failure> 
                 other => return Err(unexpected(&other)),
             }
         }
-        VhdCommand::Detach { name } => {
+        VhdCommand::Detach { name, node } => {
             match c
-                .call(Request::VhdDetach(VhdName { name: name.clone() }))
+                .call(Request::VhdDetach(VhdDetach {
+                    name: name.clone(),
+                    node: node.unwrap_or(0),
+                }))
                 .map_err(failure)?
             {
                 Response::Done(_) => {

@@ -91,7 +91,7 @@ pub enum Request {
     VhdAttach(super::volume::VhdAttach),
     /// → [`Response::Done`].
     #[prost(message, tag = "64")]
-    VhdDetach(super::volume::VhdName),
+    VhdDetach(super::volume::VhdDetach),
     /// → [`Response::Attachments`].
     #[prost(message, tag = "65")]
     Attachments(Empty),

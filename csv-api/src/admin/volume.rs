@@ -77,12 +77,26 @@ pub struct VhdAttach {
     /// VHD name.
     #[prost(string, tag = "1")]
     pub name: String,
-    /// Node that serves the export (0: the addressed node).
+    /// Node that serves the export (0: the addressed node). Another node is asked
+    /// through the replicated log (docs/design/040 §6.1).
     #[prost(uint64, tag = "2")]
     pub node: u64,
     /// Shared read-only hold and a read-only export.
     #[prost(bool, tag = "3")]
     pub read_only: bool,
+}
+
+/// `csvadm vhd detach` → `Response::Done`. Tag 1 is `VhdName`'s, so an older client's
+/// `VhdName` decodes as a detach on the addressed node.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VhdDetach {
+    /// VHD name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Node that detaches it (0: the addressed node). Another node is asked through the
+    /// replicated log.
+    #[prost(uint64, tag = "2")]
+    pub node: u64,
 }
 
 /// One attached VHD.

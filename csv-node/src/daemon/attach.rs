@@ -249,18 +249,9 @@ impl Daemon {
         }
     }
 
-    /// `vhd attach`.
+    /// `vhd attach` on this node (`a.node` is not looked at: `attach_request` in
+    /// `remote_attach.rs` routes a request for another node through the log).
     pub(crate) async fn attach(&self, a: VhdAttach) -> Result<Attachment, ApiError> {
-        if a.node != 0 && a.node != self.id() {
-            return Err(err(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "this is node {}: send the attach to node {}'s admin socket (the export is served by the node that attaches)",
-                    self.id(),
-                    a.node
-                ),
-            ));
-        }
         let _op = self.att.op.lock().await;
         if let Some(x) = lock(&self.att.map).get(&a.name) {
             if x.read_only == a.read_only {
@@ -518,6 +509,10 @@ impl Daemon {
         while !todo.is_empty() {
             let mut again = Vec::new();
             for s in todo {
+                // Detached meanwhile (locally or by a remote request): not brought back.
+                if !lock(&self.att.pending).iter().any(|p| p.name == s.name) {
+                    continue;
+                }
                 let r = self
                     .attach(VhdAttach {
                         name: s.name.clone(),

@@ -14,6 +14,7 @@ mod join;
 pub mod lease;
 mod merge;
 mod progress;
+mod remote_attach;
 mod state_file;
 mod vhd_ops;
 mod vol_handlers;
@@ -83,6 +84,8 @@ pub(crate) struct Daemon {
     pub(crate) att: attach::Attachments,
     /// Long operations' progress (`progress.rs`).
     pub(crate) ops: progress::Operations,
+    /// Attach/detach requests addressed to other nodes (`remote_attach.rs`).
+    pub(crate) remote: remote_attach::RemoteRt,
 }
 
 pub(crate) fn now_unix_ms() -> u64 {
@@ -177,7 +180,10 @@ impl Daemon {
         let meta = MetaNode::start(
             mcfg,
             &data.join("store"),
-            lease::Observed::new(ClusterState::new(), self.leases.observer()),
+            remote_attach::Tapped::new(
+                lease::Observed::new(ClusterState::new(), self.leases.observer()),
+                &self.remote,
+            ),
             Arc::new(transport.clone()),
         )
         .await
@@ -194,6 +200,7 @@ impl Daemon {
         tokio::spawn(lease::run(self.clone(), m.clone()).in_current_span());
         tokio::spawn(volume::watch_volume(self.clone()).in_current_span());
         tokio::spawn(checkpoint::run(self.clone()).in_current_span());
+        tokio::spawn(remote_attach::run(self.clone(), m.clone()).in_current_span());
         if st.initial_voters.contains(&self.id()) {
             let d = self.clone();
             let st = st.clone();
@@ -392,6 +399,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         vol: Default::default(),
         att: Default::default(),
         ops: Default::default(),
+        remote: Default::default(),
     });
     attach::register_handoff(&daemon)?;
     if cfg.lease.watchdog {

@@ -16,9 +16,9 @@ pub(super) async fn handle(d: &Arc<Daemon>, r: Request) -> Result<Response, ApiE
         Request::VolumeFormat(f) => d.volume_format(f).await,
         Request::VolumeStatus(_) => d.volume_status().await.map(Response::VolumeStatus),
         Request::VhdNew(n) => d.vhd_new(n).await.map(|v| Response::Vhd(vhd_to_api(&v))),
-        Request::VhdAttach(a) => d.attach(a).await.map(Response::Attachment),
+        Request::VhdAttach(a) => d.attach_request(a).await.map(Response::Attachment),
         Request::VhdDetach(n) => d
-            .detach(&n.name)
+            .detach_request(n)
             .await
             .map(|()| Response::Done(api::Empty {})),
         Request::Attachments(_) => Ok(Response::Attachments(api::volume::Attachments {

@@ -132,7 +132,12 @@ impl ClusterState {
         }
     }
 
-    pub(super) fn lock(&mut self, cmd: LockCommand, w: &mut dyn KvWrite) -> ApplyResult {
+    pub(super) fn lock(
+        &mut self,
+        index: u64,
+        cmd: LockCommand,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
         let outcome = self.locks.apply(&cmd).map_err(|e| lock_api_error(&e))?;
         let (nodes, vhds) = touched(&cmd, &outcome);
         for n in nodes {
@@ -144,8 +149,17 @@ impl ClusterState {
         persist::put_lock_generation(w, self.locks.next_generation());
         // A node whose epoch moved on (expired or left) gives its reservation back: its
         // unflushed growth is lost anyway (docs/design/040 §3).
-        if let Outcome::Expired { node, .. } | Outcome::Left { node, .. } = &outcome {
-            self.release_reservation(*node);
+        // Its unfinished remote requests will not be answered (040 §6.1).
+        match &outcome {
+            Outcome::Expired { node, .. } => {
+                self.release_reservation(*node);
+                self.fail_remote_for(index, *node, "expired (its lease lapsed)", w);
+            }
+            Outcome::Left { node, .. } => {
+                self.release_reservation(*node);
+                self.fail_remote_for(index, *node, "left the cluster", w);
+            }
+            _ => {}
         }
         Ok(Reply::Lock { outcome })
     }

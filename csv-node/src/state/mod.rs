@@ -1,7 +1,8 @@
 //! The cluster state machine replicated by meta-store: cluster identity, node records, the
 //! volume record, the VHD catalog, the free-extent allocator with per-node reservations,
 //! and the lock manager's `LockState`. Commands and records are in [`types`]; transitions
-//! in `nodes.rs`, `catalog.rs` and `locks.rs`; persistence, loading and the state hash in
+//! in `nodes.rs`, `catalog.rs`, `locks.rs` and `remote.rs` (attach/detach requests
+//! addressed to another node); persistence, loading and the state hash in
 //! `persist.rs`. Design: docs/design/050-control-plane.md §3.
 //!
 //! Deterministic: ordered maps only, no clock, no randomness; a command either changes the
@@ -12,6 +13,7 @@ mod catalog;
 pub mod locks;
 mod nodes;
 mod persist;
+pub mod remote;
 mod resize;
 mod restore;
 pub mod runs;
@@ -59,6 +61,7 @@ pub struct ClusterState {
     free: RunSet,
     reserved: BTreeMap<NodeId, RunSet>,
     locks: LockState,
+    remote: remote::RemoteTable,
     // Derived (rebuilt by `load`): name index, children per parent, mapped extents.
     names: BTreeMap<String, VhdId>,
     children: BTreeMap<VhdId, BTreeSet<VhdId>>,
@@ -124,7 +127,7 @@ impl ClusterState {
                 role,
             } => self.add_node(node, address, role, w),
             Command::SetNodeRole { node, role } => self.set_node_role(node, role, w),
-            Command::RemoveNode { node } => self.remove_node(node, w),
+            Command::RemoveNode { node } => self.remove_node(index, node, w),
             Command::SetVolume { volume } => self.set_volume(volume, w),
             Command::CreateVhd {
                 name,
@@ -151,7 +154,8 @@ impl ClusterState {
                 keep_extents,
                 length,
             } => self.unmap_extents(vhd, keep_extents, length, w),
-            Command::Lock { command } => self.lock(command, w),
+            Command::Lock { command } => self.lock(index, command, w),
+            Command::Remote { command } => self.apply_remote(index, command, w),
             Command::RestoreCatalog { volume, vhds } => self.restore_catalog(volume, vhds, w),
             Command::SetVirtualSize { vhd, virtual_size } => {
                 self.set_virtual_size(vhd, virtual_size, w)
@@ -223,6 +227,7 @@ impl ClusterState {
                 owner: self.locks.owner(vhd),
             }),
             Query::Locks(q) => Ok(QueryReply::Locks(self.answer_locks(q))),
+            Query::Remote(q) => Ok(QueryReply::Remote(self.answer_remote(q))),
         }
     }
 }
@@ -254,6 +259,8 @@ impl StateMachine for ClusterState {
     }
 }
 
+#[cfg(test)]
+mod remote_tests;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

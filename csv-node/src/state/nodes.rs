@@ -166,7 +166,12 @@ impl ClusterState {
         Ok(Reply::Node(info))
     }
 
-    pub(super) fn remove_node(&mut self, node: NodeId, w: &mut dyn KvWrite) -> ApplyResult {
+    pub(super) fn remove_node(
+        &mut self,
+        index: u64,
+        node: NodeId,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
         self.require_init()?;
         let Some(cur) = self.nodes.get(&node) else {
             return Err(err(ErrorCode::NotFound, format!("{node} is not recorded")));
@@ -184,6 +189,7 @@ impl ClusterState {
         persist::put_node(w, &info);
         self.nodes.insert(node, info.clone());
         self.release_reservation(node);
+        self.fail_remote_for(index, node, "was removed", w);
         Ok(Reply::Node(info))
     }
 }

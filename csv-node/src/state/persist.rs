@@ -3,7 +3,9 @@
 //!
 //! Keys (integers big-endian so key order is numeric order): `c/identity`, `c/next_vhd`,
 //! `n/<node>`, `v/volume`, `h/<vhd>`, `f/<start>` (free run length), `r/<node><start>`
-//! (reservation run length), `l/gen`, `l/n/<node>`, `l/v/<vhd>`. Records are JSON.
+//! (reservation run length), `l/gen`, `l/n/<node>`, `l/v/<vhd>`, `q/<request id>`
+//! (remote attach/detach requests). Records are JSON. A snapshot carries the whole
+//! column family, so every prefix here travels with it and `load` rebuilds it.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +29,7 @@ const RESERVED: &[u8] = b"r/";
 const LOCK_GEN: &[u8] = b"l/gen";
 const LOCK_NODE: &[u8] = b"l/n/";
 const LOCK_VHD: &[u8] = b"l/v/";
+const REMOTE: &[u8] = b"q/";
 
 fn key(prefix: &[u8], parts: &[u64]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -90,6 +93,13 @@ pub(super) fn put_lock_vhd(w: &mut dyn KvWrite, v: VhdId, rec: Option<&LockVhd>)
     }
 }
 
+pub(super) fn put_remote(w: &mut dyn KvWrite, r: &super::remote::RemoteRecord) {
+    w.put(&key(REMOTE, &[r.id]), &json(r));
+}
+pub(super) fn delete_remote(w: &mut dyn KvWrite, id: u64) {
+    w.delete(&key(REMOTE, &[id]));
+}
+
 impl ClusterState {
     /// Writes the runs of the free pool and of reservations that changed.
     pub(super) fn flush_runs(&mut self, w: &mut dyn KvWrite) {
@@ -143,6 +153,9 @@ impl ClusterState {
             }
         }
         put(LOCK_GEN, &self.locks.state_hash().to_be_bytes());
+        for r in self.remote.values() {
+            put(REMOTE, &json(r));
+        }
         h.finish()
     }
 }
@@ -264,6 +277,22 @@ pub(super) fn load(r: &dyn KvRead) -> Result<ClusterState, String> {
         ));
         Ok(())
     })?;
+    scan_prefix(r, REMOTE, |k, v| {
+        let id = ids_of("remote request key", k, REMOTE, 1)?[0];
+        let rec: super::remote::RemoteRecord = parse("remote request", v)?;
+        if rec.id != id {
+            return Err(format!("remote request {id:#x} names {:#x}", rec.id));
+        }
+        s.remote.insert(id, rec);
+        Ok(())
+    })?;
+    if s.remote.len() > super::remote::MAX_REMOTE_RECORDS {
+        return Err(format!(
+            "{} remote requests stored, at most {} allowed",
+            s.remote.len(),
+            super::remote::MAX_REMOTE_RECORDS
+        ));
+    }
     let next_gen = match get(LOCK_GEN)? {
         Some(v) => Generation(u64_of("lock generation", &v)?),
         None => LockState::new().next_generation(),

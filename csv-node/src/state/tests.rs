@@ -64,7 +64,7 @@ fn volume(extents: u64) -> VolumeRecord {
     }
 }
 
-fn init() -> Command {
+pub(super) fn init() -> Command {
     Command::InitCluster {
         id: cid(),
         name: "c".into(),
@@ -87,7 +87,7 @@ fn vhd(name: &str, kind: VhdKind, parent: Option<u64>, extents: u64) -> Command 
 /// Applies `cmd` through the byte interface, checking that a refused command writes
 /// nothing and changes nothing, and that the persisted keys always load back to the
 /// same state.
-fn run(sm: &mut ClusterState, kv: &mut MemKv, index: u64, cmd: &Command) -> ApplyResult {
+pub(super) fn run(sm: &mut ClusterState, kv: &mut MemKv, index: u64, cmd: &Command) -> ApplyResult {
     let before = sm.clone();
     let kv_before = kv.clone();
     let r = decode_result::<Reply>(&sm.apply(index, &cmd.encode(), kv));
@@ -102,7 +102,7 @@ fn run(sm: &mut ClusterState, kv: &mut MemKv, index: u64, cmd: &Command) -> Appl
     r
 }
 
-fn setup() -> (ClusterState, MemKv) {
+pub(super) fn setup() -> (ClusterState, MemKv) {
     let mut sm = ClusterState::new();
     let mut kv = MemKv::default();
     run(&mut sm, &mut kv, 1, &init()).expect("init");
@@ -118,7 +118,7 @@ fn setup() -> (ClusterState, MemKv) {
     (sm, kv)
 }
 
-fn code(r: ApplyResult) -> Option<ErrorCode> {
+pub(super) fn code(r: ApplyResult) -> Option<ErrorCode> {
     r.err().map(|e| e.code())
 }
 
@@ -424,7 +424,8 @@ fn fixed_vhds_get_best_fit_contiguous_runs() {
 pub(crate) fn random_command(rng: &mut StdRng, nodes: u64) -> Command {
     let node = NodeId(rng.random_range(1..=nodes + 1));
     let vhd = VhdId(rng.random_range(1..40));
-    match rng.random_range(0..12) {
+    match rng.random_range(0..18) {
+        12..=17 => super::remote_tests::random_remote(rng, nodes),
         0 | 1 => vhd_cmd(rng),
         2 => Command::DeleteVhd { vhd },
         3 => Command::SetVhdState {

@@ -275,6 +275,12 @@ pub enum Command {
         /// The command.
         command: lock_manager::Command,
     },
+    /// An attach or detach request addressed to another node, its claim, outcome,
+    /// cancellation or deletion (legality in `remote::RemoteCommand`).
+    Remote {
+        /// The command.
+        command: super::remote::RemoteCommand,
+    },
 }
 
 /// The versioned envelope of a command in the log.
@@ -335,6 +341,11 @@ pub enum Reply {
     Lock {
         /// The lock manager's outcome.
         outcome: lock_manager::Outcome,
+    },
+    /// Remote-request commands: the record after the command (before it for `Forget`).
+    Remote {
+        /// The record.
+        record: super::remote::RemoteRecord,
     },
 }
 
@@ -397,6 +408,8 @@ pub enum Query {
     },
     /// Lock-table queries (issue 5) → [`QueryReply::Locks`].
     Locks(super::locks::LockQuery),
+    /// Remote attach/detach requests → [`QueryReply::Remote`].
+    Remote(super::remote::RemoteQuery),
 }
 
 /// Space summary.
@@ -452,6 +465,8 @@ pub enum QueryReply {
     },
     /// Lock-table answers.
     Locks(super::locks::LockReply),
+    /// Remote-request answers.
+    Remote(super::remote::RemoteReply),
 }
 
 impl Query {
