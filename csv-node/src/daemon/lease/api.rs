@@ -1,6 +1,6 @@
 //! What the rest of the node asks of the lease machinery: take and drop holds
-//! ([`Daemon::acquire_vhd`], [`Daemon::release_vhd`]), be told before a cooperative
-//! hand-off ([`Daemon::on_handoff`]), move a VHD's write hold to another node
+//! (`Daemon::acquire_vhd`, `Daemon::release_vhd`), be told before a cooperative
+//! hand-off (`Daemon::on_handoff`), move a VHD's write hold to another node
 //! (`owner move`), and the per-hold [`volume::WriteFence`] the data path checks right
 //! before every LUN write.
 
@@ -24,7 +24,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Longest `owner move` waits for the owner to hand the VHD off.
 pub const MOVE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A hold the data path got from [`Daemon::acquire_vhd`].
+/// A hold the data path got from `Daemon::acquire_vhd`.
 #[derive(Debug, Clone)]
 pub struct VhdHold {
     /// The VHD.

@@ -2,7 +2,7 @@
 //! [`Leases`] per daemon owns the node's `FenceGuard` (register, renew through the Raft
 //! log, self-fence on the local clock), the coordinator's `LivenessTracker` (expire nodes
 //! whose renewals stopped, with the new-leader grace), and the API the data path uses
-//! ([`Daemon::acquire_vhd`], [`Daemon::release_vhd`], [`Daemon::on_handoff`]).
+//! (`Daemon::acquire_vhd`, `Daemon::release_vhd`, `Daemon::on_handoff`).
 //!
 //! * `observe.rs`: the state machine wrapper that reports every applied lock command.
 //! * `driver.rs`: the per-node task (renewals, fence polling, tracker, hand-offs).
