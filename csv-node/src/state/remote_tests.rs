@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 
 use super::ClusterState;
 use super::remote::*;
-use super::tests::{MemKv, code, run, setup};
+use super::tests::{MemKv, bootstrap_commands, code, run};
 use super::types::*;
 
 const ATTACH: RemoteAction = RemoteAction::Attach { read_only: false };
@@ -91,23 +91,13 @@ fn pending_for(sm: &ClusterState, node: u64) -> Vec<u64> {
     }
 }
 
-/// Init, nodes 2 and 3 active, node 1 and 2 registered, VHD 1 "a" ready, VHD 2 "b"
+/// The shared bootstrap (init, nodes 2 and 3 active, a volume), nodes 1 and 2 registered, VHD 1 "a" ready, VHD 2 "b"
 /// still creating. The next free log index comes back.
 fn cluster() -> (ClusterState, MemKv, u64) {
-    let (mut sm, mut kv) = setup();
-    let mut i = 3;
-    let mut cmds = Vec::new();
-    for id in 2..=3 {
-        cmds.push(Command::AddNode {
-            node: NodeId(id),
-            address: format!("127.0.0.1:{id}"),
-            role: NodeRole::Voter,
-        });
-        cmds.push(Command::SetNodeRole {
-            node: NodeId(id),
-            role: NodeRole::Voter,
-        });
-    }
+    let mut sm = ClusterState::new();
+    let mut kv = MemKv::default();
+    let mut i = 1;
+    let mut cmds = bootstrap_commands();
     cmds.push(register(1));
     cmds.push(register(2));
     for name in ["a", "b"] {
