@@ -199,4 +199,15 @@ mod tests {
             assert!(Arm::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
+
+    proptest::proptest! {
+        /// Any line is answered (a message or an error), never a panic; every kill time
+        /// round-trips.
+        #[test]
+        fn any_line_parses_or_is_refused(line in ".{0,80}", ns in proptest::num::u64::ANY) {
+            let _ = Arm::parse(&line);
+            let a = Arm::At(Time::from_nanos(ns));
+            proptest::prop_assert_eq!(Arm::parse(&a.line()), Ok(a));
+        }
+    }
 }

@@ -91,8 +91,9 @@ fn pending_for(sm: &ClusterState, node: u64) -> Vec<u64> {
     }
 }
 
-/// The shared bootstrap (init, nodes 2 and 3 active, a volume), nodes 1 and 2 registered, VHD 1 "a" ready, VHD 2 "b"
-/// still creating. The next free log index comes back.
+/// The shared bootstrap (init, nodes 2 and 3 active, a volume), nodes 1 and 2
+/// registered, VHD 1 "a" ready, VHD 2 "b" still creating. The next free log index
+/// comes back.
 fn cluster() -> (ClusterState, MemKv, u64) {
     let mut sm = ClusterState::new();
     let mut kv = MemKv::default();
