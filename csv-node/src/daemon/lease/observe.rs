@@ -53,7 +53,9 @@ impl StateMachine for Observed {
         if is_lock_command(command)
             && let Ok(Command::Lock { command: cmd }) = Command::decode(command)
             && let Some(result) = typed_result(&out)
-            && self.tx.try_send(Observation { cmd, result }).is_err()
+            // A closed channel is a driver that stopped on purpose (leaving): not a lag.
+            && let Err(mpsc::error::TrySendError::Full(_)) =
+                self.tx.try_send(Observation { cmd, result })
         {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
