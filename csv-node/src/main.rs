@@ -39,6 +39,10 @@ fn init_logging() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
+    let points = volume::failpoint::init_from_env().map_err(anyhow::Error::msg)?;
+    if points > 0 {
+        tracing::warn!(points, "fail points configured (FAILPOINTS): test use only");
+    }
     match cli.command {
         Command::Export(args) => export::run(args),
         Command::Run(args) => csv_node::daemon::run(args),

@@ -5,7 +5,9 @@
 //! builds them before the tests run).
 
 pub mod leases;
+pub mod nbdpy;
 pub mod netns;
+pub mod san;
 pub mod scale;
 pub mod volume;
 
@@ -75,6 +77,8 @@ pub struct Node {
     pub addr: SocketAddr,
     /// Admin socket.
     pub admin: PathBuf,
+    /// Extra environment of its process (e.g. `FAILPOINTS`), set with [`Cluster::set_env`].
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -146,6 +150,7 @@ impl Cluster {
                     addr: SocketAddr::from((ip, port)),
                     admin: dir.join("data").join("admin.sock"),
                     dir,
+                    env: Vec::new(),
                     child: None,
                 },
             );
@@ -182,10 +187,21 @@ impl Cluster {
                 addr: SocketAddr::from((ip, free_port(ip))),
                 admin: dir.join("data").join("admin.sock"),
                 dir,
+                env: Vec::new(),
                 child: None,
             },
         );
         self.write_config(id);
+    }
+
+    /// Sets (or with an empty value, removes) an environment variable of node `id`'s
+    /// process from its next start on.
+    pub fn set_env(&mut self, id: u64, key: &str, value: &str) {
+        let n = self.nodes.get_mut(&id).expect("node");
+        n.env.retain(|(k, _)| k != key);
+        if !value.is_empty() {
+            n.env.push((key.to_string(), value.to_string()));
+        }
     }
 
     fn write_config(&self, id: u64) {
@@ -202,6 +218,15 @@ impl Cluster {
         }
         text.push_str(&self.opts.extra_config);
         fs::write(n.dir.join("node.toml"), text).expect("write config");
+    }
+
+    /// Replaces the extra TOML of every node's config (from their next start on).
+    pub fn set_extra_config(&mut self, extra: &str) {
+        self.opts.extra_config = extra.to_string();
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.write_config(id);
+        }
     }
 
     /// The namespaces of a cluster made with `Options::netns`.
@@ -237,6 +262,7 @@ impl Cluster {
             .arg("--config")
             .arg(node.dir.join("node.toml"))
             .env("RUST_LOG", &self.opts.log)
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);

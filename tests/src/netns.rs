@@ -68,6 +68,29 @@ impl Net {
         format!("csvt-{}-hub", self.tag)
     }
 
+    /// The hub namespace (its bridge links every node).
+    pub fn hub_name(&self) -> String {
+        self.hub()
+    }
+
+    /// Gives the hub's bridge the address `.254` of the nodes' subnet and returns it: a
+    /// service run in the hub namespace (a SAN target) is then reached by every node
+    /// over its own link, and cutting a node's link cuts its storage path too.
+    pub fn hub_address(&self) -> Ipv4Addr {
+        let a = Ipv4Addr::new(10, self.subnet[0], self.subnet[1], 254);
+        let cidr = format!("{a}/24");
+        let hub = self.hub();
+        let out = Command::new("ip")
+            .args(["-n", &hub, "addr", "show", "dev", "br0"])
+            .output()
+            .expect("ip addr show");
+        if !String::from_utf8_lossy(&out.stdout).contains(&cidr) {
+            ip(&["-n", &hub, "addr", "add", &cidr, "dev", "br0"]);
+            ip(&["-n", &hub, "link", "set", "lo", "up"]);
+        }
+        a
+    }
+
     fn veth(&self, id: u64) -> (String, String) {
         (
             format!("cv{}n{id}", self.tag),

@@ -83,6 +83,20 @@ pub fn cluster_on_lun(n: u64, lun: &Path, volume_toml: &str) -> Cluster {
     c
 }
 
+impl VolumeCluster {
+    /// A bootstrapped cluster whose nodes reach `lun` (a file, or the file behind a SAN
+    /// target their config names), formatted through node 1; `dir` is kept until drop.
+    pub fn format_on(c: Cluster, lun: PathBuf, dir: tempfile::TempDir) -> VolumeCluster {
+        let vc = VolumeCluster {
+            c,
+            lun,
+            _lun_dir: dir,
+        };
+        vc.ok(1, &["volume", "format", "--extent-size", TEST_EXTENT]);
+        vc
+    }
+}
+
 /// `n` nodes on one sparse file LUN of `lun_size` bytes.
 pub fn volume_cluster(n: u64, lun_size: u64) -> VolumeCluster {
     volume_cluster_with(n, lun_size, "[volume]\nlun = \"{lun}\"\n")

@@ -355,6 +355,7 @@ impl ExtentFile {
             return Ok(());
         }
         let end = self.check_end(off, buf.len() as u64)?;
+        let buf = self.torn_write_point(buf, off);
         let mut map = self.map.load();
         if end > map.extent_count() * self.layout.extent_size {
             drop(map);
@@ -370,7 +371,34 @@ impl ExtentFile {
                 .map_err(|e| self.path_err(e))
         })?;
         self.len.fetch_max(end, Ordering::AcqRel);
+        if buf.len() as u64 != end - off {
+            crate::failpoint::crash("extent.write.torn");
+        }
         Ok(())
+    }
+
+    /// Fail point `extent.write.torn=return(LO-HI)`: a write overlapping file bytes
+    /// `[LO, HI)` writes only its first half (whole sectors when it has several), then the
+    /// process aborts: a torn write, as a crash in the middle of it leaves.
+    fn torn_write_point<'a>(&self, buf: &'a [u8], off: u64) -> &'a [u8] {
+        let Some(Some(spec)) = crate::failpoint::value("extent.write.torn") else {
+            return buf;
+        };
+        let range = spec.split_once('-').and_then(|(a, b)| {
+            Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?))
+        });
+        match range {
+            Some((lo, hi)) if off < hi && off + buf.len() as u64 > lo => {
+                let half = buf.len() / 2;
+                let keep = if half >= 512 {
+                    half - half % 512
+                } else {
+                    half.max(1)
+                };
+                &buf[..keep]
+            }
+            _ => buf,
+        }
     }
 
     /// Maps enough extents to hold `end` bytes (growth mutex held).
@@ -416,6 +444,7 @@ impl ExtentFile {
                 return Err(e);
             }
         }
+        crate::failpoint::crash("extent.grow.after_zero");
         self.map.store(Arc::new(next));
         Ok(())
     }
@@ -477,6 +506,7 @@ impl ExtentFile {
             return Ok(());
         };
         let _serial = lock(&self.flush_lock);
+        crate::failpoint::crash("extent.flush.enter");
         let (map, len, released, changed) = {
             let p = lock(&self.growth);
             let map = self.map.load_full();
@@ -490,6 +520,7 @@ impl ExtentFile {
         if !changed {
             return Ok(());
         }
+        crate::failpoint::crash("extent.flush.after_path_flush");
         let update = MapUpdate {
             len,
             runs: map.runs().to_vec(),
@@ -501,6 +532,7 @@ impl ExtentFile {
                 file: self.name.clone(),
                 source,
             })?;
+        crate::failpoint::crash("extent.flush.after_commit");
         let mut p = lock(&self.growth);
         p.committed_map = map;
         p.committed_len = len;

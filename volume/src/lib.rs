@@ -9,12 +9,14 @@
 //! * [`extent_map`], [`extent_file`]: VHD files as extent-mapped files implementing
 //!   `vhd::Storage`, growing from an [`ExtentSource`], committing through an
 //!   [`ExtentMapSink`], every write gated by a [`WriteFence`] ([`hooks`]).
+//! * [`failpoint`]: named cut points for the process-level safety tests.
 //! * [`testing`]: test tooling (in-memory LUN, fault injection, a simple pool).
 //! * [`fuzz`]: entry points of the fuzz targets.
 
 pub mod checkpoint;
 pub mod extent_file;
 pub mod extent_map;
+pub mod failpoint;
 pub mod fuzz;
 pub mod hooks;
 pub mod layout;

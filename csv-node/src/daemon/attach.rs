@@ -289,6 +289,9 @@ impl Daemon {
             }
         }
         let chain = extents::ancestors(&m, &rec).await?;
+        if let Some(d) = volume::failpoint::delay("attach.before_hold") {
+            tokio::time::sleep(d).await;
+        }
         let mode = if a.read_only {
             Mode::ReadDenyWrite
         } else {
@@ -412,9 +415,14 @@ impl Daemon {
         };
         if let Some(s) = self.att.server.get()
             && let Some(r) = s.remove_export(name)
-            && tokio::time::timeout(DRAIN_DEADLINE, r.wait())
-                .await
-                .is_err()
+            && tokio::time::timeout(DRAIN_DEADLINE, async {
+                if let Some(d) = volume::failpoint::delay("export.drain") {
+                    tokio::time::sleep(d).await;
+                }
+                r.wait().await
+            })
+            .await
+            .is_err()
         {
             tracing::warn!(
                 vhd = name,

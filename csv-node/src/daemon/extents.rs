@@ -281,6 +281,11 @@ impl ExtentMapSink for CatalogSink {
             })?;
             *c = (v.runs, v.length);
         }
+        // Fail point: the commit applied but its answer is lost (a timeout, a leader
+        // change): the outcome is unknown to this node.
+        if volume::failpoint::value("catalog.commit.lost_reply").is_some() {
+            return Err(SinkError("fail point: the commit's answer was lost".into()));
+        }
         Ok(())
     }
 }

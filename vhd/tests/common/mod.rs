@@ -111,14 +111,10 @@ pub fn pyvhdi_read(chain: &[&Path], ranges: Option<&[(u64, u64)]>, dir: &Path) -
     std::fs::read(&out).unwrap()
 }
 
-/// Decompresses a Microsoft-written sample from ../shared/vhd-samples into `dir`.
+/// Decompresses a Microsoft-written sample from `tests/data` into `dir`.
 pub fn sample(name: &str, dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vhd-samples");
-    let root = if root.exists() {
-        root
-    } else {
-        PathBuf::from("/work/shared/vhd-samples")
-    };
+    // kept in the repository (tests/data/README.md says where they come from)
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let src = root.join(format!("{name}.bz2"));
     assert!(src.exists(), "sample {} missing", src.display());
     let dst = dir.join(name);

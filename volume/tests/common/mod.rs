@@ -164,15 +164,17 @@ impl Drop for Target {
     }
 }
 
+/// Waits until `socket` accepts a connection (the file appears at bind, before listen:
+/// a connect in between is refused).
 fn wait_for_socket(child: &mut Child, socket: &Path, what: &str) {
     let start = Instant::now();
-    while !socket.exists() {
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("{what} exited early: {st}");
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "{what} did not create its socket"
+            "{what} did not listen on its socket"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
