@@ -90,6 +90,10 @@ impl Watchdog {
             .spawn()
             .context("start the lease watchdog")?;
         let stdin = child.stdin.take().context("watchdog stdin")?;
+        // The lease driver writes from a runtime worker: a watchdog that stops reading
+        // must not block it (a full pipe is retried at the next update instead).
+        rustix::fs::fcntl_setfl(&stdin, rustix::fs::OFlags::NONBLOCK)
+            .context("make the watchdog pipe non-blocking")?;
         Ok(Watchdog {
             child,
             stdin,
@@ -103,10 +107,16 @@ impl Watchdog {
         if self.last == Some(arm) {
             return Ok(());
         }
-        self.stdin.write_all(arm.line().as_bytes())?;
-        self.stdin.flush()?;
-        self.last = Some(arm);
-        Ok(())
+        // One line is shorter than PIPE_BUF: written whole or not at all.
+        match self.stdin.write(arm.line().as_bytes()) {
+            Ok(_) => {
+                self.last = Some(arm);
+                Ok(())
+            }
+            // The pipe is full: the newest arm goes at the next update.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The watchdog's process id.

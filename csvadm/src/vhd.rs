@@ -159,6 +159,7 @@ pub fn attachment_json(a: &Attachment) -> serde_json::Value {
         "name": a.name, "vhd": a.vhd, "node": a.node, "read_only": a.read_only,
         "generation": a.generation, "socket": a.socket, "uri": a.uri,
         "tcp": if a.tcp.is_empty() { serde_json::Value::Null } else { json!(a.tcp) },
+        "error": if a.error.is_empty() { serde_json::Value::Null } else { json!(a.error) },
     })
 }
 

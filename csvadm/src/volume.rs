@@ -110,12 +110,21 @@ fn print_status(s: &VolumeStatus, json_out: bool) {
         );
     }
     for a in &s.attachments {
-        println!(
-            "  attached here: {} ({}) {}",
-            a.name,
-            if a.read_only { "ro" } else { "rw" },
-            a.uri
-        );
+        if a.error.is_empty() {
+            println!(
+                "  attached here: {} ({}) {}",
+                a.name,
+                if a.read_only { "ro" } else { "rw" },
+                a.uri
+            );
+        } else {
+            println!(
+                "  held here, NOT exported: {} ({}): {}",
+                a.name,
+                if a.read_only { "ro" } else { "rw" },
+                a.error
+            );
+        }
     }
 }
 

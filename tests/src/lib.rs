@@ -25,8 +25,12 @@ use csv_api::admin::{Client, ClientError, Status, VhdCreate, VhdKind, Volume};
 /// as soon as their condition holds.
 pub const PATIENCE: Duration = Duration::from_secs(45);
 
-/// A workspace binary next to the test executable (`target/<profile>/<name>`).
+/// A workspace binary next to the test executable (`target/<profile>/<name>`), or in
+/// `CSV_BIN_DIR` when set (to run these tests against another build, e.g. an older one).
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CSV_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().expect("current exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();
     if dir.ends_with("deps") {
@@ -289,10 +293,14 @@ impl Cluster {
         }
     }
 
-    /// The tail of a node's log.
+    /// The tail of a node's log (`CSV_LOG_LINES` lines, default 60).
     pub fn log(&self, id: u64) -> String {
         let s = fs::read_to_string(self.nodes[&id].log_path()).unwrap_or_default();
-        let tail: Vec<&str> = s.lines().rev().take(60).collect();
+        let n = std::env::var("CSV_LOG_LINES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60);
+        let tail: Vec<&str> = s.lines().rev().take(n).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 

@@ -387,3 +387,35 @@ fn creation_limits() {
     img.read_at(&mut b, vhd::MAX_VIRTUAL_SIZE - 512).unwrap();
     assert_eq!(b, [0u8; 512]);
 }
+
+/// An abandoned image writes nothing more: its dirty BAT is not flushed on drop, and
+/// writes and flushes fail (the node reopens the file from the storage instead).
+#[test]
+fn an_abandoned_image_writes_nothing_more() {
+    let m = Arc::new(MemStorage::new());
+    vhd::create::create_dynamic(
+        m.as_ref(),
+        &vhd::create::CreateOptions::new(vhd::DiskType::Dynamic, 64 << 20),
+    )
+    .unwrap();
+    let before = m.to_vec();
+    let img = Image::open_storage(m.clone(), false, "t", &NoParents).unwrap();
+    img.write_at(&[7u8; 4096], 0).unwrap();
+    assert!(img.is_dirty());
+    img.abandon();
+    assert!(img.write_at(&[8u8; 512], 0).is_err());
+    assert!(img.flush().is_err());
+    drop(img);
+    let back = Image::open_storage(
+        Arc::new(MemStorage::from_vec(m.to_vec())),
+        true,
+        "t",
+        &NoParents,
+    )
+    .unwrap();
+    assert_eq!(back.allocated_blocks(), Some(0), "the BAT was not written");
+    assert_eq!(
+        &m.to_vec()[..before.len() - 512],
+        &before[..before.len() - 512]
+    );
+}

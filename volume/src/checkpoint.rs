@@ -250,11 +250,13 @@ pub fn write_checkpoint(
     // Payload padded to 4 KiB, so an O_DIRECT path needs no read-modify-write.
     let mut padded = payload.to_vec();
     padded.resize(payload.len().next_multiple_of(HEADER_SIZE), 0);
+    let lost = path.lost_writes();
     if !padded.is_empty() {
         path.write_at(&padded, base + HEADER_SIZE as u64)?;
     }
     path.write_at(&header.encode(), base)?;
     path.flush()?;
+    crate::path::check_no_loss(path, lost, base)?;
     Ok(slot)
 }
 

@@ -55,9 +55,17 @@ pub trait ExtentMapSink: Send + Sync + std::fmt::Debug {
 #[error("fence closed: {0}")]
 pub struct FenceError(pub String);
 
-/// Asked immediately before every LUN write of a file opened for writing.
+/// Asked immediately before every LUN write of a file opened for writing
+/// ([`WriteFence::check`]) and before every LUN read of a file it guards
+/// ([`WriteFence::check_read`]).
 pub trait WriteFence: Send + Sync + std::fmt::Debug {
     fn check(&self) -> Result<(), FenceError>;
+
+    /// May this node still read? (Any hold at a live lease: a node whose lease lapsed
+    /// must not read extents that may be given to another VHD meanwhile.)
+    fn check_read(&self) -> Result<(), FenceError> {
+        self.check()
+    }
 }
 
 /// A fence that is always open: offline tools holding the volume exclusively

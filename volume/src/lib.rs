@@ -9,6 +9,7 @@
 //! * [`extent_map`], [`extent_file`]: VHD files as extent-mapped files implementing
 //!   `vhd::Storage`, growing from an [`ExtentSource`], committing through an
 //!   [`ExtentMapSink`], every write gated by a [`WriteFence`] ([`hooks`]).
+//! * [`nonblocking`]: the scope in which an extent file never blocks its thread.
 //! * [`failpoint`]: named cut points for the process-level safety tests.
 //! * [`testing`]: test tooling (in-memory LUN, fault injection, a simple pool).
 //! * [`fuzz`]: entry points of the fuzz targets.
@@ -21,11 +22,14 @@ pub mod fuzz;
 pub mod hooks;
 pub mod layout;
 mod le;
+pub mod nonblocking;
 pub mod path;
 pub mod superblock;
 pub mod testing;
 
-pub use extent_file::{DEFAULT_FENCE_WAIT, ExtentError, ExtentFile, WriteAccess};
+pub use extent_file::{
+    DEFAULT_FENCE_WAIT, ExtentError, ExtentFile, ReadAccess, WriteAccess, is_would_block,
+};
 pub use extent_map::{ExtentMap, ExtentRun};
 pub use hooks::{
     ExtentMapSink, ExtentSource, FenceError, Grant, MapUpdate, OpenFence, SinkError, SourceError,
@@ -33,7 +37,8 @@ pub use hooks::{
 };
 pub use layout::Layout;
 pub use path::{
-    ErrorClass, FileOptions, FilePath, LunPath, NbdOptions, NbdPath, NbdTarget, PathError,
+    ErrorClass, FileOptions, FilePath, LunPath, NbdOptions, NbdPath, NbdTarget, NoGate, PathError,
+    WriteGate, wait_quiet,
 };
 pub use superblock::{FormatParams, Superblock};
 

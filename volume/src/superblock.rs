@@ -229,6 +229,7 @@ pub fn format(path: &dyn LunPath, params: &FormatParams) -> Result<Superblock, S
         created,
         label: params.label.clone(),
     };
+    let lost = path.lost_writes();
     // Old checkpoints must never be recovered into the new volume.
     for slot in 0..CHECKPOINT_SLOTS {
         path.write_zeroes(
@@ -239,8 +240,10 @@ pub fn format(path: &dyn LunPath, params: &FormatParams) -> Result<Superblock, S
     let bytes = sb.encode();
     path.write_at(&bytes, layout.backup_offset())?;
     path.flush()?;
+    crate::path::check_no_loss(path, lost, layout.backup_offset())?;
     path.write_at(&bytes, 0)?;
     path.flush()?;
+    crate::path::check_no_loss(path, lost, 0)?;
     Ok(sb)
 }
 

@@ -269,6 +269,20 @@ impl LunPath for FaultyPath {
         self.inner.size()
     }
 
+    fn lost_writes(&self) -> u64 {
+        self.inner.lost_writes()
+    }
+
+    /// Late writes still to land are in doubt: asked again shortly.
+    fn quiet_at(&self) -> Option<std::time::Instant> {
+        let pending = lock(&self.late_jobs).iter().any(|j| !j.is_finished());
+        if pending {
+            Some(std::time::Instant::now() + Duration::from_millis(20))
+        } else {
+            self.inner.quiet_at()
+        }
+    }
+
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
     }

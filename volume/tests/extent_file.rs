@@ -266,12 +266,10 @@ fn closed_fence_fails_writes_after_fence_wait_and_nothing_lands() {
     let io = Storage::write_at(f.as_ref(), b"x", 0).unwrap_err();
     assert_eq!(volume::errno(&io), libc::EIO);
     assert_eq!(volume::error_class(&io), Some(ErrorClass::Fenced));
+    // Reads are fenced too (042 §9): the node may have lost the VHD to another.
     let mut b = [0u8; 4096];
-    f.read(&mut b, 0).unwrap();
-    assert_eq!(
-        b, [1u8; 4096],
-        "reads are not fenced and the old data stays"
-    );
+    let e = f.read(&mut b, 0).unwrap_err();
+    assert!(matches!(e, ExtentError::Fenced { .. }), "{e}");
     // A fence that reopens within the wait: the write pauses, then goes through.
     let f2 = f.clone();
     let fence2 = fence.clone();
@@ -284,7 +282,10 @@ fn closed_fence_fails_writes_after_fence_wait_and_nothing_lands() {
     assert!(start.elapsed() >= Duration::from_millis(90));
     opener.join().unwrap();
     f.read(&mut b, 0).unwrap();
-    assert_eq!(b, [3u8; 4096]);
+    assert_eq!(
+        b, [3u8; 4096],
+        "the old data stayed until the fence reopened"
+    );
 }
 
 #[test]
@@ -469,9 +470,13 @@ fn path_errors_keep_their_class_through_vhd_storage() {
     faulty.cut(true);
     let e = Storage::write_at(&f, b"y", 0).unwrap_err();
     assert_eq!(volume::error_class(&e), Some(ErrorClass::Path));
+    // The flush fails with the path, after a write it covered: the file is poisoned, and
+    // a later flush fails too although the path is back (042 §5).
     let e = Storage::flush(&f).unwrap_err();
-    assert_eq!(volume::error_class(&e), Some(ErrorClass::Path));
+    assert!(e.to_string().contains("reopened"), "{e}");
     faulty.cut(false);
+    assert!(matches!(f.flush(), Err(ExtentError::Poisoned { .. })));
+    assert!(f.poisoned().is_some());
     faulty.media_errors(true, false);
     let mut b = [0u8; 1];
     let e = Storage::read_at(&f, &mut b, 0).unwrap_err();

@@ -144,3 +144,62 @@ fn o_direct_unaligned_io_and_concurrent_partial_writes() {
     let plain = std::fs::read(&lun).unwrap();
     assert_eq!(&plain[1..4], b"abc");
 }
+
+/// A gate that counts its checks and may refuse.
+struct CountGate {
+    checks: std::sync::atomic::AtomicU64,
+    refuse: bool,
+}
+
+impl volume::WriteGate for CountGate {
+    fn check(&self) -> Result<(), PathError> {
+        self.checks
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if self.refuse {
+            Err(PathError::Fenced {
+                detail: "test gate".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[test]
+fn gated_writes_ask_once_per_write_call_and_a_refusal_writes_nothing() {
+    let dir = disk_dir();
+    let lun = lun_file(dir.path(), 4 * MIB);
+    let p = FilePath::open(
+        &lun,
+        FileOptions {
+            direct: true,
+            ..FileOptions::default()
+        },
+    )
+    .unwrap();
+    let gate = |refuse| CountGate {
+        checks: std::sync::atomic::AtomicU64::new(0),
+        refuse,
+    };
+    // An unaligned O_DIRECT write: read-back of head and tail, then one pwrite, the gate
+    // asked once, after the read-back.
+    let g = gate(false);
+    p.write_at_gated(&[5u8; 10_000], 100, &g).unwrap();
+    assert_eq!(g.checks.load(std::sync::atomic::Ordering::Acquire), 1);
+    let g = gate(true);
+    let e = p.write_at_gated(&[6u8; 10_000], 100, &g).unwrap_err();
+    assert!(matches!(e, PathError::Fenced { .. }), "{e}");
+    let mut b = vec![0u8; 10_000];
+    p.read_at(&mut b, 100).unwrap();
+    assert_eq!(b, vec![5u8; 10_000], "a refused write wrote nothing");
+    // Zeroing: one fallocate call, one check; refused, nothing zeroed.
+    let g = gate(true);
+    assert!(p.write_zeroes_gated(0, MIB, &g).is_err());
+    p.read_at(&mut b, 100).unwrap();
+    assert_eq!(b, vec![5u8; 10_000]);
+    let g = gate(false);
+    p.write_zeroes_gated(0, MIB, &g).unwrap();
+    assert!(g.checks.load(std::sync::atomic::Ordering::Acquire) >= 1);
+    p.read_at(&mut b, 100).unwrap();
+    assert_eq!(b, vec![0u8; 10_000]);
+}

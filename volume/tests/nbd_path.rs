@@ -1,7 +1,7 @@
 //! `NbdPath` against real SAN targets started by the tests: the VHD scenario over
 //! `nbdkit file` and `qemu-nbd --shared=8`; a target killed mid-stream gives path
 //! failures within io_timeout (never a hang), and the path reconnects to a restarted
-//! target, reporting the possibly lost unflushed writes at the next flush; a target that
+//! target, counting the connections lost with unflushed writes; a target that
 //! stops answering times out; nbdkit's error filter gives media errors.
 #![allow(clippy::unwrap_used)]
 
@@ -123,8 +123,8 @@ fn killed_target_gives_path_errors_within_io_timeout_then_reconnects() {
     assert!(e.is_path_failure(), "{e}");
     assert!(start.elapsed() < IO_TIMEOUT + Duration::from_millis(500));
 
-    // Target back: the path reconnects (after its backoff) and I/O works; the first flush
-    // says that completed writes on the lost connection may be gone.
+    // Target back: the path reconnects (after its backoff) and I/O works; the path counts
+    // the connections lost with completed, unflushed writes (their owners' flushes fail).
     let _t2 = nbdkit_at(&socket, &lun, &[]);
     let start = Instant::now();
     loop {
@@ -140,11 +140,7 @@ fn killed_target_gives_path_errors_within_io_timeout_then_reconnects() {
             }
         }
     }
-    let e = p.flush().unwrap_err();
-    assert!(
-        e.is_path_failure() && e.to_string().contains("unflushed"),
-        "{e}"
-    );
+    assert!(p.lost_writes() > 0, "the lost connections carried writes");
     p.flush().unwrap();
     let mut b = [0u8; 4096];
     p.read_at(&mut b, 8192).unwrap();

@@ -241,43 +241,6 @@ impl Client {
         }
     }
 
-    /// Moves VHD `id` to `state`.
-    pub fn vhd_set_state(&mut self, id: u64, state: VhdState) -> Result<Vhd, ClientError> {
-        expect!(
-            self.call(Request::VhdSetState(VhdSetState {
-                id,
-                state: state as i32
-            }))?,
-            Vhd
-        )
-    }
-
-    /// Reserves `count` extents for `node`.
-    pub fn extents_reserve(&mut self, node: u64, count: u64) -> Result<Extents, ClientError> {
-        expect!(
-            self.call(Request::ExtentsReserve(ExtentsReserve { node, count }))?,
-            Extents
-        )
-    }
-
-    /// Returns `node`'s reservation to the free pool.
-    pub fn extents_release(&mut self, node: u64) -> Result<Extents, ClientError> {
-        expect!(
-            self.call(Request::ExtentsRelease(NodeRef { id: node }))?,
-            Extents
-        )
-    }
-
-    /// Maps reserved runs to a VHD.
-    pub fn extents_map(&mut self, m: ExtentsMap) -> Result<Vhd, ClientError> {
-        expect!(self.call(Request::ExtentsMap(m))?, Vhd)
-    }
-
-    /// Cuts a VHD's extent list.
-    pub fn extents_unmap(&mut self, u: ExtentsUnmap) -> Result<Vhd, ClientError> {
-        expect!(self.call(Request::ExtentsUnmap(u))?, Vhd)
-    }
-
     /// Free space and reservations.
     pub fn space(&mut self) -> Result<Space, ClientError> {
         expect!(self.call(Request::SpaceGet(Empty {}))?, Space)

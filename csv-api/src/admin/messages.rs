@@ -10,7 +10,7 @@ pub struct AdminRequest {
     /// The request.
     #[prost(
         oneof = "Request",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79"
     )]
     pub request: Option<Request>,
 }
@@ -54,23 +54,10 @@ pub enum Request {
     /// A page of VHD records by id → [`Response::VhdList`].
     #[prost(message, tag = "13")]
     VhdList(VhdList),
-    /// Move a VHD between creating, ready and deleting → [`Response::Vhd`].
-    #[prost(message, tag = "14")]
-    VhdSetState(VhdSetState),
-    /// Reserve free extents for a node's local growth → [`Response::Extents`] (the runs
-    /// added to the reservation).
-    #[prost(message, tag = "15")]
-    ExtentsReserve(ExtentsReserve),
-    /// Return a node's whole reservation to the free pool → [`Response::Extents`] (the
-    /// runs returned).
-    #[prost(message, tag = "16")]
-    ExtentsRelease(NodeRef),
-    /// Append reserved runs to a VHD and set its length → [`Response::Vhd`].
-    #[prost(message, tag = "17")]
-    ExtentsMap(ExtentsMap),
-    /// Cut a VHD's extent list and free the tail → [`Response::Vhd`].
-    #[prost(message, tag = "18")]
-    ExtentsUnmap(ExtentsUnmap),
+    // Tags 14 to 18 (VhdSetState, ExtentsReserve, ExtentsRelease, ExtentsMap,
+    // ExtentsUnmap) were raw state-machine mutations no client needs; the data path makes
+    // them itself, fenced by the writer's generation (docs/design/042 §11). Never reuse
+    // them: an old client's request decodes as no request and is refused.
     /// Free space and reservations → [`Response::Space`].
     #[prost(message, tag = "19")]
     SpaceGet(Empty),
@@ -498,68 +485,12 @@ pub struct VhdPage {
     pub total: u64,
 }
 
-/// `VhdSetState` request.
-#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
-pub struct VhdSetState {
-    /// The VHD.
-    #[prost(uint64, tag = "1")]
-    pub id: u64,
-    /// New state.
-    #[prost(enumeration = "VhdState", tag = "2")]
-    pub state: i32,
-}
-
-/// `ExtentsReserve` request.
-#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
-pub struct ExtentsReserve {
-    /// The node that will grow VHDs.
-    #[prost(uint64, tag = "1")]
-    pub node: u64,
-    /// Extents to add to its reservation.
-    #[prost(uint64, tag = "2")]
-    pub count: u64,
-}
-
 /// Runs of extents.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Extents {
     /// The runs.
     #[prost(message, repeated, tag = "1")]
     pub runs: Vec<ExtentRun>,
-}
-
-/// `ExtentsMap` request.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ExtentsMap {
-    /// The VHD that grows.
-    #[prost(uint64, tag = "1")]
-    pub vhd: u64,
-    /// The node whose reservation the runs come from.
-    #[prost(uint64, tag = "2")]
-    pub node: u64,
-    /// Runs to append, each inside the node's reservation.
-    #[prost(message, repeated, tag = "3")]
-    pub runs: Vec<ExtentRun>,
-    /// New logical length (fits the extents).
-    #[prost(uint64, tag = "4")]
-    pub length: u64,
-    /// The writer's fencing generation; 0 = unfenced (before ownership is wired in).
-    #[prost(uint64, tag = "5")]
-    pub generation: u64,
-}
-
-/// `ExtentsUnmap` request.
-#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
-pub struct ExtentsUnmap {
-    /// The VHD.
-    #[prost(uint64, tag = "1")]
-    pub vhd: u64,
-    /// Extents kept (file order); the rest are freed.
-    #[prost(uint64, tag = "2")]
-    pub keep_extents: u64,
-    /// New logical length (fits the kept extents).
-    #[prost(uint64, tag = "3")]
-    pub length: u64,
 }
 
 /// Free space and reservations.

@@ -126,6 +126,11 @@ pub struct Attachment {
     /// NBD TCP address, when configured.
     #[prost(string, tag = "8")]
     pub tcp: String,
+    /// Set when the VHD is no longer exported because its final flush failed: the node
+    /// keeps the hold (no other node may write it) until `vhd detach` succeeds or the
+    /// VHD is attached again (docs/design/042 §8).
+    #[prost(string, tag = "9")]
+    pub error: String,
 }
 
 /// VHDs attached on the addressed node.

@@ -1,9 +1,10 @@
 //! Attached VHDs: `vhd attach` takes ownership (a write hold, or a shared read hold that
-//! excludes writers), opens the image on the LUN over `volume::ExtentFile` (growth from
-//! the node's reservation, mappings committed to the catalog at the hold's generation,
-//! every LUN write behind the hold's fence) and adds an NBD export named after the VHD on
+//! excludes writers), reads the VHD's record *under* that hold, holds every differencing
+//! ancestor read-deny-write, opens the image on the LUN over `volume::ExtentFile`
+//! (growth from the node's reservation, map commits at the hold's generation, every LUN
+//! write and read behind the hold's fence) and adds an NBD export named after the VHD on
 //! the node's Unix socket `<data_dir>/nbd.sock` (and TCP with `volume.nbd_listen`).
-//! `vhd detach` removes the export, flushes, releases. The set of attachments is kept in
+//! Detach, hand-off and shutdown are in `detach.rs`. The set of attachments is kept in
 //! `<data_dir>/attachments.json`, so a restarted node brings its exports back.
 
 use std::collections::BTreeMap;
@@ -15,21 +16,18 @@ use csv_api::admin::volume::{Attachment, VhdAttach};
 use csv_api::error::ApiError;
 use csv_api::{ErrorCode, NodeId, VhdId};
 use lock_manager::Mode;
-use nbd::device::BlockDevice;
-use nbd::file::IoMode;
 use nbd::server::{ExportOptions, Server, ServerConfig, listener};
 use serde::{Deserialize, Serialize};
-use volume::WriteAccess;
+use volume::{Layout, LunPath, ReadAccess, WriteAccess};
 
-use super::Daemon;
 use super::extents::{self, CatalogSink, NodeReservation};
 use super::handlers::query;
+use super::lease::VhdHold;
 use super::volume::lock;
+use super::{Daemon, Member};
 use crate::state::types::{Query, QueryReply, VhdRecord, VhdState};
 use crate::vhd_device::VhdDevice;
 
-/// How long a detach waits for the export's connections to finish.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Catalog page size when looking for children.
 const PAGE: u32 = 1_000;
 /// How long a restarted node keeps trying to bring an attachment back.
@@ -38,14 +36,18 @@ const RESTORE_PATIENCE: Duration = Duration::from_secs(120);
 const RESTORE_RETRY: Duration = Duration::from_secs(1);
 /// File of the attachment set in the data dir.
 const STATE_FILE: &str = "attachments.json";
-/// Hold releases in flight at once during a graceful shutdown.
-const SHUTDOWN_RELEASES: usize = 32;
 
-struct Attached {
-    vhd: VhdId,
-    read_only: bool,
-    generation: u64,
-    device: Arc<VhdDevice>,
+pub(super) struct Attached {
+    pub(super) vhd: VhdId,
+    pub(super) read_only: bool,
+    pub(super) hold: VhdHold,
+    pub(super) device: Arc<VhdDevice>,
+    pub(super) kind: String,
+    /// Ancestors held read-deny-write for this attachment, parent first.
+    pub(super) parents: Vec<VhdId>,
+    /// Set when the export was closed and its final flush failed: the hold is kept and
+    /// nothing is exported until a detach or an attach reopens the VHD (042 §8).
+    pub(super) failed: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,57 +59,60 @@ struct Saved {
 /// The node's attachments and its NBD server.
 #[derive(Default)]
 pub(crate) struct Attachments {
-    server: tokio::sync::OnceCell<Server>,
-    map: std::sync::Mutex<BTreeMap<String, Attached>>,
+    pub(super) server: tokio::sync::OnceCell<Server>,
+    pub(super) map: std::sync::Mutex<BTreeMap<String, Attached>>,
     /// Serialises attach and detach.
-    op: tokio::sync::Mutex<()>,
+    pub(super) op: tokio::sync::Mutex<()>,
     reservation: OnceLock<Arc<NodeReservation>>,
     /// Saved attachments not restored (yet): kept in the file.
     pending: std::sync::Mutex<Vec<Saved>>,
+    /// Read-deny-write holds this node took through [`Daemon::hold_read`], refcounted
+    /// (one hold per node and VHD: a parent of several attached children, a read-only
+    /// attachment, an export in progress).
+    reads: tokio::sync::Mutex<BTreeMap<VhdId, usize>>,
 }
 
-fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
+pub(super) fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
     ApiError::new(code, m)
 }
 
-/// Registers the cooperative hand-off hook: before the lease layer hands a VHD this node
-/// writes to another node, its export is removed and the image flushed and closed (the
-/// lease layer then transfers the hold; this node keeps no attachment of it).
-pub(crate) fn register_handoff(d: &Arc<Daemon>) -> anyhow::Result<()> {
-    let weak = Arc::downgrade(d);
-    d.on_handoff(Box::new(move |vhd: VhdId| {
-        let weak = weak.clone();
-        Box::pin(async move {
-            match weak.upgrade() {
-                Some(d) => d.close_for_handoff(vhd).await,
-                None => Ok(()),
-            }
-        })
-    }))
-    .map_err(|e| anyhow::anyhow!("register the hand-off hook: {e}"))
+/// What opening an image needs, gathered under the holds.
+pub(super) struct OpenPlan {
+    pub(super) lun: Arc<dyn LunPath>,
+    pub(super) layout: Layout,
+    pub(super) rec: VhdRecord,
+    pub(super) chain: Vec<VhdRecord>,
+    pub(super) parents: Vec<ReadAccess>,
+    pub(super) access: Option<WriteAccess>,
+    pub(super) read: Option<ReadAccess>,
+}
+
+impl OpenPlan {
+    /// Opens the image and makes the NBD device (blocking: run in the pool).
+    pub(super) fn open(self) -> Result<VhdDevice, ApiError> {
+        let ro = self.access.is_none();
+        let file = Arc::new(extents::open_file(
+            &self.lun,
+            &self.layout,
+            &self.rec,
+            self.access,
+            self.read,
+        )?);
+        let image = extents::open_image(
+            &self.lun,
+            &self.layout,
+            file,
+            &self.rec,
+            &self.chain,
+            &self.parents,
+            ro,
+        )?;
+        Ok(VhdDevice::on_volume(image, ro, self.lun.may_block()))
+    }
 }
 
 impl Daemon {
-    /// The hand-off hook: close `vhd`'s export here without releasing its hold.
-    async fn close_for_handoff(&self, vhd: VhdId) -> Result<(), ApiError> {
-        let _op = self.att.op.lock().await;
-        let name = lock(&self.att.map)
-            .iter()
-            .find(|(_, a)| a.vhd == vhd)
-            .map(|(n, _)| n.clone());
-        let Some(name) = name else {
-            return Ok(());
-        };
-        // A failed flush aborts the hand-off with the export still served.
-        self.flush_attached(&name).await?;
-        let closed = self.close_export(&name).await;
-        self.save_attachments();
-        closed.map_err(|(_, e)| e)?;
-        tracing::info!(vhd = name, "closed for hand-off");
-        Ok(())
-    }
-
-    fn nbd_socket(&self) -> PathBuf {
+    pub(super) fn nbd_socket(&self) -> PathBuf {
         self.cfg
             .volume
             .as_ref()
@@ -119,7 +124,7 @@ impl Daemon {
         format!("nbd+unix:///{name}?socket={}", self.nbd_socket().display())
     }
 
-    async fn nbd_server(&self) -> Result<Server, ApiError> {
+    pub(super) async fn nbd_server(&self) -> Result<Server, ApiError> {
         let s = self
             .att
             .server
@@ -147,13 +152,27 @@ impl Daemon {
         Ok(s.clone())
     }
 
+    /// Adds the NBD export of an attachment.
+    pub(super) fn export(&self, s: &Server, name: &str, a: &Attached) -> Result<(), ApiError> {
+        s.add_export(
+            name,
+            a.device.clone(),
+            ExportOptions {
+                read_only: a.read_only,
+                description: format!("csv VHD {name} ({})", a.kind),
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+    }
+
     fn attachment(&self, name: &str, a: &Attached) -> Attachment {
         Attachment {
             name: name.to_string(),
             vhd: a.vhd.0,
             node: self.id(),
             read_only: a.read_only,
-            generation: a.generation,
+            generation: a.hold.generation.0,
             socket: self.nbd_socket().display().to_string(),
             uri: self.uri(name),
             tcp: self
@@ -163,6 +182,7 @@ impl Daemon {
                 .and_then(|v| v.nbd_listen)
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
+            error: a.failed.clone().unwrap_or_default(),
         }
     }
 
@@ -179,7 +199,8 @@ impl Daemon {
         lock(&self.att.map).values().any(|a| a.vhd == vhd)
     }
 
-    fn save_attachments(&self) {
+    /// Writes `attachments.json` (in the blocking pool: it syncs).
+    pub(super) async fn save_attachments(&self) {
         let mut saved: Vec<Saved> = lock(&self.att.map)
             .iter()
             .map(|(n, a)| Saved {
@@ -192,21 +213,23 @@ impl Daemon {
                 saved.push(p.clone());
             }
         }
-        let dir = &self.cfg.paths.data_dir;
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        let write = || -> std::io::Result<()> {
+        let dir = self.cfg.paths.data_dir.clone();
+        let write = move || -> std::io::Result<()> {
+            let tmp = dir.join(format!("{STATE_FILE}.tmp"));
             let bytes = serde_json::to_vec_pretty(&saved).map_err(std::io::Error::other)?;
             std::fs::write(&tmp, bytes)?;
             std::fs::File::open(&tmp)?.sync_all()?;
             std::fs::rename(&tmp, dir.join(STATE_FILE))?;
-            std::fs::File::open(dir)?.sync_all()
+            std::fs::File::open(&dir)?.sync_all()
         };
-        if let Err(e) = write() {
-            tracing::error!("save {}: {e}", dir.join(STATE_FILE).display());
+        match tokio::task::spawn_blocking(write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("save {STATE_FILE}: {e}"),
+            Err(e) => tracing::error!("save {STATE_FILE}: {e}"),
         }
     }
 
-    pub(crate) fn reservation_source(&self, m: &super::Member) -> Arc<NodeReservation> {
+    pub(crate) fn reservation_source(&self, m: &Member) -> Arc<NodeReservation> {
         self.att
             .reservation
             .get_or_init(|| {
@@ -214,12 +237,101 @@ impl Daemon {
                     m.clone(),
                     NodeId(self.id()),
                     tokio::runtime::Handle::current(),
+                    self.leases.clone(),
                 ))
             })
             .clone()
     }
 
-    /// A VHD record by name.
+    /// The write access of a file opened under write hold `hold`.
+    pub(crate) fn write_access(
+        &self,
+        m: &Member,
+        rec: &VhdRecord,
+        hold: &VhdHold,
+        lun: &Arc<dyn LunPath>,
+    ) -> WriteAccess {
+        WriteAccess {
+            source: self.reservation_source(m),
+            sink: Arc::new(CatalogSink::new(
+                m.clone(),
+                rec,
+                NodeId(self.id()),
+                hold.generation,
+                lun.clone(),
+                self.quiet_limit(),
+            )),
+            fence: hold.fence.clone(),
+            fence_wait: self.fence_wait(),
+        }
+    }
+
+    /// The read access of a file read under `hold`.
+    pub(crate) fn read_access(&self, hold: &VhdHold) -> ReadAccess {
+        ReadAccess {
+            fence: hold.fence.clone(),
+            fence_wait: self.fence_wait(),
+        }
+    }
+
+    /// A read-deny-write hold on `vhd`, shared by this node's users (refcounted).
+    pub(crate) async fn hold_read(&self, vhd: VhdId) -> Result<VhdHold, ApiError> {
+        let mut reads = self.att.reads.lock().await;
+        let hold = self.acquire_vhd(vhd, Mode::ReadDenyWrite).await?;
+        // An entry whose hold vanished (the epoch changed) starts over.
+        let n = reads.entry(vhd).or_insert(0);
+        *n += 1;
+        Ok(hold)
+    }
+
+    /// Drops one user of a [`Self::hold_read`] hold; the last one releases it.
+    pub(crate) async fn drop_read(&self, vhd: VhdId) {
+        let mut reads = self.att.reads.lock().await;
+        let last = match reads.get_mut(&vhd) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                reads.remove(&vhd);
+                true
+            }
+            None => false,
+        };
+        if last && let Err(e) = self.release_vhd(vhd).await {
+            tracing::warn!(%vhd, "release of a read hold: {e}");
+        }
+    }
+
+    /// Read-deny-write holds on every ancestor of `rec` (parent first), with their read
+    /// access; on failure the ones taken are dropped again.
+    pub(super) async fn hold_ancestors(
+        &self,
+        chain: &[VhdRecord],
+    ) -> Result<(Vec<VhdId>, Vec<ReadAccess>), ApiError> {
+        let mut ids = Vec::new();
+        let mut access = Vec::new();
+        for p in chain {
+            match self.hold_read(p.id).await {
+                Ok(h) => {
+                    ids.push(p.id);
+                    access.push(self.read_access(&h));
+                }
+                Err(e) => {
+                    for id in ids {
+                        self.drop_read(id).await;
+                    }
+                    return Err(err(
+                        e.code(),
+                        format!("parent {} cannot be held read-only: {}", p.name, e.message),
+                    ));
+                }
+            }
+        }
+        Ok((ids, access))
+    }
+
+    /// A VHD record by name (linearizable).
     pub(crate) async fn vhd_by_name(&self, name: &str) -> Result<VhdRecord, ApiError> {
         let m = self.member().await?;
         match query(&m, Query::VhdByName { name: name.into() }).await? {
@@ -253,251 +365,205 @@ impl Daemon {
     /// `remote_attach.rs` routes a request for another node through the log).
     pub(crate) async fn attach(&self, a: VhdAttach) -> Result<Attachment, ApiError> {
         let _op = self.att.op.lock().await;
-        if let Some(x) = lock(&self.att.map).get(&a.name) {
-            if x.read_only == a.read_only {
-                return Ok(self.attachment(&a.name, x));
+        let reopen = {
+            let map = lock(&self.att.map);
+            match map.get(&a.name) {
+                Some(x) if x.read_only != a.read_only => {
+                    return Err(err(
+                        ErrorCode::InvalidState,
+                        format!(
+                            "{} is attached here in the other mode: detach it first",
+                            a.name
+                        ),
+                    ));
+                }
+                Some(x) if x.failed.is_none() => return Ok(self.attachment(&a.name, x)),
+                Some(_) => true,
+                None => false,
             }
-            return Err(err(
-                ErrorCode::InvalidState,
-                format!(
-                    "{} is attached here in the other mode: detach it first",
-                    a.name
-                ),
-            ));
+        };
+        if reopen {
+            return self.reopen_failed(&a.name).await;
         }
         let (lun, layout) = self.volume_ready().await?;
         let m = self.member().await?;
-        let rec = self.vhd_by_name(&a.name).await?;
-        if rec.state != VhdState::Ready {
-            return Err(err(
-                ErrorCode::InvalidState,
-                format!("{} is {:?}, not ready", rec.name, rec.state),
-            ));
-        }
-        if !a.read_only {
-            let kids = self.children_of(rec.id).await?;
-            if let Some(k) = kids.first() {
-                return Err(err(
-                    ErrorCode::InvalidState,
-                    format!(
-                        "{} is the parent of {} ({} children): a parent stays read-only (attach with --read-only)",
-                        rec.name,
-                        k.name,
-                        kids.len()
-                    ),
-                ));
-            }
-        }
-        let chain = extents::ancestors(&m, &rec).await?;
+        // The name says which VHD to hold; everything else is read under the hold.
+        let id = self.vhd_by_name(&a.name).await?.id;
         if let Some(d) = volume::failpoint::delay("attach.before_hold") {
             tokio::time::sleep(d).await;
         }
-        let mode = if a.read_only {
-            Mode::ReadDenyWrite
-        } else {
-            Mode::Write
-        };
-        let hold = self.acquire_vhd(rec.id, mode).await?;
-        let access = (!a.read_only).then(|| WriteAccess {
-            source: self.reservation_source(&m),
-            sink: Arc::new(CatalogSink::new(
-                m.clone(),
-                tokio::runtime::Handle::current(),
-                &rec,
-                NodeId(self.id()),
-                Some(hold.generation),
-                layout.extent_size,
-            )),
-            fence: hold.fence.clone(),
-            fence_wait: self
-                .cfg
-                .volume
-                .as_ref()
-                .map_or(volume::DEFAULT_FENCE_WAIT, |v| v.fence_wait.0),
-        });
         let ro = a.read_only;
-        let r2 = rec.clone();
-        let opened = tokio::task::spawn_blocking(move || {
-            let file = Arc::new(extents::open_file(&lun, &layout, &r2, access)?);
-            let image = extents::open_image(&lun, &layout, file, &r2, &chain, ro)?;
-            Ok::<_, ApiError>(VhdDevice::from_image(image, ro, IoMode::Auto))
-        })
-        .await
-        .map_err(|e| err(ErrorCode::Internal, e.to_string()))
-        .and_then(|r| r);
-        let added = match opened {
-            Ok(dev) => {
-                let dev = Arc::new(dev);
-                match self.nbd_server().await {
-                    Ok(s) => s
-                        .add_export(
-                            &rec.name,
-                            dev.clone(),
-                            ExportOptions {
-                                read_only: ro,
-                                description: format!("csv VHD {} ({:?})", rec.name, rec.kind),
-                            },
-                        )
-                        .map(|_| dev)
-                        .map_err(|e| err(ErrorCode::Internal, e.to_string())),
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
+        let hold = if ro {
+            self.hold_read(id).await?
+        } else {
+            self.acquire_vhd(id, Mode::Write).await?
         };
-        let dev = match added {
-            Ok(d) => d,
-            Err(e) => {
-                if let Err(r) = self.release_vhd(rec.id).await {
-                    tracing::warn!(vhd = %rec.name, "release after failed attach: {r}");
+        let opened = async {
+            let rec = self.vhd_by_name(&a.name).await?;
+            if rec.id != id {
+                return Err(err(
+                    ErrorCode::Unavailable,
+                    format!("{} was deleted and created again meanwhile: retry", a.name),
+                ));
+            }
+            if rec.state != VhdState::Ready {
+                return Err(err(
+                    ErrorCode::InvalidState,
+                    format!("{} is {:?}, not ready", rec.name, rec.state),
+                ));
+            }
+            if !ro && let Some(k) = self.children_of(rec.id).await?.first() {
+                return Err(err(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "{} is the parent of {}: a parent stays read-only (attach with --read-only)",
+                        rec.name, k.name
+                    ),
+                ));
+            }
+            let chain = extents::ancestors(&m, &rec).await?;
+            let (parents, parent_access) = self.hold_ancestors(&chain).await?;
+            let plan = OpenPlan {
+                access: (!ro).then(|| self.write_access(&m, &rec, &hold, &lun)),
+                read: ro.then(|| self.read_access(&hold)),
+                lun: lun.clone(),
+                layout,
+                rec: rec.clone(),
+                chain,
+                parents: parent_access,
+            };
+            let dev = tokio::task::spawn_blocking(move || plan.open())
+                .await
+                .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+                .and_then(|r| r);
+            let dev = match dev {
+                Ok(d) => Arc::new(d),
+                Err(e) => {
+                    for p in parents {
+                        self.drop_read(p).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let att = Attached {
+                vhd: id,
+                read_only: ro,
+                hold: hold.clone(),
+                device: dev,
+                kind: format!("{:?}", rec.kind),
+                parents,
+                failed: None,
+            };
+            if let Err(e) = self
+                .nbd_server()
+                .await
+                .and_then(|s| self.export(&s, &rec.name, &att))
+            {
+                for p in &att.parents {
+                    self.drop_read(*p).await;
                 }
                 return Err(e);
             }
-        };
-        let att = Attached {
-            vhd: hold.vhd,
-            read_only: ro,
-            generation: hold.generation.0,
-            device: dev,
+            Ok((rec, att))
+        }
+        .await;
+        let (rec, att) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                self.give_back(id, ro, &lun).await;
+                return Err(e);
+            }
         };
         let out = self.attachment(&rec.name, &att);
         lock(&self.att.map).insert(rec.name.clone(), att);
-        self.save_attachments();
+        self.save_attachments().await;
         tracing::info!(vhd = %rec.name, read_only = ro, generation = hold.generation.0, kind = ?rec.kind, "attached");
         Ok(out)
     }
 
-    /// `vhd detach`: remove the export, flush, release.
-    pub(crate) async fn detach(&self, name: &str) -> Result<(), ApiError> {
-        let _op = self.att.op.lock().await;
-        self.detach_locked(name, true).await
+    /// Gives back the hold of a VHD this node opened nothing of (a failed attach).
+    pub(super) async fn give_back(&self, vhd: VhdId, read_only: bool, lun: &Arc<dyn LunPath>) {
+        if read_only {
+            self.drop_read(vhd).await;
+            return;
+        }
+        // A zeroing of the file's tail may have been issued: wait out its bound.
+        if !self.wait_quiet(lun).await {
+            tracing::warn!(%vhd, "writes still in doubt: the hold is kept");
+            return;
+        }
+        if let Err(r) = self.release_vhd(vhd).await {
+            tracing::warn!(%vhd, "release after failed attach: {r}");
+        }
     }
 
-    async fn detach_locked(&self, name: &str, save: bool) -> Result<(), ApiError> {
-        let was_pending = {
-            let mut p = lock(&self.att.pending);
-            let n = p.len();
-            p.retain(|s| s.name != name);
-            n != p.len()
+    /// An attachment whose final flush failed, opened again from the LUN under the hold
+    /// it kept, and exported again.
+    async fn reopen_failed(&self, name: &str) -> Result<Attachment, ApiError> {
+        let dev = self.reopen_device(name).await?;
+        let s = self.nbd_server().await?;
+        let (old, out) = {
+            let mut map = lock(&self.att.map);
+            let Some(a) = map.get_mut(name) else {
+                return Err(err(ErrorCode::NotFound, format!("{name} is not attached")));
+            };
+            let old = std::mem::replace(&mut a.device, dev);
+            a.failed = None;
+            self.export(&s, name, a)?;
+            (old, self.attachment(name, a))
         };
-        if !lock(&self.att.map).contains_key(name) {
-            if was_pending {
-                self.save_attachments();
-                return Ok(());
-            }
+        drop_device(old).await;
+        tracing::info!(vhd = name, "reopened and exported again");
+        Ok(out)
+    }
+
+    /// Opens an attached VHD again from what the LUN and the catalog hold, under the
+    /// holds it has (after its writes in doubt are past their bound).
+    pub(super) async fn reopen_device(&self, name: &str) -> Result<Arc<VhdDevice>, ApiError> {
+        let (lun, layout) = self.volume_ready().await?;
+        let m = self.member().await?;
+        let (hold, ro, parents) = {
+            let map = lock(&self.att.map);
+            let a = map
+                .get(name)
+                .ok_or_else(|| err(ErrorCode::NotFound, format!("{name} is not attached")))?;
+            // The old image writes nothing more (not even on drop): the new one starts
+            // from what the LUN and the catalog hold.
+            a.device.abandon();
+            (a.hold.clone(), a.read_only, a.parents.clone())
+        };
+        if !self.wait_quiet(&lun).await {
             return Err(err(
-                ErrorCode::NotFound,
-                format!("{name} is not attached on node {}", self.id()),
-            ));
-        }
-        let (vhd, flushed) = match self.close_export(name).await {
-            Ok(v) => (v, Ok(())),
-            Err((v, e)) => (v, Err(e)),
-        };
-        if save {
-            self.save_attachments();
-        }
-        let released = self.release_vhd(vhd).await;
-        flushed?;
-        released?;
-        tracing::info!(vhd = name, "detached");
-        Ok(())
-    }
-
-    /// Removes the export of `name`, waits for its connections, flushes and closes the
-    /// image. The VHD id comes back with the flush result.
-    async fn close_export(&self, name: &str) -> Result<VhdId, (VhdId, ApiError)> {
-        let Some(a) = lock(&self.att.map).remove(name) else {
-            return Err((
-                VhdId(0),
-                err(ErrorCode::NotFound, format!("{name} is not attached")),
-            ));
-        };
-        if let Some(s) = self.att.server.get()
-            && let Some(r) = s.remove_export(name)
-            && tokio::time::timeout(DRAIN_DEADLINE, async {
-                if let Some(d) = volume::failpoint::delay("export.drain") {
-                    tokio::time::sleep(d).await;
-                }
-                r.wait().await
-            })
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                vhd = name,
-                "connections did not drain in {DRAIN_DEADLINE:?}"
-            );
-        }
-        let flushed = if a.read_only {
-            Ok(())
-        } else {
-            a.device.flush().await
-        };
-        let vhd = a.vhd;
-        if let Err(e) = flushed {
-            let e = err(
                 ErrorCode::Storage,
-                format!(
-                    "{name}: final flush failed (writes since the last flush may be lost): {e}"
-                ),
-            );
-            return Err((vhd, e));
+                format!("{name}: writes to the LUN are still in doubt; try again later"),
+            ));
         }
-        drop(a);
-        Ok(vhd)
-    }
-
-    /// Flushes an image attached here (the owner's export, import and maintenance).
-    pub(crate) async fn flush_attached(&self, name: &str) -> Result<(), ApiError> {
-        let dev = lock(&self.att.map).get(name).map(|a| a.device.clone());
-        match dev {
-            Some(d) => d
-                .flush()
-                .await
-                .map_err(|e| err(ErrorCode::Storage, format!("flush {name}: {e}"))),
-            None => Ok(()),
+        let rec = self.vhd_by_name(name).await?;
+        let chain = extents::ancestors(&m, &rec).await?;
+        let mut parent_access = Vec::new();
+        for p in &parents {
+            let h = self.acquire_vhd(*p, Mode::ReadDenyWrite).await?;
+            parent_access.push(self.read_access(&h));
         }
-    }
-
-    /// Graceful shutdown: stops the NBD server, then closes every export (connections
-    /// drained, image flushed) and releases its hold, so another node can attach the
-    /// VHD at once instead of a lease later. The attachment set on disk is kept: the
-    /// restart attaches them again unless another node took them meanwhile. A flush
-    /// that fails keeps that hold (it expires with the node's lease) rather than let
-    /// another writer in before the data is on the LUN.
-    pub(crate) async fn release_at_shutdown(&self) {
-        let _op = self.att.op.lock().await;
-        if let Some(s) = self.att.server.get() {
-            s.shutdown();
-        }
-        let names: Vec<String> = lock(&self.att.map).keys().cloned().collect();
-        let mut closed = Vec::with_capacity(names.len());
-        for n in names {
-            match self.close_export(&n).await {
-                Ok(vhd) => closed.push((n, vhd)),
-                Err((_, e)) => tracing::error!(vhd = n, "close at shutdown failed: {e}"),
-            }
-        }
-        use futures_util::StreamExt as _;
-        futures_util::stream::iter(closed)
-            .map(|(n, vhd)| async move {
-                if let Err(e) = self.release_vhd(vhd).await {
-                    tracing::warn!(
-                        vhd = n,
-                        "release at shutdown failed (the hold expires with the lease): {e}"
-                    );
-                }
-            })
-            .buffer_unordered(SHUTDOWN_RELEASES)
-            .collect::<Vec<()>>()
-            .await;
+        let plan = OpenPlan {
+            access: (!ro).then(|| self.write_access(&m, &rec, &hold, &lun)),
+            read: ro.then(|| self.read_access(&hold)),
+            lun,
+            layout,
+            rec,
+            chain,
+            parents: parent_access,
+        };
+        tokio::task::spawn_blocking(move || plan.open())
+            .await
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            .map(Arc::new)
     }
 
     /// Re-attaches what `attachments.json` lists (after a restart).
     pub(crate) async fn restore_attachments(&self) {
         let p = self.cfg.paths.data_dir.join(STATE_FILE);
-        let saved: Vec<Saved> = match std::fs::read(&p) {
+        let saved: Vec<Saved> = match tokio::fs::read(&p).await {
             Ok(b) => match serde_json::from_slice(&b) {
                 Ok(s) => s,
                 Err(e) => {
@@ -558,4 +624,18 @@ impl Daemon {
             todo = again;
         }
     }
+
+    /// Removes `name` from the saved attachments still waiting to be restored; true if
+    /// it was there.
+    pub(super) fn forget_pending(&self, name: &str) -> bool {
+        let mut p = lock(&self.att.pending);
+        let n = p.len();
+        p.retain(|s| s.name != name);
+        n != p.len()
+    }
+}
+
+/// Drops a device off the runtime worker (closing an image may flush it).
+pub(super) async fn drop_device(d: Arc<VhdDevice>) {
+    let _ = tokio::task::spawn_blocking(move || drop(d)).await;
 }

@@ -1,8 +1,10 @@
-//! The metadata checkpoint on the LUN (docs/design/040 §5): the coordinator writes the
-//! volume record and the VHD catalog into the two-slot checkpoint region whenever the
-//! catalog changed (polled each second, so a burst of changes costs one write; lease
-//! renewals move the applied index without changing the catalog and cost nothing), and
-//! `volume recover` rebuilds a new cluster's catalog from the newest valid slot.
+//! The metadata checkpoint on the LUN (docs/design/040 §5, 042 §6): the coordinator
+//! writes the volume record and the VHD catalog, one snapshot of its replica, into the
+//! two-slot checkpoint region whenever the catalog changed (a burst of changes costs one
+//! write: each write covers everything applied before it started), reads it back, and
+//! records `CheckpointWritten` through the log. A flush that changed a VHD's map waits for
+//! that record (`extents::wait_checkpoint`), so `volume recover`, which rebuilds a new
+//! cluster's catalog from the newest valid slot, never loses an acknowledged growth.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +19,14 @@ use super::handlers::propose;
 use super::volume::{Check, VolumeSection, lock};
 use super::{Daemon, Phase, meta_err};
 use crate::state::types::{
-    Command, Query, QueryReply, Reply, VhdRecord, VhdState, VolumeRecord, decode_result,
+    CheckpointState, Command, Query, QueryReply, Reply, VhdRecord, VhdState, VolumeRecord,
+    decode_result,
 };
 
 /// How often the coordinator looks for catalog changes to checkpoint.
-const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
-/// Catalog page read per local query.
-const PAGE: u32 = 1_000;
+const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
+/// After a failed write or record, the pause before the next attempt.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Payload format written by this build.
 const PAYLOAD_FORMAT: u32 = 1;
 
@@ -47,38 +50,22 @@ async fn local(d: &Daemon, q: Query) -> Result<QueryReply, ApiError> {
     decode_result(&b)
 }
 
-/// The catalog as this replica applied it.
-async fn catalog(d: &Daemon, raft_index: u64) -> Result<Option<Payload>, ApiError> {
-    let QueryReply::Volume {
-        volume: Some(volume),
-    } = local(d, Query::Volume).await?
-    else {
-        return Ok(None);
-    };
-    let mut vhds = Vec::new();
-    let mut after = 0;
-    loop {
-        match local(d, Query::VhdList { after, limit: PAGE }).await? {
-            QueryReply::VhdPage {
-                vhds: page,
-                next_after,
-                ..
-            } => {
-                vhds.extend(page);
-                if next_after == 0 {
-                    break;
-                }
-                after = next_after;
-            }
-            _ => return Err(internal("unexpected list reply")),
-        }
+/// The catalog as this replica applied it, one snapshot.
+async fn catalog(d: &Daemon) -> Result<Option<Payload>, ApiError> {
+    match local(d, Query::Catalog).await? {
+        QueryReply::Catalog {
+            volume: Some(volume),
+            vhds,
+            checkpoint,
+        } => Ok(Some(Payload {
+            format: PAYLOAD_FORMAT,
+            raft_index: checkpoint.catalog_index,
+            volume,
+            vhds,
+        })),
+        QueryReply::Catalog { volume: None, .. } => Ok(None),
+        _ => Err(internal("unexpected catalog reply")),
     }
-    Ok(Some(Payload {
-        format: PAYLOAD_FORMAT,
-        raft_index,
-        volume,
-        vhds,
-    }))
 }
 
 /// The coordinator's checkpoint writer; ends when the node stops.
@@ -86,9 +73,9 @@ pub(crate) async fn run(d: Arc<Daemon>) {
     if d.cfg.volume.is_none() {
         return;
     }
-    let mut written = 0u64;
-    let mut written_hash: Option<u64> = None;
     let mut sequence: Option<u64> = None;
+    // The index written but not yet recorded, and when it was written.
+    let mut written: Option<(u64, u64, tokio::time::Instant)> = None;
     loop {
         tokio::time::sleep(CHECKPOINT_POLL).await;
         let m = match &*d.phase.read().await {
@@ -96,73 +83,89 @@ pub(crate) async fn run(d: Arc<Daemon>) {
             Phase::Uninitialized => continue,
             _ => return,
         };
-        let Ok(st) = m.meta.status().await else {
-            continue;
-        };
-        if st.leader != Some(d.id()) || st.applied == written {
-            continue;
-        }
-        let sb = match lock(d.vol_check()).clone() {
-            Some(Check::Ok(sb)) => sb,
-            _ => continue,
-        };
-        let Ok(lun) = d.lun().await else { continue };
-        let payload = match catalog(&d, st.applied).await {
-            Ok(Some(p)) => p,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!("checkpoint: read the catalog: {e}");
-                continue;
-            }
-        };
-        let hash = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            serde_json::to_vec(&(&payload.volume, &payload.vhds))
-                .unwrap_or_default()
-                .hash(&mut h);
-            h.finish()
-        };
-        if written_hash == Some(hash) {
-            written = st.applied;
+        if !m.meta.leadership().borrow().is_self {
+            written = None;
+            sequence = None;
             continue;
         }
-        let bytes = match serde_json::to_vec(&payload) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("checkpoint: encode: {e}");
-                continue;
-            }
+        let Ok(QueryReply::Checkpoint(c)) = local(&d, Query::Checkpoint).await else {
+            continue;
         };
-        let seq = sequence;
-        let applied = st.applied;
-        let r = tokio::task::spawn_blocking(move || {
-            let next = match seq {
-                Some(s) => s + 1,
-                None => volume::checkpoint::read_latest(&*lun, &sb)?
-                    .checkpoint
-                    .map_or(1, |c| c.sequence + 1),
-            };
-            volume::checkpoint::write_checkpoint(&*lun, &sb, next, applied, &bytes)
-                .map(|slot| (slot, next))
-        })
-        .await;
-        match r {
-            Ok(Ok((slot, next))) => {
-                tracing::debug!(slot, sequence = next, index = applied, "checkpoint written");
-                sequence = Some(next);
-                written = applied;
-                written_hash = Some(hash);
+        if c.catalog_index <= c.checkpoint_index {
+            continue;
+        }
+        // Written already: record it (again, if the first proposal got lost).
+        if let Some((seq, idx, at)) = written
+            && idx >= c.catalog_index
+        {
+            if at.elapsed() >= RETRY_PAUSE {
+                record(&d, &m, seq, idx).await;
+                written = Some((seq, idx, tokio::time::Instant::now()));
             }
-            Ok(Err(e)) => {
+            continue;
+        }
+        match write_once(&d, sequence).await {
+            Ok(Some((seq, idx))) => {
+                sequence = Some(seq);
+                record(&d, &m, seq, idx).await;
+                written = Some((seq, idx, tokio::time::Instant::now()));
+            }
+            Ok(None) => {}
+            Err(e) => {
                 // Another coordinator may have written meanwhile: re-read the sequence.
                 tracing::warn!("checkpoint: {e}");
                 sequence = None;
-                written_hash = None;
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
-            Err(e) => tracing::error!("checkpoint task: {e}"),
         }
     }
+}
+
+/// Proposes `CheckpointWritten`.
+async fn record(d: &Daemon, m: &super::Member, sequence: u64, index: u64) {
+    match propose(m, Command::CheckpointWritten { sequence, index }).await {
+        Ok(Reply::Checkpoint(CheckpointState { .. })) => {
+            tracing::debug!(sequence, index, "checkpoint recorded");
+        }
+        Ok(_) => tracing::warn!("checkpoint: unexpected reply to CheckpointWritten"),
+        Err(e) => tracing::debug!(node = d.id(), "checkpoint not recorded yet: {e}"),
+    }
+}
+
+/// Writes the newest catalog into the older slot and reads it back; the sequence and
+/// catalog index written, `None` when there is nothing to write.
+async fn write_once(d: &Daemon, sequence: Option<u64>) -> Result<Option<(u64, u64)>, String> {
+    let sb = match lock(d.vol_check()).clone() {
+        Some(Check::Ok(sb)) => sb,
+        _ => return Ok(None),
+    };
+    let lun = d.lun().await.map_err(|e| e.to_string())?;
+    let Some(payload) = catalog(d).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let bytes = serde_json::to_vec(&payload).map_err(|e| format!("encode: {e}"))?;
+    let index = payload.raft_index;
+    tokio::task::spawn_blocking(move || {
+        let next = match sequence {
+            Some(s) => s + 1,
+            None => volume::checkpoint::read_latest(&*lun, &sb)
+                .map_err(|e| e.to_string())?
+                .checkpoint
+                .map_or(1, |c| c.sequence + 1),
+        };
+        volume::checkpoint::write_checkpoint(&*lun, &sb, next, index, &bytes)
+            .map_err(|e| e.to_string())?;
+        // Another writer (a deposed coordinator) may have written the same slot.
+        let back = volume::checkpoint::read_latest(&*lun, &sb).map_err(|e| e.to_string())?;
+        match back.checkpoint {
+            Some(c) if c.sequence == next && c.raft_index == index => Ok(Some((next, index))),
+            _ => Err(format!(
+                "checkpoint {next} at index {index} was not the newest when read back"
+            )),
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 impl Daemon {
@@ -177,14 +180,15 @@ impl Daemon {
             let mut cfg: VolumeSection = self.cfg.volume.clone().unwrap_or(VolumeSection {
                 lun: String::new(),
                 direct: None,
-                io_timeout: super::config::Dur(volume::path::DEFAULT_IO_TIMEOUT),
+                io_timeout: None,
                 nbd_connections: 1,
                 fence_wait: super::config::Dur(volume::DEFAULT_FENCE_WAIT),
                 nbd_listen: None,
                 nbd_socket: None,
             });
             cfg.lun = r.lun.clone();
-            tokio::task::spawn_blocking(move || cfg.open())
+            let t = self.io_timeout();
+            tokio::task::spawn_blocking(move || cfg.open(t))
                 .await
                 .map_err(internal)?
                 .map_err(|e| ApiError::new(ErrorCode::Storage, format!("open LUN: {e}")))?

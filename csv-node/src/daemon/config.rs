@@ -296,6 +296,21 @@ impl NodeConfig {
         }
         if let Some(v) = &self.volume {
             v.validate().map_err(|(f, r)| invalid(f, r))?;
+            // A write must land within the lease's margin of its fence check, twice over
+            // (the client's deadline, then the target's handling): 042 §4.
+            if let (Some(t), Ok(timing)) = (v.io_timeout, self.lease.timing()) {
+                let max = timing.io_timeout / 2;
+                if t.0 > max {
+                    return Err(invalid(
+                        "volume.io_timeout",
+                        format!(
+                            "{:?} is above {max:?}, half the lease margin of outage_budget {:?}: \
+                             raise [lease] outage_budget or lower io_timeout",
+                            t.0, timing.outage_budget
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(c) = &self.cluster.join_cluster_id {
             c.parse::<csv_api::ClusterId>()
@@ -383,6 +398,36 @@ data_dir = "/var/lib/csv"
         assert_eq!(c.raft.tick.0, Duration::from_millis(100));
         let m = c.meta_config(csv_api::ClusterId::random(), vec![3]);
         m.validate().expect("meta config valid");
+    }
+
+    /// The LUN call bound is derived from the lease (half its margin) and may not exceed
+    /// it: a write must land within the margin of its fence check (docs/design/042 §4).
+    #[test]
+    fn volume_io_timeout_is_bounded_by_the_lease_margin() {
+        let c = NodeConfig::parse(&format!("{MIN}[volume]\nlun = \"/dev/x\"\n")).expect("valid");
+        let margin = c.lease.timing().expect("timing").io_timeout;
+        let v = c.volume.as_ref().expect("volume");
+        assert_eq!(v.io_timeout(margin), margin / 2);
+        assert!(margin / 2 < Duration::from_secs(1), "{margin:?}");
+        let ok = format!("{MIN}[volume]\nlun = \"/dev/x\"\nio_timeout = \"500ms\"\n");
+        let c = NodeConfig::parse(&ok).expect("within the margin");
+        assert_eq!(
+            c.volume.as_ref().expect("volume").io_timeout(margin),
+            Duration::from_millis(500)
+        );
+        let e = NodeConfig::parse(&format!(
+            "{MIN}[volume]\nlun = \"/dev/x\"\nio_timeout = \"5s\"\n"
+        ))
+        .expect_err("above the margin");
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, .. } if *field == "volume.io_timeout"),
+            "{e}"
+        );
+        // A longer outage budget allows a longer bound.
+        NodeConfig::parse(&format!(
+            "{MIN}[lease]\noutage_budget = \"60s\"\n[volume]\nlun = \"/dev/x\"\nio_timeout = \"5s\"\n"
+        ))
+        .expect("60 s budget: margin 14 s");
     }
 
     #[test]

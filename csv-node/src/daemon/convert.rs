@@ -17,15 +17,6 @@ pub(super) fn run_to_api(r: &Run) -> api::ExtentRun {
     }
 }
 
-pub(super) fn runs_from_api(r: &[api::ExtentRun]) -> Vec<Run> {
-    r.iter()
-        .map(|r| Run {
-            start: r.start,
-            count: r.count,
-        })
-        .collect()
-}
-
 pub(super) fn kind_from_api(k: i32) -> Result<VhdKind, ApiError> {
     match api::VhdKind::try_from(k) {
         Ok(api::VhdKind::Fixed) => Ok(VhdKind::Fixed),
@@ -34,15 +25,6 @@ pub(super) fn kind_from_api(k: i32) -> Result<VhdKind, ApiError> {
         _ => Err(bad(format!(
             "VHD type {k} (fixed, dynamic or differencing)"
         ))),
-    }
-}
-
-pub(super) fn state_from_api(s: i32) -> Result<VhdState, ApiError> {
-    match api::VhdState::try_from(s) {
-        Ok(api::VhdState::Creating) => Ok(VhdState::Creating),
-        Ok(api::VhdState::Ready) => Ok(VhdState::Ready),
-        Ok(api::VhdState::Deleting) => Ok(VhdState::Deleting),
-        _ => Err(bad(format!("VHD state {s}"))),
     }
 }
 

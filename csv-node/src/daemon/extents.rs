@@ -1,23 +1,26 @@
 //! VHD files of the catalog opened on the LUN: the node's extent reservation as the
-//! [`ExtentSource`] of growing files (ReserveExtents in batches, so growth costs no
-//! coordinator round trip per block), the catalog as their [`ExtentMapSink`]
-//! (MapExtents / UnmapExtents proposals, fenced by the writer's generation), and
-//! `open_image`, which opens a VHD (and its parent chain, read-only) over
-//! `volume::ExtentFile`s.
+//! [`ExtentSource`] of growing files (ReserveExtents in batches, at the node's epoch, so
+//! growth costs no coordinator round trip per block), the catalog as their
+//! [`ExtentMapSink`] (`SetExtents` at the writer's generation, idempotent; freed extents
+//! only once this node's writes are past their bound; answered once a LUN checkpoint
+//! covers it: docs/design/042 §2, §4, §6), and `open_image`, which opens a VHD (and its
+//! parent chain, read-only under read holds) over `volume::ExtentFile`s.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use csv_api::error::ApiError;
-use csv_api::{ErrorCode, Generation, NodeId, VhdId};
+use csv_api::{Epoch, ErrorCode, Generation, NodeId, VhdId};
 use tokio::runtime::Handle;
 use vhd::chain::{ChildRef, FnResolver, ParentCandidate, ParentHints};
 use volume::{
     ExtentFile, ExtentMap, ExtentMapSink, ExtentRun, ExtentSource, Grant, Layout, LunPath,
-    MapUpdate, SinkError, SourceError, WriteAccess,
+    MapUpdate, ReadAccess, SinkError, SourceError, WriteAccess,
 };
 
 use super::Member;
 use super::handlers::{propose, query};
+use super::lease::Leases;
 use super::volume::lock;
 use crate::state::types::{Command, Query, QueryReply, Reply, Run, VhdRecord};
 
@@ -25,9 +28,14 @@ use crate::state::types::{Command, Query, QueryReply, Reply, Run, VhdRecord};
 pub(crate) const RESERVE_BATCH: u64 = 16;
 /// Deepest differencing chain opened (as the vhd crate).
 const MAX_DEPTH: usize = vhd::MAX_CHAIN_DEPTH;
+/// Longest a flush waits for a LUN checkpoint that covers its map change (the
+/// coordinator writes one per burst of changes; a coordinator failover takes ~1-3 s).
+pub(crate) const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
+/// Pause between two looks at the recorded checkpoint.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
 
-/// Runs `fut` on the runtime from synchronous code (an image's I/O thread), without
-/// blocking a runtime worker.
+/// Runs `fut` on the runtime from synchronous code (an image's I/O thread, always a
+/// blocking-pool thread: docs/design/042 §10) and waits for it.
 pub(crate) fn run_sync<T: Send + 'static>(
     handle: &Handle,
     fut: impl std::future::Future<Output = T> + Send + 'static,
@@ -51,21 +59,31 @@ fn to_run(r: &ExtentRun) -> Run {
     }
 }
 
-/// The node's extent reservation, shared by every file it grows.
+/// The node's extent reservation, shared by every file it grows. It belongs to the
+/// node's epoch (docs/design/042 §3): when the fence guard's epoch differs from the one
+/// the list was loaded at, the list is dropped and loaded again (empty at a new epoch:
+/// the state machine returned the old one to the pool when the epoch ended).
 pub(crate) struct NodeReservation {
     member: Member,
     node: NodeId,
     handle: Handle,
-    /// Reserved runs not handed to a file; `None` until loaded from the catalog.
-    free: Mutex<Option<Vec<Run>>>,
+    leases: Arc<Leases>,
+    /// Reserved runs not handed to a file, and the epoch they belong to.
+    free: Mutex<Option<(Epoch, Vec<Run>)>>,
 }
 
 impl NodeReservation {
-    pub(crate) fn new(member: Member, node: NodeId, handle: Handle) -> NodeReservation {
+    pub(crate) fn new(
+        member: Member,
+        node: NodeId,
+        handle: Handle,
+        leases: Arc<Leases>,
+    ) -> NodeReservation {
         NodeReservation {
             member,
             node,
             handle,
+            leases,
             free: Mutex::new(None),
         }
     }
@@ -87,11 +105,11 @@ impl NodeReservation {
         }
     }
 
-    fn reserve(&self, count: u64) -> Result<Vec<Run>, SourceError> {
+    fn reserve(&self, epoch: Epoch, count: u64) -> Result<Vec<Run>, SourceError> {
         let m = self.member.clone();
         let node = self.node;
         let r = run_sync(&self.handle, async move {
-            propose(&m, Command::ReserveExtents { node, count }).await
+            propose(&m, Command::ReserveExtents { node, epoch, count }).await
         })
         .ok_or_else(|| SourceError::Other("runtime stopped".into()))?;
         match r {
@@ -120,19 +138,27 @@ impl std::fmt::Debug for CatalogSink {
 
 impl ExtentSource for NodeReservation {
     fn take(&self, count: u64, after: Option<u64>) -> Result<Vec<Grant>, SourceError> {
+        let epoch = self.leases.guard().epoch().ok_or_else(|| {
+            SourceError::Other("this node is not registered with the lock manager".into())
+        })?;
         let mut g = lock(&self.free);
-        if g.is_none() {
-            *g = Some(self.load()?);
+        if g.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            if g.is_some() {
+                tracing::info!(%epoch, "epoch changed: the old extent reservation is dropped");
+            }
+            *g = Some((epoch, self.load()?));
         }
-        let free = g.as_mut().expect("loaded above");
+        let Some((_, free)) = g.as_mut() else {
+            return Err(SourceError::Other("reservation not loaded".into()));
+        };
         let have: u64 = free.iter().map(|r| r.count).sum();
         if have < count {
             let want = (count - have).max(RESERVE_BATCH);
-            let more = match self.reserve(want) {
+            let more = match self.reserve(epoch, want) {
                 Ok(r) => r,
                 // A full volume may still hold exactly what is missing.
                 Err(SourceError::Exhausted { .. }) if want > count - have => {
-                    self.reserve(count - have)?
+                    self.reserve(epoch, count - have)?
                 }
                 Err(e) => return Err(e),
             };
@@ -171,122 +197,123 @@ impl ExtentSource for NodeReservation {
     }
 
     fn put_back(&self, grants: &[Grant]) {
-        if let Some(free) = lock(&self.free).as_mut() {
+        let epoch = self.leases.guard().epoch();
+        if let Some((e, free)) = lock(&self.free).as_mut()
+            && Some(*e) == epoch
+        {
             free.extend(grants.iter().map(|g| to_run(&g.run)));
         }
     }
 }
 
-/// Commits a file's map to the catalog.
+/// Commits a writable file's map to the catalog: `SetExtents` at the hold's generation.
 pub(crate) struct CatalogSink {
     member: Member,
     handle: Handle,
     vhd: VhdId,
     node: NodeId,
-    generation: Option<Generation>,
-    extent_size: u64,
-    /// Runs and length as the catalog has them.
-    committed: Mutex<(Vec<Run>, u64)>,
+    generation: Generation,
+    lun: Arc<dyn LunPath>,
+    /// Bound of the wait for this node's in-doubt writes before extents are freed.
+    quiet_limit: Duration,
 }
 
 impl CatalogSink {
     pub(crate) fn new(
         member: Member,
-        handle: Handle,
         rec: &VhdRecord,
         node: NodeId,
-        generation: Option<Generation>,
-        extent_size: u64,
+        generation: Generation,
+        lun: Arc<dyn LunPath>,
+        quiet_limit: Duration,
     ) -> CatalogSink {
         CatalogSink {
             member,
-            handle,
+            handle: Handle::current(),
             vhd: rec.id,
             node,
             generation,
-            extent_size,
-            committed: Mutex::new((rec.runs.clone(), rec.length)),
+            lun,
+            quiet_limit,
         }
     }
 
-    fn send(&self, cmd: Command) -> Result<VhdRecord, SinkError> {
+    /// Waits until this replica recorded a checkpoint covering `index`.
+    fn wait_checkpoint(&self, index: u64) -> Result<(), SinkError> {
         let m = self.member.clone();
-        let r = run_sync(&self.handle, async move { propose(&m, cmd).await })
-            .ok_or_else(|| SinkError("runtime stopped".into()))?;
-        match r {
-            Ok(Reply::Vhd(v)) => Ok(v),
-            Ok(_) => Err(SinkError("unexpected reply".into())),
-            Err(e) => Err(SinkError(e.to_string())),
-        }
+        let r = run_sync(&self.handle, async move {
+            wait_checkpoint(&m, index, CHECKPOINT_WAIT).await
+        })
+        .ok_or_else(|| SinkError("runtime stopped".into()))?;
+        r.map_err(|e| SinkError(e.to_string()))
     }
 }
 
-/// Extent indexes of a run list, in file order.
-fn extents(runs: &[Run]) -> impl Iterator<Item = u64> + '_ {
-    runs.iter().flat_map(|r| r.start..r.start + r.count)
-}
-
-/// The runs of `runs` after its first `skip` extents.
-fn tail(runs: &[Run], mut skip: u64) -> Vec<Run> {
-    let mut out = Vec::new();
-    for r in runs {
-        if skip >= r.count {
-            skip -= r.count;
-            continue;
+/// Waits (bounded) until this node's replica records a LUN checkpoint covering catalog
+/// changes up to `index` (docs/design/042 §6).
+pub(crate) async fn wait_checkpoint(
+    m: &Member,
+    index: u64,
+    limit: Duration,
+) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let b = m
+            .meta
+            .query_local(Query::Checkpoint.encode())
+            .await
+            .map_err(super::meta_err)?;
+        if let Ok(QueryReply::Checkpoint(c)) = crate::state::types::decode_result(&b)
+            && c.checkpoint_index >= index
+        {
+            return Ok(());
         }
-        out.push(Run {
-            start: r.start + skip,
-            count: r.count - skip,
-        });
-        skip = 0;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "no LUN checkpoint covers the catalog change at index {index} after {limit:?}                      (is the coordinator able to write the LUN?)"
+                ),
+            ));
+        }
+        tokio::time::sleep(CHECKPOINT_POLL).await;
     }
-    out
 }
 
 impl ExtentMapSink for CatalogSink {
     fn commit(&self, update: &MapUpdate) -> Result<(), SinkError> {
-        let mut c = lock(&self.committed);
-        let new: Vec<Run> = update.runs.iter().map(to_run).collect();
-        let old_n: u64 = c.0.iter().map(|r| r.count).sum();
-        let new_n: u64 = new.iter().map(|r| r.count).sum();
-        let common = extents(&c.0)
-            .zip(extents(&new))
-            .take_while(|(a, b)| a == b)
-            .count() as u64;
-        let mut len = c.1;
-        if common < old_n {
-            len = len.min(common * self.extent_size);
-            let v = self.send(Command::UnmapExtents {
-                vhd: self.vhd,
-                keep_extents: common,
-                length: len,
-            })?;
-            *c = (v.runs, v.length);
+        // Freed extents go back to the pool with this command: no write of this node may
+        // still land on them (042 §4).
+        if !update.released.is_empty() {
+            let start = Instant::now();
+            if !volume::wait_quiet(&*self.lun, self.quiet_limit) {
+                return Err(SinkError(format!(
+                    "writes of this node are still in doubt after {:?}: the extents are not freed yet",
+                    start.elapsed()
+                )));
+            }
         }
-        if new_n > common {
-            let v = self.send(Command::MapExtents {
-                vhd: self.vhd,
-                node: self.node,
-                runs: tail(&new, common),
-                length: update.len.max(len),
-                generation: self.generation,
-            })?;
-            *c = (v.runs, v.length);
-        }
-        if c.1 != update.len {
-            let v = self.send(Command::UnmapExtents {
-                vhd: self.vhd,
-                keep_extents: new_n,
-                length: update.len,
-            })?;
-            *c = (v.runs, v.length);
-        }
+        let m = self.member.clone();
+        let cmd = Command::SetExtents {
+            vhd: self.vhd,
+            node: self.node,
+            generation: self.generation,
+            runs: update.runs.iter().map(to_run).collect(),
+            length: update.len,
+        };
+        let r = run_sync(&self.handle, async move { propose(&m, cmd).await })
+            .ok_or_else(|| SinkError("runtime stopped".into()))?;
+        let index = match r {
+            Ok(Reply::Extents { index, .. }) => index,
+            Ok(_) => return Err(SinkError("unexpected reply".into())),
+            Err(e) => return Err(SinkError(e.to_string())),
+        };
         // Fail point: the commit applied but its answer is lost (a timeout, a leader
         // change): the outcome is unknown to this node.
         if volume::failpoint::value("catalog.commit.lost_reply").is_some() {
             return Err(SinkError("fail point: the commit's answer was lost".into()));
         }
-        Ok(())
+        self.wait_checkpoint(index)
     }
 }
 
@@ -297,12 +324,14 @@ fn bad_map(rec: &VhdRecord, e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// Opens a VHD's extent file (blocking).
+/// Opens a VHD's extent file (blocking). Without write access, `read` (a read hold's
+/// fence) guards its reads.
 pub(crate) fn open_file(
     lun: &Arc<dyn LunPath>,
     layout: &Layout,
     rec: &VhdRecord,
     access: Option<WriteAccess>,
+    read: Option<ReadAccess>,
 ) -> Result<ExtentFile, ApiError> {
     let runs: Vec<ExtentRun> = rec
         .runs
@@ -310,8 +339,12 @@ pub(crate) fn open_file(
         .map(|r| ExtentRun::new(r.start, r.count))
         .collect();
     let map = ExtentMap::from_runs(&runs).map_err(|e| bad_map(rec, e))?;
-    ExtentFile::open(lun.clone(), *layout, &rec.name, map, rec.length, access)
-        .map_err(|e| bad_map(rec, e))
+    let f = ExtentFile::open(lun.clone(), *layout, &rec.name, map, rec.length, access)
+        .map_err(|e| bad_map(rec, e))?;
+    Ok(match read {
+        Some(r) => f.with_read_access(r),
+        None => f,
+    })
 }
 
 /// The parent chain of `rec` from the catalog: parent first.
@@ -340,18 +373,21 @@ pub(crate) async fn ancestors(m: &Member, rec: &VhdRecord) -> Result<Vec<VhdReco
 }
 
 /// Opens the image of `rec` over `file` (blocking); parents are the catalog's `chain`
-/// (parent first), opened read-only from the LUN.
+/// (parent first), opened read-only from the LUN, each guarded by the read access of
+/// the same position in `parent_access` (the read holds on them), if given.
 pub(crate) fn open_image(
     lun: &Arc<dyn LunPath>,
     layout: &Layout,
     file: Arc<ExtentFile>,
     rec: &VhdRecord,
     chain: &[VhdRecord],
+    parent_access: &[ReadAccess],
     read_only: bool,
 ) -> Result<vhd::Image, ApiError> {
     let mut parents = Vec::new();
-    for p in chain {
-        parents.push((p.name.clone(), Arc::new(open_file(lun, layout, p, None)?)));
+    for (i, p) in chain.iter().enumerate() {
+        let f = open_file(lun, layout, p, None, parent_access.get(i).cloned())?;
+        parents.push((p.name.clone(), Arc::new(f)));
     }
     let resolver =
         FnResolver(
@@ -375,46 +411,4 @@ pub(crate) fn open_image(
             )
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_skips_whole_and_partial_runs() {
-        let r = vec![
-            Run {
-                start: 10,
-                count: 3,
-            },
-            Run {
-                start: 20,
-                count: 2,
-            },
-        ];
-        assert_eq!(tail(&r, 0), r);
-        assert_eq!(
-            tail(&r, 2),
-            vec![
-                Run {
-                    start: 12,
-                    count: 1
-                },
-                Run {
-                    start: 20,
-                    count: 2
-                }
-            ]
-        );
-        assert_eq!(
-            tail(&r, 3),
-            vec![Run {
-                start: 20,
-                count: 2
-            }]
-        );
-        assert_eq!(tail(&r, 5), Vec::<Run>::new());
-        assert_eq!(extents(&r).collect::<Vec<_>>(), vec![10, 11, 12, 20, 21]);
-    }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use csv_api::admin::{self as api, Request, Response};
 use csv_api::error::ApiError;
-use csv_api::{ErrorCode, Generation, NodeId};
+use csv_api::{ErrorCode, NodeId};
 use meta_store::{Role, Status};
 
-use super::convert::{self, runs_from_api, vhd_to_api};
+use super::convert::{self, vhd_to_api};
 use super::{Daemon, Member, Phase, meta_err};
 use crate::state::types::{
     Command, NodeInfo, NodeRole, NodeState, Query, QueryReply, Reply, decode_result,
@@ -41,15 +41,6 @@ fn vhd_reply(r: Reply) -> Result<Response, ApiError> {
     match r {
         Reply::Vhd(v) => Ok(Response::Vhd(vhd_to_api(&v))),
         _ => unexpected("a VHD command"),
-    }
-}
-
-fn runs_reply(r: Reply) -> Result<Response, ApiError> {
-    match r {
-        Reply::Runs { runs } => Ok(Response::Extents(api::Extents {
-            runs: runs.iter().map(convert::run_to_api).collect(),
-        })),
-        _ => unexpected("an extent command"),
     }
 }
 
@@ -152,49 +143,6 @@ pub(super) async fn handle(d: &Arc<Daemon>, r: Request) -> Result<Response, ApiE
                 })),
                 _ => unexpected("VHD list"),
             }
-        }
-        Request::VhdSetState(s) => {
-            let m = d.member().await?;
-            let cmd = Command::SetVhdState {
-                vhd: convert::vhd(s.id)?,
-                state: convert::state_from_api(s.state)?,
-            };
-            vhd_reply(propose(&m, cmd).await?)
-        }
-        Request::ExtentsReserve(r) => {
-            let m = d.member().await?;
-            let cmd = Command::ReserveExtents {
-                node: convert::node(r.node)?,
-                count: r.count,
-            };
-            runs_reply(propose(&m, cmd).await?)
-        }
-        Request::ExtentsRelease(n) => {
-            let m = d.member().await?;
-            let cmd = Command::ReleaseReservation {
-                node: convert::node(n.id)?,
-            };
-            runs_reply(propose(&m, cmd).await?)
-        }
-        Request::ExtentsMap(x) => {
-            let m = d.member().await?;
-            let cmd = Command::MapExtents {
-                vhd: convert::vhd(x.vhd)?,
-                node: convert::node(x.node)?,
-                runs: runs_from_api(&x.runs),
-                length: x.length,
-                generation: (x.generation != 0).then_some(Generation(x.generation)),
-            };
-            vhd_reply(propose(&m, cmd).await?)
-        }
-        Request::ExtentsUnmap(x) => {
-            let m = d.member().await?;
-            let cmd = Command::UnmapExtents {
-                vhd: convert::vhd(x.vhd)?,
-                keep_extents: x.keep_extents,
-                length: x.length,
-            };
-            vhd_reply(propose(&m, cmd).await?)
         }
         Request::SpaceGet(_) => {
             let m = d.member().await?;

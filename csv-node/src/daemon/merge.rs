@@ -3,23 +3,23 @@
 //! would conflict), while the parent has another child (merging would change what that
 //! sibling sees) or while the child has children (they are not relinked). Under both
 //! write holds the vhd crate's `merge_into` writes the child's sectors into the parent
-//! over its extent file (growth from the node's reservation, `MapExtents` at the parent
+//! over its extent file (growth from the node's reservation, `SetExtents` at the parent
 //! hold's generation, the hold's fence) and flushes; then the child hold is released and
-//! the child deleted from the catalog (its extents return to the free pool). A crash
+//! the child deleted from the catalog (its extents return to the free pool), and a grown
+//! parent's size recorded under its hold. A failed flush keeps both holds (042 §8). A crash
 //! before the delete leaves the child valid: it has every sector it had, and the parent
 //! sectors it shadows were not visible to it.
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::Daemon;
+use super::extents;
+use super::handlers::propose;
+use crate::state::types::{Command, Reply, VhdKind, VhdRecord, VhdState};
 use csv_api::admin::volume::VhdMerge;
 use csv_api::error::ApiError;
 use csv_api::{ErrorCode, NodeId};
 use lock_manager::Mode;
-use volume::WriteAccess;
-
-use super::Daemon;
-use super::extents::{self, CatalogSink};
-use super::handlers::propose;
-use crate::state::types::{Command, Reply, VhdKind, VhdRecord, VhdState};
 
 fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
     ApiError::new(code, m)
@@ -92,7 +92,8 @@ impl Daemon {
         let child = self.vhd_by_name(&req.name).await?;
         self.merge_check(&child).await?;
         let guard = self.ops.start(req.op_id, "merge", &child.name, "bytes")?;
-        let _child_hold = self.acquire_vhd(child.id, Mode::Write).await.map_err(|e| {
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let child_hold = self.acquire_vhd(child.id, Mode::Write).await.map_err(|e| {
             err(
                 e.code(),
                 format!("{} is in use (attached?): {}", child.name, e.message),
@@ -119,37 +120,81 @@ impl Daemon {
             let child = self.vhd_by_name(&req.name).await?;
             let parent = self.merge_check(&child).await?;
             let chain = extents::ancestors(&m, &child).await?;
-            let access = WriteAccess {
-                source: self.reservation_source(&m),
-                sink: Arc::new(CatalogSink::new(
-                    m.clone(),
-                    tokio::runtime::Handle::current(),
-                    &parent,
-                    NodeId(self.id()),
-                    Some(parent_hold.generation),
-                    layout.extent_size,
-                )),
-                fence: parent_hold.fence.clone(),
-                fence_wait: volume::DEFAULT_FENCE_WAIT,
-            };
+            // The grandparents and above are read: held read-deny-write.
+            let (grand, grand_access) = self.hold_ancestors(&chain[1..]).await?;
+            let access = self.write_access(&m, &parent, &parent_hold, &lun);
+            let child_read = self.read_access(&child_hold);
+            let mut child_parents = vec![self.read_access(&parent_hold)];
+            child_parents.extend(grand_access.iter().cloned());
             let progress = guard.progress();
-            tokio::task::spawn_blocking(move || {
-                let pfile = Arc::new(extents::open_file(&lun, &layout, &parent, Some(access))?);
-                let mut pimg =
-                    extents::open_image(&lun, &layout, pfile, &parent, &chain[1..], false)?;
-                let cfile = Arc::new(extents::open_file(&lun, &layout, &child, None)?);
-                let cimg = extents::open_image(&lun, &layout, cfile, &child, &chain, true)?;
-                let n = vhd::ops::merge_into(&cimg, &mut pimg, &mut |d, t| progress.set(d, t))
-                    .map_err(|e| err(ErrorCode::Storage, format!("merge: {e}")))?;
-                let size = pimg.virtual_size();
-                pimg.close()
-                    .map_err(|e| err(ErrorCode::Storage, format!("flush the parent: {e}")))?;
-                Ok::<_, ApiError>((n, size))
+            let p2 = poisoned.clone();
+            let lun = lun.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let pfile = Arc::new(extents::open_file(
+                    &lun,
+                    &layout,
+                    &parent,
+                    Some(access),
+                    None,
+                )?);
+                let mut pimg = extents::open_image(
+                    &lun,
+                    &layout,
+                    pfile.clone(),
+                    &parent,
+                    &chain[1..],
+                    &grand_access,
+                    false,
+                )?;
+                let cfile = Arc::new(extents::open_file(
+                    &lun,
+                    &layout,
+                    &child,
+                    None,
+                    Some(child_read),
+                )?);
+                let cimg = extents::open_image(
+                    &lun,
+                    &layout,
+                    cfile,
+                    &child,
+                    &chain,
+                    &child_parents,
+                    true,
+                )?;
+                let r = (|| {
+                    let n = vhd::ops::merge_into(&cimg, &mut pimg, &mut |d, t| progress.set(d, t))
+                        .map_err(|e| err(ErrorCode::Storage, format!("merge: {e}")))?;
+                    let size = pimg.virtual_size();
+                    pimg.flush()
+                        .map_err(|e| err(ErrorCode::Storage, format!("flush the parent: {e}")))?;
+                    Ok::<_, ApiError>((n, size))
+                })();
+                p2.store(pfile.poisoned().is_some(), Ordering::Release);
+                r
             })
             .await
-            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+            .and_then(|r| r);
+            for g in grand {
+                self.drop_read(g).await;
+            }
+            r
         }
         .await;
+        if poisoned.load(Ordering::Acquire) {
+            // Writes into the parent may be lost or still land: both holds are kept
+            // (042 §8); attaching and detaching the parent here settles it.
+            return Err(err(
+                ErrorCode::Storage,
+                format!(
+                    "merge of {}: a flush of the parent failed ({}); this node keeps both \
+                     write holds",
+                    child.name,
+                    r.err().map(|e| e.message).unwrap_or_default()
+                ),
+            ));
+        }
         let released = self.release_vhd(child.id).await;
         let outcome = async {
             let (n, size) = r?;
@@ -173,6 +218,8 @@ impl Daemon {
                     Command::SetVirtualSize {
                         vhd: parent_id,
                         virtual_size: size,
+                        node: NodeId(self.id()),
+                        generation: parent_hold.generation,
                     },
                 )
                 .await?
@@ -187,9 +234,7 @@ impl Daemon {
             Ok(parent)
         }
         .await;
-        if let Err(e) = self.release_vhd(parent_id).await {
-            tracing::warn!(vhd = %child.name, "release the parent after merge: {e}");
-        }
+        self.give_back(parent_id, false, &lun).await;
         outcome
     }
 

@@ -8,6 +8,7 @@ mod attach;
 mod checkpoint;
 pub mod config;
 mod convert;
+mod detach;
 mod extents;
 mod handlers;
 mod join;
@@ -132,7 +133,11 @@ impl Daemon {
     ) -> anyhow::Result<Member> {
         let data = &self.cfg.paths.data_dir;
         if write_state {
-            state_file::write(data, st)?;
+            // It syncs the file and the directory: not on a runtime worker.
+            let (dir, st2) = (data.clone(), st.clone());
+            tokio::task::spawn_blocking(move || state_file::write(&dir, &st2))
+                .await
+                .map_err(|e| anyhow::anyhow!("write the state file: {e}"))??;
         }
         let join = self
             .join_task
@@ -401,7 +406,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         ops: Default::default(),
         remote: Default::default(),
     });
-    attach::register_handoff(&daemon)?;
+    detach::register_handoff(&daemon)?;
     if cfg.lease.watchdog {
         let w = crate::watchdog::Watchdog::spawn()?;
         tracing::info!(pid = w.pid(), "lease watchdog running");
@@ -459,7 +464,15 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     {
         tracing::warn!("releasing the attachments took too long; the rest expire with the lease");
     }
-    if let Err(e) = daemon.leave_cluster(LEAVE_TIMEOUT).await {
+    // `Leave` drops every hold at once: not while a write hold is kept (its final flush
+    // failed, or its writes are still in doubt): that one expires with the lease.
+    let kept = daemon.leases.write_holds();
+    if kept > 0 {
+        tracing::warn!(
+            holds = kept,
+            "write holds kept (a final flush failed or writes are in doubt): not leaving; they expire with the lease"
+        );
+    } else if let Err(e) = daemon.leave_cluster(LEAVE_TIMEOUT).await {
         tracing::warn!("leave at shutdown: {e}");
     }
     let _ = std::fs::remove_file(&sock);

@@ -193,6 +193,7 @@ fn attachment_of(rec: &RemoteRecord, a: &RemoteAttachment) -> Attachment {
         socket: a.socket.clone(),
         uri: a.uri.clone(),
         tcp: a.tcp.clone(),
+        error: String::new(),
     }
 }
 
@@ -606,7 +607,12 @@ mod tests {
                 epoch: Epoch(1),
             }),
             Command::DeleteVhd { vhd: VhdId(1) }.encode(),
-            Command::ReleaseReservation { node: NodeId(2) }.encode(),
+            Command::ReserveExtents {
+                node: NodeId(2),
+                epoch: Epoch(1),
+                count: 4,
+            }
+            .encode(),
         ];
         for c in no {
             assert!(!touches_remote(&c), "{}", String::from_utf8_lossy(&c));

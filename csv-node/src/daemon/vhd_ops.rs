@@ -13,11 +13,12 @@ use csv_api::error::ApiError;
 use csv_api::{ErrorCode, NodeId};
 use lock_manager::Mode;
 use vhd::DiskType;
-use volume::{ExtentFile, Layout, LunPath, OpenFence, WriteAccess};
+use volume::ExtentFile;
 
 use super::Daemon;
-use super::extents::{self, CatalogSink};
+use super::extents;
 use super::handlers::propose;
+use super::lease::VhdHold;
 use super::progress::OpProgress;
 use crate::state::types::{Command, Query, QueryReply, Reply, VhdKind, VhdRecord, VhdState};
 
@@ -43,42 +44,53 @@ fn vhd_reply(r: Reply) -> Result<VhdRecord, ApiError> {
     }
 }
 
+/// A VHD being created or imported: its write hold and its open file.
+struct Filling {
+    hold: VhdHold,
+    file: Arc<ExtentFile>,
+}
+
 impl Daemon {
-    /// Opens `rec` for writing outside an attachment (create, import): growth from the
-    /// node's reservation, no fence (the VHD is `creating`: nobody attaches it). The
-    /// file starts empty, so every mapped byte is zeroed (extents may hold old data).
-    async fn open_for_fill(
-        &self,
-        rec: &VhdRecord,
-    ) -> Result<(Arc<ExtentFile>, Arc<dyn LunPath>, Layout), ApiError> {
+    /// Opens `rec` (being created) for writing under a write hold of this node, like any
+    /// writer: growth from the node's reservation, `SetExtents` at the hold's generation,
+    /// the hold's fence (docs/design/042 §2). The file starts empty, so every mapped byte
+    /// is zeroed (extents may hold old data).
+    async fn open_for_fill(&self, rec: &VhdRecord) -> Result<Filling, ApiError> {
         let (lun, layout) = self.volume_ready().await?;
         let m = self.member().await?;
-        let access = WriteAccess {
-            source: self.reservation_source(&m),
-            sink: Arc::new(CatalogSink::new(
-                m.clone(),
-                tokio::runtime::Handle::current(),
-                rec,
-                NodeId(self.id()),
-                None,
-                layout.extent_size,
-            )),
-            fence: Arc::new(OpenFence),
-            fence_wait: volume::DEFAULT_FENCE_WAIT,
-        };
+        let hold = self.acquire_vhd(rec.id, Mode::Write).await?;
+        let access = self.write_access(&m, rec, &hold, &lun);
         let mut empty = rec.clone();
         empty.length = 0;
-        let (l2, lay2) = (lun.clone(), layout);
-        let f = tokio::task::spawn_blocking(move || {
-            extents::open_file(&l2, &lay2, &empty, Some(access))
+        let opened = tokio::task::spawn_blocking(move || {
+            extents::open_file(&lun, &layout, &empty, Some(access), None)
         })
         .await
-        .map_err(internal)??;
-        Ok((Arc::new(f), lun, layout))
+        .map_err(internal)
+        .and_then(|r| r);
+        match opened {
+            Ok(f) => Ok(Filling {
+                hold,
+                file: Arc::new(f),
+            }),
+            Err(e) => {
+                self.give_back_fill(rec).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Releases the write hold of a create or import (after this node's writes are past
+    /// their bound: `give_back`).
+    async fn give_back_fill(&self, rec: &VhdRecord) {
+        if let Ok(lun) = self.lun().await {
+            self.give_back(rec.id, false, &lun).await;
+        }
     }
 
     /// Deletes a half-made VHD (logged on failure: the record stays `creating`).
     async fn undo_create(&self, rec: &VhdRecord) {
+        self.give_back_fill(rec).await;
         if let Ok(m) = self.member().await
             && let Err(e) = propose(&m, Command::DeleteVhd { vhd: rec.id }).await
         {
@@ -86,18 +98,33 @@ impl Daemon {
         }
     }
 
-    async fn mark_ready(&self, rec: &VhdRecord) -> Result<VhdRecord, ApiError> {
+    /// Marks a filled VHD ready (under its write hold), waits until a LUN checkpoint
+    /// has it (a recovery must not lose an acknowledged create), releases the hold.
+    async fn mark_ready(&self, rec: &VhdRecord, hold: &VhdHold) -> Result<VhdRecord, ApiError> {
         let m = self.member().await?;
-        vhd_reply(
+        let r = vhd_reply(
             propose(
                 &m,
                 Command::SetVhdState {
                     vhd: rec.id,
                     state: VhdState::Ready,
+                    node: NodeId(self.id()),
+                    generation: hold.generation,
                 },
             )
             .await?,
-        )
+        )?;
+        self.wait_catalog_checkpoint(&m).await?;
+        self.give_back_fill(rec).await;
+        Ok(r)
+    }
+
+    /// Waits until a LUN checkpoint covers every catalog change applied so far.
+    pub(crate) async fn wait_catalog_checkpoint(&self, m: &super::Member) -> Result<(), ApiError> {
+        let QueryReply::Checkpoint(c) = super::handlers::query(m, Query::Checkpoint).await? else {
+            return Err(internal("unexpected checkpoint reply"));
+        };
+        extents::wait_checkpoint(m, c.catalog_index, extents::CHECKPOINT_WAIT).await
     }
 
     /// `vhd create`.
@@ -151,9 +178,14 @@ impl Daemon {
                 }
                 let chain = extents::ancestors(&m, p).await?;
                 let (p2, l2) = (p.clone(), lun.clone());
+                // The parent and its ancestors are read under read-deny-write holds.
+                let mut all = vec![p.clone()];
+                all.extend(chain.iter().cloned());
+                let (held, mut access) = self.hold_ancestors(&all).await?;
+                let own = access.remove(0);
                 let info = tokio::task::spawn_blocking(move || {
-                    let f = Arc::new(extents::open_file(&l2, &layout, &p2, None)?);
-                    let img = extents::open_image(&l2, &layout, f, &p2, &chain, true)?;
+                    let f = Arc::new(extents::open_file(&l2, &layout, &p2, None, Some(own))?);
+                    let img = extents::open_image(&l2, &layout, f, &p2, &chain, &access, true)?;
                     let ft = img.footer();
                     Ok::<_, ApiError>(vhd::create::ParentInfo {
                         uuid: ft.uuid,
@@ -165,7 +197,11 @@ impl Daemon {
                     })
                 })
                 .await
-                .map_err(internal)??;
+                .map_err(internal);
+                for h in held {
+                    self.drop_read(h).await;
+                }
+                let info = info??;
                 let mem = vhd::MemStorage::new();
                 vhd::create::create_differencing(&mem, &info, vhd::DEFAULT_BLOCK_SIZE, None)
                     .map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
@@ -203,7 +239,7 @@ impl Daemon {
         )?;
         let r = self.fill_new(&rec, size, meta).await;
         match r {
-            Ok(()) => self.mark_ready(&rec).await,
+            Ok(hold) => self.mark_ready(&rec, &hold).await,
             Err(e) => {
                 self.undo_create(&rec).await;
                 Err(e)
@@ -216,8 +252,8 @@ impl Daemon {
         rec: &VhdRecord,
         size: u64,
         meta: Option<Vec<u8>>,
-    ) -> Result<(), ApiError> {
-        let (file, _, _) = self.open_for_fill(rec).await?;
+    ) -> Result<VhdHold, ApiError> {
+        let Filling { hold, file } = self.open_for_fill(rec).await?;
         tokio::task::spawn_blocking(move || {
             match meta {
                 None => {
@@ -236,7 +272,8 @@ impl Daemon {
             Ok::<_, ApiError>(())
         })
         .await
-        .map_err(internal)?
+        .map_err(internal)??;
+        Ok(hold)
     }
 
     /// `vhd import FILE NAME`: a local VHD file's exact bytes.
@@ -284,15 +321,16 @@ impl Daemon {
             .await?,
         )?;
         let r = async {
-            let (file, _, _) = self.open_for_fill(&rec).await?;
+            let Filling { hold, file } = self.open_for_fill(&rec).await?;
             let progress = guard.progress();
             tokio::task::spawn_blocking(move || copy_in(&path, &file, length, &progress))
                 .await
-                .map_err(internal)?
+                .map_err(internal)??;
+            Ok::<_, ApiError>(hold)
         }
         .await;
         match r {
-            Ok(()) => self.mark_ready(&rec).await,
+            Ok(hold) => self.mark_ready(&rec, &hold).await,
             Err(e) => {
                 self.undo_create(&rec).await;
                 Err(e)
@@ -307,24 +345,26 @@ impl Daemon {
         let guard = self.ops.start(req.op_id, "export", &req.name, "bytes")?;
         let progress = guard.progress();
         let mine = self.is_attached_here(rec.id);
-        if mine {
+        let hold = if mine {
             self.flush_attached(&req.name).await?;
+            None
         } else {
-            self.acquire_vhd(rec.id, Mode::ReadDenyWrite).await?;
-        }
+            Some(self.hold_read(rec.id).await?)
+        };
         // Re-read: the flush may have mapped more.
         let rec = self.vhd_by_name(&req.name).await?;
         let vhd_id = rec.id;
         let path = std::path::PathBuf::from(&req.path);
+        let read = hold.as_ref().map(|h| self.read_access(h));
         let r = tokio::task::spawn_blocking(move || {
-            let f = extents::open_file(&lun, &layout, &rec, None)?;
+            let f = extents::open_file(&lun, &layout, &rec, None, read)?;
             copy_out(&f, &path, &progress)
         })
         .await
         .map_err(internal)
         .and_then(|r| r);
-        if !mine && let Err(e) = self.release_vhd(vhd_id).await {
-            tracing::warn!(vhd = req.name, "release after export: {e}");
+        if hold.is_some() {
+            self.drop_read(vhd_id).await;
         }
         r
     }
@@ -358,59 +398,94 @@ impl Daemon {
         };
         let hold = self.acquire_vhd(rec.id, Mode::Write).await?;
         // Re-read under the hold: the last writer's commits are in.
+        let poisoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let r = async {
             let rec = self.vhd_by_name(&req.name).await?;
+            if req.size == 0 && !self.children_of(rec.id).await?.is_empty() {
+                return Err(err(
+                    ErrorCode::InvalidState,
+                    format!("{} has children: a parent is not compacted", rec.name),
+                ));
+            }
             let chain = extents::ancestors(&m, &rec).await?;
-            let access = WriteAccess {
-                source: self.reservation_source(&m),
-                sink: Arc::new(CatalogSink::new(
-                    m.clone(),
-                    tokio::runtime::Handle::current(),
-                    &rec,
-                    NodeId(self.id()),
-                    Some(hold.generation),
-                    layout.extent_size,
-                )),
-                fence: hold.fence.clone(),
-                fence_wait: volume::DEFAULT_FENCE_WAIT,
-            };
+            let (parents, parent_access) = self.hold_ancestors(&chain).await?;
+            let access = self.write_access(&m, &rec, &hold, &lun);
             let size = req.size;
             let r2 = rec.clone();
             let progress = guard.progress();
-            tokio::task::spawn_blocking(move || {
-                let file = Arc::new(extents::open_file(&lun, &layout, &r2, Some(access))?);
-                let mut img = extents::open_image(&lun, &layout, file, &r2, &chain, false)?;
-                if size > 0 {
-                    img.expand(size)
-                        .map_err(|e| err(ErrorCode::InvalidArgument, format!("expand: {e}")))?;
-                } else {
-                    img.compact(&mut |d, t| progress.set(d, t))
-                        .map_err(|e| storage("compact", e))?;
-                }
-                img.flush().map_err(|e| storage("flush", e))?;
-                Ok::<_, ApiError>(img.virtual_size())
+            let p2 = poisoned.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let file = Arc::new(extents::open_file(&lun, &layout, &r2, Some(access), None)?);
+                let mut img = extents::open_image(
+                    &lun,
+                    &layout,
+                    file.clone(),
+                    &r2,
+                    &chain,
+                    &parent_access,
+                    false,
+                )?;
+                let r = (|| {
+                    if size > 0 {
+                        img.expand(size)
+                            .map_err(|e| err(ErrorCode::InvalidArgument, format!("expand: {e}")))?;
+                    } else {
+                        img.compact(&mut |d, t| progress.set(d, t))
+                            .map_err(|e| storage("compact", e))?;
+                    }
+                    img.flush().map_err(|e| storage("flush", e))?;
+                    Ok::<_, ApiError>(img.virtual_size())
+                })();
+                p2.store(
+                    file.poisoned().is_some(),
+                    std::sync::atomic::Ordering::Release,
+                );
+                r
             })
             .await
-            .map_err(internal)?
+            .map_err(internal)
+            .and_then(|r| r);
+            for p in parents {
+                self.drop_read(p).await;
+            }
+            let new_size = r?;
+            // Recorded under the hold: only the writer may change the size (042 §2).
+            let rec = if new_size != rec.virtual_size {
+                vhd_reply(
+                    propose(
+                        &m,
+                        Command::SetVirtualSize {
+                            vhd: rec.id,
+                            virtual_size: new_size,
+                            node: NodeId(self.id()),
+                            generation: hold.generation,
+                        },
+                    )
+                    .await?,
+                )?
+            } else {
+                self.vhd_by_name(&req.name).await?
+            };
+            Ok(rec)
         }
         .await;
-        let released = self.release_vhd(rec.id).await;
-        let new_size = r?;
-        released?;
-        if new_size != rec.virtual_size {
-            vhd_reply(
-                propose(
-                    &m,
-                    Command::SetVirtualSize {
-                        vhd: rec.id,
-                        virtual_size: new_size,
-                    },
-                )
-                .await?,
-            )
-        } else {
-            self.vhd_by_name(&req.name).await
+        if poisoned.load(std::sync::atomic::Ordering::Acquire) {
+            // Writes of this node may be lost or still land: no other node may write it
+            // before that is settled (042 §8). `vhd attach` then `vhd detach` here
+            // reopens, flushes and releases it.
+            let e = r.err().map(|e| e.message).unwrap_or_default();
+            return Err(err(
+                ErrorCode::Storage,
+                format!(
+                    "{}: a flush failed ({e}); this node keeps the write hold: attach and \
+                     detach the VHD here once the LUN path works",
+                    req.name
+                ),
+            ));
         }
+        let lun = self.lun().await?;
+        self.give_back(rec.id, false, &lun).await;
+        r
     }
 }
 

@@ -33,9 +33,11 @@ pub struct VolumeSection {
     /// file on a shared network file system).
     #[serde(default)]
     pub direct: Option<bool>,
-    /// Bound of one LUN call.
-    #[serde(default = "default_io_timeout")]
-    pub io_timeout: Dur,
+    /// Bound of one LUN call, from its fence check to its answer. Unset: half the
+    /// lease's margin (the lease's io_timeout: 0.93 s at the default 8 s budget); a value
+    /// above that is refused (docs/design/042 §4).
+    #[serde(default)]
+    pub io_timeout: Option<Dur>,
     /// Connections to an NBD target (1–16).
     #[serde(default = "default_connections")]
     pub nbd_connections: usize,
@@ -51,9 +53,6 @@ pub struct VolumeSection {
     pub nbd_socket: Option<std::path::PathBuf>,
 }
 
-fn default_io_timeout() -> Dur {
-    Dur(volume::path::DEFAULT_IO_TIMEOUT)
-}
 fn default_connections() -> usize {
     4
 }
@@ -67,8 +66,9 @@ impl VolumeSection {
         if self.lun.is_empty() {
             return Err(("volume.lun", "empty".into()));
         }
-        volume::path::validate_io_timeout(self.io_timeout.0)
-            .map_err(|e| ("volume.io_timeout", e))?;
+        if let Some(t) = self.io_timeout {
+            volume::path::validate_io_timeout(t.0).map_err(|e| ("volume.io_timeout", e))?;
+        }
         if !(1..=16).contains(&self.nbd_connections) {
             return Err(("volume.nbd_connections", "1 to 16".into()));
         }
@@ -81,14 +81,20 @@ impl VolumeSection {
         Ok(())
     }
 
-    /// Opens the LUN path (blocking).
-    pub fn open(&self) -> Result<Arc<dyn LunPath>, String> {
+    /// The bound of one LUN call: as configured, else half of `lease_margin` (the
+    /// lease's io_timeout, the time between a fence's close and the end of the lease).
+    pub fn io_timeout(&self, lease_margin: Duration) -> Duration {
+        self.io_timeout.map_or(lease_margin / 2, |d| d.0)
+    }
+
+    /// Opens the LUN path (blocking); every call is bounded by `io_timeout`.
+    pub fn open(&self, io_timeout: Duration) -> Result<Arc<dyn LunPath>, String> {
         if self.lun.starts_with("nbd:") || self.lun.starts_with("nbd+") {
             let t = NbdTarget::parse(&self.lun)?;
             let p = NbdPath::connect(
                 t,
                 NbdOptions {
-                    io_timeout: self.io_timeout.0,
+                    io_timeout,
                     connections: self.nbd_connections,
                 },
             )
@@ -108,7 +114,7 @@ impl VolumeSection {
                 path,
                 FileOptions {
                     direct,
-                    io_timeout: self.io_timeout.0,
+                    io_timeout,
                     ..FileOptions::default()
                 },
             )
@@ -198,6 +204,48 @@ fn differs(sb: &Superblock, rec: &VolumeRecord) -> Option<String> {
 }
 
 impl Daemon {
+    /// The bound of one LUN call (042 §4).
+    pub(crate) fn io_timeout(&self) -> Duration {
+        let margin = self.leases.timing().io_timeout;
+        self.cfg
+            .volume
+            .as_ref()
+            .map_or(margin / 2, |v| v.io_timeout(margin))
+    }
+
+    /// How long a request waits for a closed fence.
+    pub(crate) fn fence_wait(&self) -> Duration {
+        self.cfg
+            .volume
+            .as_ref()
+            .map_or(volume::DEFAULT_FENCE_WAIT, |v| v.fence_wait.0)
+    }
+
+    /// The longest a write issued through the LUN may stay in doubt (its check plus
+    /// twice the call bound), with slack: the bound of a wait for quiet.
+    pub(crate) fn quiet_limit(&self) -> Duration {
+        self.io_timeout() * 2 + Duration::from_secs(1)
+    }
+
+    /// Waits (async) until no write issued through `lun` can still land, at most
+    /// [`Self::quiet_limit`]; false when writes are still in doubt then (a call stuck
+    /// in the kernel).
+    pub(crate) async fn wait_quiet(&self, lun: &Arc<dyn LunPath>) -> bool {
+        let deadline = std::time::Instant::now() + self.quiet_limit();
+        loop {
+            let now = std::time::Instant::now();
+            match lun.quiet_at() {
+                None => return true,
+                Some(t) if t <= now => return true,
+                Some(_) if now >= deadline => return false,
+                Some(t) => {
+                    let d = (t - now).min(deadline - now).min(Duration::from_millis(50));
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+
     fn volume_cfg(&self) -> Result<&VolumeSection, ApiError> {
         self.cfg.volume.as_ref().ok_or_else(|| {
             api_err(
@@ -221,7 +269,8 @@ impl Daemon {
             return Ok(l);
         }
         let cfg = self.volume_cfg()?.clone();
-        let l = tokio::task::spawn_blocking(move || cfg.open())
+        let t = self.io_timeout();
+        let l = tokio::task::spawn_blocking(move || cfg.open(t))
             .await
             .map_err(|e| api_err(ErrorCode::Internal, e.to_string()))?
             .map_err(|e| api_err(ErrorCode::Storage, format!("open LUN: {e}")))?;

@@ -1,7 +1,8 @@
 //! Transitions of the volume record, the VHD catalog and the extent allocator.
 
 use csv_api::error::ApiError;
-use csv_api::{ErrorCode, Generation, NodeId, VhdId};
+use csv_api::{Epoch, ErrorCode, Generation, NodeId, VhdId};
+use lock_manager::NodeStatus;
 use meta_store::KvWrite;
 
 use super::runs::{Run, RunSet};
@@ -219,13 +220,39 @@ impl ClusterState {
         Ok(Reply::Vhd(rec))
     }
 
+    /// Refused (`fenced`) unless `node` is the valid writer of `vhd` at `generation`:
+    /// every data-path mutation of the catalog is checked here, each attempt anew.
+    pub(super) fn check_writer(
+        &self,
+        vhd: VhdId,
+        node: NodeId,
+        generation: Generation,
+    ) -> Result<(), ApiError> {
+        match self.locks.valid_writer(vhd) {
+            Some((n, _, g)) if n == node && g == generation => Ok(()),
+            other => Err(err(
+                ErrorCode::Fenced,
+                format!(
+                    "{node} at {generation} is not the valid writer of {vhd} (writer: {})",
+                    match other {
+                        Some((n, e, g)) => format!("{n} at {e}, {g}"),
+                        None => "none".into(),
+                    }
+                ),
+            )),
+        }
+    }
+
     pub(super) fn set_vhd_state(
         &mut self,
         vhd: VhdId,
         state: VhdState,
+        node: NodeId,
+        generation: Generation,
         w: &mut dyn KvWrite,
     ) -> ApplyResult {
         let cur = self.vhd_ref(vhd)?;
+        self.check_writer(vhd, node, generation)?;
         use VhdState::*;
         let ok = matches!(
             (cur.state, state),
@@ -279,7 +306,7 @@ impl ClusterState {
         Ok(Reply::Vhd(rec))
     }
 
-    pub(super) fn reserve(&mut self, node: NodeId, count: u64) -> ApplyResult {
+    pub(super) fn reserve(&mut self, node: NodeId, epoch: Epoch, count: u64) -> ApplyResult {
         self.volume_ref()?;
         match self.nodes.get(&node).map(|n| n.state) {
             Some(NodeState::Active) => {}
@@ -287,6 +314,21 @@ impl ClusterState {
                 return Err(err(
                     ErrorCode::InvalidState,
                     format!("{node} is not an active member"),
+                ));
+            }
+        }
+        match self.locks.node_record(node) {
+            Some(r) if r.epoch == epoch && r.status == NodeStatus::Live => {}
+            other => {
+                return Err(err(
+                    ErrorCode::Fenced,
+                    format!(
+                        "{node} asked at {epoch} but is {}",
+                        match other {
+                            Some(r) => format!("{:?} at {}", r.status, r.epoch),
+                            None => "not registered".into(),
+                        }
+                    ),
                 ));
             }
         }
@@ -325,14 +367,16 @@ impl ClusterState {
         runs
     }
 
+    /// `SetExtents` (docs/design/042 §2).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn map_extents(
+    pub(super) fn set_extents(
         &mut self,
+        index: u64,
         vhd: VhdId,
         node: NodeId,
+        generation: Generation,
         runs: Vec<Run>,
         length: u64,
-        generation: Option<Generation>,
         w: &mut dyn KvWrite,
     ) -> ApplyResult {
         let vol = self.volume_ref()?;
@@ -344,108 +388,112 @@ impl ClusterState {
                 format!("{vhd} is being deleted"),
             ));
         }
-        if runs.is_empty() || runs.len() > MAX_RUNS_PER_VHD {
-            return Err(err(ErrorCode::InvalidArgument, "no runs, or too many"));
-        }
-        check_runs(&runs, extent_count)?;
-        if let Some(g) = generation {
-            match self.locks.valid_writer(vhd) {
-                Some((n, _, cur_g)) if n == node && cur_g == g => {}
-                other => {
-                    return Err(err(
-                        ErrorCode::Fenced,
-                        format!("{node} at {g} is not the valid writer of {vhd} ({other:?})"),
-                    ));
-                }
-            }
-        }
-        let mut res = self.reserved.get(&node).cloned().unwrap_or_default();
-        for r in &runs {
-            if !res.contains(*r) {
-                return Err(err(
-                    ErrorCode::InvalidArgument,
-                    format!("run {r:?} is not in {node}'s reservation"),
-                ));
-            }
-            res.remove(*r);
-        }
-        let mut new_runs = cur.runs.clone();
-        append_runs(&mut new_runs, &runs);
-        if new_runs.len() > MAX_RUNS_PER_VHD {
+        self.check_writer(vhd, node, generation)?;
+        if runs.len() > MAX_RUNS_PER_VHD {
             return Err(err(
                 ErrorCode::Limit,
                 format!("{vhd} would map more than {MAX_RUNS_PER_VHD} runs"),
             ));
         }
-        let added: u64 = runs.iter().map(|r| r.count).sum();
-        let capacity = (cur.extents() + added).saturating_mul(extent_size);
-        if length < cur.length || length > capacity {
+        check_runs(&runs, extent_count)?;
+        let new_n: u64 = runs.iter().map(|r| r.count).sum();
+        if length > new_n.saturating_mul(extent_size) {
             return Err(err(
                 ErrorCode::InvalidArgument,
-                format!(
-                    "length {length} is below {} or beyond the {capacity} bytes mapped",
-                    cur.length
-                ),
+                format!("length {length} is beyond the {new_n} extents mapped"),
             ));
         }
+        // The new map = the first `keep` extents of the current one, then reserved runs.
+        let keep = extents(&cur.runs)
+            .zip(extents(&runs))
+            .take_while(|(a, b)| a == b)
+            .count() as u64;
+        let added = tail(&runs, keep);
+        let freed = tail(&cur.runs, keep);
+        let mut res = self.reserved.get(&node).cloned().unwrap_or_default();
+        for r in &added {
+            if !res.contains(*r) {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "run {r:?} is neither in {vhd}'s map at its place nor in {node}'s reservation"
+                    ),
+                ));
+            }
+            res.remove(*r);
+        }
+        let mut new_runs = Vec::new();
+        append_runs(&mut new_runs, &runs);
         let rec = VhdRecord {
             runs: new_runs,
             length,
             ..cur.clone()
         };
-        self.reserved.insert(node, res);
-        self.mapped += added;
-        self.put_vhd(rec.clone(), w);
-        Ok(Reply::Vhd(rec))
-    }
-
-    pub(super) fn unmap_extents(
-        &mut self,
-        vhd: VhdId,
-        keep: u64,
-        length: u64,
-        w: &mut dyn KvWrite,
-    ) -> ApplyResult {
-        let extent_size = self.volume_ref()?.extent_size;
-        let cur = self.vhd_ref(vhd)?;
-        let total = cur.extents();
-        if keep > total || length > keep.saturating_mul(extent_size) {
-            return Err(err(
-                ErrorCode::InvalidArgument,
-                format!("keep {keep} of {total} extents with length {length}: out of range"),
-            ));
+        let old_n = cur.extents();
+        if rec == *cur {
+            // Sent again (its answer was lost): the change is in, at or before the last
+            // catalog change.
+            return Ok(Reply::Extents {
+                vhd: rec,
+                index: self.checkpoint.catalog_index,
+            });
         }
-        let mut kept = Vec::new();
-        let mut freed = Vec::new();
-        let mut left = keep;
-        for r in &cur.runs {
-            if left >= r.count {
-                kept.push(*r);
-                left -= r.count;
-            } else if left > 0 {
-                kept.push(Run {
-                    start: r.start,
-                    count: left,
-                });
-                freed.push(Run {
-                    start: r.start + left,
-                    count: r.count - left,
-                });
-                left = 0;
-            } else {
-                freed.push(*r);
-            }
-        }
-        let rec = VhdRecord {
-            runs: kept,
-            length,
-            ..cur.clone()
-        };
         for r in &freed {
             self.free.insert(*r);
         }
-        self.mapped -= total - keep;
+        self.reserved.insert(node, res);
+        self.mapped = self.mapped - old_n + new_n;
         self.put_vhd(rec.clone(), w);
-        Ok(Reply::Vhd(rec))
+        self.catalog_changed(index, w);
+        Ok(Reply::Extents { vhd: rec, index })
     }
+
+    /// Records that the catalog (volume and VHD records) changed at `index`.
+    pub(super) fn catalog_changed(&mut self, index: u64, w: &mut dyn KvWrite) {
+        self.checkpoint.catalog_index = index;
+        persist::put_checkpoint(w, &self.checkpoint);
+    }
+
+    pub(super) fn checkpoint_written(
+        &mut self,
+        sequence: u64,
+        index: u64,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
+        if index < self.checkpoint.checkpoint_index || index > self.checkpoint.catalog_index {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "checkpoint of index {index}: the recorded one covers {}, the catalog changed last at {}",
+                    self.checkpoint.checkpoint_index, self.checkpoint.catalog_index
+                ),
+            ));
+        }
+        self.checkpoint.checkpoint_index = index;
+        self.checkpoint.sequence = sequence;
+        persist::put_checkpoint(w, &self.checkpoint);
+        Ok(Reply::Checkpoint(self.checkpoint))
+    }
+}
+
+/// Extent indexes of a run list, in file order.
+fn extents(runs: &[Run]) -> impl Iterator<Item = u64> + '_ {
+    runs.iter().flat_map(|r| r.start..r.start + r.count)
+}
+
+/// The runs of `runs` after its first `skip` extents.
+pub(super) fn tail(runs: &[Run], mut skip: u64) -> Vec<Run> {
+    let mut out = Vec::new();
+    for r in runs {
+        if skip >= r.count {
+            skip -= r.count;
+            continue;
+        }
+        out.push(Run {
+            start: r.start + skip,
+            count: r.count - skip,
+        });
+        skip = 0;
+    }
+    out
 }

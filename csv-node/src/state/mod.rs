@@ -62,6 +62,8 @@ pub struct ClusterState {
     reserved: BTreeMap<NodeId, RunSet>,
     locks: LockState,
     remote: remote::RemoteTable,
+    /// Where the LUN checkpoint stands against the catalog.
+    checkpoint: CheckpointState,
     // Derived (rebuilt by `load`): name index, children per parent, mapped extents.
     names: BTreeMap<String, VhdId>,
     children: BTreeMap<VhdId, BTreeSet<VhdId>>,
@@ -113,6 +115,17 @@ impl ClusterState {
 
     /// Applies one decoded command (what `StateMachine::apply` does after decoding).
     pub fn execute(&mut self, index: u64, cmd: Command, w: &mut dyn KvWrite) -> ApplyResult {
+        // Commands that change the volume or VHD records (the checkpoint's payload);
+        // `SetExtents` records its own change (a repeated one changes nothing).
+        let catalog = matches!(
+            cmd,
+            Command::SetVolume { .. }
+                | Command::CreateVhd { .. }
+                | Command::SetVhdState { .. }
+                | Command::DeleteVhd { .. }
+                | Command::RestoreCatalog { .. }
+                | Command::SetVirtualSize { .. }
+        );
         let r = match cmd {
             Command::InitCluster {
                 id,
@@ -136,31 +149,37 @@ impl ClusterState {
                 parent,
                 length,
             } => self.create_vhd(index, name, kind, virtual_size, parent, length, w),
-            Command::SetVhdState { vhd, state } => self.set_vhd_state(vhd, state, w),
+            Command::SetVhdState {
+                vhd,
+                state,
+                node,
+                generation,
+            } => self.set_vhd_state(vhd, state, node, generation, w),
             Command::DeleteVhd { vhd } => self.delete_vhd(vhd, w),
-            Command::ReserveExtents { node, count } => self.reserve(node, count),
-            Command::ReleaseReservation { node } => Ok(Reply::Runs {
-                runs: self.release_reservation(node),
-            }),
-            Command::MapExtents {
+            Command::ReserveExtents { node, epoch, count } => self.reserve(node, epoch, count),
+            Command::SetExtents {
                 vhd,
                 node,
+                generation,
                 runs,
                 length,
-                generation,
-            } => self.map_extents(vhd, node, runs, length, generation, w),
-            Command::UnmapExtents {
-                vhd,
-                keep_extents,
-                length,
-            } => self.unmap_extents(vhd, keep_extents, length, w),
+            } => self.set_extents(index, vhd, node, generation, runs, length, w),
+            Command::CheckpointWritten { sequence, index: i } => {
+                self.checkpoint_written(sequence, i, w)
+            }
             Command::Lock { command } => self.lock(index, command, w),
             Command::Remote { command } => self.apply_remote(index, command, w),
             Command::RestoreCatalog { volume, vhds } => self.restore_catalog(volume, vhds, w),
-            Command::SetVirtualSize { vhd, virtual_size } => {
-                self.set_virtual_size(vhd, virtual_size, w)
-            }
+            Command::SetVirtualSize {
+                vhd,
+                virtual_size,
+                node,
+                generation,
+            } => self.set_virtual_size(vhd, virtual_size, node, generation, w),
         };
+        if catalog && r.is_ok() {
+            self.catalog_changed(index, w);
+        }
         self.flush_runs(w);
         r
     }
@@ -228,6 +247,12 @@ impl ClusterState {
             }),
             Query::Locks(q) => Ok(QueryReply::Locks(self.answer_locks(q))),
             Query::Remote(q) => Ok(QueryReply::Remote(self.answer_remote(q))),
+            Query::Catalog => Ok(QueryReply::Catalog {
+                volume: self.volume.clone(),
+                vhds: self.vhds.values().cloned().collect(),
+                checkpoint: self.checkpoint,
+            }),
+            Query::Checkpoint => Ok(QueryReply::Checkpoint(self.checkpoint)),
         }
     }
 }

@@ -188,7 +188,16 @@ impl ClusterState {
         };
         persist::put_node(w, &info);
         self.nodes.insert(node, info.clone());
-        self.release_reservation(node);
+        // A node still live in the lock table may still zero and write extents of its
+        // reservation until its lease ends: they return to the pool when it expires
+        // (the coordinator expires it once its renewals stop), not before.
+        let live = self
+            .locks
+            .node_record(node)
+            .is_some_and(|r| r.status == lock_manager::NodeStatus::Live);
+        if !live {
+            self.release_reservation(node);
+        }
         self.fail_remote_for(index, node, "was removed", w);
         Ok(Reply::Node(info))
     }

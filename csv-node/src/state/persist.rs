@@ -2,6 +2,7 @@
 //! whole state back, and the state hash.
 //!
 //! Keys (integers big-endian so key order is numeric order): `c/identity`, `c/next_vhd`,
+//! `c/checkpoint`,
 //! `n/<node>`, `v/volume`, `h/<vhd>`, `f/<start>` (free run length), `r/<node><start>`
 //! (reservation run length), `l/gen`, `l/n/<node>`, `l/v/<vhd>`, `q/<request id>`
 //! (remote attach/detach requests). Records are JSON. A snapshot carries the whole
@@ -30,6 +31,7 @@ const LOCK_GEN: &[u8] = b"l/gen";
 const LOCK_NODE: &[u8] = b"l/n/";
 const LOCK_VHD: &[u8] = b"l/v/";
 const REMOTE: &[u8] = b"q/";
+const CHECKPOINT: &[u8] = b"c/checkpoint";
 
 fn key(prefix: &[u8], parts: &[u64]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -93,6 +95,10 @@ pub(super) fn put_lock_vhd(w: &mut dyn KvWrite, v: VhdId, rec: Option<&LockVhd>)
     }
 }
 
+pub(super) fn put_checkpoint(w: &mut dyn KvWrite, c: &CheckpointState) {
+    w.put(CHECKPOINT, &json(c));
+}
+
 pub(super) fn put_remote(w: &mut dyn KvWrite, r: &super::remote::RemoteRecord) {
     w.put(&key(REMOTE, &[r.id]), &json(r));
 }
@@ -135,6 +141,7 @@ impl ClusterState {
             put(IDENTITY, &json(i));
         }
         put(NEXT_VHD, &self.next_vhd.to_be_bytes());
+        put(CHECKPOINT, &json(&self.checkpoint));
         for n in self.nodes.values() {
             put(NODE, &json(n));
         }
@@ -214,6 +221,9 @@ pub(super) fn load(r: &dyn KvRead) -> Result<ClusterState, String> {
     }
     if let Some(v) = get(VOLUME)? {
         s.volume = Some(parse("volume", &v)?);
+    }
+    if let Some(v) = get(CHECKPOINT)? {
+        s.checkpoint = parse("checkpoint", &v)?;
     }
     scan_prefix(r, NODE, |k, v| {
         let id = ids_of("node key", k, NODE, 1)?[0];

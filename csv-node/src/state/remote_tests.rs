@@ -110,10 +110,26 @@ fn cluster() -> (ClusterState, MemKv, u64) {
             length: 1 << 20,
         });
     }
+    // A create marks its VHD ready under its write hold (the first grant: generation 1).
+    let hold = |command| Command::Lock { command };
+    cmds.push(hold(lock_manager::Command::Acquire {
+        vhd: csv_api::VhdId(1),
+        node: csv_api::NodeId(1),
+        epoch: csv_api::Epoch(1),
+        mode: lock_manager::Mode::Write,
+    }));
     cmds.push(Command::SetVhdState {
         vhd: csv_api::VhdId(1),
         state: VhdState::Ready,
+        node: csv_api::NodeId(1),
+        generation: csv_api::Generation(1),
     });
+    cmds.push(hold(lock_manager::Command::Release {
+        vhd: csv_api::VhdId(1),
+        node: csv_api::NodeId(1),
+        epoch: csv_api::Epoch(1),
+        generation: csv_api::Generation(1),
+    }));
     for c in cmds {
         run(&mut sm, &mut kv, i, &c).expect("setup command");
         i += 1;

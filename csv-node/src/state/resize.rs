@@ -1,9 +1,10 @@
 //! `SetVirtualSize`: records a VHD's new virtual size after `vhd expand` wrote it into the
 //! image (the catalog mirrors the footer for listings and differencing checks). Legal for
-//! an existing VHD that is not being deleted, a size in 1 B–2040 GiB not below the
-//! recorded one, and no VHD naming it as parent (children keep their parent's size).
+//! the VHD's valid writer, on an existing VHD that is not being deleted, a size in
+//! 1 B–2040 GiB not below the recorded one, and no VHD naming it as parent (children
+//! keep their parent's size).
 
-use csv_api::{ErrorCode, VhdId};
+use csv_api::{ErrorCode, Generation, NodeId, VhdId};
 use meta_store::KvWrite;
 
 use super::types::*;
@@ -14,11 +15,14 @@ impl ClusterState {
         &mut self,
         vhd: VhdId,
         virtual_size: u64,
+        node: NodeId,
+        generation: Generation,
         w: &mut dyn KvWrite,
     ) -> ApplyResult {
         let Some(cur) = self.vhds.get(&vhd) else {
             return Err(err(ErrorCode::NotFound, format!("{vhd} does not exist")));
         };
+        self.check_writer(vhd, node, generation)?;
         if cur.state == VhdState::Deleting {
             return Err(err(
                 ErrorCode::InvalidState,

@@ -178,114 +178,53 @@ fn transitions_table() {
         (vhd("d", VhdKind::Differencing, Some(1), 1), None), // vhd-2 at 10
         (vhd("huge", VhdKind::Fixed, None, 1000), Some(NoSpace)),
         (Command::DeleteVhd { vhd: VhdId(1) }, Some(InvalidState)), // has a child
-        (
-            Command::SetVhdState {
-                vhd: VhdId(2),
-                state: VhdState::Ready,
-            },
-            None,
-        ),
-        (
-            Command::SetVhdState {
-                vhd: VhdId(2),
-                state: VhdState::Creating,
-            },
-            Some(InvalidState),
-        ),
-        (
-            Command::SetVhdState {
-                vhd: VhdId(2),
-                state: VhdState::Deleting,
-            },
-            None,
-        ),
-        (
-            Command::SetVhdState {
-                vhd: VhdId(2),
-                state: VhdState::Ready,
-            },
-            Some(InvalidState),
-        ),
+        (lock(LockCommand::Register { node: NodeId(1) }), None),    // epoch 1
+        (lock(LockCommand::Register { node: NodeId(2) }), None),    // epoch 1
+        (set_state(2, VhdState::Ready, 1, 5), Some(Fenced)),        // nobody holds it
+        (acquire(2, 1), None), // node 1 writes vhd-2 at generation 1
+        (set_state(2, VhdState::Ready, 2, 1), Some(Fenced)), // not the writer
+        (set_state(2, VhdState::Ready, 1, 1), None),
+        (set_state(2, VhdState::Creating, 1, 1), Some(InvalidState)),
+        (set_state(2, VhdState::Deleting, 1, 1), None),
+        (set_state(2, VhdState::Ready, 1, 1), Some(InvalidState)),
+        (Command::DeleteVhd { vhd: VhdId(2) }, Some(InvalidState)), // held
+        (release(2, 1, 1), None),
         (Command::DeleteVhd { vhd: VhdId(2) }, None),
         (Command::DeleteVhd { vhd: VhdId(2) }, Some(NotFound)),
         (Command::DeleteVhd { vhd: VhdId(1) }, None),
-        (
-            Command::ReserveExtents {
-                node: NodeId(9),
-                count: 4,
-            },
-            Some(InvalidState),
-        ),
-        (
-            Command::ReserveExtents {
-                node: NodeId(2),
-                count: 0,
-            },
-            Some(Limit),
-        ),
-        (
-            Command::ReserveExtents {
-                node: NodeId(2),
-                count: 4,
-            },
-            None,
-        ),
+        (reserve(9, 1, 4), Some(InvalidState)), // not a member
+        (reserve(2, 1, 0), Some(Limit)),
+        (reserve(2, 2, 4), Some(Fenced)), // not its epoch
+        (reserve(2, 1, 4), None),         // runs 0..4
         (vhd("dyn", VhdKind::Dynamic, None, 0), None), // vhd-3, no extents
+        (acquire(3, 2), None),            // node 2 writes vhd-3 at generation 2
+        (set_extents(3, 1, 2, &[(0, 1)], 1), Some(Fenced)), // node 1 is not the writer
+        (set_extents(3, 2, 1, &[(0, 1)], 1), Some(Fenced)), // an old generation
+        (set_extents(3, 2, 2, &[(4, 1)], 1), Some(InvalidArgument)), // not reserved
         (
-            Command::MapExtents {
-                vhd: VhdId(3),
-                node: NodeId(1),
-                runs: vec![Run { start: 0, count: 1 }],
-                length: 1,
-                generation: None,
-            },
-            Some(InvalidArgument), // not node 1's reservation
-        ),
-        (
-            Command::MapExtents {
-                vhd: VhdId(3),
-                node: NodeId(2),
-                runs: vec![Run { start: 0, count: 2 }],
-                length: 3 * 64 * MIB,
-                generation: None,
-            },
+            set_extents(3, 2, 2, &[(0, 2)], 3 * 64 * MIB),
             Some(InvalidArgument), // longer than mapped
         ),
+        (set_extents(3, 2, 2, &[(0, 2)], 2 * 64 * MIB), None),
+        (set_extents(3, 2, 2, &[(0, 2)], 2 * 64 * MIB), None), // again: no change
+        (set_extents(3, 2, 2, &[(1, 1)], 0), Some(InvalidArgument)), // not a prefix
+        (set_extents(3, 2, 2, &[(0, 1)], 64 * MIB), None),     // extent 1 freed
         (
-            Command::MapExtents {
-                vhd: VhdId(3),
-                node: NodeId(2),
-                runs: vec![Run { start: 0, count: 2 }],
-                length: 2 * 64 * MIB,
-                generation: Some(Generation(5)),
-            },
-            Some(Fenced), // nobody holds it at generation 5
-        ),
-        (
-            Command::MapExtents {
-                vhd: VhdId(3),
-                node: NodeId(2),
-                runs: vec![Run { start: 0, count: 2 }],
-                length: 2 * 64 * MIB,
-                generation: None,
-            },
-            None,
-        ),
-        (
-            Command::UnmapExtents {
-                vhd: VhdId(3),
-                keep_extents: 3,
-                length: 0,
-            },
+            set_extents(3, 2, 2, &[(0, 1), (1, 1)], 64 * MIB),
             Some(InvalidArgument),
-        ),
+        ), // freed
+        (set_extents(3, 2, 2, &[(0, 1), (2, 1)], 70 * MIB), None), // reserved run 2
         (
-            Command::UnmapExtents {
-                vhd: VhdId(3),
-                keep_extents: 1,
-                length: 64 * MIB,
-            },
+            lock(LockCommand::Leave {
+                node: NodeId(2),
+                epoch: Epoch(1),
+            }),
             None,
+        ),
+        (reserve(2, 1, 1), Some(Fenced)), // its epoch ended (reservation returned)
+        (
+            set_extents(3, 2, 2, &[(0, 1), (2, 1)], 70 * MIB),
+            Some(Fenced),
         ),
         (Command::RemoveNode { node: NodeId(2) }, None),
         (Command::RemoveNode { node: NodeId(2) }, Some(InvalidState)),
@@ -304,29 +243,20 @@ fn transitions_table() {
             Command::Lock {
                 command: LockCommand::Renew {
                     node: NodeId(1),
-                    epoch: Epoch(1),
+                    epoch: Epoch(9),
                 },
             },
-            Some(LockUnknownNode),
+            Some(LockStaleEpoch),
         ),
-        (
-            Command::Lock {
-                command: LockCommand::Register { node: NodeId(1) },
-            },
-            None,
-        ),
-        (
-            Command::Lock {
-                command: LockCommand::Acquire {
-                    vhd: VhdId(3),
-                    node: NodeId(1),
-                    epoch: Epoch(1),
-                    mode: Mode::Write,
-                },
-            },
-            None,
-        ),
+        (acquire(3, 1), None), // generation 3
         (Command::DeleteVhd { vhd: VhdId(3) }, Some(InvalidState)), // held
+        (
+            Command::CheckpointWritten {
+                sequence: 1,
+                index: 10_000,
+            },
+            Some(InvalidArgument), // beyond the last catalog change
+        ),
     ];
     for (i, (cmd, want)) in table.into_iter().enumerate() {
         let got = code(run(&mut sm, &mut kv, 10 + i as u64, &cmd));
@@ -343,31 +273,102 @@ fn transitions_table() {
         .map(|r| r.count)
         .sum();
     assert_eq!(s.free_extents + s.mapped_extents + reserved, 120, "{s:?}");
-    assert_eq!(s.mapped_extents, 1);
-    assert_eq!(reserved, 0, "the removed node's reservation returned");
-    // The lock-fenced mapping works for the valid writer.
-    let r = run(
-        &mut sm,
-        &mut kv,
-        99,
-        &Command::ReserveExtents {
-            node: NodeId(1),
-            count: 2,
-        },
-    );
+    assert_eq!(s.mapped_extents, 2);
+    assert_eq!(reserved, 0, "the node that left gave its reservation back");
+    // The valid writer (node 1 at generation 3) grows vhd-3 from its own reservation.
+    let r = run(&mut sm, &mut kv, 99, &reserve(1, 1, 2));
     let Ok(Reply::Runs { runs }) = r else {
         panic!("{r:?}")
     };
-    let owner = sm.locks().valid_writer(VhdId(3)).expect("writer");
-    let m = Command::MapExtents {
+    let mut map = sm.vhd(VhdId(3)).expect("vhd-3").runs.clone();
+    map.extend(runs);
+    let m = Command::SetExtents {
         vhd: VhdId(3),
         node: NodeId(1),
-        runs,
+        generation: Generation(3),
+        runs: map,
         length: 3 * 64 * MIB,
-        generation: Some(owner.2),
     };
-    assert!(run(&mut sm, &mut kv, 100, &m).is_ok());
-    assert!(sm.apply(101, b"garbage", &mut kv).starts_with(b"{\"Err\""));
+    let Ok(Reply::Extents { index, .. }) = run(&mut sm, &mut kv, 100, &m) else {
+        panic!("set extents")
+    };
+    assert_eq!(index, 100);
+    // Sent again (its answer lost): the same map, nothing changes, answered at the index
+    // of the last catalog change.
+    let Ok(Reply::Extents { index, .. }) = run(&mut sm, &mut kv, 101, &m) else {
+        panic!("set extents again")
+    };
+    assert_eq!(index, 100);
+    let Ok(QueryReply::Checkpoint(c)) = sm.answer(Query::Checkpoint) else {
+        panic!("checkpoint")
+    };
+    assert_eq!((c.catalog_index, c.checkpoint_index), (100, 0));
+    let w = Command::CheckpointWritten {
+        sequence: 4,
+        index: 100,
+    };
+    assert!(run(&mut sm, &mut kv, 102, &w).is_ok());
+    let stale = Command::CheckpointWritten {
+        sequence: 3,
+        index: 90,
+    };
+    assert_eq!(
+        code(run(&mut sm, &mut kv, 103, &stale)),
+        Some(InvalidArgument)
+    );
+    assert!(sm.apply(104, b"garbage", &mut kv).starts_with(b"{\"Err\""));
+}
+
+fn lock(command: LockCommand) -> Command {
+    Command::Lock { command }
+}
+
+fn acquire(vhd: u64, node: u64) -> Command {
+    lock(LockCommand::Acquire {
+        vhd: VhdId(vhd),
+        node: NodeId(node),
+        epoch: Epoch(1),
+        mode: Mode::Write,
+    })
+}
+
+fn release(vhd: u64, node: u64, generation: u64) -> Command {
+    lock(LockCommand::Release {
+        vhd: VhdId(vhd),
+        node: NodeId(node),
+        epoch: Epoch(1),
+        generation: Generation(generation),
+    })
+}
+
+fn set_state(vhd: u64, state: VhdState, node: u64, generation: u64) -> Command {
+    Command::SetVhdState {
+        vhd: VhdId(vhd),
+        state,
+        node: NodeId(node),
+        generation: Generation(generation),
+    }
+}
+
+fn reserve(node: u64, epoch: u64, count: u64) -> Command {
+    Command::ReserveExtents {
+        node: NodeId(node),
+        epoch: Epoch(epoch),
+        count,
+    }
+}
+
+fn set_extents(vhd: u64, node: u64, generation: u64, runs: &[(u64, u64)], length: u64) -> Command {
+    Command::SetExtents {
+        vhd: VhdId(vhd),
+        node: NodeId(node),
+        generation: Generation(generation),
+        runs: runs
+            .iter()
+            .map(|&(start, count)| Run { start, count })
+            .collect(),
+        length,
+    }
 }
 
 #[test]
@@ -431,27 +432,35 @@ pub(crate) fn random_command(rng: &mut StdRng, nodes: u64) -> Command {
         3 => Command::SetVhdState {
             vhd,
             state: [VhdState::Ready, VhdState::Deleting][rng.random_range(0..2)],
+            node,
+            generation: Generation(rng.random_range(1..20)),
         },
         4 => Command::ReserveExtents {
             node,
+            epoch: Epoch(rng.random_range(1..3)),
             count: rng.random_range(1..6),
         },
-        5 => Command::ReleaseReservation { node },
-        6 => Command::MapExtents {
-            vhd,
-            node,
-            runs: vec![Run {
-                start: rng.random_range(0..100),
-                count: rng.random_range(1..3),
-            }],
-            length: rng.random_range(0..4) * 64 * MIB,
-            generation: None,
+        5 => Command::CheckpointWritten {
+            sequence: rng.random_range(1..5),
+            index: rng.random_range(0..200),
         },
-        7 => Command::UnmapExtents {
-            vhd,
-            keep_extents: rng.random_range(0..3),
-            length: 0,
-        },
+        6 | 7 => {
+            // A prefix of the VHD's map (guessed) and runs of the reservation (guessed).
+            let mut runs = Vec::new();
+            let mut start = rng.random_range(0..100);
+            for _ in 0..rng.random_range(0..3) {
+                let count = rng.random_range(1..3);
+                runs.push(Run { start, count });
+                start += count + rng.random_range(0..3);
+            }
+            Command::SetExtents {
+                vhd,
+                node,
+                generation: Generation(rng.random_range(1..20)),
+                runs,
+                length: rng.random_range(0..4) * 64 * MIB,
+            }
+        }
         8 => Command::Lock {
             command: LockCommand::Register { node },
         },

@@ -6,7 +6,7 @@
 //! answers an [`ApiError`] with a stable code.
 
 use csv_api::error::ApiError;
-use csv_api::{ClusterId, ErrorCode, Generation, NodeId, VhdId, VolumeId};
+use csv_api::{ClusterId, Epoch, ErrorCode, Generation, NodeId, VhdId, VolumeId};
 use serde::{Deserialize, Serialize};
 
 pub use super::runs::Run;
@@ -201,12 +201,17 @@ pub enum Command {
         length: u64,
     },
     /// Moves a VHD: creating → ready | deleting, ready → deleting; the same state is a
-    /// no-op.
+    /// no-op. Legal only for the VHD's valid writer at `generation` (a create or import
+    /// holds the new VHD for writing while it fills it).
     SetVhdState {
         /// VHD.
         vhd: VhdId,
         /// New state.
         state: VhdState,
+        /// The writer.
+        node: NodeId,
+        /// Its write hold's generation.
+        generation: Generation,
     },
     /// Deletes a VHD and frees its extents. Legal when no VHD names it as parent and the
     /// lock table holds nothing on it.
@@ -215,42 +220,43 @@ pub enum Command {
         vhd: VhdId,
     },
     /// Moves `count` free extents (best fit, else the longest runs) into the node's
-    /// reservation. Legal for an active node within the per-node reservation bound.
+    /// reservation. Legal for an active node that is live at `epoch` in the lock table,
+    /// within the per-node reservation bound. The reservation belongs to that epoch: it
+    /// returns to the free pool when the epoch ends (expiry, leave, removal).
     ReserveExtents {
         /// Node.
         node: NodeId,
+        /// The node's epoch as it believes it.
+        epoch: Epoch,
         /// Extents.
         count: u64,
     },
-    /// Returns the node's whole reservation to the free pool (legal for any node).
-    ReleaseReservation {
-        /// Node.
-        node: NodeId,
-    },
-    /// Appends runs from the node's reservation to a VHD (not deleting) and sets its
-    /// length (not shorter, fits the extents). With a generation, the node must be the
-    /// VHD's valid writer at that generation (else `fenced`).
-    MapExtents {
+    /// Sets a VHD's whole extent map and length, as its writer's flush commits them
+    /// (docs/design/042 §2): `runs` must be the first extents of the current map followed
+    /// by runs from `node`'s reservation (current extents past that prefix are freed);
+    /// `length` must fit. Legal only for the VHD's valid writer at `generation` (else
+    /// `fenced`) on a VHD not being deleted. Idempotent: the same map again changes
+    /// nothing, so a commit whose answer was lost is simply sent again.
+    SetExtents {
         /// VHD.
         vhd: VhdId,
-        /// Node whose reservation supplies the runs.
+        /// The writer (its reservation supplies new runs).
         node: NodeId,
-        /// Runs, each inside the reservation.
+        /// Its write hold's generation.
+        generation: Generation,
+        /// The whole map, in file order.
         runs: Vec<Run>,
-        /// New length.
+        /// The extent file's length.
         length: u64,
-        /// Writer generation (fencing), if ownership is in force.
-        generation: Option<Generation>,
     },
-    /// Keeps the first `keep_extents` extents of a VHD, frees the rest and sets its length
-    /// (fits the kept extents).
-    UnmapExtents {
-        /// VHD.
-        vhd: VhdId,
-        /// Extents kept.
-        keep_extents: u64,
-        /// New length.
-        length: u64,
+    /// Records that the coordinator wrote a LUN checkpoint covering every catalog change
+    /// up to `index` (its `sequence` on the LUN). Legal when `index` is not below the one
+    /// recorded.
+    CheckpointWritten {
+        /// Checkpoint sequence number on the LUN.
+        sequence: u64,
+        /// Catalog changes up to this log index are in it.
+        index: u64,
     },
     /// Rebuilds the volume record and the catalog from a LUN checkpoint (recovery).
     /// Legal on an initialised cluster with no volume and no VHDs, when the records are
@@ -261,13 +267,18 @@ pub enum Command {
         /// The VHD records.
         vhds: Vec<VhdRecord>,
     },
-    /// Records a VHD's grown virtual size (`vhd expand`). Legal for an existing VHD not
-    /// being deleted, without children, with a size not below the recorded one.
+    /// Records a VHD's grown virtual size (`vhd expand`, `vhd merge`). Legal for the VHD's
+    /// valid writer at `generation`, on a VHD not being deleted, without children, with a
+    /// size not below the recorded one.
     SetVirtualSize {
         /// VHD.
         vhd: VhdId,
         /// New virtual size.
         virtual_size: u64,
+        /// The writer.
+        node: NodeId,
+        /// Its write hold's generation.
+        generation: Generation,
     },
     /// A lock-manager command (legality as in `lock_manager::Command`). An expiry or a
     /// leave also returns the node's extent reservation to the free pool.
@@ -337,6 +348,16 @@ pub enum Reply {
         /// Runs.
         runs: Vec<Run>,
     },
+    /// `SetExtents`: the record after it and the log index of the change (the flush
+    /// waits for a checkpoint covering it).
+    Extents {
+        /// The record.
+        vhd: VhdRecord,
+        /// Log index of the command.
+        index: u64,
+    },
+    /// `CheckpointWritten`: what is recorded now.
+    Checkpoint(CheckpointState),
     /// Lock commands.
     Lock {
         /// The lock manager's outcome.
@@ -410,6 +431,22 @@ pub enum Query {
     Locks(super::locks::LockQuery),
     /// Remote attach/detach requests → [`QueryReply::Remote`].
     Remote(super::remote::RemoteQuery),
+    /// The volume and every VHD record, one snapshot (the LUN checkpoint's payload) →
+    /// [`QueryReply::Catalog`].
+    Catalog,
+    /// Catalog change and checkpoint indexes → [`QueryReply::Checkpoint`].
+    Checkpoint,
+}
+
+/// Where the LUN checkpoint stands against the catalog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Log index of the last command that changed the catalog (volume or VHD records).
+    pub catalog_index: u64,
+    /// Catalog changes up to this index are in a checkpoint on the LUN.
+    pub checkpoint_index: u64,
+    /// That checkpoint's sequence number.
+    pub sequence: u64,
 }
 
 /// Space summary.
@@ -467,6 +504,17 @@ pub enum QueryReply {
     Locks(super::locks::LockReply),
     /// Remote-request answers.
     Remote(super::remote::RemoteReply),
+    /// The catalog snapshot.
+    Catalog {
+        /// The volume record, if set.
+        volume: Option<VolumeRecord>,
+        /// Every VHD record, by id.
+        vhds: Vec<VhdRecord>,
+        /// Checkpoint state at that snapshot (`catalog_index` is what it covers).
+        checkpoint: CheckpointState,
+    },
+    /// Checkpoint state.
+    Checkpoint(CheckpointState),
 }
 
 impl Query {
@@ -493,12 +541,12 @@ mod tests {
             Command::Lock {
                 command: lock_manager::Command::Register { node: NodeId(1) },
             },
-            Command::MapExtents {
+            Command::SetExtents {
                 vhd: VhdId(1),
                 node: NodeId(2),
+                generation: Generation(3),
                 runs: vec![Run { start: 1, count: 2 }],
                 length: 5,
-                generation: Some(Generation(3)),
             },
         ];
         for c in cmds {

@@ -50,6 +50,9 @@ struct Inner {
     closed: AtomicBool,
     info: ExportInfo,
     timeout: Duration,
+    /// The reply reader, aborted when the connection is poisoned (so the socket is
+    /// closed at once rather than when the server answers).
+    reader: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -86,14 +89,16 @@ impl Client {
             closed: AtomicBool::new(false),
             info,
             timeout: cfg.request_timeout,
+            reader: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let err = reader(rd, &weak).await;
             if let Some(inner) = weak.upgrade() {
                 inner.fail_all(err);
             }
         });
+        *inner.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
         Client { inner }
     }
 
@@ -131,10 +136,23 @@ impl Client {
                 tx,
             }),
         );
+        // From here until the answer, dropping this future (a caller's deadline) or
+        // failing poisons the connection: bytes of this request may be on the wire.
+        let mut guard = InFlight {
+            inner: self.inner.clone(),
+            cookie,
+            armed: true,
+        };
         let mut b = BytesMut::with_capacity(REQUEST_HEADER_LEN);
         encode_request(&mut b, &req);
         {
             let mut w = inner.writer.lock().await;
+            // A request dropped in the middle of its bytes left the stream unusable:
+            // nothing more may be written on it (the next header would complete the
+            // other request's payload).
+            if inner.closed.load(Ordering::Acquire) {
+                return Err(ClientError::Closed);
+            }
             let r = async {
                 w.write_all(&b).await?;
                 if let Some(p) = payload {
@@ -144,21 +162,17 @@ impl Client {
             }
             .await;
             if let Err(e) = r {
-                inner.lock_pending().remove(&cookie);
-                inner.closed.store(true, Ordering::Release);
                 return Err(e.into());
             }
         }
         match tokio::time::timeout(inner.timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(ClientError::Closed),
-            Err(_) => {
-                // Replies can no longer be matched safely: give up the connection.
-                inner.lock_pending().remove(&cookie);
-                inner.closed.store(true, Ordering::Release);
-                let _ = inner.writer.lock().await.shutdown().await;
-                Err(ClientError::Timeout)
+            Ok(Ok(r)) => {
+                guard.armed = false;
+                r
             }
+            Ok(Err(_)) => Err(ClientError::Closed),
+            // Replies can no longer be matched safely: the guard gives up the connection.
+            Err(_) => Err(ClientError::Timeout),
         }
     }
 
@@ -278,15 +292,25 @@ impl Client {
         }
     }
 
-    /// Sends NBD_CMD_DISC and closes the write side; pending requests fail.
+    /// Sends NBD_CMD_DISC and closes the write side; pending requests fail. On a
+    /// connection a request was abandoned on (its bytes may be cut short), nothing is
+    /// sent: the write side is only shut down.
     pub async fn disconnect(&self) -> Result<(), ClientError> {
         let mut b = BytesMut::new();
         encode_request(&mut b, &Self::req(CMD_DISC, 0, 0, 0));
-        self.inner.closed.store(true, Ordering::Release);
+        let was_closed = self.inner.closed.swap(true, Ordering::AcqRel);
         let mut w = self.inner.writer.lock().await;
-        w.write_all(&b).await?;
+        if !was_closed {
+            w.write_all(&b).await?;
+        }
         w.shutdown().await?;
         Ok(())
+    }
+
+    /// True once the connection can carry no more requests (closed, failed, or a request
+    /// on it was abandoned).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
     }
 }
 
@@ -303,6 +327,43 @@ impl Inner {
                 ClientError::Closed => ClientError::Closed,
                 _ => ClientError::Protocol(msg.clone()),
             }));
+        }
+    }
+}
+
+/// A request between its first byte and its answer. Dropped armed (the caller gave up,
+/// the write failed, the answer timed out), it removes the request and poisons the
+/// connection: closed for further requests, write side shut down.
+struct InFlight {
+    inner: Arc<Inner>,
+    cookie: u64,
+    armed: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.inner.lock_pending().remove(&self.cookie);
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let reader = self
+            .inner
+            .reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(r) = reader {
+            r.abort();
+        }
+        self.inner.fail_all(ClientError::Closed);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let inner = self.inner.clone();
+            rt.spawn(async move {
+                let _ = inner.writer.lock().await.shutdown().await;
+            });
         }
     }
 }

@@ -77,6 +77,14 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Requests in flight at once; more wait.
     pub max_in_flight: usize,
+    /// TCP only: `TCP_USER_TIMEOUT`, how long sent data may stay unacknowledged before
+    /// the kernel drops the connection (instead of retransmitting it for minutes, to be
+    /// delivered after a partition heals).
+    pub tcp_user_timeout: Option<Duration>,
+    /// TCP only: `SO_LINGER` 0, so closing the connection resets it and discards what is
+    /// still unsent (a client that gave up on its requests must not have them delivered
+    /// later).
+    pub reset_on_close: bool,
 }
 
 impl Default for ClientConfig {
@@ -88,6 +96,8 @@ impl Default for ClientConfig {
             base_allocation: true,
             request_timeout: Duration::from_secs(60),
             max_in_flight: 64,
+            tcp_user_timeout: None,
+            reset_on_close: false,
         }
     }
 }
@@ -298,12 +308,19 @@ pub async fn connect_unix(path: &Path, cfg: ClientConfig) -> Result<Client, Clie
     handshake(s, cfg).await
 }
 
-/// Connects over TCP (TCP_NODELAY) and negotiates.
+/// Connects over TCP (TCP_NODELAY, and the socket options of `cfg`) and negotiates.
 pub async fn connect_tcp(
     addr: impl tokio::net::ToSocketAddrs,
     cfg: ClientConfig,
 ) -> Result<Client, ClientError> {
     let s = tokio::net::TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(&s);
+    if let Some(t) = cfg.tcp_user_timeout {
+        sock.set_tcp_user_timeout(Some(t))?;
+    }
+    if cfg.reset_on_close {
+        sock.set_linger(Some(Duration::ZERO))?;
+    }
     handshake(s, cfg).await
 }

@@ -30,6 +30,8 @@ pub struct Export {
     options: ExportOptions,
     caps: Capabilities,
     removed: CancellationToken,
+    /// Cancelled to close the connections still using a removed export at once.
+    killed: CancellationToken,
     users: TaskTracker,
 }
 
@@ -112,6 +114,11 @@ impl Export {
         &self.removed
     }
 
+    /// Cancelled when the connections still using the export must close at once.
+    pub fn killed(&self) -> &CancellationToken {
+        &self.killed
+    }
+
     /// Registers a connection as a user of this export; `None` once it is removed.
     pub(crate) fn attach(&self) -> Option<tokio_util::task::task_tracker::TaskTrackerToken> {
         let token = self.users.token();
@@ -134,8 +141,14 @@ impl ExportRemoval {
     }
 
     /// Resolves once every connection that used the export has closed.
-    pub async fn wait(self) {
+    pub async fn wait(&self) {
         self.export.users.wait().await;
+    }
+
+    /// Closes the connections still using the export now: their unanswered requests
+    /// get no answer (the client sees the connection drop and may reconnect elsewhere).
+    pub fn close_connections(&self) {
+        self.export.killed.cancel();
     }
 }
 
@@ -170,6 +183,7 @@ impl ExportRegistry {
             options,
             caps,
             removed: CancellationToken::new(),
+            killed: CancellationToken::new(),
             users: TaskTracker::new(),
         });
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());

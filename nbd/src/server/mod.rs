@@ -297,8 +297,15 @@ impl Server {
             max_bytes: self.shared.config.max_bytes,
             linger: self.shared.config.linger,
         };
-        let end = transmit::transmit(stream, &session, stop, tl).await;
-        tracing::info!(?end, "connection closed");
+        let killed = session.export.killed().clone();
+        tokio::select! {
+            end = transmit::transmit(stream, &session, stop, tl) => {
+                tracing::info!(?end, "connection closed");
+            }
+            _ = killed.cancelled() => {
+                tracing::info!("connection closed by the server (export removed)");
+            }
+        }
     }
 
     /// Greeting, client flags, options; STARTTLS upgrades in place.

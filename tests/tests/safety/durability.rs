@@ -26,7 +26,12 @@ fn a_commit_whose_answer_was_lost_is_sent_again_and_succeeds() {
     vc.ok(1, &["vhd", "create", "v", "--size", "1G"]);
     vc.ok(2, &["vhd", "attach", "v"]);
     // The first flush with a map change loses its answer.
-    let _ = qemu_io(&vc.uri(2, "v"), &["write -P 0xaa 0 40M", "flush"]);
+    let o = qemu_io(&vc.uri(2, "v"), &["write -P 0xaa 0 40M", "flush"]);
+    let out = both(&o);
+    assert!(
+        out.contains("wrote") && !o.status.success(),
+        "the write should pass and its flush fail: {out}"
+    );
     qemu_io_ok(&vc.uri(2, "v"), &["flush"]);
     vc.ok(2, &["vhd", "detach", "v"]);
     vc.ok(1, &["vhd", "attach", "v"]);

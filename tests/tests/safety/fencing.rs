@@ -300,11 +300,7 @@ fn growth_errors_say_enospc_only_when_the_volume_is_full() {
     vc.ok(2, &["vhd", "attach", "v"]);
     // 23 extents of 16 MiB: 500 MiB of blocks cannot fit.
     let o = qemu_io(&vc.uri(2, "v"), &["write -P 0x1 0 500M", "flush"]);
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = both(&o);
     assert!(
         out.contains("No space left"),
         "a full volume did not answer ENOSPC: {out}"
@@ -316,11 +312,7 @@ fn growth_errors_say_enospc_only_when_the_volume_is_full() {
     vc.c.kill(1);
     vc.c.kill(3);
     let o = qemu_io(&vc.uri(2, "w"), &["write -P 0x1 0 40M", "flush"]);
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = both(&o);
     assert!(out.contains("failed"), "the growth succeeded: {out}");
     assert!(
         !out.contains("No space left"),

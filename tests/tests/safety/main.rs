@@ -33,25 +33,31 @@ fn fast_cluster(n: u64, lun_size: u64, volume_extra: &str) -> VolumeCluster {
     )
 }
 
-/// qemu-io on an NBD URI (raw protocol).
+/// qemu-io on an NBD URI (raw protocol, write-back cache: flushes only where a
+/// command says `flush`, and once when it closes).
 fn qemu_io(uri: &str, cmds: &[&str]) -> Output {
     need("qemu-io", "qemu-utils");
     let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
+    c.args(["-f", "raw", "-t", "writeback"]);
     for cmd in cmds {
         c.args(["-c", cmd]);
     }
     c.arg(uri).output().expect("run qemu-io")
 }
 
-/// qemu-io that must succeed without a failed command or pattern.
-fn qemu_io_ok(uri: &str, cmds: &[&str]) -> String {
-    let o = qemu_io(uri, cmds);
-    let out = format!(
+/// A command's stdout then stderr.
+fn both(o: &Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
-    );
+    )
+}
+
+/// qemu-io that must succeed without a failed command or pattern.
+fn qemu_io_ok(uri: &str, cmds: &[&str]) -> String {
+    let o = qemu_io(uri, cmds);
+    let out = both(&o);
     assert!(
         o.status.success() && !out.contains("failed") && !out.contains("rror"),
         "qemu-io {cmds:?} on {uri}: {out}"

@@ -217,9 +217,20 @@ impl Image {
     }
 }
 
+impl Image {
+    /// Gives the image up without writing anything more: every later write and flush
+    /// fails, and dropping it does not flush (its caller reopens the file from what is on
+    /// the storage, and a late flush of this one must not change that).
+    pub fn abandon(&self) {
+        self.poisoned
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 impl Drop for Image {
     fn drop(&mut self) {
-        if self.read_only || !self.is_dirty() {
+        let abandoned = self.poisoned.load(std::sync::atomic::Ordering::Acquire);
+        if self.read_only || abandoned || !self.is_dirty() {
             return;
         }
         if let Err(e) = self.flush() {

@@ -3,7 +3,10 @@
 //! and optional O_DIRECT with aligned bounce buffers and read-modify-write of partial
 //! blocks (docs/design/041 §1).
 
-use super::{ErrorClass, LunPath, Op, PathError, check_range, classify_io, validate_io_timeout};
+use super::{
+    ErrorClass, LunPath, NoGate, Op, PathError, WriteGate, check_range, classify_io,
+    validate_io_timeout,
+};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
@@ -56,6 +59,8 @@ pub struct FilePath {
     opts: FileOptions,
     stripes: Vec<Mutex<()>>,
     slow_calls: AtomicU64,
+    /// Write calls inside a syscall now (their outcome is not known yet).
+    writing: AtomicU64,
 }
 
 impl std::fmt::Debug for FilePath {
@@ -153,6 +158,7 @@ impl FilePath {
             opts,
             stripes: (0..RMW_STRIPES).map(|_| Mutex::new(())).collect(),
             slow_calls: AtomicU64::new(0),
+            writing: AtomicU64::new(0),
         })
     }
 
@@ -189,6 +195,19 @@ impl FilePath {
         r
     }
 
+    /// [`Self::timed`] for a write: counted as in flight while it runs ([`LunPath::quiet_at`]).
+    fn timed_write<T>(&self, op: Op, offset: u64, f: impl FnOnce() -> T) -> T {
+        struct InFlight<'a>(&'a AtomicU64);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.writing.fetch_add(1, Ordering::AcqRel);
+        let _in_flight = InFlight(&self.writing);
+        self.timed(op, offset, f)
+    }
+
     fn is_aligned(&self, ptr: *const u8, offset: u64, len: usize) -> bool {
         self.align == 1
             || (offset.is_multiple_of(self.align as u64)
@@ -216,9 +235,12 @@ impl FilePath {
         Ok(())
     }
 
-    fn pwrite_all(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+    /// Writes all of `buf`, asking `gate` before each `pwrite` (a short write is followed
+    /// by another call).
+    fn pwrite_all(&self, buf: &[u8], offset: u64, gate: &dyn WriteGate) -> Result<(), PathError> {
         let mut done = 0;
         while done < buf.len() {
+            gate.check()?;
             match self.file.write_at(&buf[done..], offset + done as u64) {
                 Ok(0) => {
                     return Err(PathError::media(
@@ -247,7 +269,14 @@ impl FilePath {
         Ok(())
     }
 
-    fn write_direct_unaligned(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+    /// Read-modify-write of the partial head and tail blocks; the gate is asked after the
+    /// read-back, immediately before the write.
+    fn write_direct_unaligned(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
         let a = self.align as u64;
         let end = offset + buf.len() as u64;
         let start = offset - offset % a;
@@ -278,10 +307,12 @@ impl FilePath {
         }
         let skip = (offset - start) as usize;
         bounce.as_mut()[skip..skip + buf.len()].copy_from_slice(buf);
-        self.pwrite_all(bounce.as_mut(), start)
+        self.pwrite_all(bounce.as_mut(), start, gate)
     }
 
-    fn zero_fast(&self, offset: u64, len: u64) -> Result<bool, PathError> {
+    /// Zeroes with one fallocate / BLKZEROOUT call (the gate asked before it); false when
+    /// the storage has no such call.
+    fn zero_fast(&self, offset: u64, len: u64, gate: &dyn WriteGate) -> Result<bool, PathError> {
         if self.block_device {
             let a = self.align.max(512) as u64;
             let zs = offset.next_multiple_of(a);
@@ -289,13 +320,14 @@ impl FilePath {
             if ze <= zs {
                 return Ok(false);
             }
+            gate.check()?;
             match blkzeroout(&self.file, zs, ze - zs) {
                 Ok(()) => {
                     if zs > offset {
-                        super::write_zeroes_by_writing(self, offset, zs - offset)?;
+                        super::write_zeroes_by_writing(self, offset, zs - offset, gate)?;
                     }
                     if offset + len > ze {
-                        super::write_zeroes_by_writing(self, ze, offset + len - ze)?;
+                        super::write_zeroes_by_writing(self, ze, offset + len - ze, gate)?;
                     }
                     Ok(true)
                 }
@@ -316,6 +348,7 @@ impl FilePath {
                 [zero, punch]
             };
             for mode in modes {
+                gate.check()?;
                 match fallocate(&self.file, mode, offset, len) {
                     Ok(()) => return Ok(true),
                     Err(e) if unsupported(&e) => continue,
@@ -364,19 +397,28 @@ impl LunPath for FilePath {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+        self.write_at_gated(buf, offset, &NoGate)
+    }
+
+    fn write_at_gated(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
         check_range(self, Op::Write, offset, buf.len() as u64, self.size)?;
-        self.timed(Op::Write, offset, || {
+        self.timed_write(Op::Write, offset, || {
             if self.is_aligned(buf.as_ptr(), offset, buf.len()) {
-                self.pwrite_all(buf, offset)
+                self.pwrite_all(buf, offset, gate)
             } else if offset.is_multiple_of(self.align as u64)
                 && buf.len().is_multiple_of(self.align)
             {
                 // Aligned range, unaligned memory: a copy, no read-back.
                 let mut b = AlignedBuf::new(buf.len(), self.align);
                 b.as_mut().copy_from_slice(buf);
-                self.pwrite_all(b.as_mut(), offset)
+                self.pwrite_all(b.as_mut(), offset, gate)
             } else {
-                self.write_direct_unaligned(buf, offset)
+                self.write_direct_unaligned(buf, offset, gate)
             }
         })
     }
@@ -390,17 +432,37 @@ impl LunPath for FilePath {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
+        self.write_zeroes_gated(offset, len, &NoGate)
+    }
+
+    fn write_zeroes_gated(
+        &self,
+        offset: u64,
+        len: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
         check_range(self, Op::WriteZeroes, offset, len, self.size)?;
         if len == 0 {
             return Ok(());
         }
-        self.timed(Op::WriteZeroes, offset, || {
-            if self.zero_fast(offset, len)? {
+        self.timed_write(Op::WriteZeroes, offset, || {
+            if self.zero_fast(offset, len, gate)? {
                 Ok(())
             } else {
-                super::write_zeroes_by_writing(self, offset, len)
+                super::write_zeroes_by_writing(self, offset, len, gate)
             }
         })
+    }
+
+    /// A write inside its syscall may land any time until it returns: in doubt until
+    /// then (re-asked; the kernel bounds the call, 041 §1).
+    fn quiet_at(&self) -> Option<std::time::Instant> {
+        (self.writing.load(Ordering::Acquire) > 0)
+            .then(|| std::time::Instant::now() + self.opts.io_timeout)
+    }
+
+    fn may_block(&self) -> bool {
+        false
     }
 
     fn size(&self) -> Result<u64, PathError> {

@@ -6,12 +6,14 @@
 mod error;
 mod file;
 mod nbd;
+mod quiet;
 
 pub use error::{ErrorClass, Op, PathError, classify_errno, classify_io};
 pub use file::{FileOptions, FilePath};
 pub use nbd::{NbdOptions, NbdPath, NbdTarget};
+pub use quiet::wait_quiet;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Fallback zero fill writes at most this many bytes per request.
 pub const ZERO_CHUNK: usize = 1 << 20;
@@ -20,11 +22,31 @@ pub const ZERO_CHUNK: usize = 1 << 20;
 pub const MIN_IO_TIMEOUT: Duration = Duration::from_millis(100);
 /// Largest accepted `io_timeout`.
 pub const MAX_IO_TIMEOUT: Duration = Duration::from_secs(600);
-/// Default `io_timeout` (030: writes land within it or never).
+/// Default `io_timeout` of a path used on its own (tools, tests). A node derives its
+/// `io_timeout` from its lease (docs/design/042 §4): half the lease's margin.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asked immediately before every write call a path makes to the storage (one `pwrite`
+/// syscall, one NBD request), each attempt anew: the owner's fence (docs/design/042 §1).
+pub trait WriteGate {
+    fn check(&self) -> Result<(), PathError>;
+}
+
+/// The gate of callers that own the LUN outright (format, checkpoints, tests).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoGate;
+
+impl WriteGate for NoGate {
+    fn check(&self) -> Result<(), PathError> {
+        Ok(())
+    }
+}
 
 /// Positional access to the shared LUN. Implementations are shared between threads;
 /// every call is bounded by the path's `io_timeout` (see each backend for how).
+///
+/// A backend whose `write_at` or `write_zeroes` can make more than one write call to the
+/// storage overrides the `_gated` variants to ask the gate before each of them.
 pub trait LunPath: Send + Sync + std::fmt::Debug {
     /// Fills `buf` from `offset`. Reading past the LUN's end is a media error
     /// (out of range), never a short read.
@@ -39,6 +61,49 @@ pub trait LunPath: Send + Sync + std::fmt::Debug {
     fn size(&self) -> Result<u64, PathError>;
     /// What this path is, for messages ("file /dev/sdb (O_DIRECT)", "nbd unix:/s/x").
     fn describe(&self) -> String;
+
+    /// [`LunPath::write_at`], asking `gate` immediately before each write call.
+    fn write_at_gated(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        gate.check()?;
+        self.write_at(buf, offset)
+    }
+
+    /// [`LunPath::write_zeroes`], asking `gate` immediately before each write call.
+    fn write_zeroes_gated(
+        &self,
+        offset: u64,
+        len: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        gate.check()?;
+        self.write_zeroes(offset, len)
+    }
+
+    /// How many times completed, unflushed writes may have been lost (a connection that
+    /// carried them dropped): a flush that finds this moved since the caller's last good
+    /// flush cannot promise the caller's writes (docs/design/042 §5). Files: always 0.
+    fn lost_writes(&self) -> u64 {
+        0
+    }
+
+    /// The instant after which no write issued through this path so far can still land
+    /// (writes that ended without an answer are in doubt until their bound), or `None`
+    /// when none is in doubt (docs/design/042 §4).
+    fn quiet_at(&self) -> Option<Instant> {
+        None
+    }
+
+    /// False when calls are local and fast enough to run on a runtime worker (a file or
+    /// block device of this host: its slow calls are caught by the caller's adaptive
+    /// placement); true for paths that wait on a network (docs/design/042 §10).
+    fn may_block(&self) -> bool {
+        true
+    }
 }
 
 /// Checks that `[offset, offset + len)` lies within `size`.
@@ -61,6 +126,20 @@ pub(crate) fn check_range(
     }
 }
 
+/// After a flush: fails when a connection that carried writes made since `before` (the
+/// path's [`LunPath::lost_writes`] then) was lost, since those writes may not be durable.
+pub fn check_no_loss(path: &dyn LunPath, before: u64, offset: u64) -> Result<(), PathError> {
+    if path.lost_writes() == before {
+        return Ok(());
+    }
+    Err(PathError::path(
+        &path.describe(),
+        Op::Flush,
+        offset,
+        "a connection that carried completed, unflushed writes was lost: they may not be on the LUN",
+    ))
+}
+
 /// Validates an `io_timeout` setting.
 pub fn validate_io_timeout(t: Duration) -> Result<(), String> {
     if (MIN_IO_TIMEOUT..=MAX_IO_TIMEOUT).contains(&t) {
@@ -72,17 +151,19 @@ pub fn validate_io_timeout(t: Duration) -> Result<(), String> {
     }
 }
 
-/// Writes zeros in `ZERO_CHUNK` pieces: the fallback of every `write_zeroes`.
+/// Writes zeros in `ZERO_CHUNK` pieces, asking `gate` before each: the fallback of every
+/// `write_zeroes`.
 pub(crate) fn write_zeroes_by_writing(
     path: &dyn LunPath,
     offset: u64,
     len: u64,
+    gate: &dyn WriteGate,
 ) -> Result<(), PathError> {
     let chunk = vec![0u8; ZERO_CHUNK.min(usize::try_from(len).unwrap_or(ZERO_CHUNK))];
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(chunk.len() as u64) as usize;
-        path.write_at(&chunk[..n], offset + done)?;
+        path.write_at_gated(&chunk[..n], offset + done, gate)?;
         done += n as u64;
     }
     Ok(())
@@ -106,5 +187,30 @@ impl<T: LunPath + ?Sized> LunPath for std::sync::Arc<T> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn write_at_gated(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        (**self).write_at_gated(buf, offset, gate)
+    }
+    fn write_zeroes_gated(
+        &self,
+        offset: u64,
+        len: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        (**self).write_zeroes_gated(offset, len, gate)
+    }
+    fn lost_writes(&self) -> u64 {
+        (**self).lost_writes()
+    }
+    fn quiet_at(&self) -> Option<Instant> {
+        (**self).quiet_at()
+    }
+    fn may_block(&self) -> bool {
+        (**self).may_block()
     }
 }

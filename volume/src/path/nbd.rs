@@ -5,12 +5,15 @@
 //! bounded exponential backoff; requests are split at the target's maximum block size.
 //! Flush semantics across connections: docs/design/041 §1.
 
-use super::{LunPath, Op, PathError, check_range, validate_io_timeout, write_zeroes_by_writing};
+use super::{
+    LunPath, NoGate, Op, PathError, WriteGate, check_range, validate_io_timeout,
+    write_zeroes_by_writing,
+};
 use nbd::client::{Client, ClientConfig, ClientError};
 use nbd::proto::{TFLAG_SEND_FLUSH, TFLAG_SEND_WRITE_ZEROES};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -156,8 +159,10 @@ pub struct NbdPath {
     slots: Vec<Mutex<SlotState>>,
     next: AtomicUsize,
     geometry: Geometry,
-    /// A connection that carried completed, unflushed writes was lost.
-    lost_unflushed: AtomicBool,
+    /// Connections lost while they carried completed, unflushed writes.
+    lost_writes: AtomicU64,
+    /// Until when a write request that ended without an answer may still land.
+    in_doubt_until: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -213,7 +218,8 @@ impl NbdPath {
                 flags: 0,
                 max_block: 0,
             },
-            lost_unflushed: AtomicBool::new(false),
+            lost_writes: AtomicU64::new(0),
+            in_doubt_until: Mutex::new(None),
         };
         let deadline = Instant::now() + p.opts.io_timeout;
         let client = p.connect_slot(0, deadline)?.0;
@@ -299,6 +305,11 @@ impl NbdPath {
             export: self.target.export().to_string(),
             request_timeout: self.opts.io_timeout,
             max_in_flight: MAX_IN_FLIGHT,
+            // A partitioned connection's unacknowledged requests are dropped by the
+            // kernel after io_timeout, and closing resets it: nothing this node gave up
+            // on is delivered after the partition heals (docs/design/042 §4).
+            tcp_user_timeout: Some(self.opts.io_timeout),
+            reset_on_close: true,
             ..ClientConfig::default()
         };
         let target = self.target.clone();
@@ -376,7 +387,7 @@ impl NbdPath {
         }
         if let Some(c) = st.client.take() {
             if st.dirty {
-                self.lost_unflushed.store(true, Ordering::Release);
+                self.lost_writes.fetch_add(1, Ordering::AcqRel);
             }
             st.dirty = false;
             if let Some(rt) = &self.runtime {
@@ -413,10 +424,21 @@ impl NbdPath {
             Err(fail) => {
                 let e = self.to_path_error(op, offset, fail);
                 if e.is_path_failure() {
+                    if matches!(op, Op::Write | Op::WriteZeroes) {
+                        // No answer: it may still land, until the target's own bound.
+                        self.note_in_doubt(deadline + self.opts.io_timeout);
+                    }
                     self.discard(i, generation);
                 }
                 Err(e)
             }
+        }
+    }
+
+    fn note_in_doubt(&self, until: Instant) {
+        let mut g = lock(&self.in_doubt_until);
+        if g.is_none_or(|t| t < until) {
+            *g = Some(until);
         }
     }
 
@@ -459,6 +481,17 @@ impl LunPath for NbdPath {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+        self.write_at_gated(buf, offset, &NoGate)
+    }
+
+    /// One NBD request per chunk; the gate is asked before each, and each request's
+    /// deadline is `io_timeout` from that check.
+    fn write_at_gated(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
         check_range(
             self,
             Op::Write,
@@ -466,11 +499,12 @@ impl LunPath for NbdPath {
             buf.len() as u64,
             self.geometry.size,
         )?;
-        let deadline = self.deadline();
         let max = self.geometry.max_block as usize;
         for (k, chunk) in buf.chunks(max).enumerate() {
             let off = offset + (k * max) as u64;
             let data = chunk.to_vec();
+            gate.check()?;
+            let deadline = self.deadline();
             self.call(Op::Write, off, deadline, move |c| async move {
                 c.write(off, &data, false).await
             })?;
@@ -508,33 +542,43 @@ impl LunPath for NbdPath {
                 self.call(Op::Flush, 0, deadline, |c| async move { c.flush().await })?;
             }
         }
-        if self.lost_unflushed.swap(false, Ordering::AcqRel) {
-            return Err(PathError::path(
-                &self.desc,
-                Op::Flush,
-                0,
-                "a connection carrying completed, unflushed writes was lost: they may not be on the LUN",
-            ));
-        }
         Ok(())
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
+        self.write_zeroes_gated(offset, len, &NoGate)
+    }
+
+    fn write_zeroes_gated(
+        &self,
+        offset: u64,
+        len: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
         check_range(self, Op::WriteZeroes, offset, len, self.geometry.size)?;
         if self.geometry.flags & TFLAG_SEND_WRITE_ZEROES == 0 {
-            return write_zeroes_by_writing(self, offset, len);
+            return write_zeroes_by_writing(self, offset, len, gate);
         }
-        let deadline = self.deadline();
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(ZERO_REQUEST) as u32;
             let off = offset + done;
+            gate.check()?;
+            let deadline = self.deadline();
             self.call(Op::WriteZeroes, off, deadline, move |c| async move {
                 c.write_zeroes(off, n, nbd::ZeroFlags::default()).await
             })?;
             done += u64::from(n);
         }
         Ok(())
+    }
+
+    fn lost_writes(&self) -> u64 {
+        self.lost_writes.load(Ordering::Acquire)
+    }
+
+    fn quiet_at(&self) -> Option<Instant> {
+        *lock(&self.in_doubt_until)
     }
 
     fn size(&self) -> Result<u64, PathError> {

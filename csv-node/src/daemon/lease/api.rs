@@ -60,6 +60,30 @@ impl volume::WriteFence for HoldFence {
                 volume::FenceError(format!("fenced: {} at {}: {d}", self.vhd, self.generation))
             })
     }
+
+    /// Reads need the hold (any mode, this generation) under a live lease: a node whose
+    /// hold was lost must not read extents that may belong to another VHD by now.
+    fn check_read(&self) -> Result<(), volume::FenceError> {
+        let g = self.leases.guard();
+        match g.hold(self.vhd) {
+            Some(h) if h.generation == self.generation => {}
+            Some(h) => {
+                return Err(volume::FenceError(format!(
+                    "fenced: {} is held at {}, not {}",
+                    self.vhd, h.generation, self.generation
+                )));
+            }
+            None => {
+                return Err(volume::FenceError(format!(
+                    "fenced: {} is not held by this node",
+                    self.vhd
+                )));
+            }
+        }
+        g.check_read(self.vhd, boottime()).map_err(|d| {
+            volume::FenceError(format!("fenced: {} at {}: {d}", self.vhd, self.generation))
+        })
+    }
 }
 
 /// A fence refusal as an API error.

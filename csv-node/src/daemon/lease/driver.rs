@@ -180,6 +180,11 @@ async fn registered(l: &Arc<Leases>, m: &Member, outcome: &Outcome) {
             Vec::new()
         }
     };
+    // A node registered for the first time had no earlier incarnation: nothing of it
+    // can be in flight, so its writes need not wait (030 §4.3).
+    if matches!(outcome, Outcome::Registered { created: true, .. }) && holds.is_empty() {
+        return;
+    }
     if !holds.is_empty() {
         tracing::info!(
             holds = holds.len(),

@@ -268,6 +268,15 @@ impl Leases {
         lock(&self.guard)
     }
 
+    /// Write holds this node has now.
+    pub(crate) fn write_holds(&self) -> usize {
+        self.guard()
+            .holds()
+            .values()
+            .filter(|h| h.mode == Mode::Write)
+            .count()
+    }
+
     pub(crate) fn tracker(&self) -> MutexGuard<'_, LivenessTracker> {
         lock(&self.tracker)
     }

@@ -2,107 +2,52 @@
 //! logical length plus an extent map published as an immutable snapshot, so reads and
 //! writes inside the mapped capacity take no lock; growth (under a mutex) takes extents
 //! from an [`ExtentSource`], zeroes them before mapping them, and leaves the new mapping
-//! pending until `flush` (path flush, then [`ExtentMapSink::commit`]). Every LUN write of
-//! a writable file asks the [`WriteFence`] first.
+//! pending until `flush` (path flush, then [`ExtentMapSink::commit`]: `flush.rs`). Every
+//! LUN write call of a writable file asks the [`WriteFence`] immediately before it, and
+//! every read asks the read fence (docs/design/042 §1, §9).
+
+mod error;
+mod flush;
+
+pub use error::{ExtentError, is_would_block};
 
 use crate::extent_map::{ExtentMap, ExtentRun, MapError};
-use crate::hooks::{
-    ExtentMapSink, ExtentSource, FenceError, Grant, MapUpdate, SinkError, SourceError, WriteFence,
-};
+use crate::hooks::{ExtentMapSink, ExtentSource, FenceError, Grant, SourceError, WriteFence};
 use crate::layout::Layout;
-use crate::path::{ErrorClass, LunPath, PathError};
+use crate::nonblocking;
+use crate::path::{LunPath, PathError, WriteGate};
 use arc_swap::ArcSwap;
+use std::cell::RefCell;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Largest extent file (VHD maximum of 2040 GiB plus metadata, with room to spare).
 pub const MAX_FILE_LEN: u64 = 4 << 40;
-/// Interval at which a write waiting on a closed fence asks again.
+/// Interval at which a request waiting on a closed fence asks again.
 pub const FENCE_POLL: Duration = Duration::from_millis(5);
 /// Default bound on the wait for a closed fence (the outage budget of 030).
 pub const DEFAULT_FENCE_WAIT: Duration = Duration::from_secs(8);
 /// Largest accepted `fence_wait`.
 pub const MAX_FENCE_WAIT: Duration = Duration::from_secs(600);
 
-#[derive(Debug, thiserror::Error)]
-pub enum ExtentError {
-    #[error("{file}: opened read-only")]
-    ReadOnly { file: String },
-    #[error("{file}: write refused after waiting {waited:?} for the fence: {reason}")]
-    Fenced {
-        file: String,
-        waited: Duration,
-        reason: FenceError,
-    },
-    #[error("{file}: cannot grow: {source}")]
-    NoSpace { file: String, source: SourceError },
-    #[error("{file}: the extent source handed out unusable extents: {detail}")]
-    BadGrant { file: String, detail: String },
-    #[error("{file}: {source}")]
-    Commit { file: String, source: SinkError },
-    #[error("{file}: {source}")]
-    Path { file: String, source: PathError },
-    #[error("{file}: length {end} exceeds the limit {max}")]
-    TooLarge { file: String, end: u64, max: u64 },
-    #[error("{file}: invalid extent map: {source}")]
-    BadMap { file: String, source: MapError },
-    #[error("{file}: length {len} needs {need} extents, the map has {have}")]
-    BadLength {
-        file: String,
-        len: u64,
-        need: u64,
-        have: u64,
-    },
-    #[error("{file}: invalid setting: {detail}")]
-    Config { file: String, detail: String },
-}
-
-impl ExtentError {
-    /// Path failures (redirection acts on them) vs everything else.
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            ExtentError::Path { source, .. } => source.class(),
-            ExtentError::Fenced { .. } => ErrorClass::Fenced,
-            _ => ErrorClass::Media,
-        }
-    }
-
-    /// The errno an NBD server answers with (a closed fence past its wait is EIO).
-    pub fn errno(&self) -> i32 {
-        match self {
-            ExtentError::Path { source, .. } => source.errno(),
-            ExtentError::ReadOnly { .. } => libc::EROFS,
-            ExtentError::NoSpace { .. } => libc::ENOSPC,
-            ExtentError::TooLarge { .. } => libc::EFBIG,
-            _ => libc::EIO,
-        }
-    }
-}
-
-impl From<ExtentError> for io::Error {
-    fn from(e: ExtentError) -> io::Error {
-        let kind = match &e {
-            ExtentError::ReadOnly { .. } => io::ErrorKind::ReadOnlyFilesystem,
-            ExtentError::NoSpace { .. } => io::ErrorKind::StorageFull,
-            ExtentError::TooLarge { .. } => io::ErrorKind::FileTooLarge,
-            ExtentError::Path { source, .. } if source.is_path_failure() => {
-                io::ErrorKind::NotConnected
-            }
-            _ => io::ErrorKind::Other,
-        };
-        io::Error::new(kind, e)
-    }
-}
-
 /// What a file opened for writing is plugged into.
 #[derive(Debug, Clone)]
 pub struct WriteAccess {
     pub source: Arc<dyn ExtentSource>,
     pub sink: Arc<dyn ExtentMapSink>,
+    /// Asked before every LUN write (`check`) and read (`check_read`).
     pub fence: Arc<dyn WriteFence>,
-    /// How long a write waits for a closed fence before failing.
+    /// How long a request waits for a closed fence before failing.
+    pub fence_wait: Duration,
+}
+
+/// The fence of a file opened read-only under a read hold (a differencing parent, a
+/// read-only attachment): asked (`check_read`) before every LUN read.
+#[derive(Debug, Clone)]
+pub struct ReadAccess {
+    pub fence: Arc<dyn WriteFence>,
     pub fence_wait: Duration,
 }
 
@@ -123,14 +68,38 @@ pub struct ExtentFile {
     map: ArcSwap<ExtentMap>,
     len: AtomicU64,
     writer: Option<WriteAccess>,
+    reader: Option<ReadAccess>,
     /// Growth, shrinking and the pending state.
     growth: Mutex<Pending>,
     /// Serialises flushes (an older map must never be committed after a newer one).
     flush_lock: Mutex<()>,
+    /// Writes completed since the last good flush.
+    wrote: AtomicBool,
+    /// The path's lost-write count when the last good flush began.
+    loss_seen: AtomicU64,
+    /// Why every flush fails until the file is reopened.
+    poisoned: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The file's fence as the path's [`WriteGate`]: asked before each LUN write call. The
+/// extent error of a refusal is kept so the caller returns it as it is.
+struct Gate<'a> {
+    file: &'a ExtentFile,
+    refused: RefCell<Option<ExtentError>>,
+}
+
+impl WriteGate for Gate<'_> {
+    fn check(&self) -> Result<(), PathError> {
+        self.file.fence_gate().map_err(|e| {
+            let detail = e.to_string();
+            *self.refused.borrow_mut() = Some(e);
+            PathError::Fenced { detail }
+        })
+    }
 }
 
 impl ExtentFile {
@@ -180,12 +149,17 @@ impl ExtentFile {
             });
         }
         let map = Arc::new(map);
+        let loss = lun.lost_writes();
         let f = ExtentFile {
             name,
             lun,
             layout,
             map: ArcSwap::new(map.clone()),
             len: AtomicU64::new(len),
+            reader: access.as_ref().map(|a| ReadAccess {
+                fence: a.fence.clone(),
+                fence_wait: a.fence_wait,
+            }),
             writer: access,
             growth: Mutex::new(Pending {
                 committed_map: map.clone(),
@@ -193,6 +167,9 @@ impl ExtentFile {
                 released: Vec::new(),
             }),
             flush_lock: Mutex::new(()),
+            wrote: AtomicBool::new(false),
+            loss_seen: AtomicU64::new(loss),
+            poisoned: Mutex::new(None),
         };
         if f.writer.is_some() {
             let cap = map.extent_count() * layout.extent_size;
@@ -201,6 +178,14 @@ impl ExtentFile {
             }
         }
         Ok(f)
+    }
+
+    /// Guards the reads of a read-only file with `access` (a read hold's fence).
+    pub fn with_read_access(mut self, access: ReadAccess) -> ExtentFile {
+        if self.writer.is_none() {
+            self.reader = Some(access);
+        }
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -213,6 +198,11 @@ impl ExtentFile {
 
     pub fn is_read_only(&self) -> bool {
         self.writer.is_none()
+    }
+
+    /// The LUN path the file lives on.
+    pub fn lun(&self) -> &Arc<dyn LunPath> {
+        &self.lun
     }
 
     /// The current map (pending changes included).
@@ -239,10 +229,22 @@ impl ExtentFile {
             || !Arc::ptr_eq(&p.committed_map, &self.map.load())
     }
 
+    /// Why flushes fail until the file is reopened, if they do.
+    pub fn poisoned(&self) -> Option<String> {
+        lock(&self.poisoned).clone()
+    }
+
     fn path_err(&self, source: PathError) -> ExtentError {
         ExtentError::Path {
             file: self.name.clone(),
             source,
+        }
+    }
+
+    fn would_block(&self, what: &'static str) -> ExtentError {
+        ExtentError::WouldBlock {
+            file: self.name.clone(),
+            what,
         }
     }
 
@@ -252,29 +254,76 @@ impl ExtentFile {
         })
     }
 
-    /// Waits (bounded by `fence_wait`) until the fence allows a write.
-    fn fence_gate(&self) -> Result<(), ExtentError> {
-        let w = self.writer()?;
-        let first = match w.fence.check() {
+    /// Waits (bounded) until `check` passes; inside a non-blocking scope a closed fence is
+    /// `WouldBlock` at once.
+    fn wait_fence(
+        &self,
+        wait: Duration,
+        check: impl Fn() -> Result<(), FenceError>,
+    ) -> Result<(), ExtentError> {
+        let first = match check() {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        if nonblocking::active() {
+            return Err(self.would_block("the fence is closed"));
+        }
         let start = Instant::now();
         let mut last = first;
         loop {
             let waited = start.elapsed();
-            if waited >= w.fence_wait {
+            if waited >= wait {
                 return Err(ExtentError::Fenced {
                     file: self.name.clone(),
                     waited,
                     reason: last,
                 });
             }
-            std::thread::sleep(FENCE_POLL.min(w.fence_wait - waited));
-            match w.fence.check() {
+            std::thread::sleep(FENCE_POLL.min(wait - waited));
+            match check() {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
+        }
+    }
+
+    /// Waits (bounded by `fence_wait`) until the fence allows a write.
+    fn fence_gate(&self) -> Result<(), ExtentError> {
+        let w = self.writer()?;
+        self.wait_fence(w.fence_wait, || w.fence.check())
+    }
+
+    /// Before a LUN read: the read fence, if the file has one.
+    fn read_gate(&self) -> Result<(), ExtentError> {
+        match &self.reader {
+            Some(r) => self.wait_fence(r.fence_wait, || r.fence.check_read()),
+            None => Ok(()),
+        }
+    }
+
+    /// Inside a non-blocking scope, a path that waits on a network is not called.
+    fn may_call_lun(&self) -> Result<(), ExtentError> {
+        if nonblocking::active() && self.lun.may_block() {
+            return Err(self.would_block("a network LUN path"));
+        }
+        Ok(())
+    }
+
+    /// Runs one gated path call; a refusal by the gate comes back as the fence's error.
+    fn gated(
+        &self,
+        call: impl FnOnce(&dyn WriteGate) -> Result<(), PathError>,
+    ) -> Result<(), ExtentError> {
+        self.may_call_lun()?;
+        let gate = Gate {
+            file: self,
+            refused: RefCell::new(None),
+        };
+        let r = call(&gate);
+        match (r, gate.refused.into_inner()) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(fenced)) => Err(fenced),
+            (Err(e), None) => Err(self.path_err(e)),
         }
     }
 
@@ -313,11 +362,10 @@ impl ExtentFile {
 
     fn zero_range(&self, map: &ExtentMap, off: u64, len: u64) -> Result<(), ExtentError> {
         self.walk(map, off, len, |lo, _, n| {
-            self.fence_gate()?;
-            self.lun
-                .write_zeroes(lo, n as u64)
-                .map_err(|e| self.path_err(e))
-        })
+            self.gated(|g| self.lun.write_zeroes_gated(lo, n as u64, g))
+        })?;
+        self.wrote.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn check_end(&self, off: u64, len: u64) -> Result<u64, ExtentError> {
@@ -339,6 +387,10 @@ impl ExtentFile {
         // A shrink racing with this read may have unmapped the tail already: zeros.
         let data_end = end.min(len).min(cap);
         let n = data_end.saturating_sub(off);
+        if n > 0 {
+            self.read_gate()?;
+            self.may_call_lun()?;
+        }
         self.walk(&map, off, n, |lo, p, k| {
             self.lun
                 .read_at(&mut buf[p..p + k], lo)
@@ -358,6 +410,9 @@ impl ExtentFile {
         let buf = self.torn_write_point(buf, off);
         let mut map = self.map.load();
         if end > map.extent_count() * self.layout.extent_size {
+            if nonblocking::active() {
+                return Err(self.would_block("growth"));
+            }
             drop(map);
             let mut g = lock(&self.growth);
             self.grow_locked(&mut g, end)?;
@@ -365,11 +420,9 @@ impl ExtentFile {
             map = self.map.load();
         }
         self.walk(&map, off, buf.len() as u64, |lo, p, k| {
-            self.fence_gate()?;
-            self.lun
-                .write_at(&buf[p..p + k], lo)
-                .map_err(|e| self.path_err(e))
+            self.gated(|g| self.lun.write_at_gated(&buf[p..p + k], lo, g))
         })?;
+        self.wrote.store(true, Ordering::Release);
         self.len.fetch_max(end, Ordering::AcqRel);
         if buf.len() as u64 != end - off {
             crate::failpoint::crash("extent.write.torn");
@@ -411,13 +464,19 @@ impl ExtentFile {
             return Ok(());
         }
         let count = need - cur.extent_count();
-        let grants =
-            w.source
-                .take(count, cur.last_extent())
-                .map_err(|source| ExtentError::NoSpace {
+        let grants = w
+            .source
+            .take(count, cur.last_extent())
+            .map_err(|source| match source {
+                SourceError::Exhausted { .. } => ExtentError::NoSpace {
                     file: self.name.clone(),
                     source,
-                })?;
+                },
+                SourceError::Other(_) => ExtentError::Source {
+                    file: self.name.clone(),
+                    source,
+                },
+            })?;
         let bad = |detail: String| {
             w.source.put_back(&grants);
             ExtentError::BadGrant {
@@ -451,16 +510,19 @@ impl ExtentFile {
 
     fn zero_grant(&self, g: &Grant) -> Result<(), ExtentError> {
         let es = self.layout.extent_size;
-        self.fence_gate()?;
-        self.lun
-            .write_zeroes(self.layout.data_offset + g.run.start * es, g.run.count * es)
-            .map_err(|e| self.path_err(e))
+        let off = self.layout.data_offset + g.run.start * es;
+        self.gated(|gate| self.lun.write_zeroes_gated(off, g.run.count * es, gate))?;
+        self.wrote.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Sets the logical length: growth maps (zeroed) extents; shrinking zeroes the cut
     /// part of the last kept extent and unmaps the extents past it. Pending until flush.
     pub fn set_len(&self, new_len: u64) -> Result<(), ExtentError> {
         self.writer()?;
+        if nonblocking::active() {
+            return Err(self.would_block("resize"));
+        }
         self.check_end(new_len, 0)?;
         let mut g = lock(&self.growth);
         let cur_len = self.len.load(Ordering::Acquire);
@@ -489,6 +551,9 @@ impl ExtentFile {
     /// Zeroes a range inside the file (space reclaim on thin LUNs); past the end is ignored.
     pub fn discard(&self, off: u64, len: u64) -> Result<(), ExtentError> {
         self.writer()?;
+        if nonblocking::active() {
+            return Err(self.would_block("discard"));
+        }
         let map = self.map.load();
         let end = off
             .saturating_add(len)
@@ -497,49 +562,6 @@ impl ExtentFile {
             return Ok(());
         }
         self.zero_range(&map, off, end - off)
-    }
-
-    /// Path flush, then the pending mapping and length go to the sink. Read-only files:
-    /// nothing to do. On failure everything stays pending.
-    pub fn flush(&self) -> Result<(), ExtentError> {
-        let Some(w) = &self.writer else {
-            return Ok(());
-        };
-        let _serial = lock(&self.flush_lock);
-        crate::failpoint::crash("extent.flush.enter");
-        let (map, len, released, changed) = {
-            let p = lock(&self.growth);
-            let map = self.map.load_full();
-            let len = self.len.load(Ordering::Acquire);
-            let changed = !p.released.is_empty()
-                || len != p.committed_len
-                || !Arc::ptr_eq(&map, &p.committed_map);
-            (map, len, p.released.clone(), changed)
-        };
-        self.lun.flush().map_err(|e| self.path_err(e))?;
-        if !changed {
-            return Ok(());
-        }
-        crate::failpoint::crash("extent.flush.after_path_flush");
-        let update = MapUpdate {
-            len,
-            runs: map.runs().to_vec(),
-            released,
-        };
-        w.sink
-            .commit(&update)
-            .map_err(|source| ExtentError::Commit {
-                file: self.name.clone(),
-                source,
-            })?;
-        crate::failpoint::crash("extent.flush.after_commit");
-        let mut p = lock(&self.growth);
-        p.committed_map = map;
-        p.committed_len = len;
-        // Only the runs this commit carried; later ones were appended after them.
-        let n = update.released.len().min(p.released.len());
-        p.released.drain(..n);
-        Ok(())
     }
 }
 
