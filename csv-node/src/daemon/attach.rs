@@ -260,6 +260,7 @@ impl Daemon {
                 hold.generation,
                 lun.clone(),
                 self.quiet_limit(),
+                self.catalog_changed.clone(),
             )),
             fence: hold.fence.clone(),
             fence_wait: self.fence_wait(),

@@ -23,8 +23,9 @@ use crate::state::types::{
     decode_result,
 };
 
-/// How often the coordinator looks for catalog changes to checkpoint.
-const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
+/// Longest pause between two looks for catalog changes to checkpoint (a wake-up comes
+/// with every applied change; this only bounds a missed one).
+const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
 /// After a failed write or record, the pause before the next attempt.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Payload format written by this build.
@@ -77,7 +78,14 @@ pub(crate) async fn run(d: Arc<Daemon>) {
     // The index written but not yet recorded, and when it was written.
     let mut written: Option<(u64, u64, tokio::time::Instant)> = None;
     loop {
-        tokio::time::sleep(CHECKPOINT_POLL).await;
+        {
+            let notified = d.catalog_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if caught_up(&d).await {
+                let _ = tokio::time::timeout(CHECKPOINT_POLL, notified).await;
+            }
+        }
         let m = match &*d.phase.read().await {
             Phase::Member(m) => m.clone(),
             Phase::Uninitialized => continue,
@@ -86,6 +94,7 @@ pub(crate) async fn run(d: Arc<Daemon>) {
         if !m.meta.leadership().borrow().is_self {
             written = None;
             sequence = None;
+            tokio::time::sleep(CHECKPOINT_POLL).await;
             continue;
         }
         let Ok(QueryReply::Checkpoint(c)) = local(&d, Query::Checkpoint).await else {
@@ -101,6 +110,9 @@ pub(crate) async fn run(d: Arc<Daemon>) {
             if at.elapsed() >= RETRY_PAUSE {
                 record(&d, &m, seq, idx).await;
                 written = Some((seq, idx, tokio::time::Instant::now()));
+            } else {
+                let notified = d.catalog_changed.notified();
+                let _ = tokio::time::timeout(RETRY_PAUSE - at.elapsed(), notified).await;
             }
             continue;
         }
@@ -118,6 +130,15 @@ pub(crate) async fn run(d: Arc<Daemon>) {
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
+    }
+}
+
+/// True when there is nothing to write (no member yet, or the recorded checkpoint
+/// covers the last catalog change).
+async fn caught_up(d: &Daemon) -> bool {
+    match local(d, Query::Checkpoint).await {
+        Ok(QueryReply::Checkpoint(c)) => c.catalog_index <= c.checkpoint_index,
+        _ => true,
     }
 }
 

@@ -31,8 +31,9 @@ const MAX_DEPTH: usize = vhd::MAX_CHAIN_DEPTH;
 /// Longest a flush waits for a LUN checkpoint that covers its map change (the
 /// coordinator writes one per burst of changes; a coordinator failover takes ~1-3 s).
 pub(crate) const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
-/// Pause between two looks at the recorded checkpoint.
-const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
+/// Longest pause between two looks at the recorded checkpoint (a wake-up comes with
+/// every applied catalog change; this only bounds a missed one).
+const CHECKPOINT_POLL: Duration = Duration::from_millis(100);
 
 /// Runs `fut` on the runtime from synchronous code (an image's I/O thread, always a
 /// blocking-pool thread: docs/design/042 §10) and waits for it.
@@ -216,6 +217,8 @@ pub(crate) struct CatalogSink {
     lun: Arc<dyn LunPath>,
     /// Bound of the wait for this node's in-doubt writes before extents are freed.
     quiet_limit: Duration,
+    /// Woken by applied catalog changes and recorded checkpoints.
+    catalog: Arc<tokio::sync::Notify>,
 }
 
 impl CatalogSink {
@@ -226,6 +229,7 @@ impl CatalogSink {
         generation: Generation,
         lun: Arc<dyn LunPath>,
         quiet_limit: Duration,
+        catalog: Arc<tokio::sync::Notify>,
     ) -> CatalogSink {
         CatalogSink {
             member,
@@ -235,14 +239,16 @@ impl CatalogSink {
             generation,
             lun,
             quiet_limit,
+            catalog,
         }
     }
 
     /// Waits until this replica recorded a checkpoint covering `index`.
     fn wait_checkpoint(&self, index: u64) -> Result<(), SinkError> {
         let m = self.member.clone();
+        let woken = self.catalog.clone();
         let r = run_sync(&self.handle, async move {
-            wait_checkpoint(&m, index, CHECKPOINT_WAIT).await
+            wait_checkpoint(&m, &woken, index, CHECKPOINT_WAIT).await
         })
         .ok_or_else(|| SinkError("runtime stopped".into()))?;
         r.map_err(|e| SinkError(e.to_string()))
@@ -253,11 +259,15 @@ impl CatalogSink {
 /// changes up to `index` (docs/design/042 §6).
 pub(crate) async fn wait_checkpoint(
     m: &Member,
+    woken: &tokio::sync::Notify,
     index: u64,
     limit: Duration,
 ) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
+        let notified = woken.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         let b = m
             .meta
             .query_local(Query::Checkpoint.encode())
@@ -276,7 +286,7 @@ pub(crate) async fn wait_checkpoint(
                 ),
             ));
         }
-        tokio::time::sleep(CHECKPOINT_POLL).await;
+        let _ = tokio::time::timeout(CHECKPOINT_POLL, notified).await;
     }
 }
 

@@ -87,6 +87,8 @@ pub(crate) struct Daemon {
     pub(crate) ops: progress::Operations,
     /// Attach/detach requests addressed to other nodes (`remote_attach.rs`).
     pub(crate) remote: remote_attach::RemoteRt,
+    /// Woken after every applied catalog change or recorded checkpoint.
+    pub(crate) catalog_changed: Arc<tokio::sync::Notify>,
 }
 
 pub(crate) fn now_unix_ms() -> u64 {
@@ -188,6 +190,7 @@ impl Daemon {
             remote_attach::Tapped::new(
                 lease::Observed::new(ClusterState::new(), self.leases.observer()),
                 &self.remote,
+                self.catalog_changed.clone(),
             ),
             Arc::new(transport.clone()),
         )
@@ -405,6 +408,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         att: Default::default(),
         ops: Default::default(),
         remote: Default::default(),
+        catalog_changed: Default::default(),
     });
     detach::register_handoff(&daemon)?;
     if cfg.lease.watchdog {

@@ -73,14 +73,18 @@ pub struct Tapped {
     inner: lease::Observed,
     changed: Arc<Notify>,
     work: Arc<Notify>,
+    /// Woken after a catalog change or a recorded checkpoint (the checkpoint writer and
+    /// the flushes waiting for a checkpoint: docs/design/042 §6).
+    catalog: Arc<Notify>,
 }
 
 impl Tapped {
-    pub(crate) fn new(inner: lease::Observed, rt: &RemoteRt) -> Tapped {
+    pub(crate) fn new(inner: lease::Observed, rt: &RemoteRt, catalog: Arc<Notify>) -> Tapped {
         Tapped {
             inner,
             changed: rt.changed.clone(),
             work: rt.work.clone(),
+            catalog,
         }
     }
 }
@@ -98,12 +102,32 @@ fn touches_remote(bytes: &[u8]) -> bool {
         || contains(head, br#""op":"leave""#)
 }
 
+/// Whether an encoded command may change the catalog or the recorded checkpoint.
+fn touches_catalog(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(64)];
+    [
+        &br#""op":"set_extents""#[..],
+        br#""op":"checkpoint_written""#,
+        br#""op":"create_vhd""#,
+        br#""op":"set_vhd_state""#,
+        br#""op":"delete_vhd""#,
+        br#""op":"set_volume""#,
+        br#""op":"restore_catalog""#,
+        br#""op":"set_virtual_size""#,
+    ]
+    .iter()
+    .any(|op| contains(head, op))
+}
+
 impl StateMachine for Tapped {
     fn apply(&mut self, index: u64, command: &[u8], writes: &mut dyn KvWrite) -> Vec<u8> {
         let out = self.inner.apply(index, command, writes);
         if touches_remote(command) {
             self.changed.notify_waiters();
             self.work.notify_one();
+        }
+        if touches_catalog(command) {
+            self.catalog.notify_waiters();
         }
         out
     }
@@ -113,6 +137,7 @@ impl StateMachine for Tapped {
         // A snapshot may carry requests for this node or outcomes someone waits for.
         self.changed.notify_waiters();
         self.work.notify_one();
+        self.catalog.notify_waiters();
         r
     }
 
@@ -617,5 +642,24 @@ mod tests {
         for c in no {
             assert!(!touches_remote(&c), "{}", String::from_utf8_lossy(&c));
         }
+        let catalog = Command::SetExtents {
+            vhd: VhdId(1),
+            node: NodeId(2),
+            generation: csv_api::Generation(3),
+            runs: Vec::new(),
+            length: 0,
+        }
+        .encode();
+        assert!(touches_catalog(&catalog));
+        let written = Command::CheckpointWritten {
+            sequence: 1,
+            index: 2,
+        }
+        .encode();
+        assert!(touches_catalog(&written));
+        assert!(!touches_catalog(&lock(lock_manager::Command::Renew {
+            node: NodeId(3),
+            epoch: Epoch(1),
+        })));
     }
 }

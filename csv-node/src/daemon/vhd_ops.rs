@@ -124,7 +124,13 @@ impl Daemon {
         let QueryReply::Checkpoint(c) = super::handlers::query(m, Query::Checkpoint).await? else {
             return Err(internal("unexpected checkpoint reply"));
         };
-        extents::wait_checkpoint(m, c.catalog_index, extents::CHECKPOINT_WAIT).await
+        extents::wait_checkpoint(
+            m,
+            &self.catalog_changed,
+            c.catalog_index,
+            extents::CHECKPOINT_WAIT,
+        )
+        .await
     }
 
     /// `vhd create`.

@@ -8,6 +8,10 @@
 //! window from the kill on and in the calm window before it, requests and errors.
 //! Summary: medians over the rounds with min and max. Target (MISSION): the other nodes'
 //! data I/O stalls no more than 100 ms.
+//!
+//! Before the first round's clients start, `--flushes N` times the cost of a flush that
+//! grew a dynamic VHD (a new 2 MiB block: the map commit and the wait for a LUN
+//! checkpoint covering it, docs/design/042 §6) against a flush after an overwrite.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +25,7 @@ struct Args {
     rounds: usize,
     before: u64,
     after: u64,
+    flushes: u64,
 }
 
 fn args() -> Args {
@@ -28,6 +33,7 @@ fn args() -> Args {
         rounds: 5,
         before: 3,
         after: 5,
+        flushes: 100,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -40,8 +46,9 @@ fn args() -> Args {
             "--rounds" => a.rounds = n as usize,
             "--before" => a.before = n,
             "--after" => a.after = n,
+            "--flushes" => a.flushes = n,
             other => panic!(
-                "unknown argument {other}; usage: bench-failover-io [--rounds N] [--before S] [--after S]"
+                "unknown argument {other}; usage: bench-failover-io [--rounds N] [--before S] [--after S] [--flushes N]"
             ),
         }
         i += 2;
@@ -97,6 +104,47 @@ fn client_loop(socket: std::path::PathBuf, name: String, stop: Arc<AtomicBool>) 
     })
 }
 
+/// Flush latencies on a dynamic VHD: after writing a new block each time (growth), then
+/// after overwriting an allocated one.
+fn flush_costs(socket: std::path::PathBuf, name: String, n: u64) -> (Vec<Duration>, Vec<Duration>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let cfg = nbd::client::ClientConfig {
+            export: name,
+            request_timeout: Duration::from_secs(60),
+            ..nbd::client::ClientConfig::default()
+        };
+        let c = nbd::client::connect_unix(&socket, cfg)
+            .await
+            .expect("connect");
+        let data = vec![0x33u8; 65536];
+        let mut grow = Vec::new();
+        let mut over = Vec::new();
+        for i in 0..n {
+            c.write(i * (2 << 20), &data, false).await.expect("write");
+            let t = Instant::now();
+            c.flush().await.expect("flush");
+            grow.push(t.elapsed());
+        }
+        for _ in 0..n {
+            c.write(0, &data, false).await.expect("write");
+            let t = Instant::now();
+            c.flush().await.expect("flush");
+            over.push(t.elapsed());
+        }
+        (grow, over)
+    })
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v.get(i).copied().unwrap_or_default()
+}
+
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -119,6 +167,20 @@ fn main() {
                 &["vhd", "create", &name, "--size", "256M", "--type", "fixed"],
             );
             vc.ok(*id, &["vhd", "attach", &name]);
+        }
+        if round == 1 && a.flushes > 0 {
+            let id = others[0];
+            vc.ok(id, &["vhd", "create", "grow", "--size", "4G"]);
+            vc.ok(id, &["vhd", "attach", "grow"]);
+            let (mut g, mut o) = flush_costs(vc.nbd_socket(id), "grow".into(), a.flushes);
+            println!(
+                "flush after a new 2 MiB block (map commit + LUN checkpoint): p50 {:.2} ms, p99 {:.2} ms; after an overwrite: p50 {:.2} ms, p99 {:.2} ms ({} each)",
+                pct(&mut g, 0.5).as_secs_f64() * 1e3,
+                pct(&mut g, 0.99).as_secs_f64() * 1e3,
+                pct(&mut o, 0.5).as_secs_f64() * 1e3,
+                pct(&mut o, 0.99).as_secs_f64() * 1e3,
+                a.flushes
+            );
         }
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = others
