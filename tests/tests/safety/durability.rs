@@ -240,8 +240,8 @@ impl SpawnOutput for std::process::Command {
 /// after growth zeroing, after the data flush, after the map commit, after the BAT write,
 /// and with the BAT write torn. The node restarts; the exported VHD opens in qemu
 /// (`qemu-img info`, `convert`), libvhdi and `csvadm image check` (no corruption), keeps
-/// the data flushed before, and shows the new data whole or not at all, as qemu and
-/// libvhdi agree.
+/// the data flushed before, and shows the new data whole or not at all, as qemu, libvhdi
+/// and this project's own reader (`csvadm image convert`) agree.
 #[test]
 fn a_crash_at_any_growth_cut_point_leaves_a_consistent_vhd() {
     need("qemu-img", "qemu-utils");
@@ -307,18 +307,27 @@ v.open(f)
 def lib(o, n):
     return v.read_buffer_at_offset(n, o)
 print("libvhdi", *regions(lib))
-raw = subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", f, f + ".raw"], check=True)
-with open(f + ".raw", "rb") as r:
-    def q(o, n):
-        r.seek(o)
-        return r.read(n)
-    print("qemu", *regions(q))
+def raw(name, path):
+    with open(path, "rb") as r:
+        def q(o, n):
+            r.seek(o)
+            return r.read(n)
+        print(name, *regions(q))
+subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", f, f + ".qemu.raw"], check=True)
+raw("qemu", f + ".qemu.raw")
+subprocess.run([sys.argv[2], "image", "convert", f, f + ".ours.raw", "--to", "raw"], check=True)
+raw("ours", f + ".ours.raw")
 "#,
-            &[file.to_str().expect("path")],
+            &[
+                file.to_str().expect("path"),
+                csv_tests::binary("csvadm").to_str().expect("path"),
+            ],
         );
         let out = String::from_utf8_lossy(&judge.stdout);
         assert!(
-            out.contains("libvhdi True True") && out.contains("qemu True True"),
+            out.contains("libvhdi True True")
+                && out.contains("qemu True True")
+                && out.contains("ours True True"),
             "{point}: {out}{}",
             String::from_utf8_lossy(&judge.stderr)
         );
