@@ -278,8 +278,9 @@ impl Daemon {
     /// A read-deny-write hold on `vhd`, shared by this node's users (refcounted).
     pub(crate) async fn hold_read(&self, vhd: VhdId) -> Result<VhdHold, ApiError> {
         let mut reads = self.att.reads.lock().await;
+        // Idempotent while held; after an epoch change (every hold lost) it takes a new
+        // one, and the users counted before still drop theirs one by one.
         let hold = self.acquire_vhd(vhd, Mode::ReadDenyWrite).await?;
-        // An entry whose hold vanished (the epoch changed) starts over.
         let n = reads.entry(vhd).or_insert(0);
         *n += 1;
         Ok(hold)

@@ -108,9 +108,11 @@ impl Daemon {
                 format!("{name}: writes to the LUN are still in doubt"),
             ));
         }
-        let a = r.disarm();
-        for p in a.map(|a| a.parents).unwrap_or_default() {
-            self.drop_read(p).await;
+        if let Some(a) = r.disarm() {
+            for p in &a.parents {
+                self.drop_read(*p).await;
+            }
+            super::attach::drop_device(a.device).await;
         }
         self.save_attachments().await;
         tracing::info!(vhd = name, "closed for hand-off");
@@ -222,6 +224,7 @@ impl Daemon {
         for p in &a.parents {
             self.drop_read(*p).await;
         }
+        super::attach::drop_device(a.device).await;
         if a.read_only {
             self.drop_read(a.vhd).await;
             return Ok(());

@@ -59,8 +59,6 @@ pub struct FilePath {
     opts: FileOptions,
     stripes: Vec<Mutex<()>>,
     slow_calls: AtomicU64,
-    /// Write calls inside a syscall now (their outcome is not known yet).
-    writing: AtomicU64,
 }
 
 impl std::fmt::Debug for FilePath {
@@ -158,7 +156,6 @@ impl FilePath {
             opts,
             stripes: (0..RMW_STRIPES).map(|_| Mutex::new(())).collect(),
             slow_calls: AtomicU64::new(0),
-            writing: AtomicU64::new(0),
         })
     }
 
@@ -193,19 +190,6 @@ impl FilePath {
             tracing::warn!(target = %self.target, %op, offset, ?took, "LUN call slower than io_timeout");
         }
         r
-    }
-
-    /// [`Self::timed`] for a write: counted as in flight while it runs ([`LunPath::quiet_at`]).
-    fn timed_write<T>(&self, op: Op, offset: u64, f: impl FnOnce() -> T) -> T {
-        struct InFlight<'a>(&'a AtomicU64);
-        impl Drop for InFlight<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        self.writing.fetch_add(1, Ordering::AcqRel);
-        let _in_flight = InFlight(&self.writing);
-        self.timed(op, offset, f)
     }
 
     fn is_aligned(&self, ptr: *const u8, offset: u64, len: usize) -> bool {
@@ -407,7 +391,7 @@ impl LunPath for FilePath {
         gate: &dyn WriteGate,
     ) -> Result<(), PathError> {
         check_range(self, Op::Write, offset, buf.len() as u64, self.size)?;
-        self.timed_write(Op::Write, offset, || {
+        self.timed(Op::Write, offset, || {
             if self.is_aligned(buf.as_ptr(), offset, buf.len()) {
                 self.pwrite_all(buf, offset, gate)
             } else if offset.is_multiple_of(self.align as u64)
@@ -445,7 +429,7 @@ impl LunPath for FilePath {
         if len == 0 {
             return Ok(());
         }
-        self.timed_write(Op::WriteZeroes, offset, || {
+        self.timed(Op::WriteZeroes, offset, || {
             if self.zero_fast(offset, len, gate)? {
                 Ok(())
             } else {
@@ -454,11 +438,12 @@ impl LunPath for FilePath {
         })
     }
 
-    /// A write inside its syscall may land any time until it returns: in doubt until
-    /// then (re-asked; the kernel bounds the call, 041 §1).
+    /// Nothing is ever in doubt here: a call that returned has landed (or failed), and
+    /// one still inside the kernel belongs to a request not answered yet, which the
+    /// caller drains before it lets another writer in; the kernel bounds the call
+    /// (SCSI timeout, multipath `no_path_retry`: 041 §1).
     fn quiet_at(&self) -> Option<std::time::Instant> {
-        (self.writing.load(Ordering::Acquire) > 0)
-            .then(|| std::time::Instant::now() + self.opts.io_timeout)
+        None
     }
 
     fn may_block(&self) -> bool {
