@@ -63,7 +63,12 @@ struct Sample {
     failed: bool,
 }
 
-fn client_loop(socket: std::path::PathBuf, name: String, stop: Arc<AtomicBool>) -> Vec<Sample> {
+/// Runs `f` with a client of export `name` on `socket`, on a runtime of its own.
+fn with_client<T>(
+    socket: std::path::PathBuf,
+    name: String,
+    f: impl AsyncFnOnce(nbd::client::Client) -> T,
+) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -71,12 +76,18 @@ fn client_loop(socket: std::path::PathBuf, name: String, stop: Arc<AtomicBool>) 
     rt.block_on(async move {
         let cfg = nbd::client::ClientConfig {
             export: name,
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             ..nbd::client::ClientConfig::default()
         };
         let c = nbd::client::connect_unix(&socket, cfg)
             .await
             .expect("connect");
+        f(c).await
+    })
+}
+
+fn client_loop(socket: std::path::PathBuf, name: String, stop: Arc<AtomicBool>) -> Vec<Sample> {
+    with_client(socket, name, async move |c| {
         let blocks = c.size() / 4096;
         let mut out = Vec::new();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -107,19 +118,7 @@ fn client_loop(socket: std::path::PathBuf, name: String, stop: Arc<AtomicBool>) 
 /// Flush latencies on a dynamic VHD: after writing a new block each time (growth), then
 /// after overwriting an allocated one.
 fn flush_costs(socket: std::path::PathBuf, name: String, n: u64) -> (Vec<Duration>, Vec<Duration>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let cfg = nbd::client::ClientConfig {
-            export: name,
-            request_timeout: Duration::from_secs(60),
-            ..nbd::client::ClientConfig::default()
-        };
-        let c = nbd::client::connect_unix(&socket, cfg)
-            .await
-            .expect("connect");
+    with_client(socket, name, async move |c| {
         let data = vec![0x33u8; 65536];
         let mut grow = Vec::new();
         let mut over = Vec::new();

@@ -20,6 +20,20 @@ fn lun_file(dir: &Path, size: u64) -> std::path::PathBuf {
     p
 }
 
+/// fio through the NBD engine at `uri` with `job`, time-based (2 min at most), going on
+/// after errors: a load the test kills when it is done.
+fn fio_load(uri: &str, job: &[&str]) -> std::process::Child {
+    need("fio", "fio");
+    std::process::Command::new("fio")
+        .args(["--name=load", "--ioengine=nbd", &format!("--uri={uri}")])
+        .args(job)
+        .args(["--time_based", "--runtime=120", "--continue_on_error=all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fio")
+}
+
 /// Item 4: a SAN request that times out in the middle of sending its payload poisons its
 /// connection: no later request's bytes complete that payload (which would land garbage
 /// on the LUN when the target catches up).
@@ -100,24 +114,16 @@ fn a_partitioned_owners_queued_writes_never_land_after_the_takeover() {
         &["vhd", "create", "v", "--size", "64M", "--type", "fixed"],
     );
     vc.ok(2, &["vhd", "attach", "v"]);
-    let mut fio = std::process::Command::new("fio")
-        .args([
-            "--name=w",
-            "--ioengine=nbd",
-            &format!("--uri={}", vc.uri(2, "v")),
+    let mut fio = fio_load(
+        &vc.uri(2, "v"),
+        &[
             "--rw=write",
             "--bs=1M",
             "--iodepth=16",
             "--size=64M",
-            "--time_based",
-            "--runtime=120",
             "--buffer_pattern=0xaa",
-            "--continue_on_error=all",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("fio");
+        ],
+    );
     std::thread::sleep(Duration::from_secs(2));
     vc.c.net().cut(&[2]);
     attach_until(&vc, 3, "v", &[], Duration::from_secs(60));
@@ -272,24 +278,16 @@ fn a_stalled_san_never_starves_the_lease() {
         v["local_fence"].clone()
     };
     let before = fence(&vc);
-    let mut fio = std::process::Command::new("fio")
-        .args([
-            "--name=s",
-            "--ioengine=nbd",
-            &format!("--uri={}", vc.uri(2, "v")),
+    let mut fio = fio_load(
+        &vc.uri(2, "v"),
+        &[
             "--rw=randrw",
             "--bs=4k",
             "--iodepth=32",
             "--numjobs=2",
             "--size=256M",
-            "--time_based",
-            "--runtime=60",
-            "--continue_on_error=all",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("fio");
+        ],
+    );
     std::thread::sleep(Duration::from_secs(2));
     san.pause();
     let stalled = Instant::now();
