@@ -283,6 +283,14 @@ mod tests {
             DeviceError::OutOfRange { offset: 0, len: 1 }.errno(),
             Errno::Inval
         );
+        // Errors of a library (no errno) by kind: full storage is ENOSPC (QEMU pauses a
+        // VM for it), others EIO.
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "volume full");
+        assert_eq!(DeviceError::Io(full).errno(), Errno::NoSpc);
+        let other = std::io::Error::other("no coordinator");
+        assert_eq!(DeviceError::Io(other).errno(), Errno::Io);
+        let ro = std::io::Error::new(std::io::ErrorKind::ReadOnlyFilesystem, "ro");
+        assert_eq!(DeviceError::Io(ro).errno(), Errno::Perm);
         assert_eq!(Extent::new(1, ExtentKind::Hole).flags(), 3);
         assert_eq!(Extent::new(1, ExtentKind::Zero).flags(), 2);
     }

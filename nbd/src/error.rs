@@ -47,14 +47,22 @@ impl Errno {
     }
 
     /// Maps a host I/O error onto the NBD set (EDQUOT and EFBIG become ENOSPC as the
-    /// spec asks; anything without an NBD counterpart is EIO).
+    /// spec asks; anything without an NBD counterpart is EIO). An error made by a
+    /// library rather than a syscall (no errno) counts by its kind: full storage is
+    /// ENOSPC, a read-only file system EPERM.
     pub fn from_io(err: &std::io::Error) -> Errno {
+        use std::io::ErrorKind as K;
         match err.raw_os_error() {
             Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => Errno::NoSpc,
             Some(libc::EPERM | libc::EACCES | libc::EROFS) => Errno::Perm,
             Some(libc::ENOMEM) => Errno::NoMem,
             Some(libc::EINVAL) => Errno::Inval,
-            _ => Errno::Io,
+            Some(_) => Errno::Io,
+            None => match err.kind() {
+                K::StorageFull | K::QuotaExceeded | K::FileTooLarge => Errno::NoSpc,
+                K::ReadOnlyFilesystem => Errno::Perm,
+                _ => Errno::Io,
+            },
         }
     }
 }

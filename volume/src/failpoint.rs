@@ -6,6 +6,19 @@
 //! At a crash point, `return` aborts the process there (what `kill -9` does, at a chosen
 //! instant); at a delay point, `return(ms)` waits that long.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once any point is configured: until then every point costs one relaxed load (the
+/// extent file's write path asks one per write).
+static ARMED: AtomicBool = AtomicBool::new(false);
+
+/// Configures one point (fail-rs's action syntax).
+pub fn cfg(name: &str, actions: &str) -> Result<(), String> {
+    fail::cfg(name, actions)?;
+    ARMED.store(true, Ordering::Release);
+    Ok(())
+}
+
 /// Configures the fail points named in `FAILPOINTS` (`name=actions;...`). An entry that
 /// does not parse is an error naming it; points that no code defines are ignored.
 pub fn init_from_env() -> Result<usize, String> {
@@ -17,8 +30,7 @@ pub fn init_from_env() -> Result<usize, String> {
         let (name, actions) = entry
             .split_once('=')
             .ok_or_else(|| format!("FAILPOINTS entry {entry:?}: expected name=actions"))?;
-        fail::cfg(name.trim(), actions.trim())
-            .map_err(|e| format!("FAILPOINTS entry {entry:?}: {e}"))?;
+        cfg(name.trim(), actions.trim()).map_err(|e| format!("FAILPOINTS entry {entry:?}: {e}"))?;
         n += 1;
     }
     Ok(n)
@@ -26,7 +38,7 @@ pub fn init_from_env() -> Result<usize, String> {
 
 /// A crash point: aborts the process when `name` is configured to `return`.
 pub fn crash(name: &str) {
-    if fail::eval(name, |_| ()).is_some() {
+    if ARMED.load(Ordering::Relaxed) && fail::eval(name, |_| ()).is_some() {
         eprintln!("fail point {name}: aborting the process");
         std::process::abort();
     }
@@ -35,6 +47,9 @@ pub fn crash(name: &str) {
 /// The argument of `name` when it is configured to `return(arg)` (`Some(None)` for a
 /// bare `return`), `None` when it is off.
 pub fn value(name: &str) -> Option<Option<String>> {
+    if !ARMED.load(Ordering::Relaxed) {
+        return None;
+    }
     fail::eval(name, |arg| arg)
 }
 
@@ -52,14 +67,14 @@ mod tests {
     #[test]
     fn points_follow_their_configuration() {
         assert_eq!(value("test.unset"), None);
-        fail::cfg("test.delay", "return(250)").expect("cfg");
+        cfg("test.delay", "return(250)").expect("cfg");
         assert_eq!(
             delay("test.delay"),
             Some(std::time::Duration::from_millis(250))
         );
-        fail::cfg("test.once", "1*return(x)->off").expect("cfg");
+        cfg("test.once", "1*return(x)->off").expect("cfg");
         assert_eq!(value("test.once"), Some(Some("x".into())));
         assert_eq!(value("test.once"), None);
-        assert!(fail::cfg("test.bad", "nonsense(").is_err());
+        assert!(cfg("test.bad", "nonsense(").is_err());
     }
 }

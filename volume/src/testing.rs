@@ -8,7 +8,7 @@ use crate::extent_map::ExtentRun;
 use crate::hooks::{
     ExtentMapSink, ExtentSource, FenceError, Grant, MapUpdate, SinkError, SourceError, WriteFence,
 };
-use crate::path::{LunPath, Op, PathError, check_range};
+use crate::path::{LunPath, Op, PathError, WriteGate, check_range};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -65,9 +65,15 @@ impl LunPath for MemPath {
         Ok(())
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+    fn write_at_gated(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
         let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
         check_range(self, Op::Write, offset, buf.len() as u64, d.len() as u64)?;
+        gate.check()?;
         let o = offset as usize;
         d[o..o + buf.len()].copy_from_slice(buf);
         Ok(())
@@ -78,9 +84,15 @@ impl LunPath for MemPath {
         Ok(())
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
+    fn write_zeroes_gated(
+        &self,
+        offset: u64,
+        len: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
         let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
         check_range(self, Op::WriteZeroes, offset, len, d.len() as u64)?;
+        gate.check()?;
         d[offset as usize..(offset + len) as usize].fill(0);
         Ok(())
     }
@@ -238,7 +250,14 @@ impl LunPath for FaultyPath {
         self.inner.read_at(buf, offset)
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+    /// One check for the inner path's whole call: a late write is one deferred call.
+    fn write_at_gated(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        gate.check()?;
         let data = buf.to_vec();
         self.write_like(
             Op::Write,
@@ -254,7 +273,13 @@ impl LunPath for FaultyPath {
         self.inner.flush()
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
+    fn write_zeroes_gated(
+        &self,
+        offset: u64,
+        len: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        gate.check()?;
         self.write_like(
             Op::WriteZeroes,
             offset,

@@ -15,7 +15,7 @@ use vhd::Storage;
 use vhd::chain::NoParents;
 use vhd::create::{CreateOptions, create_dynamic};
 use volume::layout::Layout;
-use volume::path::{LunPath, Op, PathError};
+use volume::path::{LunPath, Op, PathError, WriteGate};
 use volume::testing::{ExtentPool, FaultyPath, MemPath, RecordingSink, SwitchFence};
 use volume::{
     ErrorClass, ExtentError, ExtentFile, ExtentMap, ExtentMapSink, MapUpdate, OpenFence, SinkError,
@@ -35,20 +35,30 @@ impl LunPath for Recorder {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), PathError> {
         self.inner.read_at(buf, offset)
     }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+    fn write_at_gated(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
         self.log
             .lock()
             .unwrap()
             .push(("write".into(), offset, buf.len() as u64));
-        self.inner.write_at(buf, offset)
+        self.inner.write_at_gated(buf, offset, gate)
     }
     fn flush(&self) -> Result<(), PathError> {
         self.log.lock().unwrap().push(("flush".into(), 0, 0));
         self.inner.flush()
     }
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
+    fn write_zeroes_gated(
+        &self,
+        offset: u64,
+        len: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
         self.log.lock().unwrap().push(("zero".into(), offset, len));
-        self.inner.write_zeroes(offset, len)
+        self.inner.write_zeroes_gated(offset, len, gate)
     }
     fn size(&self) -> Result<u64, PathError> {
         self.inner.size()

@@ -44,15 +44,18 @@ impl LunPath for Lun {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), PathError> {
         self.mem.read_at(buf, offset)
     }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+    fn write_at_gated(
+        &self,
+        buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        gate.check()?;
         self.writes.fetch_add(1, Ordering::AcqRel);
         self.mem.write_at(buf, offset)
     }
     fn flush(&self) -> Result<(), PathError> {
         self.mem.flush()
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
-        self.write_zeroes_gated(offset, len, &volume::NoGate)
     }
     fn write_zeroes_gated(
         &self,
@@ -64,8 +67,7 @@ impl LunPath for Lun {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(65536);
-            gate.check()?;
-            self.write_at(&chunk[..n as usize], offset + done)?;
+            self.write_at_gated(&chunk[..n as usize], offset + done, gate)?;
             done += n;
         }
         Ok(())

@@ -367,6 +367,11 @@ impl Daemon {
     /// `remote_attach.rs` routes a request for another node through the log).
     pub(crate) async fn attach(&self, a: VhdAttach) -> Result<Attachment, ApiError> {
         let _op = self.att.op.lock().await;
+        self.attach_locked(a).await
+    }
+
+    /// [`Self::attach`] with the attach/detach lock held.
+    async fn attach_locked(&self, a: VhdAttach) -> Result<Attachment, ApiError> {
         let reopen = {
             let map = lock(&self.att.map);
             match map.get(&a.name) {
@@ -565,6 +570,9 @@ impl Daemon {
     /// Re-attaches what `attachments.json` lists (after a restart).
     pub(crate) async fn restore_attachments(&self) {
         let p = self.cfg.paths.data_dir.join(STATE_FILE);
+        // Under the attach/detach lock: a detach between reading the file and listing
+        // what is pending would be undone.
+        let op = self.att.op.lock().await;
         let saved: Vec<Saved> = match tokio::fs::read(&p).await {
             Ok(b) => match serde_json::from_slice(&b) {
                 Ok(s) => s,
@@ -579,23 +587,35 @@ impl Daemon {
                 return;
             }
         };
+        // Attached since the start (by an operator): nothing to restore for those.
+        let saved: Vec<Saved> = {
+            let map = lock(&self.att.map);
+            saved
+                .into_iter()
+                .filter(|s| !map.contains_key(&s.name))
+                .collect()
+        };
         *lock(&self.att.pending) = saved.clone();
+        drop(op);
         let deadline = tokio::time::Instant::now() + RESTORE_PATIENCE;
         let mut todo = saved;
         while !todo.is_empty() {
             let mut again = Vec::new();
             for s in todo {
+                let _op = self.att.op.lock().await;
                 // Detached meanwhile (locally or by a remote request): not brought back.
+                // Asked under the attach/detach lock, so a detach cannot slip in between.
                 if !lock(&self.att.pending).iter().any(|p| p.name == s.name) {
                     continue;
                 }
                 let r = self
-                    .attach(VhdAttach {
+                    .attach_locked(VhdAttach {
                         name: s.name.clone(),
                         node: 0,
                         read_only: s.read_only,
                     })
                     .await;
+                drop(_op);
                 match r {
                     Ok(_) => {
                         lock(&self.att.pending).retain(|p| p.name != s.name);

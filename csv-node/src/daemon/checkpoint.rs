@@ -74,71 +74,78 @@ pub(crate) async fn run(d: Arc<Daemon>) {
     if d.cfg.volume.is_none() {
         return;
     }
-    let mut sequence: Option<u64> = None;
-    // The index written but not yet recorded, and when it was written.
-    let mut written: Option<(u64, u64, tokio::time::Instant)> = None;
+    let mut w = Writer::default();
     loop {
-        {
-            let notified = d.catalog_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if caught_up(&d).await {
-                let _ = tokio::time::timeout(CHECKPOINT_POLL, notified).await;
+        // Armed before looking, so a change applied meanwhile wakes the wait below.
+        let notified = d.catalog_changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match w.step(&d).await {
+            Some(pause) => {
+                let _ = tokio::time::timeout(pause, notified).await;
             }
-        }
-        let m = match &*d.phase.read().await {
-            Phase::Member(m) => m.clone(),
-            Phase::Uninitialized => continue,
-            _ => return,
-        };
-        if !m.meta.leadership().borrow().is_self {
-            written = None;
-            sequence = None;
-            tokio::time::sleep(CHECKPOINT_POLL).await;
-            continue;
-        }
-        let Ok(QueryReply::Checkpoint(c)) = local(&d, Query::Checkpoint).await else {
-            continue;
-        };
-        if c.catalog_index <= c.checkpoint_index {
-            continue;
-        }
-        // Written already: record it (again, if the first proposal got lost).
-        if let Some((seq, idx, at)) = written
-            && idx >= c.catalog_index
-        {
-            if at.elapsed() >= RETRY_PAUSE {
-                record(&d, &m, seq, idx).await;
-                written = Some((seq, idx, tokio::time::Instant::now()));
-            } else {
-                let notified = d.catalog_changed.notified();
-                let _ = tokio::time::timeout(RETRY_PAUSE - at.elapsed(), notified).await;
+            None if matches!(*d.phase.read().await, Phase::Stopping | Phase::Removed(_)) => {
+                return;
             }
-            continue;
-        }
-        match write_once(&d, sequence).await {
-            Ok(Some((seq, idx))) => {
-                sequence = Some(seq);
-                record(&d, &m, seq, idx).await;
-                written = Some((seq, idx, tokio::time::Instant::now()));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // Another coordinator may have written meanwhile: re-read the sequence.
-                tracing::warn!("checkpoint: {e}");
-                sequence = None;
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+            None => {}
         }
     }
 }
 
-/// True when there is nothing to write (no member yet, or the recorded checkpoint
-/// covers the last catalog change).
-async fn caught_up(d: &Daemon) -> bool {
-    match local(d, Query::Checkpoint).await {
-        Ok(QueryReply::Checkpoint(c)) => c.catalog_index <= c.checkpoint_index,
-        _ => true,
+/// The writer's memory between steps.
+#[derive(Default)]
+struct Writer {
+    /// The sequence this coordinator wrote last (re-read from the LUN when unknown).
+    sequence: Option<u64>,
+    /// Written but not yet recorded: sequence, catalog index, when.
+    written: Option<(u64, u64, tokio::time::Instant)>,
+}
+
+impl Writer {
+    /// One look: writes or records what is due. `Some(pause)` to wait (woken earlier by
+    /// a catalog change), `None` to look again at once.
+    async fn step(&mut self, d: &Daemon) -> Option<Duration> {
+        let m = match &*d.phase.read().await {
+            Phase::Member(m) => m.clone(),
+            _ => return Some(CHECKPOINT_POLL),
+        };
+        if !m.meta.leadership().borrow().is_self {
+            *self = Writer::default();
+            return Some(CHECKPOINT_POLL);
+        }
+        let Ok(QueryReply::Checkpoint(c)) = local(d, Query::Checkpoint).await else {
+            return Some(CHECKPOINT_POLL);
+        };
+        if c.catalog_index <= c.checkpoint_index {
+            return Some(CHECKPOINT_POLL);
+        }
+        // Written already: record it (again, if the first proposal got lost).
+        if let Some((seq, idx, at)) = self.written
+            && idx >= c.catalog_index
+        {
+            if at.elapsed() < RETRY_PAUSE {
+                return Some(RETRY_PAUSE - at.elapsed());
+            }
+            record(d, &m, seq, idx).await;
+            self.written = Some((seq, idx, tokio::time::Instant::now()));
+            return Some(RETRY_PAUSE);
+        }
+        match write_once(d, self.sequence).await {
+            Ok(Some((seq, idx))) => {
+                self.sequence = Some(seq);
+                record(d, &m, seq, idx).await;
+                self.written = Some((seq, idx, tokio::time::Instant::now()));
+                None
+            }
+            // The volume is not checked yet.
+            Ok(None) => Some(CHECKPOINT_POLL),
+            Err(e) => {
+                // Another coordinator may have written meanwhile: re-read the sequence.
+                tracing::warn!("checkpoint: {e}");
+                self.sequence = None;
+                Some(RETRY_PAUSE)
+            }
+        }
     }
 }
 
@@ -166,7 +173,12 @@ async fn write_once(d: &Daemon, sequence: Option<u64>) -> Result<Option<(u64, u6
     };
     let bytes = serde_json::to_vec(&payload).map_err(|e| format!("encode: {e}"))?;
     let index = payload.raft_index;
+    let limit = d.quiet_limit();
     tokio::task::spawn_blocking(move || {
+        // An earlier attempt that timed out must not land over this one.
+        if !volume::wait_quiet(&*lun, limit) {
+            return Err("writes to the LUN are still in doubt".to_string());
+        }
         let next = match sequence {
             Some(s) => s + 1,
             None => volume::checkpoint::read_latest(&*lun, &sb)

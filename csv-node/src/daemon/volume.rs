@@ -231,17 +231,13 @@ impl Daemon {
     /// [`Self::quiet_limit`]; false when writes are still in doubt then (a call stuck
     /// in the kernel).
     pub(crate) async fn wait_quiet(&self, lun: &Arc<dyn LunPath>) -> bool {
-        let deadline = std::time::Instant::now() + self.quiet_limit();
+        let start = std::time::Instant::now();
         loop {
-            let now = std::time::Instant::now();
-            match lun.quiet_at() {
-                None => return true,
-                Some(t) if t <= now => return true,
-                Some(_) if now >= deadline => return false,
-                Some(t) => {
-                    let d = (t - now).min(deadline - now).min(Duration::from_millis(50));
-                    tokio::time::sleep(d).await;
-                }
+            use volume::path::QuietStep;
+            match volume::path::quiet_step(&**lun, start.elapsed(), self.quiet_limit()) {
+                QuietStep::Quiet => return true,
+                QuietStep::Sleep(d) => tokio::time::sleep(d).await,
+                QuietStep::InDoubt => return false,
             }
         }
     }

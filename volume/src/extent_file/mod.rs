@@ -234,6 +234,14 @@ impl ExtentFile {
         lock(&self.poisoned).clone()
     }
 
+    /// Records a completed write for the next flush (a load first: writers on many
+    /// threads do not all store into one cache line).
+    fn note_write(&self) {
+        if !self.wrote.load(Ordering::Acquire) {
+            self.wrote.store(true, Ordering::Release);
+        }
+    }
+
     fn path_err(&self, source: PathError) -> ExtentError {
         ExtentError::Path {
             file: self.name.clone(),
@@ -364,7 +372,7 @@ impl ExtentFile {
         self.walk(map, off, len, |lo, _, n| {
             self.gated(|g| self.lun.write_zeroes_gated(lo, n as u64, g))
         })?;
-        self.wrote.store(true, Ordering::Release);
+        self.note_write();
         Ok(())
     }
 
@@ -422,7 +430,7 @@ impl ExtentFile {
         self.walk(&map, off, buf.len() as u64, |lo, p, k| {
             self.gated(|g| self.lun.write_at_gated(&buf[p..p + k], lo, g))
         })?;
-        self.wrote.store(true, Ordering::Release);
+        self.note_write();
         self.len.fetch_max(end, Ordering::AcqRel);
         if buf.len() as u64 != end - off {
             crate::failpoint::crash("extent.write.torn");
@@ -512,7 +520,7 @@ impl ExtentFile {
         let es = self.layout.extent_size;
         let off = self.layout.data_offset + g.run.start * es;
         self.gated(|gate| self.lun.write_zeroes_gated(off, g.run.count * es, gate))?;
-        self.wrote.store(true, Ordering::Release);
+        self.note_write();
         Ok(())
     }
 

@@ -4,8 +4,7 @@
 //! blocks (docs/design/041 §1).
 
 use super::{
-    ErrorClass, LunPath, NoGate, Op, PathError, WriteGate, check_range, classify_io,
-    validate_io_timeout,
+    ErrorClass, LunPath, Op, PathError, WriteGate, check_range, classify_io, validate_io_timeout,
 };
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -380,10 +379,6 @@ impl LunPath for FilePath {
         })
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
-        self.write_at_gated(buf, offset, &NoGate)
-    }
-
     fn write_at_gated(
         &self,
         buf: &[u8],
@@ -413,10 +408,6 @@ impl LunPath for FilePath {
                 .sync_data()
                 .map_err(|e| self.err(Op::Flush, 0, &e))
         })
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
-        self.write_zeroes_gated(offset, len, &NoGate)
     }
 
     fn write_zeroes_gated(

@@ -11,7 +11,7 @@ mod quiet;
 pub use error::{ErrorClass, Op, PathError, classify_errno, classify_io};
 pub use file::{FileOptions, FilePath};
 pub use nbd::{NbdOptions, NbdPath, NbdTarget};
-pub use quiet::wait_quiet;
+pub use quiet::{QuietStep, quiet_step, wait_quiet};
 
 use std::time::{Duration, Instant};
 
@@ -45,43 +45,45 @@ impl WriteGate for NoGate {
 /// Positional access to the shared LUN. Implementations are shared between threads;
 /// every call is bounded by the path's `io_timeout` (see each backend for how).
 ///
-/// A backend whose `write_at` or `write_zeroes` can make more than one write call to the
-/// storage overrides the `_gated` variants to ask the gate before each of them.
+/// Writes take a [`WriteGate`] that the backend asks immediately before each write call
+/// it makes to the storage (one `pwrite`, one NBD request, one zeroing call): a backend
+/// cannot cover several calls with one check. `write_at` and `write_zeroes` are the
+/// same with [`NoGate`].
 pub trait LunPath: Send + Sync + std::fmt::Debug {
     /// Fills `buf` from `offset`. Reading past the LUN's end is a media error
     /// (out of range), never a short read.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), PathError>;
-    /// Writes all of `buf` at `offset` (within the LUN).
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError>;
-    /// Makes every completed write durable.
-    fn flush(&self) -> Result<(), PathError>;
-    /// Makes `len` bytes at `offset` read as zero, by the fastest means the storage has.
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError>;
-    /// The LUN's size in bytes.
-    fn size(&self) -> Result<u64, PathError>;
-    /// What this path is, for messages ("file /dev/sdb (O_DIRECT)", "nbd unix:/s/x").
-    fn describe(&self) -> String;
-
-    /// [`LunPath::write_at`], asking `gate` immediately before each write call.
+    /// Writes all of `buf` at `offset` (within the LUN), asking `gate` before each write
+    /// call.
     fn write_at_gated(
         &self,
         buf: &[u8],
         offset: u64,
         gate: &dyn WriteGate,
-    ) -> Result<(), PathError> {
-        gate.check()?;
-        self.write_at(buf, offset)
-    }
-
-    /// [`LunPath::write_zeroes`], asking `gate` immediately before each write call.
+    ) -> Result<(), PathError>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), PathError>;
+    /// Makes `len` bytes at `offset` read as zero, by the fastest means the storage has,
+    /// asking `gate` before each write call.
     fn write_zeroes_gated(
         &self,
         offset: u64,
         len: u64,
         gate: &dyn WriteGate,
-    ) -> Result<(), PathError> {
-        gate.check()?;
-        self.write_zeroes(offset, len)
+    ) -> Result<(), PathError>;
+    /// The LUN's size in bytes.
+    fn size(&self) -> Result<u64, PathError>;
+    /// What this path is, for messages ("file /dev/sdb (O_DIRECT)", "nbd unix:/s/x").
+    fn describe(&self) -> String;
+
+    /// [`LunPath::write_at_gated`] for a caller that owns the LUN outright.
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+        self.write_at_gated(buf, offset, &NoGate)
+    }
+
+    /// [`LunPath::write_zeroes_gated`] for a caller that owns the LUN outright.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
+        self.write_zeroes_gated(offset, len, &NoGate)
     }
 
     /// How many times completed, unflushed writes may have been lost (a connection that
@@ -173,14 +175,8 @@ impl<T: LunPath + ?Sized> LunPath for std::sync::Arc<T> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), PathError> {
         (**self).read_at(buf, offset)
     }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
-        (**self).write_at(buf, offset)
-    }
     fn flush(&self) -> Result<(), PathError> {
         (**self).flush()
-    }
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
-        (**self).write_zeroes(offset, len)
     }
     fn size(&self) -> Result<u64, PathError> {
         (**self).size()

@@ -6,8 +6,7 @@
 //! Flush semantics across connections: docs/design/041 §1.
 
 use super::{
-    LunPath, NoGate, Op, PathError, WriteGate, check_range, validate_io_timeout,
-    write_zeroes_by_writing,
+    LunPath, Op, PathError, WriteGate, check_range, validate_io_timeout, write_zeroes_by_writing,
 };
 use nbd::client::{Client, ClientConfig, ClientError};
 use nbd::proto::{TFLAG_SEND_FLUSH, TFLAG_SEND_WRITE_ZEROES};
@@ -480,10 +479,6 @@ impl LunPath for NbdPath {
         Ok(())
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
-        self.write_at_gated(buf, offset, &NoGate)
-    }
-
     /// One NBD request per chunk; the gate is asked before each, and each request's
     /// deadline is `io_timeout` from that check.
     fn write_at_gated(
@@ -543,10 +538,6 @@ impl LunPath for NbdPath {
             }
         }
         Ok(())
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
-        self.write_zeroes_gated(offset, len, &NoGate)
     }
 
     fn write_zeroes_gated(

@@ -9,20 +9,37 @@ use super::LunPath;
 /// Longest single sleep between two looks at [`LunPath::quiet_at`].
 const POLL: Duration = Duration::from_millis(50);
 
+/// One look of a wait for quiet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuietStep {
+    /// No write issued so far can still land.
+    Quiet,
+    /// Sleep this long, then look again.
+    Sleep(Duration),
+    /// The limit is reached with writes still in doubt.
+    InDoubt,
+}
+
+/// One look at `path` having waited `waited` of `limit`: the loop body of
+/// [`wait_quiet`] and of async waiters.
+pub fn quiet_step(path: &dyn LunPath, waited: Duration, limit: Duration) -> QuietStep {
+    let now = Instant::now();
+    match path.quiet_at() {
+        None => QuietStep::Quiet,
+        Some(t) if t <= now => QuietStep::Quiet,
+        Some(_) if waited >= limit => QuietStep::InDoubt,
+        Some(t) => QuietStep::Sleep((t - now).min(POLL).min(limit - waited)),
+    }
+}
+
 /// Blocks until `path` has no write in doubt, at most `limit`; true when it is quiet.
 pub fn wait_quiet(path: &dyn LunPath, limit: Duration) -> bool {
     let start = Instant::now();
     loop {
-        let now = Instant::now();
-        let until = match path.quiet_at() {
-            None => return true,
-            Some(t) if t <= now => return true,
-            Some(t) => t,
-        };
-        let waited = now.duration_since(start);
-        if waited >= limit {
-            return false;
+        match quiet_step(path, start.elapsed(), limit) {
+            QuietStep::Quiet => return true,
+            QuietStep::Sleep(d) => std::thread::sleep(d),
+            QuietStep::InDoubt => return false,
         }
-        std::thread::sleep((until - now).min(POLL).min(limit - waited));
     }
 }
