@@ -43,7 +43,8 @@ macro_rules! codes {
             }
 
             /// True when a request that failed with this code was certainly not applied,
-            /// so sending it again cannot apply it twice.
+            /// so sending it again cannot apply it twice. (Whether sending it again can
+            /// succeed is [`ErrorCode::is_transient`].)
             pub fn is_retry_safe(self) -> bool {
                 match self {
                     $( ErrorCode::$variant => $retry, )*
@@ -51,6 +52,29 @@ macro_rules! codes {
             }
         }
     };
+}
+
+impl ErrorCode {
+    /// True when the cause passes by itself and the request was not applied: no leader
+    /// or another one, a full queue, a learner catching up, a membership change in
+    /// progress. The one test of "try again shortly" for every client.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NoLeader
+                | ErrorCode::NotLeader
+                | ErrorCode::Dropped
+                | ErrorCode::Busy
+                | ErrorCode::NotCaughtUp
+                | ErrorCode::ConfChangeInProgress
+        )
+    }
+
+    /// True when the request may or may not have been applied (a deadline passed, the
+    /// leader changed with it in flight): only a repeatable request may be sent again.
+    pub fn is_outcome_unknown(self) -> bool {
+        matches!(self, ErrorCode::Timeout | ErrorCode::Indeterminate)
+    }
 }
 
 codes! {
@@ -246,6 +270,8 @@ mod tests {
         assert_eq!(ErrorCode::from_lock_manager("???"), ErrorCode::Internal);
         assert!(!ErrorCode::Timeout.is_retry_safe());
         assert!(ErrorCode::NoLeader.is_retry_safe());
+        assert!(ErrorCode::NoLeader.is_transient() && !ErrorCode::NotFound.is_transient());
+        assert!(ErrorCode::Timeout.is_outcome_unknown() && !ErrorCode::Timeout.is_transient());
         let e = ApiError::new(ErrorCode::NotFound, "vhd 3");
         assert_eq!(e.to_string(), "not_found (24): vhd 3");
         assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use nbd::file::IoMode;
+use csv_node::data::file_device::IoMode;
 use nbd::server::{ExportOptions, Server, ServerConfig, TlsPolicy, listener};
 
 use crate::image::{self, Format};

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use csv_node::data::file_device::{FileDevice, IoMode};
 use nbd::BlockDevice;
-use nbd::file::{FileDevice, IoMode};
 
 use crate::vhd_device::VhdDevice;
 

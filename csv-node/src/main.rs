@@ -4,7 +4,7 @@
 
 mod export;
 mod image;
-use csv_node::vhd_device;
+use csv_node::data::vhd_device;
 
 use clap::{Parser, Subcommand};
 
@@ -20,10 +20,10 @@ enum Command {
     /// Export raw or VHD image files over NBD until stopped (SIGINT/SIGTERM).
     Export(export::ExportArgs),
     /// Run the cluster daemon (metadata store, admin socket) until SIGTERM/SIGINT.
-    Run(csv_node::daemon::RunArgs),
+    Run(csv_node::node::RunArgs),
     /// The lease watchdog `run` starts when `[lease] watchdog = true` (not run by hand).
     #[command(hide = true)]
-    Watchdog(csv_node::watchdog::WatchdogArgs),
+    Watchdog(csv_node::lease::watchdog::WatchdogArgs),
 }
 
 fn init_logging() {
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Export(args) => export::run(args),
-        Command::Run(args) => csv_node::daemon::run(args),
-        Command::Watchdog(args) => csv_node::watchdog::run(args),
+        Command::Run(args) => csv_node::node::run(args),
+        Command::Watchdog(args) => csv_node::lease::watchdog::run(args),
     }
 }

@@ -1,12 +1,11 @@
 //! NBD (Network Block Device) protocol for csv: a pure codec, an async server that
-//! serves [`device::BlockDevice`]s, an async client, a raw-file device and an
-//! in-memory device. See docs/design/010-nbd-server.md.
+//! serves [`device::BlockDevice`]s, an async client and an in-memory device (the
+//! devices over files and VHD images live beside the node's data path, in csv-node). See docs/design/010-nbd-server.md.
 
 pub mod client;
 pub mod codec;
 pub mod device;
 pub mod error;
-pub mod file;
 pub mod fuzz;
 pub mod mem;
 pub mod proto;

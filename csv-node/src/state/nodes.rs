@@ -3,8 +3,9 @@
 use csv_api::{ClusterId, ErrorCode, NodeId};
 use meta_store::KvWrite;
 
+use super::cluster::ClusterState;
 use super::types::*;
-use super::{ClusterState, MAX_ADDRESS_BYTES, MAX_NAME_BYTES, MAX_NODES, err, persist};
+use super::{MAX_ADDRESS_BYTES, MAX_NAME_BYTES, MAX_NODES, err, persist};
 
 pub(super) fn check_name(what: &str, name: &str) -> Result<(), csv_api::error::ApiError> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {

@@ -16,7 +16,7 @@ use meta_store::core::Fnv;
 use meta_store::{KvRead, KvWrite};
 use serde::{Deserialize, Serialize};
 
-use super::ClusterState;
+use super::cluster::ClusterState;
 use super::runs::Run;
 use super::types::*;
 

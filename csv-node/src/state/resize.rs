@@ -7,8 +7,9 @@
 use csv_api::{ErrorCode, Generation, NodeId, VhdId};
 use meta_store::KvWrite;
 
+use super::cluster::ClusterState;
 use super::types::*;
-use super::{ClusterState, MAX_VIRTUAL_SIZE, err, persist};
+use super::{MAX_VIRTUAL_SIZE, err, persist};
 
 impl ClusterState {
     pub(super) fn set_virtual_size(

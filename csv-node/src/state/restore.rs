@@ -9,9 +9,10 @@ use std::collections::BTreeSet;
 use csv_api::ErrorCode;
 use meta_store::KvWrite;
 
+use super::cluster::ClusterState;
 use super::runs::Run;
 use super::types::*;
-use super::{ClusterState, MAX_RUNS_PER_VHD, MAX_VHDS, err, persist};
+use super::{MAX_RUNS_PER_VHD, MAX_VHDS, err, persist};
 
 impl ClusterState {
     pub(super) fn restore_catalog(

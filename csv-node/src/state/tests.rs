@@ -426,7 +426,7 @@ pub(crate) fn random_command(rng: &mut StdRng, nodes: u64) -> Command {
     let node = NodeId(rng.random_range(1..=nodes + 1));
     let vhd = VhdId(rng.random_range(1..40));
     match rng.random_range(0..18) {
-        12..=17 => super::remote_tests::random_remote(rng, nodes),
+        12..=17 => super::remote_gen::random_remote(rng, nodes),
         0 | 1 => vhd_cmd(rng),
         2 => Command::DeleteVhd { vhd },
         3 => Command::SetVhdState {

@@ -1,0 +1,40 @@
+//! The admin socket: a Unix socket (mode 0600) serving `csv_api::admin` requests, one task
+//! per connection, at most `admin.max_connections` at once (more get a `busy` answer),
+//! idle connections closed after `admin.idle_timeout`. The admin edge: requests are
+//! dispatched once (`dispatch.rs`) to the subsystem that owns them, and their errors
+//! become wire error codes here.
+
+mod cluster;
+mod dispatch;
+mod owner;
+mod socket;
+
+pub use socket::{bind, serve};
+
+use std::sync::Arc;
+
+use crate::config::NodeConfig;
+use crate::data::Data;
+use crate::lease::Leases;
+use crate::meta::Meta;
+use crate::ops::Ops;
+use crate::task::Tasks;
+
+/// The subsystems the admin requests reach.
+#[derive(Clone)]
+pub struct Admin {
+    pub cfg: Arc<NodeConfig>,
+    pub meta: Arc<Meta>,
+    pub leases: Arc<Leases>,
+    pub data: Arc<Data>,
+    pub ops: Arc<Ops>,
+    pub tasks: Tasks,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("node", &self.cfg.node.id)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,577 @@
+//! The node configuration file (TOML): one struct tree with units in the types
+//! (durations are strings such as "100ms" or "5s", sizes are `_bytes` integers), defaults
+//! for everything but the node id, the addresses and the data directory, and `validate()`
+//! with typed errors. Documented example: `csv-node/node.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use lock_manager::LeaseTiming;
+use serde::{Deserialize, Deserializer};
+use volume::NbdTarget;
+
+/// Errors of loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this structure.
+    #[error("parse config {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Parser message (names the line and field).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {field}: {reason}")]
+    Invalid {
+        /// Dotted field name.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A duration written with a unit: `ms`, `s`, `m` or `h` (e.g. "100ms", "5s").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration {s:?} has no unit (ms, s, m, h)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("duration {s:?} does not start with a number"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => {
+                return Err(format!(
+                    "duration {s:?}: unknown unit {unit:?} (ms, s, m, h)"
+                ));
+            }
+        };
+        Ok(Dur(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// `[node]`.
+    pub node: NodeSection,
+    /// `[cluster]`.
+    pub cluster: ClusterSection,
+    /// `[paths]`.
+    pub paths: PathsSection,
+    /// `[raft]`.
+    #[serde(default)]
+    pub raft: RaftSection,
+    /// `[admin]`.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// `[lease]` (issue 5).
+    #[serde(default)]
+    pub lease: LeaseSection,
+    /// `[volume]`: the shared LUN (none: the node serves no VHDs).
+    #[serde(default)]
+    pub volume: Option<VolumeSection>,
+}
+
+/// `[lease]` of the node configuration.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseSection {
+    /// Longest a crashed owner's VHDs stay unwritable (6 s to 300 s, default 8 s); every
+    /// other lease timeout is derived from it (design note 030 §8).
+    pub outage_budget: Dur,
+    /// Run the lease watchdog (`crate::lease::watchdog`): a separate process that SIGKILLs this
+    /// node when it holds a write hold and its lease ends without a confirmed renewal
+    /// (paused, stuck, or cut off), so no write checked before the deadline can be
+    /// submitted after it.
+    pub watchdog: bool,
+}
+
+impl Default for LeaseSection {
+    fn default() -> Self {
+        LeaseSection {
+            outage_budget: Dur(lock_manager::timing::DEFAULT_OUTAGE_BUDGET),
+            watchdog: false,
+        }
+    }
+}
+
+impl LeaseSection {
+    /// The derived timings, or why the budget is refused.
+    pub fn timing(&self) -> Result<LeaseTiming, lock_manager::TimingError> {
+        LeaseTiming::from_budget(self.outage_budget.0)
+    }
+}
+
+/// `[volume]`: this node's path to the shared LUN.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSection {
+    /// The LUN: a file or block device path, or `nbd://host[:port]/export`,
+    /// `nbd+unix:///export?socket=PATH` for a SAN target.
+    pub lun: String,
+    /// Open the LUN with O_DIRECT. Unset: on for a block device (nodes on different
+    /// hosts must not read each other's data from their own page cache), off for a
+    /// regular file (one host's page cache is coherent among its nodes; set it for a
+    /// file on a shared network file system).
+    #[serde(default)]
+    pub direct: Option<bool>,
+    /// Bound of one LUN call, from its fence check to its answer. Unset: half the
+    /// lease's margin (the lease's io_timeout: 0.93 s at the default 8 s budget); a value
+    /// above that is refused (docs/design/042 §4).
+    #[serde(default)]
+    pub io_timeout: Option<Dur>,
+    /// Connections to an NBD target (1–16).
+    #[serde(default = "default_connections")]
+    pub nbd_connections: usize,
+    /// How long a write waits for a closed fence before it fails with EIO.
+    #[serde(default = "default_fence_wait")]
+    pub fence_wait: Dur,
+    /// NBD exports also listen on this TCP address (the Unix socket
+    /// `<data_dir>/nbd.sock` always).
+    #[serde(default)]
+    pub nbd_listen: Option<std::net::SocketAddr>,
+    /// The NBD Unix socket (default `<data_dir>/nbd.sock`).
+    #[serde(default)]
+    pub nbd_socket: Option<std::path::PathBuf>,
+}
+
+fn default_connections() -> usize {
+    4
+}
+fn default_fence_wait() -> Dur {
+    Dur(volume::DEFAULT_FENCE_WAIT)
+}
+
+impl VolumeSection {
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.lun.is_empty() {
+            return Err(("volume.lun", "empty".into()));
+        }
+        if let Some(t) = self.io_timeout {
+            volume::path::validate_io_timeout(t.0).map_err(|e| ("volume.io_timeout", e))?;
+        }
+        if !(1..=16).contains(&self.nbd_connections) {
+            return Err(("volume.nbd_connections", "1 to 16".into()));
+        }
+        if self.fence_wait.0 > Duration::from_secs(600) {
+            return Err(("volume.fence_wait", "at most 10m".into()));
+        }
+        if self.lun.starts_with("nbd") {
+            NbdTarget::parse(&self.lun).map_err(|e| ("volume.lun", e))?;
+        }
+        Ok(())
+    }
+
+    /// The bound of one LUN call: as configured, else half of `lease_margin` (the
+    /// lease's io_timeout, the time between a fence's close and the end of the lease).
+    pub fn io_timeout(&self, lease_margin: Duration) -> Duration {
+        self.io_timeout.map_or(lease_margin / 2, |d| d.0)
+    }
+}
+
+/// `[node]`: identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node id, unique in the cluster, never reused after a removal (1–2^63).
+    pub id: u64,
+}
+
+/// `[cluster]`: node-to-node networking.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Address the node-to-node listener binds.
+    pub listen: SocketAddr,
+    /// Address the other nodes dial (default: `listen`, which must then be specific).
+    pub advertise: Option<String>,
+    /// Only join the cluster with this id (default: the first leader that adds this node).
+    pub join_cluster_id: Option<String>,
+}
+
+/// `[paths]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsSection {
+    /// Everything the node writes lives here.
+    pub data_dir: PathBuf,
+    /// Admin socket (default `<data_dir>/admin.sock`).
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// `[raft]`: timing and log compaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Raft tick.
+    pub tick: Dur,
+    /// Election timeout in ticks (randomised in [n, 2n)).
+    pub election_ticks: usize,
+    /// Heartbeat interval in ticks.
+    pub heartbeat_ticks: usize,
+    /// Deadline of a proposal.
+    pub propose_timeout: Dur,
+    /// Deadline of a linearizable read.
+    pub read_timeout: Dur,
+    /// Deadline of one membership change or leader transfer.
+    pub admin_timeout: Dur,
+    /// Compact the log when more applied entries than this are kept.
+    pub compact_threshold: u64,
+    /// Applied entries kept after a compaction.
+    pub keep_entries: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let m = meta_store::Config::new(1, "x");
+        RaftSection {
+            tick: Dur(m.tick_interval),
+            election_ticks: m.election_ticks,
+            heartbeat_ticks: m.heartbeat_ticks,
+            propose_timeout: Dur(m.propose_timeout),
+            read_timeout: Dur(m.read_timeout),
+            admin_timeout: Dur(m.admin_timeout),
+            compact_threshold: m.log.compact_threshold,
+            keep_entries: m.log.keep_entries,
+        }
+    }
+}
+
+/// `[admin]`: the admin socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Connections served at once; more are refused with `busy`.
+    pub max_connections: usize,
+    /// An idle connection is closed after this.
+    pub idle_timeout: Dur,
+    /// How long `node add` / `node promote` wait for a learner to catch up.
+    pub catch_up_timeout: Dur,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            max_connections: 256,
+            idle_timeout: Dur(Duration::from_secs(600)),
+            catch_up_timeout: Dur(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// `[limits]`: metadata-store bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Requests a node holds at once.
+    pub max_pending_requests: usize,
+    /// Largest command.
+    pub max_command_bytes: usize,
+    /// Largest snapshot.
+    pub max_snapshot_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let l = meta_store::Limits::default();
+        LimitsSection {
+            max_pending_requests: l.max_pending_requests,
+            max_command_bytes: l.max_command_bytes,
+            max_snapshot_bytes: l.max_snapshot_bytes,
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The address other nodes dial.
+    pub fn advertise(&self) -> String {
+        self.cluster
+            .advertise
+            .clone()
+            .unwrap_or_else(|| self.cluster.listen.to_string())
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.paths
+            .admin_socket
+            .clone()
+            .unwrap_or_else(|| self.paths.data_dir.join("admin.sock"))
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.id == 0 || self.node.id > i64::MAX as u64 {
+            return Err(invalid("node.id", "must be 1 to 2^63-1"));
+        }
+        if self.cluster.advertise.is_none() && self.cluster.listen.ip().is_unspecified() {
+            return Err(invalid(
+                "cluster.advertise",
+                "required when cluster.listen is a wildcard address",
+            ));
+        }
+        if let Some(a) = &self.cluster.advertise {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok || a.len() > 255 {
+                return Err(invalid(
+                    "cluster.advertise",
+                    format!("{a:?} is not host:port"),
+                ));
+            }
+        }
+        if self.cluster.listen.port() == 0 {
+            return Err(invalid(
+                "cluster.listen",
+                "needs a fixed port (peers store the address)",
+            ));
+        }
+        if let Some(v) = &self.volume {
+            v.validate().map_err(|(f, r)| invalid(f, r))?;
+            // A write must land within the lease's margin of its fence check, twice over
+            // (the client's deadline, then the target's handling): 042 §4.
+            if let (Some(t), Ok(timing)) = (v.io_timeout, self.lease.timing()) {
+                let max = timing.io_timeout / 2;
+                if t.0 > max {
+                    return Err(invalid(
+                        "volume.io_timeout",
+                        format!(
+                            "{:?} is above {max:?}, half the lease margin of outage_budget {:?}: \
+                             raise [lease] outage_budget or lower io_timeout",
+                            t.0, timing.outage_budget
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(c) = &self.cluster.join_cluster_id {
+            c.parse::<csv_api::ClusterId>()
+                .map_err(|e| invalid("cluster.join_cluster_id", e.to_string()))?;
+        }
+        if !self.paths.data_dir.is_absolute() {
+            return Err(invalid("paths.data_dir", "must be an absolute path"));
+        }
+        let sock = self.admin_socket();
+        if !sock.is_absolute() || sock.as_os_str().len() > 100 {
+            return Err(invalid(
+                "paths.admin_socket",
+                "must be absolute and at most 100 bytes (Unix socket path limit)",
+            ));
+        }
+        if self.admin.max_connections == 0 || self.admin.max_connections > 65_536 {
+            return Err(invalid("admin.max_connections", "must be 1 to 65536"));
+        }
+        for (field, d) in [
+            ("admin.idle_timeout", self.admin.idle_timeout),
+            ("admin.catch_up_timeout", self.admin.catch_up_timeout),
+        ] {
+            if d.0 < Duration::from_secs(1) || d.0 > Duration::from_secs(86_400) {
+                return Err(invalid(field, "must be 1s to 24h"));
+            }
+        }
+        self.lease
+            .timing()
+            .map_err(|e| invalid("lease.outage_budget", e.to_string()))?;
+        // Everything else is checked by the metadata store's own validation.
+        self.meta_config(csv_api::ClusterId::nil(), Vec::new())
+            .validate()
+            .map_err(|e| invalid("raft/limits", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The metadata-store configuration for `cluster`.
+    pub fn meta_config(
+        &self,
+        cluster: csv_api::ClusterId,
+        initial_voters: Vec<u64>,
+    ) -> meta_store::Config {
+        let mut c = meta_store::Config::new(self.node.id, cluster.to_string());
+        c.initial_voters = initial_voters;
+        c.peers = vec![meta_store::PeerAddr {
+            id: self.node.id,
+            addr: self.advertise(),
+        }];
+        let r = &self.raft;
+        c.tick_interval = r.tick.0;
+        c.election_ticks = r.election_ticks;
+        c.heartbeat_ticks = r.heartbeat_ticks;
+        c.propose_timeout = r.propose_timeout.0;
+        c.read_timeout = r.read_timeout.0;
+        c.admin_timeout = r.admin_timeout.0;
+        c.log.compact_threshold = r.compact_threshold;
+        c.log.keep_entries = r.keep_entries;
+        let l = &self.limits;
+        c.limits.max_pending_requests = l.max_pending_requests;
+        c.limits.max_command_bytes = l.max_command_bytes;
+        c.limits.max_snapshot_bytes = l.max_snapshot_bytes;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[node]
+id = 3
+[cluster]
+listen = "127.0.0.1:7401"
+[paths]
+data_dir = "/var/lib/csv"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = NodeConfig::parse(MIN).expect("valid");
+        assert_eq!(c.node.id, 3);
+        assert_eq!(c.advertise(), "127.0.0.1:7401");
+        assert_eq!(c.admin_socket(), PathBuf::from("/var/lib/csv/admin.sock"));
+        assert_eq!(c.raft.tick.0, Duration::from_millis(100));
+        let m = c.meta_config(csv_api::ClusterId::random(), vec![3]);
+        m.validate().expect("meta config valid");
+    }
+
+    /// The LUN call bound is derived from the lease (half its margin) and may not exceed
+    /// it: a write must land within the margin of its fence check (docs/design/042 §4).
+    #[test]
+    fn volume_io_timeout_is_bounded_by_the_lease_margin() {
+        let c = NodeConfig::parse(&format!("{MIN}[volume]\nlun = \"/dev/x\"\n")).expect("valid");
+        let margin = c.lease.timing().expect("timing").io_timeout;
+        let v = c.volume.as_ref().expect("volume");
+        assert_eq!(v.io_timeout(margin), margin / 2);
+        assert!(margin / 2 < Duration::from_secs(1), "{margin:?}");
+        let ok = format!("{MIN}[volume]\nlun = \"/dev/x\"\nio_timeout = \"500ms\"\n");
+        let c = NodeConfig::parse(&ok).expect("within the margin");
+        assert_eq!(
+            c.volume.as_ref().expect("volume").io_timeout(margin),
+            Duration::from_millis(500)
+        );
+        let e = NodeConfig::parse(&format!(
+            "{MIN}[volume]\nlun = \"/dev/x\"\nio_timeout = \"5s\"\n"
+        ))
+        .expect_err("above the margin");
+        assert!(
+            matches!(&e, ConfigError::Invalid { field, .. } if *field == "volume.io_timeout"),
+            "{e}"
+        );
+        // A longer outage budget allows a longer bound.
+        NodeConfig::parse(&format!(
+            "{MIN}[lease]\noutage_budget = \"60s\"\n[volume]\nlun = \"/dev/x\"\nio_timeout = \"5s\"\n"
+        ))
+        .expect("60 s budget: margin 14 s");
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../node.example.toml");
+        NodeConfig::parse(text).expect("node.example.toml parses and validates");
+    }
+
+    #[test]
+    fn bad_values_get_typed_errors() {
+        let cases = [
+            (MIN.replace("id = 3", "id = 0"), "node.id"),
+            (MIN.replace(":7401", ":0"), "cluster.listen"),
+            (
+                MIN.replace("127.0.0.1:7401", "0.0.0.0:7401"),
+                "cluster.advertise",
+            ),
+            (MIN.replace("/var/lib/csv", "relative"), "paths.data_dir"),
+            (format!("{MIN}[raft]\ntick = \"100\"\n"), "parse"),
+            (format!("{MIN}[raft]\ntick = \"1d\"\n"), "parse"),
+            (
+                format!("{MIN}[raft]\nheartbeat_ticks = 20\n"),
+                "raft/limits",
+            ),
+            (
+                format!("{MIN}[admin]\nmax_connections = 0\n"),
+                "admin.max_connections",
+            ),
+            (format!("{MIN}[bogus]\nx = 1\n"), "parse"),
+            (
+                format!("{MIN}[raft]\ncompact_threshold = 10\nkeep_entries = 10\n"),
+                "raft/limits",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = NodeConfig::parse(&text).expect_err(want);
+            match (&e, want) {
+                (ConfigError::Parse { .. }, "parse") => {}
+                (ConfigError::Invalid { field, .. }, w) => assert_eq!(*field, w, "{e}"),
+                _ => panic!("{want}: unexpected {e}"),
+            }
+        }
+        assert_eq!("250ms".parse::<Dur>(), Ok(Dur(Duration::from_millis(250))));
+        assert_eq!("2m".parse::<Dur>(), Ok(Dur(Duration::from_secs(120))));
+        assert!("x5s".parse::<Dur>().is_err());
+    }
+}

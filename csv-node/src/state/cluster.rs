@@ -1,0 +1,75 @@
+//! The cluster state: the domains it is made of (identity and node records, the catalog
+//! with its derived indexes, the free-extent allocator with per-node reservations, the
+//! lock table, remote requests, the checkpoint record). The transitions of each domain
+//! are in their own modules (`nodes.rs`, `catalog.rs`, `lock_apply.rs`,
+//! `remote_apply.rs`, ...), the dispatch of commands and queries in `apply.rs`, the keys
+//! in `persist.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use csv_api::{NodeId, VhdId};
+use lock_manager::LockState;
+
+use super::remote::RemoteTable;
+use super::runs::RunSet;
+use super::types::*;
+
+/// The cluster state machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    pub(super) identity: Option<ClusterIdentity>,
+    pub(super) nodes: BTreeMap<NodeId, NodeInfo>,
+    pub(super) volume: Option<VolumeRecord>,
+    pub(super) vhds: BTreeMap<VhdId, VhdRecord>,
+    pub(super) next_vhd: u64,
+    pub(super) free: RunSet,
+    pub(super) reserved: BTreeMap<NodeId, RunSet>,
+    pub(super) locks: LockState,
+    pub(super) remote: RemoteTable,
+    /// Where the LUN checkpoint stands against the catalog.
+    pub(super) checkpoint: CheckpointState,
+    // Derived (rebuilt by `load`): name index, children per parent, mapped extents.
+    pub(super) names: BTreeMap<String, VhdId>,
+    pub(super) children: BTreeMap<VhdId, BTreeSet<VhdId>>,
+    pub(super) mapped: u64,
+}
+
+impl ClusterState {
+    /// An empty state (before `InitCluster`).
+    pub fn new() -> Self {
+        ClusterState {
+            next_vhd: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The cluster identity, once initialised.
+    pub fn identity(&self) -> Option<&ClusterIdentity> {
+        self.identity.as_ref()
+    }
+
+    /// Node records by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.values()
+    }
+
+    /// One node record.
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.get(&id)
+    }
+
+    /// The volume record.
+    pub fn volume(&self) -> Option<&VolumeRecord> {
+        self.volume.as_ref()
+    }
+
+    /// A VHD record.
+    pub fn vhd(&self, id: VhdId) -> Option<&VhdRecord> {
+        self.vhds.get(&id)
+    }
+
+    /// The lock table.
+    pub fn locks(&self) -> &LockState {
+        &self.locks
+    }
+}
