@@ -1,31 +1,16 @@
-//! `csvadm cluster ...` and `csvadm node ...`: cluster commands sent to a node's daemon over
-//! its admin socket (csv-api client). The socket comes from `--admin`, else `$CSV_ADMIN`,
-//! else the node config at `$CSV_CONFIG` or `/etc/csv/csv-node.toml` (`paths.admin_socket`,
-//! default `<paths.data_dir>/admin.sock`).
-//!
-//! Exit codes: 0 success; 1 local error (usage, config); 2 the cluster refused the request;
-//! 3 the daemon could not be reached; 4 unavailable or outcome unknown (no coordinator,
-//! timeout: retry later).
+//! `csvadm cluster ...`: create a cluster, show its status, move the coordinator role,
+//! through the addressed node's daemon (exit codes in `client.rs`).
 
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::Path;
 
-use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand};
-use csv_api::ErrorCode;
-use csv_api::admin::{Client, ClientError, Membership, Status};
-use serde_json::json;
+use csv_api::admin::Status;
+use serde::Serialize;
 
-/// Default node configuration read to find the admin socket.
-pub const DEFAULT_CONFIG: &str = "/etc/csv/csv-node.toml";
+use crate::client::{Failure, connect};
+use crate::output::{Output, print};
 
-/// Exit code: the cluster refused the request.
-pub const EXIT_REFUSED: u8 = 2;
-/// Exit code: the daemon could not be reached.
-pub const EXIT_UNREACHABLE: u8 = 3;
-/// Exit code: unavailable now or outcome unknown.
-pub const EXIT_UNAVAILABLE: u8 = 4;
-
-/// `csvadm cluster`.
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
     /// Print JSON instead of tables.
@@ -53,299 +38,201 @@ enum ClusterCommand {
     },
 }
 
-/// `csvadm node`.
-#[derive(Args, Debug)]
-pub struct NodeArgs {
-    /// Print JSON instead of text.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: NodeCommand,
-}
-
-#[derive(Subcommand, Debug)]
-enum NodeCommand {
-    /// Add a node (started with an empty data dir) by id and cluster address; it becomes
-    /// a voter once caught up, unless --learner.
-    Add {
-        /// New node id (never used before in this cluster).
-        id: u64,
-        /// Its cluster address (host:port, its `cluster.advertise`).
-        address: String,
-        /// Keep it a learner (replicates, does not vote).
-        #[arg(long)]
-        learner: bool,
-    },
-    /// Promote a learner to voter.
-    Promote {
-        /// Node id.
-        id: u64,
-    },
-    /// Remove a node for good (its id can never be used again).
-    Remove {
-        /// Node id.
-        id: u64,
-    },
-    /// Liveness of every node (renewal ages when asked on the coordinator) and the
-    /// addressed node's local fence.
-    Liveness,
-}
-
-/// Where the admin socket is.
-pub fn admin_socket(explicit: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p);
-    }
-    let cfg = std::env::var_os("CSV_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-    socket_from_config(&cfg)
-}
-
-fn socket_from_config(path: &Path) -> Result<PathBuf> {
-    #[derive(serde::Deserialize)]
-    struct Paths {
-        data_dir: Option<PathBuf>,
-        admin_socket: Option<PathBuf>,
-    }
-    #[derive(serde::Deserialize)]
-    struct File {
-        paths: Paths,
-    }
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "read node config {} (give --admin SOCKET, or set CSV_ADMIN or CSV_CONFIG)",
-            path.display()
-        )
-    })?;
-    let f: File =
-        toml::from_str(&text).with_context(|| format!("parse node config {}", path.display()))?;
-    f.paths
-        .admin_socket
-        .or_else(|| f.paths.data_dir.map(|d| d.join("admin.sock")))
-        .ok_or_else(|| {
-            anyhow!(
-                "{}: no paths.admin_socket or paths.data_dir",
-                path.display()
-            )
-        })
-}
-
-/// A failed cluster command: the message and the exit code.
-#[derive(Debug)]
-pub struct Failure {
-    /// Exit code.
-    pub code: u8,
-    /// What to print.
-    pub message: String,
-}
-
-pub(crate) fn failure(e: ClientError) -> Failure {
-    let code = match &e {
-        ClientError::Connect { .. } => EXIT_UNREACHABLE,
-        ClientError::Api(a) => match a.code() {
-            ErrorCode::NoLeader
-            | ErrorCode::NotLeader
-            | ErrorCode::Dropped
-            | ErrorCode::Busy
-            | ErrorCode::Timeout
-            | ErrorCode::Indeterminate
-            | ErrorCode::Stopped
-            | ErrorCode::Unavailable => EXIT_UNAVAILABLE,
-            _ => EXIT_REFUSED,
-        },
-        ClientError::Frame(_) | ClientError::Closed => EXIT_UNAVAILABLE,
-        ClientError::Protocol(_) => EXIT_REFUSED,
-    };
-    let message = match &e {
-        ClientError::Api(a) => format!("{} ({}): {}", a.code().name(), a.code, a.message),
-        other => other.to_string(),
-    };
-    Failure { code, message }
-}
-
-pub(crate) fn connect(socket: &Path) -> Result<Client, Failure> {
-    Client::connect(socket).map_err(failure)
-}
-
-fn print_membership(m: &Membership, json_out: bool) {
-    if json_out {
-        println!("{}", json!({"voters": m.voters, "learners": m.learners}));
-    } else {
-        println!("voters: {:?}  learners: {:?}", m.voters, m.learners);
-    }
-}
-
-/// Runs `csvadm cluster ...`.
-pub fn run_cluster(socket: &Path, args: ClusterArgs, json_top: bool) -> Result<(), Failure> {
-    let json_out = args.json || json_top;
+/// Runs `csvadm cluster ...`; `json` is the top-level `--json`.
+pub fn run(socket: &Path, args: ClusterArgs, json: bool) -> Result<(), Failure> {
+    let out = Output::json_if(args.json || json);
     let mut c = connect(socket)?;
     match args.command {
         ClusterCommand::Init { name } => {
-            let r = c.cluster_init(&name).map_err(failure)?;
-            if json_out {
-                println!(
-                    "{}",
-                    json!({"cluster_id": r.cluster_id, "node_id": r.node_id})
-                );
-            } else {
-                println!(
-                    "cluster {} created; node {} is its coordinator",
-                    r.cluster_id, r.node_id
-                );
-            }
+            let r = c.cluster_init(&name)?;
+            let view = InitView {
+                cluster_id: r.cluster_id,
+                node_id: r.node_id,
+            };
+            print(&view, out)?;
         }
-        ClusterCommand::Status => {
-            let s = c.status().map_err(failure)?;
-            if json_out {
-                println!("{}", status_json(&s));
-            } else {
-                print!("{}", status_table(&s));
-            }
-        }
+        ClusterCommand::Status => print(&StatusView::from(&c.status()?), out)?,
         ClusterCommand::TransferLeader { to } => {
-            c.leader_transfer(to).map_err(failure)?;
-            if json_out {
-                println!("{}", json!({"coordinator": to}));
-            } else {
-                println!("node {to} is the coordinator");
+            c.leader_transfer(to)?;
+            print(&TransferView { coordinator: to }, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// `cluster init`: the new cluster and its first node.
+#[derive(Debug, Serialize)]
+pub struct InitView {
+    pub cluster_id: String,
+    pub node_id: u64,
+}
+
+impl fmt::Display for InitView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cluster {} created; node {} is its coordinator",
+            self.cluster_id, self.node_id
+        )
+    }
+}
+
+/// `cluster transfer-leader`: the new coordinator.
+#[derive(Debug, Serialize)]
+pub struct TransferView {
+    pub coordinator: u64,
+}
+
+impl fmt::Display for TransferView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {} is the coordinator", self.coordinator)
+    }
+}
+
+/// `cluster status`: the cluster as the asked node sees it.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    /// The asked node.
+    pub node_id: u64,
+    /// `member`, `uninitialized`, ...
+    pub node_state: String,
+    pub cluster_id: String,
+    pub cluster_name: String,
+    /// The asked node's raft role.
+    pub role: String,
+    /// `None` while no coordinator is known (election, no quorum).
+    pub coordinator: Option<u64>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    /// Whether match indexes and lags are known (only the coordinator knows them).
+    pub progress_known: bool,
+    /// Hash of the applied state, 16 hex digits.
+    pub state_hash: String,
+    pub members: Vec<MemberView>,
+}
+
+/// A member in [`StatusView`].
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub id: u64,
+    pub address: String,
+    pub role: String,
+    pub state: String,
+    pub health: String,
+    pub coordinator: bool,
+    /// `None` when progress is not known.
+    pub match_index: Option<u64>,
+    /// `None` when progress is not known.
+    pub lag: Option<u64>,
+}
+
+impl From<&Status> for StatusView {
+    fn from(s: &Status) -> StatusView {
+        let known = |v: u64| s.progress_known.then_some(v);
+        StatusView {
+            node_id: s.node_id,
+            node_state: s.node_state.clone(),
+            cluster_id: s.cluster_id.clone(),
+            cluster_name: s.cluster_name.clone(),
+            role: s.role.clone(),
+            coordinator: (s.coordinator != 0).then_some(s.coordinator),
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            first_index: s.first_index,
+            last_index: s.last_index,
+            progress_known: s.progress_known,
+            state_hash: format!("{:016x}", s.state_hash),
+            members: s
+                .members
+                .iter()
+                .map(|m| MemberView {
+                    id: m.id,
+                    address: m.address.clone(),
+                    role: m.role.clone(),
+                    state: m.state.clone(),
+                    health: m.health.clone(),
+                    coordinator: m.coordinator,
+                    match_index: known(m.match_index),
+                    lag: known(m.lag),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for StatusView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut lines = Vec::new();
+        if self.node_state != "member" {
+            lines.push(format!("node {}: {}", self.node_id, self.node_state));
+            if self.node_state == "uninitialized" {
+                lines.push(format!(
+                    "run `csvadm cluster init` here, or `csvadm node add {} ADDRESS` on a member",
+                    self.node_id
+                ));
             }
+            return f.write_str(&lines.join("\n"));
         }
-    }
-    Ok(())
-}
-
-/// Runs `csvadm node ...`.
-pub fn run_node(socket: &Path, args: NodeArgs, json_top: bool) -> Result<(), Failure> {
-    let json_out = args.json || json_top;
-    let mut c = connect(socket)?;
-    let m = match args.command {
-        NodeCommand::Add {
-            id,
-            address,
-            learner,
-        } => c.node_add(id, &address, learner),
-        NodeCommand::Promote { id } => c.node_promote(id),
-        NodeCommand::Remove { id } => c.node_remove(id),
-        NodeCommand::Liveness => return crate::owner::run_liveness(&mut c, json_out),
-    }
-    .map_err(failure)?;
-    print_membership(&m, json_out);
-    Ok(())
-}
-
-/// The `--json` form of a status.
-pub fn status_json(s: &Status) -> serde_json::Value {
-    json!({
-        "node_id": s.node_id,
-        "node_state": s.node_state,
-        "cluster_id": s.cluster_id,
-        "cluster_name": s.cluster_name,
-        "role": s.role,
-        "coordinator": if s.coordinator == 0 { serde_json::Value::Null } else { json!(s.coordinator) },
-        "term": s.term,
-        "commit_index": s.commit_index,
-        "applied_index": s.applied_index,
-        "first_index": s.first_index,
-        "last_index": s.last_index,
-        "progress_known": s.progress_known,
-        "state_hash": format!("{:016x}", s.state_hash),
-        "members": s.members.iter().map(|m| json!({
-            "id": m.id,
-            "address": m.address,
-            "role": m.role,
-            "state": m.state,
-            "health": m.health,
-            "coordinator": m.coordinator,
-            "match_index": if s.progress_known { json!(m.match_index) } else { serde_json::Value::Null },
-            "lag": if s.progress_known { json!(m.lag) } else { serde_json::Value::Null },
-        })).collect::<Vec<_>>(),
-    })
-}
-
-/// The readable form of a status.
-pub fn status_table(s: &Status) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    if s.node_state != "member" {
-        let _ = writeln!(o, "node {}: {}", s.node_id, s.node_state);
-        if s.node_state == "uninitialized" {
-            let _ = writeln!(
-                o,
-                "run `csvadm cluster init` here, or `csvadm node add {} ADDRESS` on a member",
-                s.node_id
-            );
-        }
-        return o;
-    }
-    let coord = if s.coordinator == 0 {
-        "none (election in progress or no quorum)".to_string()
-    } else {
-        format!("node {}", s.coordinator)
-    };
-    let _ = writeln!(o, "cluster      {} ({})", s.cluster_name, s.cluster_id);
-    let _ = writeln!(o, "coordinator  {coord}");
-    let _ = writeln!(o, "term         {}", s.term);
-    let _ = writeln!(
-        o,
-        "asked        node {} ({}): commit {}, applied {}, log {}..{}",
-        s.node_id, s.role, s.commit_index, s.applied_index, s.first_index, s.last_index
-    );
-    let _ = writeln!(o);
-    let _ = writeln!(
-        o,
-        "{:<6} {:<22} {:<8} {:<8} {:<7} {:>10} {:>8}",
-        "ID", "ADDRESS", "ROLE", "STATE", "HEALTH", "MATCH", "LAG"
-    );
-    for m in &s.members {
-        let (mi, lag) = if s.progress_known {
-            (m.match_index.to_string(), m.lag.to_string())
-        } else {
-            ("-".into(), "-".into())
+        let coordinator = match self.coordinator {
+            None => "none (election in progress or no quorum)".to_string(),
+            Some(n) => format!("node {n}"),
         };
-        let id = format!("{}{}", m.id, if m.coordinator { "*" } else { "" });
-        let _ = writeln!(
-            o,
+        lines.push(format!(
+            "cluster      {} ({})",
+            self.cluster_name, self.cluster_id
+        ));
+        lines.push(format!("coordinator  {coordinator}"));
+        lines.push(format!("term         {}", self.term));
+        lines.push(format!(
+            "asked        node {} ({}): commit {}, applied {}, log {}..{}",
+            self.node_id,
+            self.role,
+            self.commit_index,
+            self.applied_index,
+            self.first_index,
+            self.last_index
+        ));
+        lines.push(String::new());
+        lines.push(format!(
             "{:<6} {:<22} {:<8} {:<8} {:<7} {:>10} {:>8}",
-            id, m.address, m.role, m.state, m.health, mi, lag
-        );
+            "ID", "ADDRESS", "ROLE", "STATE", "HEALTH", "MATCH", "LAG"
+        ));
+        let or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        for m in &self.members {
+            let id = format!("{}{}", m.id, if m.coordinator { "*" } else { "" });
+            lines.push(format!(
+                "{:<6} {:<22} {:<8} {:<8} {:<7} {:>10} {:>8}",
+                id,
+                m.address,
+                m.role,
+                m.state,
+                m.health,
+                or_dash(m.match_index),
+                or_dash(m.lag)
+            ));
+        }
+        if let (false, Some(c)) = (self.progress_known, self.coordinator) {
+            lines.push(String::new());
+            lines.push(format!(
+                "(* coordinator; match index and lag are known only to the coordinator: ask node {c})"
+            ));
+        }
+        f.write_str(&lines.join("\n"))
     }
-    if !s.progress_known && s.coordinator != 0 {
-        let _ = writeln!(
-            o,
-            "\n(* coordinator; match index and lag are known only to the coordinator: ask node {})",
-            s.coordinator
-        );
-    }
-    o
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::to_json;
     use csv_api::admin::Member;
 
-    #[test]
-    fn socket_from_config_file() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = d.path().join("n.toml");
-        std::fs::write(&p, "[node]\nid=1\n[paths]\ndata_dir = \"/d\"\n").expect("write");
-        assert_eq!(
-            socket_from_config(&p).expect("ok"),
-            PathBuf::from("/d/admin.sock")
-        );
-        std::fs::write(&p, "[paths]\ndata_dir = \"/d\"\nadmin_socket = \"/s\"\n").expect("write");
-        assert_eq!(socket_from_config(&p).expect("ok"), PathBuf::from("/s"));
-        assert!(socket_from_config(&d.path().join("none")).is_err());
-        assert_eq!(
-            admin_socket(Some(PathBuf::from("/x"))).expect("explicit"),
-            PathBuf::from("/x")
-        );
-    }
-
-    #[test]
-    fn status_renders() {
-        let s = Status {
+    fn status(progress_known: bool) -> Status {
+        Status {
             node_id: 1,
             node_state: "member".into(),
             cluster_id: "c".into(),
@@ -353,8 +240,12 @@ mod tests {
             role: "leader".into(),
             coordinator: 1,
             term: 3,
+            commit_index: 9,
             applied_index: 9,
-            progress_known: true,
+            first_index: 1,
+            last_index: 9,
+            progress_known,
+            state_hash: 0xabc,
             members: vec![Member {
                 id: 1,
                 address: "a:1".into(),
@@ -366,16 +257,52 @@ mod tests {
                 coordinator: true,
             }],
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_text() {
+        let table = StatusView::from(&status(true)).to_string();
+        assert_eq!(
+            table,
+            "cluster      n (c)\n\
+             coordinator  node 1\n\
+             term         3\n\
+             asked        node 1 (leader): commit 9, applied 9, log 1..9\n\
+             \n\
+             ID     ADDRESS                ROLE     STATE    HEALTH       MATCH      LAG\n\
+             1*     a:1                    voter    active   up               9        0"
+        );
+        let follower = StatusView::from(&status(false)).to_string();
+        assert!(follower.contains("up               -        -\n\n(* coordinator;"));
+        let fresh = Status {
+            node_id: 4,
+            node_state: "uninitialized".into(),
+            ..Default::default()
         };
-        let j = status_json(&s);
-        assert_eq!(j["coordinator"], 1);
-        assert_eq!(j["members"][0]["state"], "active");
-        assert!(status_table(&s).contains("1*"));
-        let f = failure(ClientError::Api(csv_api::error::ApiError::new(
-            ErrorCode::NoLeader,
-            "x",
-        )));
-        assert_eq!(f.code, EXIT_UNAVAILABLE);
-        assert_eq!(f.message, "no_leader (1): x");
+        assert_eq!(
+            StatusView::from(&fresh).to_string(),
+            "node 4: uninitialized\n\
+             run `csvadm cluster init` here, or `csvadm node add 4 ADDRESS` on a member"
+        );
+    }
+
+    #[test]
+    fn status_json() {
+        let j = to_json(&StatusView::from(&status(false)), false).expect("json");
+        assert_eq!(
+            j,
+            r#"{"applied_index":9,"cluster_id":"c","cluster_name":"n","commit_index":9,"coordinator":1,"first_index":1,"last_index":9,"members":[{"address":"a:1","coordinator":true,"health":"up","id":1,"lag":null,"match_index":null,"role":"voter","state":"active"}],"node_id":1,"node_state":"member","progress_known":false,"role":"leader","state_hash":"0000000000000abc","term":3}"#
+        );
+        let no_coordinator = Status {
+            coordinator: 0,
+            ..status(true)
+        };
+        let v: serde_json::Value = serde_json::from_str(
+            &to_json(&StatusView::from(&no_coordinator), false).expect("json"),
+        )
+        .expect("parse");
+        assert!(v["coordinator"].is_null());
+        assert_eq!(v["members"][0]["lag"], 0);
     }
 }

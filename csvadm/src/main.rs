@@ -1,9 +1,18 @@
 //! `csvadm`: the csv administration tool. `csvadm image ...` works offline on local VHD
-//! files (as `qemu-img` works); `csvadm cluster ...` and `csvadm node ...` talk to a node's
-//! daemon over its admin socket (`cluster.rs`, which documents the exit codes).
+//! files (as `qemu-img` works); the other commands talk to a node's daemon over its admin
+//! socket (`client.rs`, which documents the exit codes).
+//!
+//! One module per noun of the command line; each builds views of its results that
+//! `output.rs` prints as text or JSON. Views shared by two nouns have their own modules
+//! (`attachment.rs`, `fence.rs`).
 
+mod attachment;
+mod client;
 mod cluster;
+mod fence;
 mod image;
+mod node;
+mod output;
 mod owner;
 mod progress;
 mod remote_progress;
@@ -11,8 +20,10 @@ mod size;
 mod vhd;
 mod volume;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,7 +35,7 @@ struct Cli {
     /// Admin socket of the node to talk to (default: $CSV_ADMIN, else the admin_socket of
     /// the node config at $CSV_CONFIG or /etc/csv/csv-node.toml).
     #[arg(long, global = true, env = "CSV_ADMIN", value_name = "SOCKET")]
-    admin: Option<std::path::PathBuf>,
+    admin: Option<PathBuf>,
     /// Print JSON (cluster and node commands).
     #[arg(long)]
     json: bool,
@@ -40,7 +51,7 @@ enum Command {
     /// Create a cluster, show its status, move the coordinator role.
     Cluster(cluster::ClusterArgs),
     /// Add, promote and remove nodes; node liveness.
-    Node(cluster::NodeArgs),
+    Node(node::NodeArgs),
     /// VHD ownership: list, show, move, acquire, release.
     Owner(owner::OwnerArgs),
     /// Format the cluster volume on the shared LUN; its status.
@@ -51,36 +62,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.json;
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd),
-        Command::Cluster(args) => {
-            cluster_command(cli.admin, |s| cluster::run_cluster(s, args, cli.json))
-        }
-        Command::Node(args) => cluster_command(cli.admin, |s| cluster::run_node(s, args, cli.json)),
-        Command::Owner(args) => cluster_command(cli.admin, |s| owner::run_owner(s, args, cli.json)),
-        Command::Volume(args) => cluster_command(cli.admin, |s| volume::run(s, args, cli.json)),
-        Command::Vhd(args) => cluster_command(cli.admin, |s| vhd::run(s, args, cli.json)),
+        Command::Cluster(args) => client::run(cli.admin, |s| cluster::run(s, args, json)),
+        Command::Node(args) => client::run(cli.admin, |s| node::run(s, args, json)),
+        Command::Owner(args) => client::run(cli.admin, |s| owner::run(s, args, json)),
+        Command::Volume(args) => client::run(cli.admin, |s| volume::run(s, args, json)),
+        Command::Vhd(args) => client::run(cli.admin, |s| vhd::run(s, args, json)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("csvadm: error: {e:#}");
             ExitCode::from(1)
-        }
-    }
-}
-
-/// Runs a command against the admin socket, mapping its failure to an exit code.
-fn cluster_command(
-    admin: Option<std::path::PathBuf>,
-    f: impl FnOnce(&std::path::Path) -> Result<(), cluster::Failure>,
-) -> anyhow::Result<u8> {
-    let socket = cluster::admin_socket(admin)?;
-    match f(&socket) {
-        Ok(()) => Ok(0),
-        Err(e) => {
-            eprintln!("csvadm: error: {}", e.message);
-            Ok(e.code)
         }
     }
 }

@@ -1,16 +1,17 @@
-//! `csvadm owner ...` and `csvadm node liveness`: VHD ownership (who writes, generation,
-//! readers, the asked node's local fence) and node liveness, over the admin socket. Exit
-//! codes as in `cluster.rs`.
+//! `csvadm owner ...`: VHD ownership (who writes, generation, readers, the asked node's
+//! local fence) through the addressed node's daemon (exit codes in `client.rs`).
 
+use std::fmt;
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use csv_api::admin::{Client, LivenessInfo, LocalFence, OwnerInfo, vhd_ref};
-use serde_json::{Value, json};
+use csv_api::admin::{HoldInfo, OwnerInfo, vhd_ref};
+use serde::Serialize;
 
-use crate::cluster::{Failure, failure};
+use crate::client::{Failure, connect};
+use crate::fence::FenceView;
+use crate::output::{Output, print};
 
-/// `csvadm owner`.
 #[derive(Args, Debug)]
 pub struct OwnerArgs {
     /// Print JSON instead of text.
@@ -56,110 +57,20 @@ enum OwnerCommand {
     },
 }
 
-fn connect(socket: &Path) -> Result<Client, Failure> {
-    Client::connect(socket).map_err(failure)
-}
-
-fn fence_json(f: &LocalFence) -> Value {
-    json!({
-        "node": f.node,
-        "epoch": f.epoch,
-        "lease_valid": f.lease_valid,
-        "remaining_ms": f.remaining_ms,
-        "write_open": f.write_open,
-        "denied": f.denied,
-        "holds": f.holds.iter().map(|h| json!({
-            "vhd": h.vhd, "mode": h.mode, "generation": h.generation,
-            "epoch": h.epoch, "handing_off": h.handing_off,
-        })).collect::<Vec<_>>(),
-        "lost": f.lost.iter().map(|h| json!({
-            "vhd": h.vhd, "mode": h.mode, "generation": h.generation,
-            "old_epoch": h.old_epoch, "new_epoch": h.new_epoch, "at_unix_ms": h.at_unix_ms,
-        })).collect::<Vec<_>>(),
-        "lapses": f.lapses,
-        "last_lapse_unix_ms": f.last_lapse_unix_ms,
-        "last_reopen_unix_ms": f.last_reopen_unix_ms,
-    })
-}
-
-fn owner_json(o: &OwnerInfo) -> Value {
-    let mut v = json!({
-        "vhd": o.vhd,
-        "name": o.name,
-        "owner": if o.owner == 0 { Value::Null } else { json!(o.owner) },
-        "owner_epoch": if o.owner == 0 { Value::Null } else { json!(o.owner_epoch) },
-        "owner_valid": o.owner_valid,
-        "generation": o.generation,
-        "readers": o.readers.iter().map(|r| json!({
-            "node": r.node, "epoch": r.epoch, "mode": r.mode, "generation": r.generation,
-        })).collect::<Vec<_>>(),
-    });
-    if let Some(f) = &o.local_fence {
-        v["local_fence"] = fence_json(f);
-    }
-    v
-}
-
-fn owner_text(o: &OwnerInfo) -> String {
-    let who = match (o.owner, o.owner_valid) {
-        (0, _) => "none".to_string(),
-        (n, true) => format!("node {n} (epoch {})", o.owner_epoch),
-        (n, false) => format!("node {n} EXPIRED (epoch {}): takeover-able", o.owner_epoch),
-    };
-    let readers: Vec<String> = o
-        .readers
-        .iter()
-        .map(|r| format!("node {} ({})", r.node, r.mode))
-        .collect();
-    let mut s = format!(
-        "vhd {} {:?}: owner {who}, generation {}, readers [{}]",
-        o.vhd,
-        o.name,
-        o.generation,
-        readers.join(", ")
-    );
-    if let Some(f) = &o.local_fence {
-        s.push_str(&format!(
-            "\nlocal fence (node {}): write {}{}; lease {} ({} ms left); {} holds lost",
-            f.node,
-            if f.write_open { "open" } else { "closed" },
-            if f.denied.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", f.denied)
-            },
-            if f.lease_valid { "valid" } else { "lapsed" },
-            f.remaining_ms,
-            f.lost.len()
-        ));
-    }
-    s
-}
-
-/// Runs `csvadm owner ...`.
-pub fn run_owner(socket: &Path, args: OwnerArgs, json_top: bool) -> Result<(), Failure> {
-    let json_out = args.json || json_top;
+/// Runs `csvadm owner ...`; `json` is the top-level `--json`.
+pub fn run(socket: &Path, args: OwnerArgs, json: bool) -> Result<(), Failure> {
+    let out = Output::json_if(args.json || json);
     let mut c = connect(socket)?;
     match args.command {
         OwnerCommand::List => {
-            let l = c.owner_list().map_err(failure)?;
-            if json_out {
-                println!("{}", Value::Array(l.iter().map(owner_json).collect()));
-            } else if l.is_empty() {
-                println!("no VHD is held");
-            } else {
-                for o in &l {
-                    println!("{}", owner_text(o));
-                }
-            }
+            let owners = c.owner_list()?.iter().map(OwnerView::from).collect();
+            print(&OwnerListView { owners }, out)?;
         }
         OwnerCommand::Show { vhd } => {
-            let o = c.owner_show(vhd_ref(&vhd)).map_err(failure)?;
-            print_owner(&o, json_out);
+            print(&OwnerView::from(&c.owner_show(vhd_ref(&vhd))?), out)?;
         }
         OwnerCommand::Move { vhd, to } => {
-            let o = c.owner_move(vhd_ref(&vhd), to).map_err(failure)?;
-            print_owner(&o, json_out);
+            print(&OwnerView::from(&c.owner_move(vhd_ref(&vhd), to)?), out)?;
         }
         OwnerCommand::Acquire {
             vhd,
@@ -171,101 +82,257 @@ pub fn run_owner(socket: &Path, args: OwnerArgs, json_top: bool) -> Result<(), F
                 (_, true) => "read_deny_write",
                 _ => "write",
             };
-            let h = c.owner_acquire(vhd_ref(&vhd), mode).map_err(failure)?;
-            if json_out {
-                println!(
-                    "{}",
-                    json!({"vhd": h.vhd, "node": h.node, "mode": h.mode,
-                           "generation": h.generation, "fence_open": h.fence_open})
-                );
-            } else {
-                println!(
-                    "vhd {} held by node {} ({}) at generation {}; fence {}",
-                    h.vhd,
-                    h.node,
-                    h.mode,
-                    h.generation,
-                    if h.fence_open { "open" } else { "not open yet" }
-                );
-            }
+            let hold = c.owner_acquire(vhd_ref(&vhd), mode)?;
+            print(&HoldView::from(&hold), out)?;
         }
         OwnerCommand::Release { vhd } => {
-            let o = c.owner_release(vhd_ref(&vhd)).map_err(failure)?;
-            print_owner(&o, json_out);
+            print(&OwnerView::from(&c.owner_release(vhd_ref(&vhd))?), out)?;
         }
     }
     Ok(())
 }
 
-fn print_owner(o: &OwnerInfo, json_out: bool) {
-    if json_out {
-        println!("{}", owner_json(o));
-    } else {
-        println!("{}", owner_text(o));
-    }
+/// One VHD's ownership: `owner show|move|release`, and each entry of `owner list`.
+#[derive(Debug, Serialize)]
+pub struct OwnerView {
+    pub vhd: u64,
+    pub name: String,
+    /// The writer, `None` when nobody writes.
+    pub owner: Option<u64>,
+    /// The writer's epoch, `None` when nobody writes.
+    pub owner_epoch: Option<u64>,
+    /// Whether the writer's epoch is live (an expired owner can be taken over).
+    pub owner_valid: bool,
+    pub generation: u64,
+    pub readers: Vec<ReaderView>,
+    /// The asked node's fence, when it reports one (key left out otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_fence: Option<FenceView>,
 }
 
-/// `csvadm node liveness` as JSON.
-pub fn liveness_json(l: &LivenessInfo) -> Value {
-    json!({
-        "node_id": l.node_id,
-        "coordinator": l.coordinator,
-        "timing_ms": {
-            "outage_budget": l.timing_ms.first(),
-            "lease": l.timing_ms.get(1),
-            "node_lease": l.timing_ms.get(2),
-            "expiry_wait": l.timing_ms.get(3),
-        },
-        "nodes": l.nodes.iter().map(|n| json!({
-            "node": n.node, "epoch": n.epoch, "status": n.status, "renewals": n.renewals,
-            "tracked": n.tracked,
-            "since_renewal_ms": if n.tracked { json!(n.since_renewal_ms) } else { Value::Null },
-            "expires_in_ms": if n.tracked { json!(n.expires_in_ms) } else { Value::Null },
-        })).collect::<Vec<_>>(),
-        "local_fence": l.local_fence.as_ref().map(fence_json),
-    })
+/// A reader in [`OwnerView`].
+#[derive(Debug, Serialize)]
+pub struct ReaderView {
+    pub node: u64,
+    pub epoch: u64,
+    pub mode: String,
+    pub generation: u64,
 }
 
-/// Runs `csvadm node liveness`.
-pub fn run_liveness(c: &mut Client, json_out: bool) -> Result<(), Failure> {
-    let l = c.node_liveness().map_err(failure)?;
-    if json_out {
-        println!("{}", liveness_json(&l));
-        return Ok(());
-    }
-    println!(
-        "asked node {}{}",
-        l.node_id,
-        if l.coordinator {
-            " (coordinator: ages are its own)"
-        } else {
-            " (not the coordinator: ask it for renewal ages)"
+impl From<&OwnerInfo> for OwnerView {
+    fn from(o: &OwnerInfo) -> OwnerView {
+        let writer = o.owner != 0;
+        OwnerView {
+            vhd: o.vhd,
+            name: o.name.clone(),
+            owner: writer.then_some(o.owner),
+            owner_epoch: writer.then_some(o.owner_epoch),
+            owner_valid: o.owner_valid,
+            generation: o.generation,
+            readers: o
+                .readers
+                .iter()
+                .map(|r| ReaderView {
+                    node: r.node,
+                    epoch: r.epoch,
+                    mode: r.mode.clone(),
+                    generation: r.generation,
+                })
+                .collect(),
+            local_fence: o.local_fence.as_ref().map(FenceView::from),
         }
-    );
-    println!("NODE  EPOCH  STATUS   RENEWALS  SINCE_RENEWAL  EXPIRES_IN");
-    for n in &l.nodes {
-        let (since, exp) = if n.tracked {
-            (
-                format!("{} ms", n.since_renewal_ms),
-                format!("{} ms", n.expires_in_ms),
-            )
-        } else {
-            ("-".into(), "-".into())
+    }
+}
+
+impl fmt::Display for OwnerView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let epoch = self.owner_epoch.unwrap_or_default();
+        let who = match (self.owner, self.owner_valid) {
+            (None, _) => "none".to_string(),
+            (Some(n), true) => format!("node {n} (epoch {epoch})"),
+            (Some(n), false) => format!("node {n} EXPIRED (epoch {epoch}): takeover-able"),
         };
-        println!(
-            "{:<5} {:<6} {:<8} {:<9} {:<14} {}",
-            n.node, n.epoch, n.status, n.renewals, since, exp
+        let readers: Vec<String> = self
+            .readers
+            .iter()
+            .map(|r| format!("node {} ({})", r.node, r.mode))
+            .collect();
+        write!(
+            f,
+            "vhd {} {:?}: owner {who}, generation {}, readers [{}]",
+            self.vhd,
+            self.name,
+            self.generation,
+            readers.join(", ")
+        )?;
+        if let Some(fence) = &self.local_fence {
+            let denied = if fence.denied.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", fence.denied)
+            };
+            write!(
+                f,
+                "\nlocal fence (node {}): write {}{denied}; lease {} ({} ms left); {} holds lost",
+                fence.node,
+                if fence.write_open { "open" } else { "closed" },
+                fence.lease(),
+                fence.remaining_ms,
+                fence.lost.len()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `owner list`: every held VHD (a JSON array).
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct OwnerListView {
+    pub owners: Vec<OwnerView>,
+}
+
+impl fmt::Display for OwnerListView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.owners.is_empty() {
+            return f.write_str("no VHD is held");
+        }
+        for (i, o) in self.owners.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{o}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `owner acquire`: the hold taken.
+#[derive(Debug, Serialize)]
+pub struct HoldView {
+    pub vhd: u64,
+    pub node: u64,
+    /// `write`, `read` or `read_deny_write`.
+    pub mode: String,
+    pub generation: u64,
+    /// Whether the node's fence already lets I/O at this generation through.
+    pub fence_open: bool,
+}
+
+impl From<&HoldInfo> for HoldView {
+    fn from(h: &HoldInfo) -> HoldView {
+        HoldView {
+            vhd: h.vhd,
+            node: h.node,
+            mode: h.mode.clone(),
+            generation: h.generation,
+            fence_open: h.fence_open,
+        }
+    }
+}
+
+impl fmt::Display for HoldView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "vhd {} held by node {} ({}) at generation {}; fence {}",
+            self.vhd,
+            self.node,
+            self.mode,
+            self.generation,
+            if self.fence_open {
+                "open"
+            } else {
+                "not open yet"
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::to_json;
+    use csv_api::admin::{LocalFence, ReaderInfo};
+
+    fn info(owner: u64, fence: bool) -> OwnerInfo {
+        OwnerInfo {
+            vhd: 7,
+            name: "a".into(),
+            owner,
+            owner_epoch: 4,
+            owner_valid: false,
+            generation: 3,
+            readers: vec![ReaderInfo {
+                node: 2,
+                epoch: 5,
+                mode: "read".into(),
+                generation: 3,
+            }],
+            local_fence: fence.then(|| LocalFence {
+                node: 1,
+                remaining_ms: 20,
+                denied: "stale".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn owner_text() {
+        assert_eq!(
+            OwnerView::from(&info(1, true)).to_string(),
+            "vhd 7 \"a\": owner node 1 EXPIRED (epoch 4): takeover-able, generation 3, readers [node 2 (read)]\n\
+             local fence (node 1): write closed (stale); lease lapsed (20 ms left); 0 holds lost"
+        );
+        let none = OwnerListView { owners: vec![] };
+        assert_eq!(none.to_string(), "no VHD is held");
+        let two = OwnerListView {
+            owners: vec![
+                OwnerView::from(&info(0, false)),
+                OwnerView::from(&info(0, false)),
+            ],
+        };
+        let line = "vhd 7 \"a\": owner none, generation 3, readers [node 2 (read)]";
+        assert_eq!(two.to_string(), format!("{line}\n{line}"));
+    }
+
+    #[test]
+    fn owner_json() {
+        assert_eq!(
+            to_json(
+                &OwnerListView {
+                    owners: vec![OwnerView::from(&info(0, false))]
+                },
+                false
+            )
+            .expect("json"),
+            r#"[{"generation":3,"name":"a","owner":null,"owner_epoch":null,"owner_valid":false,"readers":[{"epoch":5,"generation":3,"mode":"read","node":2}],"vhd":7}]"#
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&to_json(&OwnerView::from(&info(1, true)), false).expect("json"))
+                .expect("parse");
+        assert_eq!(v["local_fence"]["denied"], "stale");
+        assert_eq!(v["local_fence"]["holds"], serde_json::json!([]));
+        assert_eq!(v["owner_epoch"], 4);
+    }
+
+    #[test]
+    fn hold_text_and_json() {
+        let h = HoldView::from(&HoldInfo {
+            vhd: 7,
+            node: 1,
+            mode: "read".into(),
+            generation: 4,
+            fence_open: false,
+        });
+        assert_eq!(
+            h.to_string(),
+            "vhd 7 held by node 1 (read) at generation 4; fence not open yet"
+        );
+        assert_eq!(
+            to_json(&h, false).expect("json"),
+            r#"{"fence_open":false,"generation":4,"mode":"read","node":1,"vhd":7}"#
         );
     }
-    if let Some(f) = &l.local_fence {
-        println!(
-            "local fence: lease {} ({} ms left), {} holds, {} lost, {} lapses",
-            if f.lease_valid { "valid" } else { "lapsed" },
-            f.remaining_ms,
-            f.holds.len(),
-            f.lost.len(),
-            f.lapses
-        );
-    }
-    Ok(())
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use csv_api::admin::volume::OperationProgress;
 use csv_api::admin::{Client, Request, Response};
 
-use crate::cluster::{Failure, failure};
+use crate::client::{Failure, failure};
 use crate::progress::Bar;
 
 /// Bound on a long operation's answer (a large import runs for hours).

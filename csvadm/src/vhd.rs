@@ -2,23 +2,26 @@
 //! list, info, delete, attach and detach (the export is served by the node that attaches:
 //! the addressed one, or the one `--node` names, asked through the cluster's log),
 //! import and export of local files (paths on the node's host), expand, compact and merge
-//! (long operations draw a progress bar on a terminal: `remote_progress.rs`).
+//! (long operations draw a progress bar on a terminal: `remote_progress.rs`). Exit codes
+//! in `client.rs`.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use csv_api::admin::volume::{
-    Attachment, VhdAttach, VhdDetach, VhdExport, VhdImport, VhdMaintain, VhdMerge, VhdNew,
+    VhdAttach, VhdDetach, VhdExport, VhdImport, VhdMaintain, VhdMerge, VhdNew,
 };
-use csv_api::admin::{Request, Response, Vhd, VhdKind, VhdList, VhdRef, VhdState};
-use serde_json::json;
+use csv_api::admin::{Client, Request, Response, Vhd, VhdKind, VhdList, VhdRef, VhdState};
+use serde::Serialize;
 
-use crate::cluster::{EXIT_REFUSED, Failure, connect, failure};
+use crate::attachment::AttachmentView;
+use crate::client::{Failure, connect, unexpected};
+use crate::output::{Output, print};
 use crate::remote_progress::{call_with_progress, new_op_id};
 use crate::size::parse_size;
-use crate::volume::unexpected;
 
-/// `csvadm vhd`.
 #[derive(Args, Debug)]
 pub struct VhdArgs {
     /// Print JSON.
@@ -120,6 +123,184 @@ enum VhdCommand {
     },
 }
 
+/// Runs `csvadm vhd ...`; `json` is the top-level `--json`.
+pub fn run(socket: &Path, args: VhdArgs, json: bool) -> Result<(), Failure> {
+    let out = Output::json_if(args.json || json);
+    let mut c = connect(socket)?;
+    match args.command {
+        VhdCommand::Create {
+            name,
+            size,
+            kind,
+            parent,
+        } => {
+            let kind = match kind {
+                TypeArg::Fixed => VhdKind::Fixed,
+                TypeArg::Dynamic => VhdKind::Dynamic,
+            };
+            let v = expect_vhd(c.call(Request::VhdNew(VhdNew {
+                name,
+                kind: kind as i32,
+                size: size.unwrap_or(0),
+                parent: parent.unwrap_or_default(),
+            }))?)?;
+            print(&VhdView::new(&v, &no_names), out)?;
+        }
+        VhdCommand::List => print(&list(&mut c)?, out)?,
+        VhdCommand::Info { name } => {
+            let v = expect_vhd(c.call(Request::VhdGet(VhdRef { id: 0, name }))?)?;
+            print(&VhdView::new(&v, &no_names), out)?;
+        }
+        VhdCommand::Delete { name } => {
+            let v = expect_vhd(c.call(Request::VhdDelete(VhdRef { id: 0, name }))?)?;
+            let vhd = VhdView::new(&v, &no_names);
+            print(&DeletedView { vhd }, out)?;
+        }
+        VhdCommand::Attach {
+            name,
+            node,
+            read_only,
+        } => {
+            let request = Request::VhdAttach(VhdAttach {
+                name,
+                node: node.unwrap_or(0),
+                read_only,
+            });
+            match c.call(request)? {
+                Response::Attachment(a) => print(&AttachmentView::from(&a), out)?,
+                other => return Err(unexpected(&other)),
+            }
+        }
+        VhdCommand::Detach { name, node } => {
+            let request = Request::VhdDetach(VhdDetach {
+                name: name.clone(),
+                node: node.unwrap_or(0),
+            });
+            match c.call(request)? {
+                Response::Done(_) => print(&DetachedView { detached: name }, out)?,
+                other => return Err(unexpected(&other)),
+            }
+        }
+        VhdCommand::Import { file, name } => {
+            let path = local_path(&file)?;
+            let op_id = new_op_id();
+            let what = format!("import {name}");
+            let request = Request::VhdImport(VhdImport { path, name, op_id });
+            let v = expect_vhd(call_with_progress(socket, &mut c, &what, op_id, request)?)?;
+            print(&VhdView::new(&v, &no_names), out)?;
+        }
+        VhdCommand::Expand { name, size } => {
+            let v = expect_vhd(c.call(Request::VhdMaintain(VhdMaintain {
+                name,
+                size,
+                op_id: 0,
+            }))?)?;
+            print(&VhdView::new(&v, &no_names), out)?;
+        }
+        VhdCommand::Compact { name } => {
+            let op_id = new_op_id();
+            let what = format!("compact {name}");
+            let request = Request::VhdMaintain(VhdMaintain {
+                name,
+                size: 0,
+                op_id,
+            });
+            let v = expect_vhd(call_with_progress(socket, &mut c, &what, op_id, request)?)?;
+            print(&VhdView::new(&v, &no_names), out)?;
+        }
+        VhdCommand::Export { name, file } => {
+            let path = local_path(&file)?;
+            let op_id = new_op_id();
+            let what = format!("export {name}");
+            let request = Request::VhdExport(VhdExport {
+                name: name.clone(),
+                path: path.clone(),
+                op_id,
+            });
+            match call_with_progress(socket, &mut c, &what, op_id, request)? {
+                Response::Done(_) => print(
+                    &ExportedView {
+                        exported: name,
+                        file: path,
+                    },
+                    out,
+                )?,
+                other => return Err(unexpected(&other)),
+            }
+        }
+        VhdCommand::Merge { child } => {
+            let op_id = new_op_id();
+            let what = format!("merge {child}");
+            let request = Request::VhdMerge(VhdMerge {
+                name: child.clone(),
+                op_id,
+            });
+            let v = expect_vhd(call_with_progress(socket, &mut c, &what, op_id, request)?)?;
+            let parent = VhdView::new(&v, &no_names);
+            print(
+                &MergedView {
+                    merged: child,
+                    parent,
+                },
+                out,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn expect_vhd(r: Response) -> Result<Vhd, Failure> {
+    match r {
+        Response::Vhd(v) => Ok(v),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Every VHD of the catalog, page by page.
+fn list(c: &mut Client) -> Result<VhdListView, Failure> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        match c.call(Request::VhdList(VhdList { after, limit: 1000 }))? {
+            Response::VhdList(p) => {
+                all.extend(p.vhds);
+                if p.next_after == 0 {
+                    break;
+                }
+                after = p.next_after;
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+    let by_id: BTreeMap<u64, String> = all.iter().map(|v| (v.id, v.name.clone())).collect();
+    let names = |id: u64| by_id.get(&id).cloned();
+    let rows = all
+        .iter()
+        .map(|v| VhdRow {
+            vhd: VhdView::new(v, &names),
+            listed_parent: names(v.parent).unwrap_or_default(),
+        })
+        .collect();
+    Ok(VhdListView { rows })
+}
+
+/// No VHD names known: a parent shows as its id.
+fn no_names(_: u64) -> Option<String> {
+    None
+}
+
+/// `path` made absolute against the current directory (the node resolves it on its host).
+fn local_path(p: &Path) -> Result<String, Failure> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Failure::local(format!("current directory: {e}")))?
+            .join(p)
+    };
+    Ok(abs.display().to_string())
+}
+
 fn kind_name(k: i32) -> &'static str {
     match VhdKind::try_from(k) {
         Ok(VhdKind::Fixed) => "fixed",
@@ -138,302 +319,233 @@ fn state_name(s: i32) -> &'static str {
     }
 }
 
-/// The `--json` form of a VHD record.
-pub fn vhd_json(v: &Vhd, names: &dyn Fn(u64) -> Option<String>) -> serde_json::Value {
-    json!({
-        "id": v.id,
-        "name": v.name,
-        "type": kind_name(v.kind),
-        "virtual_size": v.virtual_size,
-        "parent": if v.parent == 0 { serde_json::Value::Null } else { json!(names(v.parent).unwrap_or_else(|| v.parent.to_string())) },
-        "length": v.length,
-        "extents": v.runs.iter().map(|r| r.count).sum::<u64>(),
-        "runs": v.runs.iter().map(|r| json!([r.start, r.count])).collect::<Vec<_>>(),
-        "state": state_name(v.state),
-    })
+/// A VHD of the catalog: `vhd create|info|import|expand|compact`.
+#[derive(Debug, Serialize)]
+pub struct VhdView {
+    pub id: u64,
+    pub name: String,
+    /// `fixed`, `dynamic` or `differencing`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub virtual_size: u64,
+    /// The parent's name (its id when the name is not at hand); `None` without a parent.
+    pub parent: Option<String>,
+    /// Length of the VHD file on the volume.
+    pub length: u64,
+    /// Number of extents mapped.
+    pub extents: u64,
+    /// Mapped extent runs as `[start, count]`.
+    pub runs: Vec<[u64; 2]>,
+    /// `creating`, `ready` or `deleting`.
+    pub state: &'static str,
 }
 
-/// The `--json` form of an attachment.
-pub fn attachment_json(a: &Attachment) -> serde_json::Value {
-    json!({
-        "name": a.name, "vhd": a.vhd, "node": a.node, "read_only": a.read_only,
-        "generation": a.generation, "socket": a.socket, "uri": a.uri,
-        "tcp": if a.tcp.is_empty() { serde_json::Value::Null } else { json!(a.tcp) },
-        "error": if a.error.is_empty() { serde_json::Value::Null } else { json!(a.error) },
-    })
-}
-
-fn local_path(p: &Path) -> Result<String, Failure> {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| Failure {
-                code: 1,
-                message: format!("current directory: {e}"),
-            })?
-            .join(p)
-    };
-    Ok(abs.display().to_string())
-}
-
-/// Runs `csvadm vhd ...`.
-pub fn run(socket: &Path, args: VhdArgs, json_top: bool) -> Result<(), Failure> {
-    let json_out = args.json || json_top;
-    let mut c = connect(socket)?;
-    let no_names = |_: u64| None;
-    let print_vhd = |v: &Vhd| {
-        if json_out {
-            println!("{}", vhd_json(v, &no_names));
-        } else {
-            println!(
-                "{} (id {}): {} {} bytes, {} extents, file length {}, {}",
-                v.name,
-                v.id,
-                kind_name(v.kind),
-                v.virtual_size,
-                v.runs.iter().map(|r| r.count).sum::<u64>(),
-                v.length,
-                state_name(v.state)
-            );
-        }
-    };
-    match args.command {
-        VhdCommand::Create {
-            name,
-            size,
-            kind,
-            parent,
-        } => {
-            let r = c
-                .call(Request::VhdNew(VhdNew {
-                    name,
-                    kind: match kind {
-                        TypeArg::Fixed => VhdKind::Fixed,
-                        TypeArg::Dynamic => VhdKind::Dynamic,
-                    } as i32,
-                    size: size.unwrap_or(0),
-                    parent: parent.unwrap_or_default(),
-                }))
-                .map_err(failure)?;
-            match r {
-                Response::Vhd(v) => print_vhd(&v),
-                other => return Err(unexpected(&other)),
-            }
-        }
-        VhdCommand::List => {
-            let mut all = Vec::new();
-            let mut after = 0;
-            loop {
-                match c
-                    .call(Request::VhdList(VhdList { after, limit: 1000 }))
-                    .map_err(failure)?
-                {
-                    Response::VhdList(p) => {
-                        all.extend(p.vhds);
-                        if p.next_after == 0 {
-                            break;
-                        }
-                        after = p.next_after;
-                    }
-                    other => return Err(unexpected(&other)),
-                }
-            }
-            let by_id: std::collections::BTreeMap<u64, String> =
-                all.iter().map(|v| (v.id, v.name.clone())).collect();
-            let names = |id: u64| by_id.get(&id).cloned();
-            if json_out {
-                let list: Vec<_> = all.iter().map(|v| vhd_json(v, &names)).collect();
-                println!("{}", serde_json::Value::Array(list));
-            } else {
-                println!(
-                    "{:<6} {:<24} {:<13} {:>16} {:>8} {:<8} PARENT",
-                    "ID", "NAME", "TYPE", "SIZE", "EXTENTS", "STATE"
-                );
-                for v in &all {
-                    println!(
-                        "{:<6} {:<24} {:<13} {:>16} {:>8} {:<8} {}",
-                        v.id,
-                        v.name,
-                        kind_name(v.kind),
-                        v.virtual_size,
-                        v.runs.iter().map(|r| r.count).sum::<u64>(),
-                        state_name(v.state),
-                        names(v.parent).unwrap_or_default()
-                    );
-                }
-            }
-        }
-        VhdCommand::Info { name } => {
-            match c
-                .call(Request::VhdGet(VhdRef { id: 0, name }))
-                .map_err(failure)?
-            {
-                Response::Vhd(v) => print_vhd(&v),
-                other => return Err(unexpected(&other)),
-            }
-        }
-        VhdCommand::Delete { name } => {
-            match c
-                .call(Request::VhdDelete(VhdRef { id: 0, name }))
-                .map_err(failure)?
-            {
-                Response::Vhd(v) => {
-                    if json_out {
-                        println!("{}", vhd_json(&v, &no_names));
-                    } else {
-                        println!("deleted {}", v.name);
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
-        VhdCommand::Attach {
-            name,
-            node,
-            read_only,
-        } => {
-            match c
-                .call(Request::VhdAttach(VhdAttach {
-                    name,
-                    node: node.unwrap_or(0),
-                    read_only,
-                }))
-                .map_err(failure)?
-            {
-                Response::Attachment(a) => {
-                    if json_out {
-                        println!("{}", attachment_json(&a));
-                    } else {
-                        println!(
-                            "{} attached on node {} ({}); connect with: {}",
-                            a.name,
-                            a.node,
-                            if a.read_only {
-                                "read-only"
-                            } else {
-                                "read-write"
-                            },
-                            a.uri
-                        );
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
-        VhdCommand::Detach { name, node } => {
-            match c
-                .call(Request::VhdDetach(VhdDetach {
-                    name: name.clone(),
-                    node: node.unwrap_or(0),
-                }))
-                .map_err(failure)?
-            {
-                Response::Done(_) => {
-                    if json_out {
-                        println!("{}", json!({"detached": name}));
-                    } else {
-                        println!("{name} detached");
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
-        VhdCommand::Import { file, name } => {
-            let path = local_path(&file)?;
-            let op_id = new_op_id();
-            match call_with_progress(
-                socket,
-                &mut c,
-                &format!("import {name}"),
-                op_id,
-                Request::VhdImport(VhdImport { path, name, op_id }),
-            )? {
-                Response::Vhd(v) => print_vhd(&v),
-                other => return Err(unexpected(&other)),
-            }
-        }
-        VhdCommand::Expand { name, size } => {
-            match c
-                .call(Request::VhdMaintain(VhdMaintain {
-                    name,
-                    size,
-                    op_id: 0,
-                }))
-                .map_err(failure)?
-            {
-                Response::Vhd(v) => print_vhd(&v),
-                other => return Err(unexpected(&other)),
-            }
-        }
-        VhdCommand::Compact { name } => {
-            let op_id = new_op_id();
-            match call_with_progress(
-                socket,
-                &mut c,
-                &format!("compact {name}"),
-                op_id,
-                Request::VhdMaintain(VhdMaintain {
-                    name: name.clone(),
-                    size: 0,
-                    op_id,
-                }),
-            )? {
-                Response::Vhd(v) => print_vhd(&v),
-                other => return Err(unexpected(&other)),
-            }
-        }
-        VhdCommand::Export { name, file } => {
-            let path = local_path(&file)?;
-            let op_id = new_op_id();
-            match call_with_progress(
-                socket,
-                &mut c,
-                &format!("export {name}"),
-                op_id,
-                Request::VhdExport(VhdExport {
-                    name: name.clone(),
-                    path: path.clone(),
-                    op_id,
-                }),
-            )? {
-                Response::Done(_) => {
-                    if json_out {
-                        println!("{}", json!({"exported": name, "file": path}));
-                    } else {
-                        println!("{name} written to {path}");
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
-        }
-        VhdCommand::Merge { child } => {
-            let op_id = new_op_id();
-            match call_with_progress(
-                socket,
-                &mut c,
-                &format!("merge {child}"),
-                op_id,
-                Request::VhdMerge(VhdMerge {
-                    name: child.clone(),
-                    op_id,
-                }),
-            )? {
-                Response::Vhd(v) => {
-                    if json_out {
-                        println!(
-                            "{}",
-                            json!({"merged": child, "parent": vhd_json(&v, &no_names)})
-                        );
-                    } else {
-                        println!("{child} merged into {}", v.name);
-                        print_vhd(&v);
-                    }
-                }
-                other => return Err(unexpected(&other)),
-            }
+impl VhdView {
+    /// The view of `v`; `names` gives a VHD's name from its id, when known.
+    pub fn new(v: &Vhd, names: &dyn Fn(u64) -> Option<String>) -> VhdView {
+        VhdView {
+            id: v.id,
+            name: v.name.clone(),
+            kind: kind_name(v.kind),
+            virtual_size: v.virtual_size,
+            parent: (v.parent != 0)
+                .then(|| names(v.parent).unwrap_or_else(|| v.parent.to_string())),
+            length: v.length,
+            extents: v.runs.iter().map(|r| r.count).sum(),
+            runs: v.runs.iter().map(|r| [r.start, r.count]).collect(),
+            state: state_name(v.state),
         }
     }
-    let _ = EXIT_REFUSED;
-    Ok(())
+}
+
+impl fmt::Display for VhdView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (id {}): {} {} bytes, {} extents, file length {}, {}",
+            self.name, self.id, self.kind, self.virtual_size, self.extents, self.length, self.state
+        )
+    }
+}
+
+/// `vhd list`: the catalog (a JSON array of [`VhdView`]).
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct VhdListView {
+    pub rows: Vec<VhdRow>,
+}
+
+/// A row of [`VhdListView`].
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct VhdRow {
+    pub vhd: VhdView,
+    /// The parent's name when the parent is in the list, else empty (the PARENT column).
+    #[serde(skip)]
+    pub listed_parent: String,
+}
+
+impl fmt::Display for VhdListView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<6} {:<24} {:<13} {:>16} {:>8} {:<8} PARENT",
+            "ID", "NAME", "TYPE", "SIZE", "EXTENTS", "STATE"
+        )?;
+        for r in &self.rows {
+            let v = &r.vhd;
+            write!(
+                f,
+                "\n{:<6} {:<24} {:<13} {:>16} {:>8} {:<8} {}",
+                v.id, v.name, v.kind, v.virtual_size, v.extents, v.state, r.listed_parent
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `vhd delete`: the deleted VHD.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct DeletedView {
+    pub vhd: VhdView,
+}
+
+impl fmt::Display for DeletedView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "deleted {}", self.vhd.name)
+    }
+}
+
+/// `vhd detach`: the detached VHD.
+#[derive(Debug, Serialize)]
+pub struct DetachedView {
+    /// The VHD's name.
+    pub detached: String,
+}
+
+impl fmt::Display for DetachedView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} detached", self.detached)
+    }
+}
+
+/// `vhd export`: the VHD and the file written.
+#[derive(Debug, Serialize)]
+pub struct ExportedView {
+    /// The VHD's name.
+    pub exported: String,
+    /// The file written, on the node's host.
+    pub file: String,
+}
+
+impl fmt::Display for ExportedView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} written to {}", self.exported, self.file)
+    }
+}
+
+/// `vhd merge`: the merged child's name and the parent afterwards.
+#[derive(Debug, Serialize)]
+pub struct MergedView {
+    pub merged: String,
+    pub parent: VhdView,
+}
+
+impl fmt::Display for MergedView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} merged into {}\n{}",
+            self.merged, self.parent.name, self.parent
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::to_json;
+    use csv_api::admin::ExtentRun;
+
+    fn vhd(id: u64, name: &str, parent: u64) -> Vhd {
+        Vhd {
+            id,
+            name: name.into(),
+            kind: VhdKind::Differencing as i32,
+            virtual_size: 4096,
+            parent,
+            runs: vec![ExtentRun { start: 3, count: 2 }],
+            length: 8192,
+            state: VhdState::Ready as i32,
+            created_index: 1,
+        }
+    }
+
+    #[test]
+    fn vhd_text_and_json() {
+        let v = VhdView::new(&vhd(2, "c", 1), &no_names);
+        assert_eq!(
+            v.to_string(),
+            "c (id 2): differencing 4096 bytes, 2 extents, file length 8192, ready"
+        );
+        assert_eq!(
+            to_json(&v, false).expect("json"),
+            r#"{"extents":2,"id":2,"length":8192,"name":"c","parent":"1","runs":[[3,2]],"state":"ready","type":"differencing","virtual_size":4096}"#
+        );
+        let deleted = DeletedView { vhd: v };
+        assert_eq!(deleted.to_string(), "deleted c");
+        assert!(
+            to_json(&deleted, false)
+                .expect("json")
+                .starts_with(r#"{"extents":2,"#)
+        );
+    }
+
+    #[test]
+    fn list_shows_listed_parents_only() {
+        let names = |id: u64| (id == 1).then(|| "p".to_string());
+        let rows = [vhd(2, "c", 1), vhd(3, "d", 9)]
+            .iter()
+            .map(|v| VhdRow {
+                vhd: VhdView::new(v, &names),
+                listed_parent: names(v.parent).unwrap_or_default(),
+            })
+            .collect();
+        let list = VhdListView { rows };
+        let text = list.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].ends_with("ready    p"));
+        assert!(lines[2].ends_with("ready    "));
+        let j: serde_json::Value =
+            serde_json::from_str(&to_json(&list, false).expect("json")).expect("parse");
+        assert_eq!(j[0]["parent"], "p");
+        assert_eq!(j[1]["parent"], "9");
+    }
+
+    #[test]
+    fn merged_and_exported() {
+        let m = MergedView {
+            merged: "c".into(),
+            parent: VhdView::new(&vhd(1, "p", 0), &no_names),
+        };
+        assert_eq!(
+            m.to_string(),
+            "c merged into p\np (id 1): differencing 4096 bytes, 2 extents, file length 8192, ready"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&to_json(&m, false).expect("json")).expect("parse");
+        assert_eq!(j["merged"], "c");
+        assert!(j["parent"]["parent"].is_null());
+        let e = ExportedView {
+            exported: "a".into(),
+            file: "/f".into(),
+        };
+        assert_eq!(e.to_string(), "a written to /f");
+        assert_eq!(
+            to_json(&e, false).expect("json"),
+            r#"{"exported":"a","file":"/f"}"#
+        );
+    }
 }

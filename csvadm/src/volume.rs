@@ -1,17 +1,20 @@
 //! `csvadm volume ...`: format the cluster volume on the shared LUN (through the addressed
-//! node, which writes the superblock and records the volume) and show its status.
+//! node, which writes the superblock and records the volume), recover it from a metadata
+//! checkpoint, and show its status (exit codes in `client.rs`).
 
+use std::fmt;
 use std::path::Path;
 
 use clap::{Args, Subcommand};
 use csv_api::admin::volume::{VolumeFormat, VolumeRecover, VolumeStatus};
 use csv_api::admin::{Empty, Request, Response};
-use serde_json::json;
+use serde::Serialize;
 
-use crate::cluster::{EXIT_REFUSED, Failure, connect, failure};
+use crate::attachment::AttachmentView;
+use crate::client::{Failure, connect, unexpected};
+use crate::output::{Output, print};
 use crate::size::parse_size;
 
-/// `csvadm volume`.
 #[derive(Args, Debug)]
 pub struct VolumeArgs {
     /// Print JSON.
@@ -47,90 +50,9 @@ enum VolumeCommand {
     },
 }
 
-pub(crate) fn unexpected(r: &Response) -> Failure {
-    Failure {
-        code: EXIT_REFUSED,
-        message: format!("unexpected answer {r:?}"),
-    }
-}
-
-/// The `--json` form of a volume status.
-pub fn status_json(s: &VolumeStatus) -> serde_json::Value {
-    json!({
-        "node_id": s.node_id,
-        "state": s.state,
-        "message": s.message,
-        "lun": s.lun,
-        "superblock_uuid": s.superblock_uuid,
-        "volume": s.volume.as_ref().map(|v| json!({
-            "id": v.volume_id, "lun": v.lun, "label": v.description, "size": v.size,
-            "extent_size": v.extent_size, "extent_count": v.extent_count,
-            "data_offset": v.data_offset,
-        })),
-        "space": s.space.as_ref().map(|p| json!({
-            "extent_count": p.extent_count, "free_extents": p.free_extents,
-            "mapped_extents": p.mapped_extents, "largest_free_run": p.largest_free_run,
-            "reserved": p.reservations.iter().map(|r| json!({"node": r.node, "extents": r.extents})).collect::<Vec<_>>(),
-        })),
-        "checkpoint": if s.checkpoint_sequence == 0 { serde_json::Value::Null } else {
-            json!({"sequence": s.checkpoint_sequence, "raft_index": s.checkpoint_index})
-        },
-        "attachments": s.attachments.iter().map(crate::vhd::attachment_json).collect::<Vec<_>>(),
-    })
-}
-
-fn print_status(s: &VolumeStatus, json_out: bool) {
-    if json_out {
-        println!("{}", status_json(s));
-        return;
-    }
-    println!("node {}: volume {}", s.node_id, s.state);
-    if !s.message.is_empty() {
-        println!("  {}", s.message);
-    }
-    if !s.lun.is_empty() {
-        println!("  LUN: {}", s.lun);
-    }
-    if let Some(v) = &s.volume {
-        println!(
-            "  volume {} ({}): {} bytes, {} extents of {} bytes",
-            v.volume_id, v.description, v.size, v.extent_count, v.extent_size
-        );
-    }
-    if let Some(p) = &s.space {
-        println!(
-            "  free {} of {} extents, mapped {}, largest free run {}",
-            p.free_extents, p.extent_count, p.mapped_extents, p.largest_free_run
-        );
-    }
-    if s.checkpoint_sequence != 0 {
-        println!(
-            "  metadata checkpoint {} (raft index {})",
-            s.checkpoint_sequence, s.checkpoint_index
-        );
-    }
-    for a in &s.attachments {
-        if a.error.is_empty() {
-            println!(
-                "  attached here: {} ({}) {}",
-                a.name,
-                if a.read_only { "ro" } else { "rw" },
-                a.uri
-            );
-        } else {
-            println!(
-                "  held here, NOT exported: {} ({}): {}",
-                a.name,
-                if a.read_only { "ro" } else { "rw" },
-                a.error
-            );
-        }
-    }
-}
-
-/// Runs `csvadm volume ...`.
-pub fn run(socket: &Path, args: VolumeArgs, json_top: bool) -> Result<(), Failure> {
-    let json_out = args.json || json_top;
+/// Runs `csvadm volume ...`; `json` is the top-level `--json`.
+pub fn run(socket: &Path, args: VolumeArgs, json: bool) -> Result<(), Failure> {
+    let out = Output::json_if(args.json || json);
     let mut c = connect(socket)?;
     let req = match args.command {
         VolumeCommand::Format {
@@ -147,9 +69,204 @@ pub fn run(socket: &Path, args: VolumeArgs, json_top: bool) -> Result<(), Failur
             lun: lun.unwrap_or_default(),
         }),
     };
-    match c.call(req).map_err(failure)? {
-        Response::VolumeStatus(s) => print_status(&s, json_out),
+    match c.call(req)? {
+        Response::VolumeStatus(s) => print(&VolumeStatusView::from(&s), out)?,
         other => return Err(unexpected(&other)),
     }
     Ok(())
+}
+
+/// `volume format|status|recover`: the volume as the asked node sees it.
+#[derive(Debug, Serialize)]
+pub struct VolumeStatusView {
+    /// The asked node.
+    pub node_id: u64,
+    /// The volume's state on that node (`ready`, `unformatted`, ...).
+    pub state: String,
+    /// What the node says about that state.
+    pub message: String,
+    /// The node's LUN.
+    pub lun: String,
+    /// UUID of the superblock found on the node's LUN.
+    pub superblock_uuid: String,
+    /// The cluster's volume record.
+    pub volume: Option<VolumeView>,
+    pub space: Option<SpaceView>,
+    /// The newest metadata checkpoint on the LUN.
+    pub checkpoint: Option<CheckpointView>,
+    /// VHDs attached on the asked node.
+    pub attachments: Vec<AttachmentView>,
+}
+
+/// The cluster's volume record.
+#[derive(Debug, Serialize)]
+pub struct VolumeView {
+    pub id: String,
+    pub lun: String,
+    pub label: String,
+    pub size: u64,
+    pub extent_size: u64,
+    pub extent_count: u64,
+    /// Byte offset of the first extent on the LUN.
+    pub data_offset: u64,
+}
+
+/// Extent allocation on the volume.
+#[derive(Debug, Serialize)]
+pub struct SpaceView {
+    pub extent_count: u64,
+    pub free_extents: u64,
+    pub mapped_extents: u64,
+    pub largest_free_run: u64,
+    /// Extents reserved by each node.
+    pub reserved: Vec<ReservedView>,
+}
+
+/// One node's reserved extents.
+#[derive(Debug, Serialize)]
+pub struct ReservedView {
+    pub node: u64,
+    pub extents: u64,
+}
+
+/// A metadata checkpoint.
+#[derive(Debug, Serialize)]
+pub struct CheckpointView {
+    pub sequence: u64,
+    pub raft_index: u64,
+}
+
+impl From<&VolumeStatus> for VolumeStatusView {
+    fn from(s: &VolumeStatus) -> VolumeStatusView {
+        VolumeStatusView {
+            node_id: s.node_id,
+            state: s.state.clone(),
+            message: s.message.clone(),
+            lun: s.lun.clone(),
+            superblock_uuid: s.superblock_uuid.clone(),
+            volume: s.volume.as_ref().map(|v| VolumeView {
+                id: v.volume_id.clone(),
+                lun: v.lun.clone(),
+                label: v.description.clone(),
+                size: v.size,
+                extent_size: v.extent_size,
+                extent_count: v.extent_count,
+                data_offset: v.data_offset,
+            }),
+            space: s.space.as_ref().map(|p| SpaceView {
+                extent_count: p.extent_count,
+                free_extents: p.free_extents,
+                mapped_extents: p.mapped_extents,
+                largest_free_run: p.largest_free_run,
+                reserved: p
+                    .reservations
+                    .iter()
+                    .map(|r| ReservedView {
+                        node: r.node,
+                        extents: r.extents,
+                    })
+                    .collect(),
+            }),
+            checkpoint: (s.checkpoint_sequence != 0).then_some(CheckpointView {
+                sequence: s.checkpoint_sequence,
+                raft_index: s.checkpoint_index,
+            }),
+            attachments: s.attachments.iter().map(AttachmentView::from).collect(),
+        }
+    }
+}
+
+impl fmt::Display for VolumeStatusView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut lines = vec![format!("node {}: volume {}", self.node_id, self.state)];
+        if !self.message.is_empty() {
+            lines.push(format!("  {}", self.message));
+        }
+        if !self.lun.is_empty() {
+            lines.push(format!("  LUN: {}", self.lun));
+        }
+        if let Some(v) = &self.volume {
+            lines.push(format!(
+                "  volume {} ({}): {} bytes, {} extents of {} bytes",
+                v.id, v.label, v.size, v.extent_count, v.extent_size
+            ));
+        }
+        if let Some(p) = &self.space {
+            lines.push(format!(
+                "  free {} of {} extents, mapped {}, largest free run {}",
+                p.free_extents, p.extent_count, p.mapped_extents, p.largest_free_run
+            ));
+        }
+        if let Some(c) = &self.checkpoint {
+            lines.push(format!(
+                "  metadata checkpoint {} (raft index {})",
+                c.sequence, c.raft_index
+            ));
+        }
+        for a in &self.attachments {
+            lines.push(match &a.error {
+                None => format!("  attached here: {} ({}) {}", a.name, a.access(), a.uri),
+                Some(e) => format!(
+                    "  held here, NOT exported: {} ({}): {e}",
+                    a.name,
+                    a.access()
+                ),
+            });
+        }
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::to_json;
+
+    #[test]
+    fn empty_status() {
+        let v = VolumeStatusView::from(&VolumeStatus {
+            node_id: 2,
+            state: "unformatted".into(),
+            ..Default::default()
+        });
+        assert_eq!(v.to_string(), "node 2: volume unformatted");
+        assert_eq!(
+            to_json(&v, false).expect("json"),
+            r#"{"attachments":[],"checkpoint":null,"lun":"","message":"","node_id":2,"space":null,"state":"unformatted","superblock_uuid":"","volume":null}"#
+        );
+    }
+
+    #[test]
+    fn checkpoint_and_space() {
+        let v = VolumeStatusView::from(&VolumeStatus {
+            node_id: 1,
+            state: "ready".into(),
+            lun: "/dev/sdb".into(),
+            space: Some(csv_api::admin::Space {
+                extent_count: 10,
+                free_extents: 4,
+                mapped_extents: 6,
+                largest_free_run: 3,
+                reservations: vec![csv_api::admin::Reservation {
+                    node: 2,
+                    extents: 1,
+                    runs: vec![],
+                }],
+                ..Default::default()
+            }),
+            checkpoint_sequence: 5,
+            checkpoint_index: 40,
+            ..Default::default()
+        });
+        assert_eq!(
+            v.to_string(),
+            "node 1: volume ready\n  LUN: /dev/sdb\n  \
+             free 4 of 10 extents, mapped 6, largest free run 3\n  \
+             metadata checkpoint 5 (raft index 40)"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&to_json(&v, false).expect("json")).expect("parse");
+        assert_eq!(j["checkpoint"]["raft_index"], 40);
+        assert_eq!(j["space"]["reserved"][0]["extents"], 1);
+    }
 }
