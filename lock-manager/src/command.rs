@@ -34,15 +34,11 @@ pub enum Command {
     /// A node announces itself (first start or restart). Always legal within the node
     /// limit. Creates the node `Live` at epoch 1, makes a `Left` node `Live` again at its
     /// current epoch, and otherwise only reports the current record.
-    Register {
-        /// The node.
-        node: NodeId,
-    },
+    Register { node: NodeId },
     /// The node's liveness renewal (one per node, never per VHD). Legal when the node is
     /// registered, has not left, and `epoch` is its current epoch. Makes an `Expired`
     /// node `Live` again (it holds nothing) and counts the renewal.
     Renew {
-        /// The node.
         node: NodeId,
         /// The epoch the node believes it has.
         epoch: Epoch,
@@ -52,7 +48,6 @@ pub enum Command {
     /// tracker decided makes it fail). Bumps the epoch, marks the node `Expired`, drops
     /// its read holds and leaves its write holds stale (takeover-able).
     ExpireNode {
-        /// The node.
         node: NodeId,
         /// The epoch the tracker saw.
         epoch: Epoch,
@@ -63,7 +58,6 @@ pub enum Command {
     /// I/O. Legal when the node is `Live` at `epoch`. Drops every hold (write holds too),
     /// bumps the epoch, marks the node `Left`.
     Leave {
-        /// The node.
         node: NodeId,
         /// The node's current epoch.
         epoch: Epoch,
@@ -74,9 +68,7 @@ pub enum Command {
     /// is not the writer; `ReadDenyWrite` needs no writer at all. Idempotent when the
     /// node already holds the VHD in that mode; a read hold is upgraded to `Write`.
     Acquire {
-        /// The VHD.
         vhd: VhdId,
-        /// The node.
         node: NodeId,
         /// The node's current epoch.
         epoch: Epoch,
@@ -88,9 +80,7 @@ pub enum Command {
     /// holds the VHD at that generation (its own stale write hold included). The
     /// generation keeps a duplicated or late release from dropping a newer hold.
     Release {
-        /// The VHD.
         vhd: VhdId,
-        /// The node.
         node: NodeId,
         /// The node's current epoch.
         epoch: Epoch,
@@ -102,7 +92,6 @@ pub enum Command {
     /// `expected_generation`, and `to` (≠ `from`) is `Live` at `to_epoch`. The target gets
     /// the write hold at a new generation (its read hold, if any, is upgraded).
     Transfer {
-        /// The VHD.
         vhd: VhdId,
         /// The current writer (the source).
         from: NodeId,
@@ -121,7 +110,6 @@ pub enum Command {
     /// refused) can then never apply; this is the only way a node that began a hand-off
     /// reopens its fence.
     Reclaim {
-        /// The VHD.
         vhd: VhdId,
         /// The writer.
         node: NodeId,
@@ -136,7 +124,6 @@ pub enum Command {
     /// (≠ `from`) is `Live`. The source, seeing it applied, closes its fence and proposes
     /// `Transfer`; the target, seeing it, expects that transfer (design note 030, §6.1).
     RequestTransfer {
-        /// The VHD.
         vhd: VhdId,
         /// The writer the requester saw.
         from: NodeId,
@@ -149,7 +136,6 @@ pub enum Command {
     /// `epoch`, the VHD has a writer whose epoch is no longer its node's current epoch,
     /// and the VHD is at `expected_generation`.
     Takeover {
-        /// The VHD.
         vhd: VhdId,
         /// The new writer.
         node: NodeId,
@@ -179,7 +165,6 @@ pub enum NodeStatus {
 pub enum Outcome {
     /// `Register`: the node's record after the command.
     Registered {
-        /// The node.
         node: NodeId,
         /// Its current epoch.
         epoch: Epoch,
@@ -192,7 +177,6 @@ pub enum Outcome {
     },
     /// `Renew`: the renewal is confirmed at `epoch`.
     Renewed {
-        /// The node.
         node: NodeId,
         /// The epoch it is confirmed at.
         epoch: Epoch,
@@ -201,7 +185,6 @@ pub enum Outcome {
     },
     /// `ExpireNode`: the node's epoch moved on.
     Expired {
-        /// The node.
         node: NodeId,
         /// Its new epoch.
         epoch: Epoch,
@@ -212,7 +195,6 @@ pub enum Outcome {
     },
     /// `Leave`: the node left and holds nothing.
     Left {
-        /// The node.
         node: NodeId,
         /// Its new epoch.
         epoch: Epoch,
@@ -221,13 +203,11 @@ pub enum Outcome {
     },
     /// `Acquire`, `Transfer` (for the target), `Reclaim` or `Takeover`: a hold granted.
     Granted {
-        /// The VHD.
         vhd: VhdId,
         /// The holder.
         node: NodeId,
         /// The epoch it is granted under.
         epoch: Epoch,
-        /// The mode.
         mode: Mode,
         /// The hold's generation (for `Write`, the fencing token).
         generation: Generation,
@@ -237,7 +217,6 @@ pub enum Outcome {
     },
     /// `RequestTransfer`: the request is legal now; nothing changed.
     TransferRequested {
-        /// The VHD.
         vhd: VhdId,
         /// The writer asked to hand it off.
         from: NodeId,
@@ -252,7 +231,6 @@ pub enum Outcome {
     },
     /// `Release`: the hold is gone.
     Released {
-        /// The VHD.
         vhd: VhdId,
         /// The former holder.
         node: NodeId,

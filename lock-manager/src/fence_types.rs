@@ -62,7 +62,6 @@ pub enum FenceDenied {
 /// A hold lost with the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LostHold {
-    /// The VHD.
     pub vhd: VhdId,
     /// How it was held.
     pub mode: Mode,
@@ -97,22 +96,17 @@ pub enum FenceEvent {
     /// One hold was dropped because the replicated state says so (a hand-off completed,
     /// or the state disagrees with this node).
     HoldDropped {
-        /// The VHD.
         vhd: VhdId,
         /// Its generation.
         generation: Generation,
     },
     /// A hand-off was refused: the fence stays closed until a [`FenceGuard::reclaim`](crate::FenceGuard::reclaim)
     /// commits (a duplicate of the transfer may still be in flight).
-    HandoffFailed {
-        /// The VHD.
-        vhd: VhdId,
-    },
+    HandoffFailed { vhd: VhdId },
     /// A grant arrived that the guard did not install (its request was cancelled by a
     /// release, or it is for another epoch): the state may show this node as holder,
     /// so the upper layer should release it.
     GrantRefused {
-        /// The VHD.
         vhd: VhdId,
         /// The refused grant's epoch.
         epoch: Epoch,

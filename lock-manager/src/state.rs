@@ -41,7 +41,6 @@ pub struct Writer {
     pub epoch: Epoch,
 }
 
-/// A read hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadHold {
     /// The epoch it was granted under (always the node's current one).

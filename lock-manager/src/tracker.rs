@@ -30,7 +30,6 @@ struct Track {
 /// One node's liveness as the coordinator sees it (`csvadm node liveness`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LivenessReport {
-    /// The node.
     pub node: NodeId,
     /// The epoch being tracked.
     pub epoch: Epoch,

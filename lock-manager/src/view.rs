@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 /// One VHD's ownership (`csvadm owner show VHD --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerView {
-    /// The VHD.
     pub vhd: VhdId,
     /// The writer, valid or expired; `null` when nobody writes it.
     pub owner: Option<NodeId>,
@@ -37,7 +36,6 @@ pub struct ReaderView {
 /// One node's replicated liveness record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
-    /// The node.
     pub node: NodeId,
     /// Its current epoch.
     pub epoch: Epoch,
@@ -50,7 +48,6 @@ pub struct NodeView {
 /// One hold of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldView {
-    /// The VHD.
     pub vhd: VhdId,
     /// How it is held.
     pub mode: Mode,

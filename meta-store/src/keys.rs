@@ -7,6 +7,8 @@
 //! * `sm_peers`: key = node id as 8 big-endian bytes, value = UTF-8 address; an empty value
 //!   marks a removed node (its id is never reused).
 
+use bytes::Buf;
+
 use crate::error::StoreError;
 
 /// `eraftpb::HardState` (term, vote, commit).
@@ -78,11 +80,9 @@ impl Pos {
                 format!("{} bytes, want 16", v.len()),
             ));
         }
-        let mut i = [0u8; 8];
-        let mut t = [0u8; 8];
-        i.copy_from_slice(&v[..8]);
-        t.copy_from_slice(&v[8..]);
-        Ok(Pos::new(u64::from_be_bytes(i), u64::from_be_bytes(t)))
+        let mut v = v;
+        let index = v.get_u64();
+        Ok(Pos::new(index, v.get_u64()))
     }
 }
 
@@ -98,12 +98,12 @@ pub fn decode_identity(v: &[u8]) -> Result<(u64, String), StoreError> {
     if v.len() < 8 {
         return Err(StoreError::corrupt("identity", "shorter than 8 bytes"));
     }
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&v[..8]);
-    let cluster = std::str::from_utf8(&v[8..])
+    let mut v = v;
+    let id = v.get_u64();
+    let cluster = std::str::from_utf8(v)
         .map_err(|e| StoreError::corrupt("identity", e))?
         .to_string();
-    Ok((u64::from_be_bytes(id), cluster))
+    Ok((id, cluster))
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Buf;
+
 use crate::core::Fnv;
 use crate::error::StoreError;
 use crate::state_machine::{KvRead, KvWrite, StateMachine};
@@ -20,17 +22,9 @@ const OVERWRITES: &[u8] = b"m/overwrites";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvCommand {
     /// Set a key.
-    Put {
-        /// Key.
-        key: Vec<u8>,
-        /// Value.
-        value: Vec<u8>,
-    },
+    Put { key: Vec<u8>, value: Vec<u8> },
     /// Remove a key.
-    Delete {
-        /// Key.
-        key: Vec<u8>,
-    },
+    Delete { key: Vec<u8> },
 }
 
 impl KvCommand {
@@ -184,11 +178,9 @@ impl StateMachine for KvStateMachine {
                     "chain record is not 16 bytes".into(),
                 ));
             }
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&v[..8]);
-            self.chain_index = u64::from_be_bytes(a);
-            a.copy_from_slice(&v[8..]);
-            self.chain = u64::from_be_bytes(a);
+            let mut v = v.as_slice();
+            self.chain_index = v.get_u64();
+            self.chain = v.get_u64();
         }
         if let Some(v) = r.get(OVERWRITES)? {
             let a: [u8; 8] = v

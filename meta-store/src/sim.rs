@@ -41,7 +41,6 @@ pub struct NetStats {
     pub dropped: u64,
     /// Cut by a partition (at send or at delivery time).
     pub partitioned: u64,
-    /// Delivered.
     pub delivered: u64,
 }
 

@@ -279,7 +279,6 @@ impl<E: KvEngine> RaftStorage<E> {
         ))
     }
 
-    /// The engine.
     pub fn engine(&self) -> &E {
         &self.engine
     }

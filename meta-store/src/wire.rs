@@ -184,7 +184,6 @@ pub struct Membership {
     /// Voters (the incoming set while joint).
     #[prost(uint64, repeated, tag = "1")]
     pub voters: Vec<u64>,
-    /// Learners.
     #[prost(uint64, repeated, tag = "2")]
     pub learners: Vec<u64>,
     /// Voters of the outgoing configuration while in joint consensus (empty otherwise).
@@ -250,7 +249,6 @@ pub struct ChangeMsg {
 /// A membership request (one or more changes applied together).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MembershipRequest {
-    /// The changes.
     #[prost(message, repeated, tag = "1")]
     pub changes: Vec<ChangeMsg>,
 }
@@ -291,10 +289,8 @@ pub struct PeerEntry {
 /// One state-machine key and value.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct KvPair {
-    /// Key.
     #[prost(bytes = "vec", tag = "1")]
     pub key: Vec<u8>,
-    /// Value.
     #[prost(bytes = "vec", tag = "2")]
     pub value: Vec<u8>,
 }

@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod mem;
 pub mod proto;
 pub mod server;
+mod sys;
 pub mod tls;
 
 pub use device::{BlockDevice, Capabilities, DeviceError, Extent, ExtentKind, ReadData, ZeroFlags};

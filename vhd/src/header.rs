@@ -6,6 +6,7 @@ use crate::checksum::checksum;
 use crate::error::{FormatError, Structure};
 use crate::footer::{be32, be64};
 use crate::locator::LocatorEntry;
+pub use crate::locator::PARENT_NAME_BYTES;
 use uuid::Uuid;
 
 pub const HEADER_SIZE: usize = 1024;
@@ -20,8 +21,6 @@ pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
 /// Largest BAT accepted: 8 Mi entries (32 MiB in memory), enough for 2040 GiB at 256 KiB
 /// blocks. Larger counts are refused before anything is allocated.
 pub const MAX_TABLE_ENTRIES: u64 = 8 << 20;
-/// Length of the parent unicode name field in bytes (256 UTF-16 code units).
-pub const PARENT_NAME_BYTES: usize = 512;
 pub const LOCATOR_COUNT: usize = 8;
 const CHECKSUM_AT: usize = 36;
 

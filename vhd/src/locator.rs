@@ -8,6 +8,10 @@
 use crate::error::FormatError;
 use crate::footer::{be32, be64};
 
+/// Length of the dynamic header's parent unicode name field in bytes (256 UTF-16 code
+/// units).
+pub const PARENT_NAME_BYTES: usize = 512;
+
 /// Largest locator data we read (a path; Windows paths are far shorter).
 pub const MAX_LOCATOR_DATA: u32 = 64 * 1024;
 
@@ -174,9 +178,7 @@ pub fn encode_windows_path(path: &str) -> Vec<u8> {
 
 /// The parent unicode name field: UTF-16 code units of `name`, at most 256.
 pub fn encode_parent_name(name: &str) -> Vec<u16> {
-    name.encode_utf16()
-        .take(crate::header::PARENT_NAME_BYTES / 2)
-        .collect()
+    name.encode_utf16().take(PARENT_NAME_BYTES / 2).collect()
 }
 
 #[cfg(test)]

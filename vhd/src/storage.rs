@@ -2,6 +2,7 @@
 //! local-file implementation (pread/pwrite, fdatasync, punch hole) and an in-memory one.
 //! The cluster volume implements the same trait over LUN extents.
 
+use rustix::fs::FallocateFlags;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -67,24 +68,16 @@ impl FileStorage {
 
     /// Allocates `len` bytes at `offset` on disk (fallocate mode 0).
     pub fn preallocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        fallocate(&self.file, 0, offset, len)
+        fallocate(&self.file, FallocateFlags::empty(), offset, len)
     }
 }
 
-fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let l = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    #[allow(unsafe_code)]
-    // SAFETY: fallocate takes a valid open descriptor (borrowed from `file` for the call)
-    // and plain integers; it touches no memory of ours.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, l) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+fn fallocate(file: &File, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
+    // The kernel takes signed offsets: larger ones are refused before the call.
+    if i64::try_from(offset).is_err() || i64::try_from(len).is_err() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
+    rustix::fs::fallocate(file, mode, offset, len).map_err(io::Error::from)
 }
 
 impl Storage for FileStorage {
@@ -123,11 +116,13 @@ impl Storage for FileStorage {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         match fallocate(
             &self.file,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             offset,
             len,
         ) {
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) => {
+                Ok(())
+            }
             other => other,
         }
     }

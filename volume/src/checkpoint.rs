@@ -14,8 +14,7 @@ use uuid::Uuid;
 
 pub const MAGIC: &[u8; 8] = b"CSVCKPT1";
 pub const VERSION: u32 = 1;
-/// Bytes the header takes in its slot (the payload follows, 4 KiB-aligned).
-pub const HEADER_SIZE: usize = 4096;
+pub use crate::layout::CHECKPOINT_HEADER_SIZE as HEADER_SIZE;
 /// Bytes of the header that carry fields (the rest is zero).
 pub const HEADER_FIELDS: usize = 64;
 /// Payload bytes read per request.

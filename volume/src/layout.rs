@@ -18,6 +18,9 @@ pub const DEFAULT_SLOT_SIZE: u64 = 64 << 20;
 pub const MAX_EXTENT_COUNT: u64 = 1 << 32;
 /// Number of checkpoint slots.
 pub const CHECKPOINT_SLOTS: usize = 2;
+/// Bytes a checkpoint header takes at the start of its slot (the payload follows,
+/// 4 KiB-aligned).
+pub const CHECKPOINT_HEADER_SIZE: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {

@@ -15,6 +15,7 @@
 //! * [`fuzz`]: entry points of the fuzz targets.
 
 pub mod checkpoint;
+mod classify;
 pub mod extent_file;
 pub mod extent_map;
 pub mod failpoint;
@@ -25,6 +26,7 @@ mod le;
 pub mod nonblocking;
 pub mod path;
 pub mod superblock;
+mod sys;
 pub mod testing;
 
 pub use extent_file::{

@@ -8,7 +8,9 @@
 //! creation time in Unix seconds (80), label length (88..90), label (96..224, UTF-8,
 //! zero-padded), crc32c of bytes 0..4092 (4092..4096).
 
-use crate::layout::{CHECKPOINT_SLOTS, Layout, LayoutError, SUPERBLOCK_SIZE, backup_offset};
+use crate::layout::{
+    CHECKPOINT_HEADER_SIZE, CHECKPOINT_SLOTS, Layout, LayoutError, SUPERBLOCK_SIZE, backup_offset,
+};
 use crate::le::{u32_at, u64_at};
 use crate::path::{LunPath, PathError};
 use uuid::Uuid;
@@ -232,10 +234,7 @@ pub fn format(path: &dyn LunPath, params: &FormatParams) -> Result<Superblock, S
     let lost = path.lost_writes();
     // Old checkpoints must never be recovered into the new volume.
     for slot in 0..CHECKPOINT_SLOTS {
-        path.write_zeroes(
-            layout.slot_offset(slot),
-            crate::checkpoint::HEADER_SIZE as u64,
-        )?;
+        path.write_zeroes(layout.slot_offset(slot), CHECKPOINT_HEADER_SIZE as u64)?;
     }
     let bytes = sb.encode();
     path.write_at(&bytes, layout.backup_offset())?;

@@ -8,8 +8,10 @@ use std::time::Duration;
 use prost::Message as _;
 
 use super::PROTOCOL_VERSION;
+use super::envelope::*;
 use super::frame::{FrameError, read_frame, write_frame};
 use super::messages::*;
+use super::owner::*;
 use crate::error::{ApiError, ErrorCode};
 
 /// Default bound on one request: membership changes wait for a learner to catch up by
@@ -244,6 +246,75 @@ impl Client {
     /// Free space and reservations.
     pub fn space(&mut self) -> Result<Space, ClientError> {
         expect!(self.call(Request::SpaceGet(Empty {}))?, Space)
+    }
+}
+
+/// Ownership and liveness calls (the [`owner`](super::owner) messages).
+impl Client {
+    fn owner_call(&mut self, op: OwnerOp) -> Result<OwnerAnswer, ClientError> {
+        match self.call(Request::Owner(OwnerRequest { op: Some(op) }))? {
+            Response::Owner(OwnerReply { answer: Some(a) }) => Ok(a),
+            other => Err(ClientError::Protocol(format!(
+                "expected an owner answer, got {other:?}"
+            ))),
+        }
+    }
+
+    fn owner_info(&mut self, op: OwnerOp) -> Result<OwnerInfo, ClientError> {
+        match self.owner_call(op)? {
+            OwnerAnswer::Owner(o) => Ok(o),
+            other => Err(ClientError::Protocol(format!(
+                "expected an owner record, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Every ownership record.
+    pub fn owner_list(&mut self) -> Result<Vec<OwnerInfo>, ClientError> {
+        match self.owner_call(OwnerOp::List(Empty {}))? {
+            OwnerAnswer::Owners(l) => Ok(l.owners),
+            other => Err(ClientError::Protocol(format!(
+                "expected owners, got {other:?}"
+            ))),
+        }
+    }
+
+    /// One VHD's owner with the asked node's local fence.
+    pub fn owner_show(&mut self, vhd: VhdRef) -> Result<OwnerInfo, ClientError> {
+        self.owner_info(OwnerOp::Show(vhd))
+    }
+
+    /// Takes a hold on the asked node (`mode`: write, read, read_deny_write).
+    pub fn owner_acquire(&mut self, vhd: VhdRef, mode: &str) -> Result<HoldInfo, ClientError> {
+        match self.owner_call(OwnerOp::Acquire(OwnerAcquire {
+            vhd: Some(vhd),
+            mode: mode.to_string(),
+        }))? {
+            OwnerAnswer::Hold(h) => Ok(h),
+            other => Err(ClientError::Protocol(format!(
+                "expected a hold, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Drops the asked node's hold.
+    pub fn owner_release(&mut self, vhd: VhdRef) -> Result<OwnerInfo, ClientError> {
+        self.owner_info(OwnerOp::Release(vhd))
+    }
+
+    /// Hands the VHD's write hold to node `to`.
+    pub fn owner_move(&mut self, vhd: VhdRef, to: u64) -> Result<OwnerInfo, ClientError> {
+        self.owner_info(OwnerOp::Move(OwnerMove { vhd: Some(vhd), to }))
+    }
+
+    /// Liveness of every node and the asked node's fence.
+    pub fn node_liveness(&mut self) -> Result<LivenessInfo, ClientError> {
+        match self.owner_call(OwnerOp::Liveness(Empty {}))? {
+            OwnerAnswer::Liveness(l) => Ok(l),
+            other => Err(ClientError::Protocol(format!(
+                "expected liveness, got {other:?}"
+            ))),
+        }
     }
 }
 

@@ -1,170 +1,5 @@
-//! The admin messages. Requests and responses are one `oneof` each; every request has one
-//! response kind (see each request's doc) or an [`ErrorReply`].
-
-/// A request to a node's daemon.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AdminRequest {
-    /// [`super::PROTOCOL_VERSION`].
-    #[prost(uint32, tag = "1")]
-    pub version: u32,
-    /// The request.
-    #[prost(
-        oneof = "Request",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79"
-    )]
-    pub request: Option<Request>,
-}
-
-/// Requests. The answer of each is named in its doc.
-#[derive(Clone, PartialEq, prost::Oneof)]
-pub enum Request {
-    /// Create a new cluster with this node as its only voter → [`Response::ClusterInit`].
-    #[prost(message, tag = "2")]
-    ClusterInit(ClusterInit),
-    /// The node's view of the cluster → [`Response::Status`].
-    #[prost(message, tag = "3")]
-    Status(StatusRequest),
-    /// Add a node (learner, then promoted unless `learner`) → [`Response::Membership`].
-    #[prost(message, tag = "4")]
-    NodeAdd(NodeAdd),
-    /// Promote a learner to voter → [`Response::Membership`].
-    #[prost(message, tag = "5")]
-    NodePromote(NodeRef),
-    /// Remove a node for good (its id is never reused) → [`Response::Membership`].
-    #[prost(message, tag = "6")]
-    NodeRemove(NodeRef),
-    /// Move the coordinator role to a voter → [`Response::Done`].
-    #[prost(message, tag = "7")]
-    LeaderTransfer(NodeRef),
-    /// The volume record → [`Response::Volume`].
-    #[prost(message, tag = "8")]
-    VolumeGet(Empty),
-    /// Create the volume record, or grow it → [`Response::Volume`].
-    #[prost(message, tag = "9")]
-    VolumeSet(Volume),
-    /// Create a VHD record and allocate its initial extents → [`Response::Vhd`].
-    #[prost(message, tag = "10")]
-    VhdCreate(VhdCreate),
-    /// Delete a VHD record and free its extents → [`Response::Vhd`] (the deleted record).
-    #[prost(message, tag = "11")]
-    VhdDelete(VhdRef),
-    /// One VHD record by id or name → [`Response::Vhd`].
-    #[prost(message, tag = "12")]
-    VhdGet(VhdRef),
-    /// A page of VHD records by id → [`Response::VhdList`].
-    #[prost(message, tag = "13")]
-    VhdList(VhdList),
-    // Tags 14 to 18 (VhdSetState, ExtentsReserve, ExtentsRelease, ExtentsMap,
-    // ExtentsUnmap) were raw state-machine mutations no client needs; the data path makes
-    // them itself, fenced by the writer's generation (docs/design/042 §11). Never reuse
-    // them: an old client's request decodes as no request and is refused.
-    /// Free space and reservations → [`Response::Space`].
-    #[prost(message, tag = "19")]
-    SpaceGet(Empty),
-    /// Ownership and liveness (issue 5) → [`Response::Owner`].
-    #[prost(message, tag = "40")]
-    Owner(super::owner::OwnerRequest),
-    /// Cluster volume requests (`super::volume`).
-    #[prost(message, tag = "60")]
-    VolumeFormat(super::volume::VolumeFormat),
-    /// → [`Response::VolumeStatus`].
-    #[prost(message, tag = "61")]
-    VolumeStatus(Empty),
-    /// → [`Response::Vhd`].
-    #[prost(message, tag = "62")]
-    VhdNew(super::volume::VhdNew),
-    /// → [`Response::Attachment`].
-    #[prost(message, tag = "63")]
-    VhdAttach(super::volume::VhdAttach),
-    /// → [`Response::Done`].
-    #[prost(message, tag = "64")]
-    VhdDetach(super::volume::VhdDetach),
-    /// → [`Response::Attachments`].
-    #[prost(message, tag = "65")]
-    Attachments(Empty),
-    /// → [`Response::Vhd`].
-    #[prost(message, tag = "66")]
-    VhdImport(super::volume::VhdImport),
-    /// → [`Response::Done`].
-    #[prost(message, tag = "67")]
-    VhdExport(super::volume::VhdExport),
-    /// → [`Response::VolumeStatus`].
-    #[prost(message, tag = "68")]
-    VolumeRecover(super::volume::VolumeRecover),
-    /// → [`Response::Vhd`].
-    #[prost(message, tag = "69")]
-    VhdMaintain(super::volume::VhdMaintain),
-    /// → [`Response::Vhd`] (the parent).
-    #[prost(message, tag = "78")]
-    VhdMerge(super::volume::VhdMerge),
-    /// → [`Response::Progress`].
-    #[prost(message, tag = "79")]
-    OperationProgress(super::volume::OperationProgress),
-}
-
-/// A response from a node's daemon.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AdminResponse {
-    /// [`super::PROTOCOL_VERSION`].
-    #[prost(uint32, tag = "1")]
-    pub version: u32,
-    /// The answer.
-    #[prost(
-        oneof = "Response",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62, 69"
-    )]
-    pub response: Option<Response>,
-}
-
-/// Responses.
-#[derive(Clone, PartialEq, prost::Oneof)]
-pub enum Response {
-    /// The request failed.
-    #[prost(message, tag = "2")]
-    Error(ErrorReply),
-    /// The request succeeded and has nothing to report.
-    #[prost(message, tag = "3")]
-    Done(Empty),
-    /// `ClusterInit`.
-    #[prost(message, tag = "4")]
-    ClusterInit(ClusterInitReply),
-    /// `Status`.
-    #[prost(message, tag = "5")]
-    Status(Status),
-    /// Membership changes.
-    #[prost(message, tag = "6")]
-    Membership(Membership),
-    /// Volume requests.
-    #[prost(message, tag = "7")]
-    Volume(VolumeReply),
-    /// VHD requests.
-    #[prost(message, tag = "8")]
-    Vhd(Vhd),
-    /// `VhdList`.
-    #[prost(message, tag = "9")]
-    VhdList(VhdPage),
-    /// Extent reservations.
-    #[prost(message, tag = "10")]
-    Extents(Extents),
-    /// `SpaceGet`.
-    #[prost(message, tag = "11")]
-    Space(Space),
-    /// `Owner`.
-    #[prost(message, tag = "40")]
-    Owner(super::owner::OwnerReply),
-    /// `VolumeFormat`, `VolumeStatus`.
-    #[prost(message, tag = "60")]
-    VolumeStatus(super::volume::VolumeStatus),
-    /// `VhdAttach`.
-    #[prost(message, tag = "61")]
-    Attachment(super::volume::Attachment),
-    /// `Attachments`.
-    #[prost(message, tag = "62")]
-    Attachments(super::volume::Attachments),
-    /// `OperationProgress`.
-    #[prost(message, tag = "69")]
-    Progress(super::volume::Progress),
-}
+//! The admin message bodies shared by the request and response oneofs (see
+//! `envelope`) and by the [`owner`](super::owner) and [`volume`](super::volume) messages.
 
 /// No fields.
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
@@ -231,10 +66,8 @@ pub struct Status {
     /// Current term.
     #[prost(uint64, tag = "7")]
     pub term: u64,
-    /// Commit index.
     #[prost(uint64, tag = "8")]
     pub commit_index: u64,
-    /// Applied index.
     #[prost(uint64, tag = "9")]
     pub applied_index: u64,
     /// First index kept in the log.
@@ -315,10 +148,8 @@ pub struct NodeAdd {
 /// The raft configuration after a change.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Membership {
-    /// Voters.
     #[prost(uint64, repeated, tag = "1")]
     pub voters: Vec<u64>,
-    /// Learners.
     #[prost(uint64, repeated, tag = "2")]
     pub learners: Vec<u64>,
 }
@@ -363,7 +194,6 @@ pub struct VolumeReply {
 pub enum VhdKind {
     /// Not set (refused).
     Unspecified = 0,
-    /// Fixed.
     Fixed = 1,
     /// Dynamic (sparse).
     Dynamic = 2,
@@ -442,7 +272,6 @@ pub struct VhdList {
 /// A VHD record.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Vhd {
-    /// Id.
     #[prost(uint64, tag = "1")]
     pub id: u64,
     /// Unique name.
@@ -451,7 +280,6 @@ pub struct Vhd {
     /// Type.
     #[prost(enumeration = "VhdKind", tag = "3")]
     pub kind: i32,
-    /// Virtual size.
     #[prost(uint64, tag = "4")]
     pub virtual_size: u64,
     /// Parent id (0 = none).
@@ -463,7 +291,6 @@ pub struct Vhd {
     /// Logical length of the extent file in bytes.
     #[prost(uint64, tag = "7")]
     pub length: u64,
-    /// State.
     #[prost(enumeration = "VhdState", tag = "8")]
     pub state: i32,
     /// Log index that created it.
@@ -488,7 +315,6 @@ pub struct VhdPage {
 /// Runs of extents.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Extents {
-    /// The runs.
     #[prost(message, repeated, tag = "1")]
     pub runs: Vec<ExtentRun>,
 }
@@ -499,10 +325,8 @@ pub struct Space {
     /// Extents in the volume.
     #[prost(uint64, tag = "1")]
     pub extent_count: u64,
-    /// Free extents.
     #[prost(uint64, tag = "2")]
     pub free_extents: u64,
-    /// Free runs.
     #[prost(uint64, tag = "3")]
     pub free_runs: u64,
     /// Longest free run.
@@ -519,13 +343,11 @@ pub struct Space {
 /// A node's reservation.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Reservation {
-    /// Node.
     #[prost(uint64, tag = "1")]
     pub node: u64,
     /// Reserved extents.
     #[prost(uint64, tag = "2")]
     pub extents: u64,
-    /// The runs.
     #[prost(message, repeated, tag = "3")]
     pub runs: Vec<ExtentRun>,
 }

@@ -5,12 +5,14 @@
 //! meaning. Framing and the limits are in [`frame`], the blocking client in [`client`].
 
 pub mod client;
+mod envelope;
 pub mod frame;
 mod messages;
 pub mod owner;
 pub mod volume;
 
 pub use client::{Client, ClientError};
+pub use envelope::*;
 pub use frame::{FrameError, MAX_FRAME_BYTES};
 pub use messages::*;
 pub use owner::*;

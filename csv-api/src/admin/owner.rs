@@ -3,13 +3,11 @@
 //! response ([`super::Response::Owner`]) of the admin oneofs carry them, each with its
 //! own oneof, so the lock manager's protocol grows here without touching the others.
 
-use super::client::{Client, ClientError};
-use super::messages::{Empty, Request, Response, VhdRef};
+use super::messages::{Empty, VhdRef};
 
 /// `Request::Owner`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct OwnerRequest {
-    /// The operation.
     #[prost(oneof = "OwnerOp", tags = "1, 2, 3, 4, 5, 6")]
     pub op: Option<OwnerOp>,
 }
@@ -42,7 +40,6 @@ pub enum OwnerOp {
 /// `OwnerOp::Acquire`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct OwnerAcquire {
-    /// The VHD.
     #[prost(message, optional, tag = "1")]
     pub vhd: Option<VhdRef>,
     /// `write`, `read` or `read_deny_write` (empty: write).
@@ -53,7 +50,6 @@ pub struct OwnerAcquire {
 /// `OwnerOp::Move`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct OwnerMove {
-    /// The VHD.
     #[prost(message, optional, tag = "1")]
     pub vhd: Option<VhdRef>,
     /// The node that becomes the writer.
@@ -64,7 +60,6 @@ pub struct OwnerMove {
 /// `Response::Owner`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct OwnerReply {
-    /// The answer.
     #[prost(oneof = "OwnerAnswer", tags = "1, 2, 3, 4")]
     pub answer: Option<OwnerAnswer>,
 }
@@ -146,10 +141,8 @@ pub struct HoldInfo {
     /// VHD id.
     #[prost(uint64, tag = "1")]
     pub vhd: u64,
-    /// The node.
     #[prost(uint64, tag = "2")]
     pub node: u64,
-    /// The mode.
     #[prost(string, tag = "3")]
     pub mode: String,
     /// The hold's generation.
@@ -163,7 +156,6 @@ pub struct HoldInfo {
 /// The asked node's local fence.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LocalFence {
-    /// The node.
     #[prost(uint64, tag = "1")]
     pub node: u64,
     /// Its epoch (0: not registered).
@@ -204,10 +196,8 @@ pub struct LocalHoldInfo {
     /// VHD id.
     #[prost(uint64, tag = "1")]
     pub vhd: u64,
-    /// The mode.
     #[prost(string, tag = "2")]
     pub mode: String,
-    /// The generation.
     #[prost(uint64, tag = "3")]
     pub generation: u64,
     /// Its epoch.
@@ -224,10 +214,8 @@ pub struct LostHoldInfo {
     /// VHD id.
     #[prost(uint64, tag = "1")]
     pub vhd: u64,
-    /// The mode.
     #[prost(string, tag = "2")]
     pub mode: String,
-    /// The generation.
     #[prost(uint64, tag = "3")]
     pub generation: u64,
     /// The epoch it was held under (0: none).
@@ -264,7 +252,6 @@ pub struct LivenessInfo {
 /// One node's liveness.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct NodeLiveness {
-    /// The node.
     #[prost(uint64, tag = "1")]
     pub node: u64,
     /// Its epoch.
@@ -298,73 +285,5 @@ pub fn vhd_ref(s: &str) -> VhdRef {
             id: 0,
             name: s.to_string(),
         },
-    }
-}
-
-impl Client {
-    fn owner_call(&mut self, op: OwnerOp) -> Result<OwnerAnswer, ClientError> {
-        match self.call(Request::Owner(OwnerRequest { op: Some(op) }))? {
-            Response::Owner(OwnerReply { answer: Some(a) }) => Ok(a),
-            other => Err(ClientError::Protocol(format!(
-                "expected an owner answer, got {other:?}"
-            ))),
-        }
-    }
-
-    fn owner_info(&mut self, op: OwnerOp) -> Result<OwnerInfo, ClientError> {
-        match self.owner_call(op)? {
-            OwnerAnswer::Owner(o) => Ok(o),
-            other => Err(ClientError::Protocol(format!(
-                "expected an owner record, got {other:?}"
-            ))),
-        }
-    }
-
-    /// Every ownership record.
-    pub fn owner_list(&mut self) -> Result<Vec<OwnerInfo>, ClientError> {
-        match self.owner_call(OwnerOp::List(Empty {}))? {
-            OwnerAnswer::Owners(l) => Ok(l.owners),
-            other => Err(ClientError::Protocol(format!(
-                "expected owners, got {other:?}"
-            ))),
-        }
-    }
-
-    /// One VHD's owner with the asked node's local fence.
-    pub fn owner_show(&mut self, vhd: VhdRef) -> Result<OwnerInfo, ClientError> {
-        self.owner_info(OwnerOp::Show(vhd))
-    }
-
-    /// Takes a hold on the asked node (`mode`: write, read, read_deny_write).
-    pub fn owner_acquire(&mut self, vhd: VhdRef, mode: &str) -> Result<HoldInfo, ClientError> {
-        match self.owner_call(OwnerOp::Acquire(OwnerAcquire {
-            vhd: Some(vhd),
-            mode: mode.to_string(),
-        }))? {
-            OwnerAnswer::Hold(h) => Ok(h),
-            other => Err(ClientError::Protocol(format!(
-                "expected a hold, got {other:?}"
-            ))),
-        }
-    }
-
-    /// Drops the asked node's hold.
-    pub fn owner_release(&mut self, vhd: VhdRef) -> Result<OwnerInfo, ClientError> {
-        self.owner_info(OwnerOp::Release(vhd))
-    }
-
-    /// Hands the VHD's write hold to node `to`.
-    pub fn owner_move(&mut self, vhd: VhdRef, to: u64) -> Result<OwnerInfo, ClientError> {
-        self.owner_info(OwnerOp::Move(OwnerMove { vhd: Some(vhd), to }))
-    }
-
-    /// Liveness of every node and the asked node's fence.
-    pub fn node_liveness(&mut self) -> Result<LivenessInfo, ClientError> {
-        match self.owner_call(OwnerOp::Liveness(Empty {}))? {
-            OwnerAnswer::Liveness(l) => Ok(l),
-            other => Err(ClientError::Protocol(format!(
-                "expected liveness, got {other:?}"
-            ))),
-        }
     }
 }

@@ -144,7 +144,6 @@ pub struct Attachments {
 /// A VHD by name.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct VhdName {
-    /// Name.
     #[prost(string, tag = "1")]
     pub name: String,
 }

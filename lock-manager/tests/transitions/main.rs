@@ -6,85 +6,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod node_rows;
+mod table;
 mod vhd_rows;
 
 use common::*;
-use lock_manager::{
-    Command, ConflictReason, Epoch, Generation, LockError, LockState, Mode, NodeId, NodeStatus,
-    Outcome, VhdId,
-};
-
-struct Row {
-    name: &'static str,
-    setup: Vec<Command>,
-    before: &'static str,
-    cmd: Command,
-    expect: Result<Outcome, LockError>,
-    after: &'static str,
-}
-
-const N1: NodeId = NodeId(1);
-const N2: NodeId = NodeId(2);
-const N3: NodeId = NodeId(3);
-const V1: VhdId = VhdId(1);
-
-fn e(n: u64) -> Epoch {
-    Epoch(n)
-}
-fn g(n: u64) -> Generation {
-    Generation(n)
-}
-fn granted(
-    vhd: VhdId,
-    node: NodeId,
-    ep: u64,
-    mode: Mode,
-    gen_: u64,
-    prev: Option<NodeId>,
-) -> Result<Outcome, LockError> {
-    Ok(Outcome::Granted {
-        vhd,
-        node,
-        epoch: e(ep),
-        mode,
-        generation: g(gen_),
-        previous_writer: prev,
-    })
-}
-fn stale(node: NodeId, given: u64, current: u64) -> Result<Outcome, LockError> {
-    Err(LockError::StaleEpoch {
-        node,
-        given: e(given),
-        current: e(current),
-    })
-}
-fn conflict(holder: NodeId, reason: ConflictReason) -> Result<Outcome, LockError> {
-    Err(LockError::Conflict {
-        vhd: V1,
-        holder,
-        reason,
-    })
-}
-
-fn req_xfer(v: u64, from: u64, to: u64, gen_: u64) -> Command {
-    Command::RequestTransfer {
-        vhd: VhdId(v),
-        from: NodeId(from),
-        to: NodeId(to),
-        expected_generation: Generation(gen_),
-    }
-}
-
-fn two() -> Vec<Command> {
-    vec![reg(1), reg(2)]
-}
-fn three() -> Vec<Command> {
-    vec![reg(1), reg(2), reg(3)]
-}
-fn with(mut base: Vec<Command>, more: &[Command]) -> Vec<Command> {
-    base.extend_from_slice(more);
-    base
-}
+use lock_manager::{Command, LockState, Mode, Outcome};
+use table::*;
 
 fn rows() -> Vec<Row> {
     let mut r = node_rows::rows();

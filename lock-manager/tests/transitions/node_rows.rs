@@ -1,6 +1,7 @@
 //! Rows of the node lifecycle commands: Register, Renew, ExpireNode, Leave.
 
-use super::*;
+use super::table::*;
+use lock_manager::{LockError, NodeId, NodeStatus, Outcome, VhdId};
 
 pub(super) fn rows() -> Vec<Row> {
     vec![

@@ -1,7 +1,8 @@
 //! Rows of the VHD hold commands: Acquire (write and read modes), Release, Transfer,
 //! Reclaim, Takeover.
 
-use super::*;
+use super::table::*;
+use lock_manager::{ConflictReason, LockError, Mode, NodeId, Outcome};
 
 pub(super) fn rows() -> Vec<Row> {
     vec![

@@ -149,7 +149,6 @@ pub struct CoreStats {
     pub synced_writes: u64,
     /// Entries applied.
     pub applied_entries: u64,
-    /// Snapshots installed.
     pub snapshots_installed: u64,
     /// Log compactions.
     pub compactions: u64,
@@ -307,7 +306,6 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         self.cfg.id
     }
 
-    /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -327,7 +325,6 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         self.raw.raft.term
     }
 
-    /// The applied index.
     pub fn applied_index(&self) -> u64 {
         self.raw.store().applied().index
     }

@@ -1,8 +1,11 @@
-//! Length-prefixed frames: a 4-byte big-endian length, then that many bytes. The reader
-//! refuses a length above its limit before allocating anything. Generic over
+//! Length-prefixed frames: a 4-byte big-endian length, then that many bytes ([`codec`], a
+//! `LengthDelimitedCodec`). The reader refuses a length above its limit before
+//! allocating anything. Generic over
 //! `AsyncRead`/`AsyncWrite` so a TLS stream slots in unchanged.
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 /// Frame errors.
 #[derive(Debug, thiserror::Error)]
@@ -23,15 +26,38 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one frame; `Ok(None)` when the stream ends cleanly between frames.
+/// Bytes of the length field.
+const HEAD: usize = 4;
+
+/// The wire format as a codec: a 4-byte big-endian length, then that many bytes;
+/// lengths above `max` are refused both ways (and above `u32::MAX` always).
+pub fn codec(max: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .big_endian()
+        .length_field_offset(0)
+        .length_field_length(HEAD)
+        .length_adjustment(0)
+        .max_frame_length(max)
+        .new_codec()
+}
+
+/// The length a frame header at the start of `b` announces (0 when `b` is shorter).
+fn announced(b: &[u8]) -> usize {
+    b.get(..HEAD)
+        .and_then(|h| <[u8; HEAD]>::try_from(h).ok())
+        .map_or(0, |h| u32::from_be_bytes(h) as usize)
+}
+
+/// Reads one frame; `Ok(None)` when the stream ends cleanly between frames. Reads
+/// exactly the frame's bytes, so the next call starts at the next frame.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut len = [0u8; 4];
+    let mut head = [0u8; HEAD];
     let mut got = 0;
-    while got < 4 {
-        let n = r.read(&mut len[got..]).await?;
+    while got < HEAD {
+        let n = r.read(&mut head[got..]).await?;
         if n == 0 {
             return if got == 0 {
                 Ok(None)
@@ -41,11 +67,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
+    let len = announced(&head);
+    let mut codec = codec(max);
+    let mut buf = BytesMut::from(&head[..]);
+    // The codec checks the length before anything is allocated for the payload.
+    match codec.decode(&mut buf) {
+        Ok(Some(empty)) => return Ok(Some(empty.into())),
+        Ok(None) => {}
+        Err(_) => return Err(FrameError::TooLarge { len, max }),
     }
-    let mut buf = vec![0u8; len];
+    buf.resize(len, 0);
     r.read_exact(&mut buf).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             FrameError::Truncated
@@ -53,7 +84,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             FrameError::Io(e)
         }
     })?;
-    Ok(Some(buf))
+    match codec.decode(&mut buf) {
+        Ok(Some(frame)) => Ok(Some(frame.into())),
+        Ok(None) | Err(_) => Err(FrameError::Truncated),
+    }
 }
 
 /// Writes one frame (not flushed).
@@ -61,12 +95,14 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     payload: &[u8],
 ) -> Result<(), FrameError> {
-    let len = u32::try_from(payload.len()).map_err(|_| FrameError::TooLarge {
-        len: payload.len(),
-        max: u32::MAX as usize,
-    })?;
-    w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(payload).await?;
+    let mut buf = BytesMut::with_capacity(HEAD + payload.len());
+    codec(usize::MAX)
+        .encode(payload, &mut buf)
+        .map_err(|_| FrameError::TooLarge {
+            len: payload.len(),
+            max: u32::MAX as usize,
+        })?;
+    w.write_all(&buf).await?;
     Ok(())
 }
 
@@ -74,20 +110,25 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 /// [`read_frame`], used by the fuzz target and property tests): returns the frames and
 /// the number of bytes consumed, or the first error.
 pub fn split_frames(buf: &[u8], max: usize) -> Result<(Vec<&[u8]>, usize), FrameError> {
+    let mut codec = codec(max);
+    let mut rest = BytesMut::from(buf);
     let mut out = Vec::new();
     let mut at = 0;
-    while buf.len() - at >= 4 {
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&buf[at..at + 4]);
-        let len = u32::from_be_bytes(len) as usize;
-        if len > max {
-            return Err(FrameError::TooLarge { len, max });
+    loop {
+        match codec.decode(&mut rest) {
+            Ok(Some(frame)) => {
+                let end = at + HEAD + frame.len();
+                out.push(&buf[at + HEAD..end]);
+                at = end;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                return Err(FrameError::TooLarge {
+                    len: announced(&buf[at..]),
+                    max,
+                });
+            }
         }
-        if buf.len() - at - 4 < len {
-            break;
-        }
-        out.push(&buf[at + 4..at + 4 + len]);
-        at += 4 + len;
     }
     Ok((out, at))
 }
@@ -133,6 +174,24 @@ mod tests {
         assert!(matches!(
             read_frame(&mut r, 1 << 20).await,
             Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn wire_format_is_a_big_endian_u32_length_then_the_payload() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"abc").await.expect("write");
+        assert_eq!(buf, [0, 0, 0, 3, b'a', b'b', b'c']);
+        let mut r = buf.as_slice();
+        assert_eq!(
+            read_frame(&mut r, 3).await.expect("at the limit"),
+            Some(b"abc".to_vec())
+        );
+        let (frames, used) = split_frames(&buf, 3).expect("at the limit");
+        assert_eq!((frames, used), (vec![&b"abc"[..]], 7));
+        assert!(matches!(
+            split_frames(&buf, 2),
+            Err(FrameError::TooLarge { len: 3, max: 2 })
         ));
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ServerError;
+use super::config::ServerError;
 use crate::device::{BlockDevice, Capabilities};
 use crate::proto::*;
 

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -113,21 +113,8 @@ pub fn from_systemd() -> io::Result<Option<Vec<Listener>>> {
     Ok(Some(out))
 }
 
-#[allow(unsafe_code)]
-fn take_fd(fd: i32) -> io::Result<OwnedFd> {
-    // Check that the descriptor is open before taking ownership of it.
-    rustix::io::fcntl_getfd(
-        // SAFETY: borrowing for one fcntl call; the fd number comes from the
-        // activation protocol and is not owned by anything else in this process.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
-    )?;
-    // SAFETY: LISTEN_PID names this process, so descriptors 3..3+LISTEN_FDS were
-    // passed to it by its parent for it to own; each is taken exactly once, here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn inherit(fd: i32) -> io::Result<Listener> {
-    let owned = take_fd(fd)?;
+    let owned = crate::sys::take_listen_fd(fd)?;
     let sock = socket2::Socket::from(owned);
     sock.set_nonblocking(true)?;
     sock.set_cloexec(true)?;

@@ -1,28 +1,18 @@
 //! Option haggling as a pure state machine: [`Negotiator::handle_option`] takes one
 //! option (its payload already read and bounded by the caller) and appends the replies
 //! to an output buffer, returning what the connection must do next. No I/O here; the
-//! connection shell (`server::conn`) reads and writes.
+//! connection shell (`server::handle`) reads and writes.
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+pub use super::config::TlsPolicy;
 use super::export::{Export, ExportRegistry};
 use crate::codec::option::*;
 use crate::codec::{CodecError, handshake, parse_string};
 use crate::proto::*;
-
-/// The server's TLS policy for a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsPolicy {
-    /// No TLS configured: STARTTLS is answered ERR_UNSUP.
-    Off,
-    /// The client may upgrade.
-    Optional,
-    /// FORCEDTLS: everything but STARTTLS and ABORT is refused until TLS is up.
-    Required,
-}
 
 /// Everything transmission needs from a successful negotiation.
 #[derive(Debug)]

@@ -120,33 +120,6 @@ impl PathError {
         }
     }
 
-    /// Builds the error for a failed syscall, classified by its errno.
-    pub fn from_io(
-        target: &str,
-        op: Op,
-        offset: u64,
-        err: &io::Error,
-        eio_is_path: bool,
-    ) -> PathError {
-        let class = classify_io(err, eio_is_path);
-        let detail = err.to_string();
-        match class {
-            ErrorClass::Path => PathError::Path {
-                target: target.to_string(),
-                op,
-                offset,
-                detail,
-            },
-            _ => PathError::Media {
-                target: target.to_string(),
-                op,
-                offset,
-                errno: err.raw_os_error(),
-                detail,
-            },
-        }
-    }
-
     /// The path failure of a call refused without reaching the storage.
     pub fn path(target: &str, op: Op, offset: u64, detail: impl Into<String>) -> PathError {
         PathError::Path {
@@ -194,33 +167,6 @@ pub fn classify_errno(errno: i32, eio_is_path: bool) -> ErrorClass {
     }
 }
 
-/// Classifies an I/O error: by errno when it has one, else by kind (a socket that ended
-/// or timed out is a path failure).
-pub fn classify_io(err: &io::Error, eio_is_path: bool) -> ErrorClass {
-    if let Some(e) = err.raw_os_error() {
-        return classify_errno(e, eio_is_path);
-    }
-    if let Some(pe) = err.get_ref().and_then(|r| r.downcast_ref::<PathError>()) {
-        return pe.class();
-    }
-    if let Some(ee) = err
-        .get_ref()
-        .and_then(|r| r.downcast_ref::<crate::extent_file::ExtentError>())
-    {
-        return ee.class();
-    }
-    match err.kind() {
-        io::ErrorKind::UnexpectedEof
-        | io::ErrorKind::BrokenPipe
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionRefused
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::NotConnected
-        | io::ErrorKind::TimedOut => ErrorClass::Path,
-        _ => ErrorClass::Media,
-    }
-}
-
 impl From<PathError> for io::Error {
     /// Keeps the `PathError` inside (recoverable with `get_ref().downcast_ref()`, which
     /// [`classify_io`] does) under a kind that says the class.
@@ -263,25 +209,5 @@ mod tests {
             assert_eq!(classify_errno(e, false), c, "errno {e}");
         }
         assert_eq!(classify_errno(libc::EIO, true), ErrorClass::Path);
-    }
-
-    #[test]
-    fn io_round_trip_keeps_the_class() {
-        let pe = PathError::path("t", Op::Write, 7, "gone");
-        let io: io::Error = pe.into();
-        assert_eq!(classify_io(&io, false), ErrorClass::Path);
-        let pe = PathError::Media {
-            target: "t".into(),
-            op: Op::Write,
-            offset: 0,
-            errno: Some(libc::ENOSPC),
-            detail: "full".into(),
-        };
-        assert_eq!(pe.errno(), libc::ENOSPC);
-        let io: io::Error = pe.into();
-        assert_eq!(io.kind(), io::ErrorKind::StorageFull);
-        assert_eq!(classify_io(&io, false), ErrorClass::Media);
-        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
-        assert_eq!(classify_io(&eof, false), ErrorClass::Path);
     }
 }

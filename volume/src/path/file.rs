@@ -6,9 +6,10 @@
 use super::{
     ErrorClass, LunPath, Op, PathError, WriteGate, check_range, classify_io, validate_io_timeout,
 };
+use rustix::fs::{AtFlags, FallocateFlags, StatxFlags};
+use rustix::time::{ClockId, DynamicClockId, clock_gettime_dynamic};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,8 +18,6 @@ use std::time::Duration;
 
 /// Lock stripes for read-modify-write of partial blocks under O_DIRECT.
 const RMW_STRIPES: usize = 64;
-/// `_IO(0x12, 127)`: zero a byte range of a block device (not in the libc crate).
-const BLKZEROOUT: libc::Ioctl = 0x127f;
 
 /// How to open a [`FilePath`].
 #[derive(Debug, Clone)]
@@ -304,7 +303,7 @@ impl FilePath {
                 return Ok(false);
             }
             gate.check()?;
-            match blkzeroout(&self.file, zs, ze - zs) {
+            match crate::sys::blkzeroout(&self.file, zs, ze - zs) {
                 Ok(()) => {
                     if zs > offset {
                         super::write_zeroes_by_writing(self, offset, zs - offset, gate)?;
@@ -318,10 +317,10 @@ impl FilePath {
                 Err(e) => Err(self.err(Op::WriteZeroes, offset, &e)),
             }
         } else {
-            let keep = libc::FALLOC_FL_KEEP_SIZE;
+            let keep = FallocateFlags::KEEP_SIZE;
             let (zero, punch) = (
-                libc::FALLOC_FL_ZERO_RANGE | keep,
-                libc::FALLOC_FL_PUNCH_HOLE | keep,
+                FallocateFlags::ZERO_RANGE | keep,
+                FallocateFlags::PUNCH_HOLE | keep,
             );
             // ZERO_RANGE allocates (unwritten) blocks: on a thin LUN file every zeroed
             // extent would cost real space (a new dynamic VHD zeroes a whole extent).
@@ -347,17 +346,10 @@ impl FilePath {
 /// visible share of a 4 KiB page-cache read); its ~4 ms resolution is plenty against an
 /// io_timeout of seconds.
 fn coarse_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: clock_gettime writes one timespec through the pointer, which points at `ts`.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
+    match clock_gettime_dynamic(DynamicClockId::Known(ClockId::MonotonicCoarse)) {
+        Ok(ts) => Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+        Err(_) => Duration::ZERO,
     }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn unsupported(e: &io::Error) -> bool {
@@ -470,69 +462,27 @@ impl AlignedBuf {
     }
 }
 
-fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let l = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    #[allow(unsafe_code)]
-    // SAFETY: fallocate takes a descriptor borrowed from `file` for the call and plain
-    // integers; it touches no memory of ours.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, l) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+fn fallocate(file: &File, mode: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
+    // The kernel takes signed offsets: larger ones are refused before the call.
+    if i64::try_from(offset).is_err() || i64::try_from(len).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-}
-
-fn blkzeroout(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    let range: [u64; 2] = [offset, len];
-    #[allow(unsafe_code)]
-    // SAFETY: BLKZEROOUT reads two u64 (start, length) from the pointer, which points at
-    // `range`, alive for the call; the descriptor is borrowed from `file`.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKZEROOUT, range.as_ptr()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    rustix::fs::fallocate(file, mode, offset, len).map_err(io::Error::from)
 }
 
 fn logical_block_size(file: &File) -> Option<usize> {
-    let mut v: libc::c_int = 0;
-    #[allow(unsafe_code)]
-    // SAFETY: BLKSSZGET writes one c_int through the pointer, which points at `v`.
-    let rc = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            libc::BLKSSZGET,
-            &mut v as *mut libc::c_int,
-        )
-    };
-    (rc == 0 && v > 0)
+    // The kernel's value is a C int: only positive ones are sizes.
+    let v = rustix::fs::ioctl_blksszget(file).ok()?;
+    (1..=i32::MAX as u32)
+        .contains(&v)
         .then_some(v as usize)
         .filter(|v| v.is_power_of_two())
 }
 
 /// The file system's O_DIRECT offset alignment (statx STATX_DIOALIGN, Linux 6.1+).
 fn dio_alignment(file: &File) -> Option<usize> {
-    #[allow(unsafe_code)]
-    // SAFETY: an all-zero statx is a valid value of the plain C struct.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    let empty = c"";
-    #[allow(unsafe_code)]
-    // SAFETY: statx with AT_EMPTY_PATH on a borrowed descriptor and an empty C string
-    // fills `st`, which we own, and keeps no pointer.
-    let rc = unsafe {
-        libc::statx(
-            file.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH,
-            libc::STATX_DIOALIGN,
-            &mut st,
-        )
-    };
-    if rc != 0 || st.stx_mask & libc::STATX_DIOALIGN == 0 {
+    let st = rustix::fs::statx(file, c"", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN).ok()?;
+    if st.stx_mask & StatxFlags::DIOALIGN.bits() == 0 {
         return None;
     }
     let a = st.stx_dio_offset_align.max(st.stx_dio_mem_align) as usize;

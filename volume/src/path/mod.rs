@@ -8,7 +8,8 @@ mod file;
 mod nbd;
 mod quiet;
 
-pub use error::{ErrorClass, Op, PathError, classify_errno, classify_io};
+pub use crate::classify::classify_io;
+pub use error::{ErrorClass, Op, PathError, classify_errno};
 pub use file::{FileOptions, FilePath};
 pub use nbd::{NbdOptions, NbdPath, NbdTarget};
 pub use quiet::{QuietStep, quiet_step, wait_quiet};
