@@ -237,7 +237,6 @@ pub struct PathsSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSection {
-    /// Raft tick.
     pub tick: Dur,
     /// Election timeout in ticks (randomised in [n, 2n)).
     pub election_ticks: usize,

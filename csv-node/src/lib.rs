@@ -19,6 +19,7 @@ pub mod config;
 pub mod convert;
 pub mod data;
 pub mod durable;
+pub mod error;
 pub mod lease;
 pub mod meta;
 pub mod node;

@@ -163,6 +163,7 @@ where
             async move { r.await.map_err(meta_err) }
         })
         .await
+        .map_err(ApiError::from)
 }
 
 pub(super) async fn node_add(d: &Admin, a: api::NodeAdd) -> Result<Response, ApiError> {
@@ -190,7 +191,7 @@ pub(super) async fn node_add(d: &Admin, a: api::NodeAdd) -> Result<Response, Api
         members = retry_changes(wait, || m.meta.promote_learner(a.id)).await?;
     }
     m.propose(Command::SetNodeRole { node, role }).await?;
-    tracing::info!(node = a.id, address = %a.address, learner = a.learner, "node added");
+    tracing::info!(target = a.id, address = %a.address, learner = a.learner, "node added");
     Ok(membership(&members))
 }
 
@@ -209,7 +210,7 @@ pub(super) async fn node_promote(d: &Admin, id: u64) -> Result<Response, ApiErro
         role: NodeRole::Voter,
     })
     .await?;
-    tracing::info!(node = id, "node promoted");
+    tracing::info!(target = id, "node promoted");
     Ok(membership(&members))
 }
 
@@ -257,6 +258,6 @@ pub(super) async fn node_remove(d: &Admin, id: u64) -> Result<Response, ApiError
         }
         _ => {}
     }
-    tracing::info!(node = id, "node removed");
+    tracing::info!(target = id, "node removed");
     Ok(membership(&members))
 }

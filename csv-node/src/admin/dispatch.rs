@@ -18,8 +18,9 @@ fn vhd_reply(r: Reply) -> Result<Response, ApiError> {
     }
 }
 
-fn done(r: Result<(), ApiError>) -> Result<Response, ApiError> {
+fn done(r: Result<(), impl Into<ApiError>>) -> Result<Response, ApiError> {
     r.map(|()| Response::Done(api::Empty {}))
+        .map_err(Into::into)
 }
 
 /// Handles one admin request.
@@ -120,36 +121,20 @@ pub(super) async fn handle(a: &Admin, r: Request) -> Result<Response, ApiError> 
                 _ => unexpected("space query"),
             }
         }
-        Request::VolumeFormat(f) => a.data.volume_format(f).await,
-        Request::VolumeStatus(_) => a.data.volume_status().await.map(Response::VolumeStatus),
-        Request::VolumeRecover(r) => a.data.volume_recover(r).await,
+        Request::VolumeFormat(f) => Ok(a.data.volume_format(f).await?),
+        Request::VolumeStatus(_) => Ok(Response::VolumeStatus(a.data.volume_status().await?)),
+        Request::VolumeRecover(r) => Ok(a.data.volume_recover(r).await?),
         Request::Attachments(_) => Ok(Response::Attachments(api::volume::Attachments {
             attachments: a.data.attachments_list(),
         })),
-        Request::VhdNew(n) => a
-            .ops
-            .vhd_new(n)
-            .await
-            .map(|v| Response::Vhd(vhd_to_api(&v))),
-        Request::VhdAttach(x) => a.ops.attach_request(x).await.map(Response::Attachment),
+        Request::VhdNew(n) => Ok(Response::Vhd(vhd_to_api(&a.ops.vhd_new(n).await?))),
+        Request::VhdAttach(x) => Ok(Response::Attachment(a.ops.attach_request(x).await?)),
         Request::VhdDetach(x) => done(a.ops.detach_request(x).await),
-        Request::VhdImport(i) => a
-            .ops
-            .vhd_import(i)
-            .await
-            .map(|v| Response::Vhd(vhd_to_api(&v))),
+        Request::VhdImport(i) => Ok(Response::Vhd(vhd_to_api(&a.ops.vhd_import(i).await?))),
         Request::VhdExport(e) => done(a.ops.vhd_export(e).await),
-        Request::VhdMaintain(x) => a
-            .ops
-            .vhd_maintain(x)
-            .await
-            .map(|v| Response::Vhd(vhd_to_api(&v))),
-        Request::VhdMerge(x) => a
-            .ops
-            .vhd_merge(x)
-            .await
-            .map(|v| Response::Vhd(vhd_to_api(&v))),
-        Request::OperationProgress(p) => a.ops.progress.get(p.op_id).map(Response::Progress),
+        Request::VhdMaintain(x) => Ok(Response::Vhd(vhd_to_api(&a.ops.vhd_maintain(x).await?))),
+        Request::VhdMerge(x) => Ok(Response::Vhd(vhd_to_api(&a.ops.vhd_merge(x).await?))),
+        Request::OperationProgress(p) => Ok(Response::Progress(a.ops.progress.get(p.op_id)?)),
     }
 }
 

@@ -12,18 +12,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use csv_api::admin::volume::{Attachment, VhdAttach};
-use csv_api::error::ApiError;
 use csv_api::{ErrorCode, NodeId, VhdId};
 use lock_manager::Mode;
 use nbd::server::{ExportOptions, Server, ServerConfig, listener};
 use volume::{Layout, LunPath, ReadAccess, WriteAccess};
 
-use super::attachments::{Attached, STATE_FILE, Saved, drop_device, err};
+use super::attachments::{Attached, STATE_FILE, Saved, drop_device};
 use super::core::Data;
+use super::error::DataError;
 use super::extents::{self, CatalogSink, NodeReservation};
 use super::vhd_device::VhdDevice;
+use crate::error::Coded as _;
 use crate::lease::VhdHold;
 use crate::meta::Member;
+use crate::meta::unexpected;
 use crate::state::types::{Query, QueryReply, VhdRecord, VhdState};
 use crate::sync::lock;
 
@@ -47,7 +49,7 @@ pub(super) struct OpenPlan {
 
 impl OpenPlan {
     /// Opens the image and makes the NBD device (blocking: run in the pool).
-    pub(crate) fn open(self) -> Result<VhdDevice, ApiError> {
+    pub(crate) fn open(self) -> Result<VhdDevice, DataError> {
         let ro = self.access.is_none();
         let file = Arc::new(extents::open_file(
             &self.lun,
@@ -82,36 +84,37 @@ impl Data {
         format!("nbd+unix:///{name}?socket={}", self.nbd_socket().display())
     }
 
-    pub(crate) async fn nbd_server(&self) -> Result<Server, ApiError> {
+    pub(crate) async fn nbd_server(&self) -> Result<Server, DataError> {
         let s = self
             .att
             .server
             .get_or_try_init(|| async {
                 let s = Server::new(ServerConfig::default())
-                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+                    .map_err(|e| DataError::Internal(e.to_string()))?;
                 let sock = self.nbd_socket();
-                let l = listener::bind_unix(&sock, 0o660).map_err(|e| {
-                    err(
-                        ErrorCode::Config,
-                        format!("listen on {}: {e}", sock.display()),
-                    )
+                let l = listener::bind_unix(&sock, 0o660).map_err(|source| DataError::Listen {
+                    addr: sock.display().to_string(),
+                    source,
                 })?;
                 s.spawn_listener(l);
                 if let Some(a) = self.cfg.volume.as_ref().and_then(|v| v.nbd_listen) {
                     let l = listener::bind_tcp(a)
                         .await
-                        .map_err(|e| err(ErrorCode::Config, format!("listen on {a}: {e}")))?;
+                        .map_err(|source| DataError::Listen {
+                            addr: a.to_string(),
+                            source,
+                        })?;
                     s.spawn_listener(l);
                 }
                 tracing::info!(socket = %sock.display(), "NBD server listening");
-                Ok::<Server, ApiError>(s)
+                Ok::<Server, DataError>(s)
             })
             .await?;
         Ok(s.clone())
     }
 
     /// Adds the NBD export of an attachment.
-    pub(crate) fn export(&self, s: &Server, name: &str, a: &Attached) -> Result<(), ApiError> {
+    pub(crate) fn export(&self, s: &Server, name: &str, a: &Attached) -> Result<(), DataError> {
         s.add_export(
             name,
             a.device.clone(),
@@ -121,7 +124,7 @@ impl Data {
             },
         )
         .map(|_| ())
-        .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+        .map_err(|e| DataError::Internal(e.to_string()))
     }
 
     fn attachment(&self, name: &str, a: &Attached) -> Attachment {
@@ -230,7 +233,7 @@ impl Data {
     }
 
     /// A read-deny-write hold on `vhd`, shared by this node's users (refcounted).
-    pub(crate) async fn hold_read(&self, vhd: VhdId) -> Result<VhdHold, ApiError> {
+    pub(crate) async fn hold_read(&self, vhd: VhdId) -> Result<VhdHold, DataError> {
         let mut reads = self.att.reads.lock().await;
         // Idempotent while held; after an epoch change (every hold lost) it takes a new
         // one, and the users counted before still drop theirs one by one.
@@ -264,7 +267,7 @@ impl Data {
     pub(crate) async fn hold_ancestors(
         &self,
         chain: &[VhdRecord],
-    ) -> Result<(Vec<VhdId>, Vec<ReadAccess>), ApiError> {
+    ) -> Result<(Vec<VhdId>, Vec<ReadAccess>), DataError> {
         let mut ids = Vec::new();
         let mut access = Vec::new();
         for p in chain {
@@ -277,10 +280,10 @@ impl Data {
                     for id in ids {
                         self.drop_read(id).await;
                     }
-                    return Err(err(
-                        e.code(),
-                        format!("parent {} cannot be held read-only: {}", p.name, e.message),
-                    ));
+                    return Err(DataError::ParentHeld {
+                        name: p.name.clone(),
+                        source: Box::new(e),
+                    });
                 }
             }
         }
@@ -288,16 +291,16 @@ impl Data {
     }
 
     /// A VHD record by name (linearizable).
-    pub(crate) async fn vhd_by_name(&self, name: &str) -> Result<VhdRecord, ApiError> {
+    pub(crate) async fn vhd_by_name(&self, name: &str) -> Result<VhdRecord, DataError> {
         let m = self.member().await?;
         match m.query(Query::VhdByName { name: name.into() }).await? {
             QueryReply::Vhd(v) => Ok(v),
-            _ => Err(err(ErrorCode::Internal, "unexpected VHD reply")),
+            _ => unexpected("a VHD query"),
         }
     }
 
     /// The VHDs whose parent is `vhd`.
-    pub(crate) async fn children_of(&self, vhd: VhdId) -> Result<Vec<VhdRecord>, ApiError> {
+    pub(crate) async fn children_of(&self, vhd: VhdId) -> Result<Vec<VhdRecord>, DataError> {
         let m = self.member().await?;
         let mut out = Vec::new();
         let mut after = 0;
@@ -312,31 +315,29 @@ impl Data {
                     }
                     after = next_after;
                 }
-                _ => return Err(err(ErrorCode::Internal, "unexpected list reply")),
+                _ => return unexpected("a VHD list"),
             }
         }
     }
 
     /// `vhd attach` on this node (`a.node` is not looked at: `attach_request` in
     /// `remote_attach.rs` routes a request for another node through the log).
-    pub(crate) async fn attach(&self, a: VhdAttach) -> Result<Attachment, ApiError> {
+    #[tracing::instrument(name = "attach", skip_all, fields(vhd = %a.name, read_only = a.read_only))]
+    pub(crate) async fn attach(&self, a: VhdAttach) -> Result<Attachment, DataError> {
         let _op = self.att.op.lock().await;
         self.attach_locked(a).await
     }
 
     /// [`Self::attach`] with the attach/detach lock held.
-    async fn attach_locked(&self, a: VhdAttach) -> Result<Attachment, ApiError> {
+    async fn attach_locked(&self, a: VhdAttach) -> Result<Attachment, DataError> {
         let reopen = {
             let map = lock(&self.att.map);
             match map.get(&a.name) {
                 Some(x) if x.read_only != a.read_only => {
-                    return Err(err(
-                        ErrorCode::InvalidState,
-                        format!(
-                            "{} is attached here in the other mode: detach it first",
-                            a.name
-                        ),
-                    ));
+                    return Err(DataError::InvalidState(format!(
+                        "{} is attached here in the other mode: detach it first",
+                        a.name
+                    )));
                 }
                 Some(x) if x.failed.is_none() => return Ok(self.attachment(&a.name, x)),
                 Some(_) => true,
@@ -362,25 +363,22 @@ impl Data {
         let opened = async {
             let rec = self.vhd_by_name(&a.name).await?;
             if rec.id != id {
-                return Err(err(
-                    ErrorCode::Unavailable,
-                    format!("{} was deleted and created again meanwhile: retry", a.name),
-                ));
+                return Err(DataError::Busy(format!(
+                    "{} was deleted and created again meanwhile: retry",
+                    a.name
+                )));
             }
             if rec.state != VhdState::Ready {
-                return Err(err(
-                    ErrorCode::InvalidState,
-                    format!("{} is {:?}, not ready", rec.name, rec.state),
-                ));
+                return Err(DataError::InvalidState(format!(
+                    "{} is {:?}, not ready",
+                    rec.name, rec.state
+                )));
             }
             if !ro && let Some(k) = self.children_of(rec.id).await?.first() {
-                return Err(err(
-                    ErrorCode::InvalidState,
-                    format!(
-                        "{} is the parent of {}: a parent stays read-only (attach with --read-only)",
-                        rec.name, k.name
-                    ),
-                ));
+                return Err(DataError::InvalidState(format!(
+                    "{} is the parent of {}: a parent stays read-only (attach with --read-only)",
+                    rec.name, k.name
+                )));
             }
             let chain = extents::ancestors(&m, &rec).await?;
             let (parents, parent_access) = self.hold_ancestors(&chain).await?;
@@ -395,7 +393,7 @@ impl Data {
             };
             let dev = tokio::task::spawn_blocking(move || plan.open())
                 .await
-                .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+                .map_err(DataError::from)
                 .and_then(|r| r);
             let dev = match dev {
                 Ok(d) => Arc::new(d),
@@ -460,13 +458,13 @@ impl Data {
 
     /// An attachment whose final flush failed, opened again from the LUN under the hold
     /// it kept, and exported again.
-    async fn reopen_failed(&self, name: &str) -> Result<Attachment, ApiError> {
+    async fn reopen_failed(&self, name: &str) -> Result<Attachment, DataError> {
         let dev = self.reopen_device(name).await?;
         let s = self.nbd_server().await?;
         let (old, out) = {
             let mut map = lock(&self.att.map);
             let Some(a) = map.get_mut(name) else {
-                return Err(err(ErrorCode::NotFound, format!("{name} is not attached")));
+                return Err(DataError::NotAttached { name: name.into() });
             };
             let old = std::mem::replace(&mut a.device, dev);
             a.failed = None;
@@ -480,23 +478,23 @@ impl Data {
 
     /// Opens an attached VHD again from what the LUN and the catalog hold, under the
     /// holds it has (after its writes in doubt are past their bound).
-    pub(crate) async fn reopen_device(&self, name: &str) -> Result<Arc<VhdDevice>, ApiError> {
+    pub(crate) async fn reopen_device(&self, name: &str) -> Result<Arc<VhdDevice>, DataError> {
         let (lun, layout) = self.volume_ready().await?;
         let m = self.member().await?;
         let (hold, ro, parents) = {
             let map = lock(&self.att.map);
             let a = map
                 .get(name)
-                .ok_or_else(|| err(ErrorCode::NotFound, format!("{name} is not attached")))?;
+                .ok_or_else(|| DataError::NotAttached { name: name.into() })?;
             // The old image writes nothing more (not even on drop): the new one starts
             // from what the LUN and the catalog hold.
             a.device.abandon();
             (a.hold.clone(), a.read_only, a.parents.clone())
         };
         if !self.wait_quiet(&lun).await {
-            return Err(err(
-                ErrorCode::Storage,
-                format!("{name}: writes to the LUN are still in doubt; try again later"),
+            return Err(DataError::storage(
+                name,
+                "writes to the LUN are still in doubt; try again later",
             ));
         }
         let rec = self.vhd_by_name(name).await?;
@@ -517,7 +515,7 @@ impl Data {
         };
         tokio::task::spawn_blocking(move || plan.open())
             .await
-            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            .map_err(DataError::from)?
             .map(Arc::new)
     }
 

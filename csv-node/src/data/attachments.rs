@@ -3,9 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use csv_api::ErrorCode;
 use csv_api::VhdId;
-use csv_api::error::ApiError;
 use nbd::server::Server;
 use serde::{Deserialize, Serialize};
 
@@ -50,10 +48,6 @@ pub(crate) struct Attachments {
     /// (one hold per node and VHD: a parent of several attached children, a read-only
     /// attachment, an export in progress).
     pub(super) reads: tokio::sync::Mutex<BTreeMap<VhdId, usize>>,
-}
-
-pub(super) fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
-    ApiError::new(code, m)
 }
 
 /// Drops a device off the runtime worker (closing an image may flush it).

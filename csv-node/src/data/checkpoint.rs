@@ -9,16 +9,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use csv_api::ErrorCode;
 use csv_api::admin::volume::VolumeRecover;
 use csv_api::admin::{self as api};
-use csv_api::error::ApiError;
 use serde::{Deserialize, Serialize};
 
 use super::core::Data;
+use super::error::DataError;
 use super::lun::Check;
 use crate::config::VolumeSection;
 use crate::meta::Phase;
+use crate::meta::unexpected;
 use crate::state::types::{
     CheckpointState, Command, Query, QueryReply, Reply, VhdRecord, VhdState, VolumeRecord,
 };
@@ -42,16 +42,12 @@ pub(crate) struct Payload {
     vhds: Vec<VhdRecord>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorCode::Internal, e.to_string())
-}
-
-async fn local(d: &Data, q: Query) -> Result<QueryReply, ApiError> {
-    d.member().await?.query_local(q).await
+async fn local(d: &Data, q: Query) -> Result<QueryReply, DataError> {
+    Ok(d.member().await?.query_local(q).await?)
 }
 
 /// The catalog as this replica applied it, one snapshot.
-async fn catalog(d: &Data) -> Result<Option<Payload>, ApiError> {
+async fn catalog(d: &Data) -> Result<Option<Payload>, DataError> {
     match local(d, Query::Catalog).await? {
         QueryReply::Catalog {
             volume: Some(volume),
@@ -64,7 +60,7 @@ async fn catalog(d: &Data) -> Result<Option<Payload>, ApiError> {
             vhds,
         })),
         QueryReply::Catalog { volume: None, .. } => Ok(None),
-        _ => Err(internal("unexpected catalog reply")),
+        _ => unexpected("a catalog query"),
     }
 }
 
@@ -124,14 +120,14 @@ impl Writer {
             if at.elapsed() < RETRY_PAUSE {
                 return Some(RETRY_PAUSE - at.elapsed());
             }
-            record(d, &m, seq, idx).await;
+            record(&m, seq, idx).await;
             self.written = Some((seq, idx, tokio::time::Instant::now()));
             return Some(RETRY_PAUSE);
         }
         match write_once(d, self.sequence).await {
             Ok(Some((seq, idx))) => {
                 self.sequence = Some(seq);
-                record(d, &m, seq, idx).await;
+                record(&m, seq, idx).await;
                 self.written = Some((seq, idx, tokio::time::Instant::now()));
                 None
             }
@@ -148,7 +144,7 @@ impl Writer {
 }
 
 /// Proposes `CheckpointWritten`.
-async fn record(d: &Data, m: &crate::meta::Member, sequence: u64, index: u64) {
+async fn record(m: &crate::meta::Member, sequence: u64, index: u64) {
     match m
         .propose(Command::CheckpointWritten { sequence, index })
         .await
@@ -157,56 +153,63 @@ async fn record(d: &Data, m: &crate::meta::Member, sequence: u64, index: u64) {
             tracing::debug!(sequence, index, "checkpoint recorded");
         }
         Ok(_) => tracing::warn!("checkpoint: unexpected reply to CheckpointWritten"),
-        Err(e) => tracing::debug!(node = d.id(), "checkpoint not recorded yet: {e}"),
+        Err(e) => tracing::debug!("checkpoint not recorded yet: {e}"),
     }
 }
 
 /// Writes the newest catalog into the older slot and reads it back; the sequence and
 /// catalog index written, `None` when there is nothing to write.
-async fn write_once(d: &Data, sequence: Option<u64>) -> Result<Option<(u64, u64)>, String> {
+async fn write_once(d: &Data, sequence: Option<u64>) -> Result<Option<(u64, u64)>, DataError> {
     let sb = match lock(d.vol_check()).clone() {
         Some(Check::Ok(sb)) => sb,
         _ => return Ok(None),
     };
-    let lun = d.lun().await.map_err(|e| e.to_string())?;
-    let Some(payload) = catalog(d).await.map_err(|e| e.to_string())? else {
+    let lun = d.lun().await?;
+    let Some(payload) = catalog(d).await? else {
         return Ok(None);
     };
-    let bytes = serde_json::to_vec(&payload).map_err(|e| format!("encode: {e}"))?;
+    let bytes = serde_json::to_vec(&payload)
+        .map_err(|e| DataError::Internal(format!("encode the checkpoint: {e}")))?;
     let index = payload.raft_index;
     let limit = d.quiet_limit();
     tokio::task::spawn_blocking(move || {
         // An earlier attempt that timed out must not land over this one.
         if !volume::wait_quiet(&*lun, limit) {
-            return Err("writes to the LUN are still in doubt".to_string());
+            return Err(DataError::storage(
+                "checkpoint",
+                "writes to the LUN are still in doubt",
+            ));
         }
         let next = match sequence {
             Some(s) => s + 1,
             None => volume::checkpoint::read_latest(&*lun, &sb)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| DataError::storage("read the checkpoints", e))?
                 .checkpoint
                 .map_or(1, |c| c.sequence + 1),
         };
         volume::checkpoint::write_checkpoint(&*lun, &sb, next, index, &bytes)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DataError::storage(format!("write checkpoint {next}"), e))?;
         // Another writer (a deposed coordinator) may have written the same slot.
-        let back = volume::checkpoint::read_latest(&*lun, &sb).map_err(|e| e.to_string())?;
+        let back = volume::checkpoint::read_latest(&*lun, &sb)
+            .map_err(|e| DataError::storage("read the checkpoint back", e))?;
         match back.checkpoint {
             Some(c) if c.sequence == next && c.raft_index == index => Ok(Some((next, index))),
-            _ => Err(format!(
+            _ => Err(DataError::Busy(format!(
                 "checkpoint {next} at index {index} was not the newest when read back"
-            )),
+            ))),
         }
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 impl Data {
     /// `volume recover`: the newest checkpoint on the LUN becomes this empty cluster's
     /// volume and catalog (VHDs that were being created or deleted are left out: their
     /// extents are free again).
-    pub(crate) async fn volume_recover(&self, r: VolumeRecover) -> Result<api::Response, ApiError> {
+    pub(crate) async fn volume_recover(
+        &self,
+        r: VolumeRecover,
+    ) -> Result<api::Response, DataError> {
         let m = self.member().await?;
         let lun = if r.lun.is_empty() {
             self.lun().await?
@@ -222,41 +225,30 @@ impl Data {
             });
             cfg.lun = r.lun.clone();
             let t = self.io_timeout();
-            tokio::task::spawn_blocking(move || super::lun::open_lun(&cfg, t))
-                .await
-                .map_err(internal)?
-                .map_err(|e| ApiError::new(ErrorCode::Storage, format!("open LUN: {e}")))?
+            tokio::task::spawn_blocking(move || super::lun::open_lun(&cfg, t)).await??
         };
         let l2 = lun.clone();
         let (sb, latest) = tokio::task::spawn_blocking(move || {
-            let f = volume::superblock::read(&*l2)
-                .map_err(|e| ApiError::new(ErrorCode::Storage, format!("superblock: {e}")))?;
+            let f =
+                volume::superblock::read(&*l2).map_err(|e| DataError::storage("superblock", e))?;
             let latest = volume::checkpoint::read_latest(&*l2, &f.superblock)
-                .map_err(|e| ApiError::new(ErrorCode::Storage, format!("checkpoint: {e}")))?;
-            Ok::<_, ApiError>((f.superblock, latest))
+                .map_err(|e| DataError::storage("checkpoint", e))?;
+            Ok::<_, DataError>((f.superblock, latest))
         })
-        .await
-        .map_err(internal)??;
+        .await??;
         let Some(cp) = latest.checkpoint else {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!(
-                    "volume {} holds no valid checkpoint ({} slots skipped)",
-                    sb.uuid,
-                    latest.skipped.len()
-                ),
-            ));
+            return Err(DataError::NoCheckpoint {
+                volume: sb.uuid.to_string(),
+                skipped: latest.skipped.len(),
+            });
         };
         let p: Payload = serde_json::from_slice(&cp.payload)
-            .map_err(|e| ApiError::new(ErrorCode::Storage, format!("checkpoint payload: {e}")))?;
+            .map_err(|e| DataError::storage("checkpoint payload", e))?;
         if p.format != PAYLOAD_FORMAT || p.volume.id.to_string() != sb.uuid.to_string() {
-            return Err(ApiError::new(
-                ErrorCode::Storage,
-                format!(
-                    "checkpoint of format {} for volume {} does not belong to volume {}",
-                    p.format, p.volume.id, sb.uuid
-                ),
-            ));
+            return Err(DataError::VolumeBad(format!(
+                "checkpoint of format {} for volume {} does not belong to volume {}",
+                p.format, p.volume.id, sb.uuid
+            )));
         }
         let vhds: Vec<VhdRecord> = p
             .vhds
@@ -278,7 +270,7 @@ impl Data {
             .await?
         {
             Reply::Volume(_) => {}
-            _ => return Err(internal("unexpected reply to RestoreCatalog")),
+            _ => return unexpected("RestoreCatalog"),
         }
         self.check_volume().await;
         self.volume_status().await.map(api::Response::VolumeStatus)

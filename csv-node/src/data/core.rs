@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use csv_api::VhdId;
-use csv_api::error::ApiError;
 use lock_manager::Mode;
 
 use super::attachments::Attachments;
+use super::error::DataError;
 use super::lun::VolumeRt;
 use crate::config::NodeConfig;
 use crate::lease::{Leases, VhdHold};
@@ -39,23 +39,23 @@ impl Data {
         self.cfg.node.id
     }
 
-    pub(crate) async fn member(&self) -> Result<Member, ApiError> {
-        self.meta.member().await
+    pub(crate) async fn member(&self) -> Result<Member, DataError> {
+        Ok(self.meta.member().await?)
     }
 
     /// Takes a hold on `vhd` for this node: `Write` acquires, or takes over a VHD whose
     /// owner expired; read modes add a read hold. Idempotent while held (the data path
     /// refcounts its own users). The returned fence answers each write check from the
     /// node's clock, so it closes by itself when the lease lapses.
-    pub(crate) async fn acquire_vhd(&self, vhd: VhdId, mode: Mode) -> Result<VhdHold, ApiError> {
+    pub(crate) async fn acquire_vhd(&self, vhd: VhdId, mode: Mode) -> Result<VhdHold, DataError> {
         let m = self.member().await?;
-        self.leases.acquire(&m, vhd, mode).await
+        Ok(self.leases.acquire(&m, vhd, mode).await?)
     }
 
     /// Drops this node's hold on `vhd` (the caller closed its users and drained writes).
-    pub(crate) async fn release_vhd(&self, vhd: VhdId) -> Result<(), ApiError> {
+    pub(crate) async fn release_vhd(&self, vhd: VhdId) -> Result<(), DataError> {
         let m = self.member().await?;
-        self.leases.release(&m, vhd).await
+        Ok(self.leases.release(&m, vhd).await?)
     }
 }
 

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use csv_api::error::ApiError;
-use csv_api::{ErrorCode, VhdId};
+use csv_api::VhdId;
 use nbd::device::BlockDevice;
 
-use super::attachments::{Attached, drop_device, err};
+use super::attachments::{Attached, drop_device};
 use super::core::Data;
+use super::error::DataError;
 use crate::lease::HandoffRequest;
 use crate::sync::lock;
 use tokio::sync::mpsc;
@@ -38,7 +38,7 @@ pub(crate) async fn serve_handoffs(d: Arc<Data>, mut requests: mpsc::Receiver<Ha
             async move {
                 tokio::select! {
                     r = d2.close_for_handoff(vhd) => {
-                        let _ = done.send(r);
+                        let _ = done.send(r.map_err(Into::into));
                     }
                     () = done.closed() => {
                         tracing::warn!("the lease layer stopped waiting: the hand-off is undone");
@@ -91,7 +91,7 @@ impl Data {
     /// The hand-off hook: close `vhd`'s export here without releasing its hold. Bounded
     /// well inside the lease layer's timeout; on failure (or cancellation) the export is
     /// restored.
-    async fn close_for_handoff(&self, vhd: VhdId) -> Result<(), ApiError> {
+    async fn close_for_handoff(&self, vhd: VhdId) -> Result<(), DataError> {
         let _op = self.att.op.lock().await;
         let name = lock(&self.att.map)
             .iter()
@@ -107,16 +107,16 @@ impl Data {
             return Ok(());
         };
         a.device.flush().await.map_err(|e| {
-            err(
-                ErrorCode::Storage,
-                format!("{name}: flush before the hand-off failed: {e}"),
+            DataError::storage(
+                name.clone(),
+                format!("flush before the hand-off failed: {e}"),
             )
         })?;
         let lun = self.lun().await?;
         if !self.wait_quiet(&lun).await {
-            return Err(err(
-                ErrorCode::Storage,
-                format!("{name}: writes to the LUN are still in doubt"),
+            return Err(DataError::storage(
+                name,
+                "writes to the LUN are still in doubt",
             ));
         }
         if let Some(a) = r.disarm() {
@@ -132,9 +132,9 @@ impl Data {
 
     /// Takes `name` out of the map and removes its export; waits for its connections at
     /// most `drain` (then they are closed). The guard restores it if dropped armed.
-    async fn take_export(&self, name: &str, drain: Duration) -> Result<Restore<'_>, ApiError> {
+    async fn take_export(&self, name: &str, drain: Duration) -> Result<Restore<'_>, DataError> {
         let Some(a) = lock(&self.att.map).remove(name) else {
-            return Err(err(ErrorCode::NotFound, format!("{name} is not attached")));
+            return Err(DataError::NotAttached { name: name.into() });
         };
         let r = Restore {
             d: self,
@@ -164,10 +164,9 @@ impl Data {
                     None => true,
                 };
                 if !idle || tokio::time::timeout(drain, removal.wait()).await.is_err() {
-                    return Err(err(
-                        ErrorCode::Unavailable,
-                        format!("{name}: requests in flight did not end within {drain:?}"),
-                    ));
+                    return Err(DataError::Busy(format!(
+                        "{name}: requests in flight did not end within {drain:?}"
+                    )));
                 }
             }
         }
@@ -177,7 +176,8 @@ impl Data {
     /// `vhd detach`: remove the export, flush, and release the hold once this node's
     /// writes are past their bound. A failed flush keeps the hold (listed with its
     /// error, not exported); detaching again reopens the VHD from the LUN and retries.
-    pub(crate) async fn detach(&self, name: &str) -> Result<(), ApiError> {
+    #[tracing::instrument(name = "detach", skip_all, fields(vhd = %name))]
+    pub(crate) async fn detach(&self, name: &str) -> Result<(), DataError> {
         let _op = self.att.op.lock().await;
         let was_pending = self.forget_pending(name);
         let failed = lock(&self.att.map).get(name).map(|a| a.failed.is_some());
@@ -188,10 +188,10 @@ impl Data {
                 return Ok(());
             }
             None => {
-                return Err(err(
-                    ErrorCode::NotFound,
-                    format!("{name} is not attached on node {}", self.id()),
-                ));
+                return Err(DataError::NotAttachedHere {
+                    name: name.into(),
+                    node: self.id(),
+                });
             }
         };
         if failed {
@@ -215,14 +215,18 @@ impl Data {
                  before the outcome of its writes is known; detach again (it reopens the VHD \
                  from the LUN) once the LUN path works"
             );
-            let mut a = r.disarm().ok_or_else(|| err(ErrorCode::Internal, "lost"))?;
+            let mut a = r
+                .disarm()
+                .ok_or_else(|| DataError::Internal("lost".into()))?;
             a.failed = Some(msg.clone());
             lock(&self.att.map).insert(name.to_string(), a);
             self.save_attachments().await;
             tracing::error!(vhd = name, "{msg}");
-            return Err(err(ErrorCode::Storage, format!("{name}: {msg}")));
+            return Err(DataError::storage(name, msg));
         }
-        let a = r.disarm().ok_or_else(|| err(ErrorCode::Internal, "lost"))?;
+        let a = r
+            .disarm()
+            .ok_or_else(|| DataError::Internal("lost".into()))?;
         self.save_attachments().await;
         self.release_attached(name, a).await?;
         tracing::info!(vhd = name, "detached");
@@ -231,7 +235,7 @@ impl Data {
 
     /// Releases the holds of an attachment that is closed and flushed: its own (a write
     /// hold once this node's writes are past their bound) and its parents'.
-    async fn release_attached(&self, name: &str, a: Attached) -> Result<(), ApiError> {
+    async fn release_attached(&self, name: &str, a: Attached) -> Result<(), DataError> {
         for p in &a.parents {
             self.drop_read(*p).await;
         }
@@ -242,19 +246,17 @@ impl Data {
         }
         let lun = self.lun().await?;
         if !self.wait_quiet(&lun).await {
-            return Err(err(
-                ErrorCode::Storage,
-                format!(
-                    "{name}: writes to the LUN are still in doubt: the hold is kept (it ends \
-                     with this node's lease if this persists)"
-                ),
+            return Err(DataError::storage(
+                name,
+                "writes to the LUN are still in doubt: the hold is kept (it ends \
+                     with this node's lease if this persists)",
             ));
         }
         self.release_vhd(a.vhd).await
     }
 
     /// Flushes an image attached here (the owner's export, import and maintenance).
-    pub(crate) async fn flush_attached(&self, name: &str) -> Result<(), ApiError> {
+    pub(crate) async fn flush_attached(&self, name: &str) -> Result<(), DataError> {
         let dev = lock(&self.att.map)
             .get(name)
             .filter(|a| a.failed.is_none())
@@ -263,7 +265,7 @@ impl Data {
             Some(d) => d
                 .flush()
                 .await
-                .map_err(|e| err(ErrorCode::Storage, format!("flush {name}: {e}"))),
+                .map_err(|e| DataError::storage(format!("flush {name}"), e)),
             None => Ok(()),
         }
     }

@@ -9,7 +9,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use csv_api::error::ApiError;
 use csv_api::{Epoch, ErrorCode, Generation, NodeId, VhdId};
 use tokio::runtime::Handle;
 use vhd::chain::{ChildRef, FnResolver, ParentCandidate, ParentHints};
@@ -18,8 +17,10 @@ use volume::{
     MapUpdate, ReadAccess, SinkError, SourceError, WriteAccess,
 };
 
+use super::error::DataError;
+use crate::error::Coded as _;
 use crate::lease::Leases;
-use crate::meta::{EventHub, Member};
+use crate::meta::{EventHub, Member, unexpected};
 use crate::state::types::{Command, Query, QueryReply, Reply, Run, VhdRecord};
 use crate::sync::lock;
 
@@ -262,7 +263,7 @@ pub(crate) async fn wait_checkpoint(
     woken: &tokio::sync::Notify,
     index: u64,
     limit: Duration,
-) -> Result<(), ApiError> {
+) -> Result<(), DataError> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let notified = woken.notified();
@@ -274,12 +275,7 @@ pub(crate) async fn wait_checkpoint(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "no LUN checkpoint covers the catalog change at index {index} after {limit:?}                      (is the coordinator able to write the LUN?)"
-                ),
-            ));
+            return Err(DataError::CheckpointTimeout { index, limit });
         }
         let _ = tokio::time::timeout(CHECKPOINT_POLL, notified).await;
     }
@@ -322,11 +318,8 @@ impl ExtentMapSink for CatalogSink {
     }
 }
 
-fn bad_map(rec: &VhdRecord, e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        ErrorCode::Storage,
-        format!("VHD {} ({}): extent map: {e}", rec.name, rec.id),
-    )
+fn bad_map(rec: &VhdRecord, e: impl std::fmt::Display) -> DataError {
+    DataError::storage(format!("VHD {} ({}): extent map", rec.name, rec.id), e)
 }
 
 /// Opens a VHD's extent file (blocking). Without write access, `read` (a read hold's
@@ -337,7 +330,7 @@ pub(crate) fn open_file(
     rec: &VhdRecord,
     access: Option<WriteAccess>,
     read: Option<ReadAccess>,
-) -> Result<ExtentFile, ApiError> {
+) -> Result<ExtentFile, DataError> {
     let runs: Vec<ExtentRun> = rec
         .runs
         .iter()
@@ -353,25 +346,22 @@ pub(crate) fn open_file(
 }
 
 /// The parent chain of `rec` from the catalog: parent first.
-pub(crate) async fn ancestors(m: &Member, rec: &VhdRecord) -> Result<Vec<VhdRecord>, ApiError> {
+pub(crate) async fn ancestors(m: &Member, rec: &VhdRecord) -> Result<Vec<VhdRecord>, DataError> {
     let mut out: Vec<VhdRecord> = Vec::new();
     let mut next = rec.parent;
     while let Some(p) = next {
         if out.len() >= MAX_DEPTH {
-            return Err(ApiError::new(
-                ErrorCode::InvalidState,
-                format!(
-                    "VHD {} has a parent chain deeper than {MAX_DEPTH}",
-                    rec.name
-                ),
-            ));
+            return Err(DataError::InvalidState(format!(
+                "VHD {} has a parent chain deeper than {MAX_DEPTH}",
+                rec.name
+            )));
         }
         match m.query(Query::Vhd { vhd: p }).await? {
             QueryReply::Vhd(v) => {
                 next = v.parent;
                 out.push(v);
             }
-            _ => return Err(ApiError::new(ErrorCode::Internal, "unexpected VHD reply")),
+            _ => return unexpected("a VHD query"),
         }
     }
     Ok(out)
@@ -388,7 +378,7 @@ pub(crate) fn open_image(
     chain: &[VhdRecord],
     parent_access: &[ReadAccess],
     read_only: bool,
-) -> Result<vhd::Image, ApiError> {
+) -> Result<vhd::Image, DataError> {
     let mut parents = Vec::new();
     for (i, p) in chain.iter().enumerate() {
         let f = open_file(lun, layout, p, None, parent_access.get(i).cloned())?;
@@ -408,12 +398,6 @@ pub(crate) fn open_image(
                 None => (Vec::new(), vec!["(the catalog records no parent)".into()]),
             },
         );
-    vhd::Image::open_storage(file, read_only, &format!("lun:{}", rec.name), &resolver).map_err(
-        |e| {
-            ApiError::new(
-                ErrorCode::Storage,
-                format!("open VHD {} on the LUN: {e}", rec.name),
-            )
-        },
-    )
+    vhd::Image::open_storage(file, read_only, &format!("lun:{}", rec.name), &resolver)
+        .map_err(|e| DataError::storage(format!("open VHD {} on the LUN", rec.name), e))
 }

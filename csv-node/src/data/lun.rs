@@ -4,15 +4,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use csv_api::error::ApiError;
-use csv_api::{ErrorCode, VolumeId};
+use csv_api::VolumeId;
 use volume::{FileOptions, FilePath, LunPath, NbdOptions, NbdPath, NbdTarget, Superblock};
 
+use super::error::DataError;
 use crate::config::VolumeSection;
 use crate::state::types::VolumeRecord;
 
 /// Opens the LUN path of `sec` (blocking); every call is bounded by `io_timeout`.
-pub fn open_lun(sec: &VolumeSection, io_timeout: Duration) -> Result<Arc<dyn LunPath>, String> {
+pub fn open_lun(sec: &VolumeSection, io_timeout: Duration) -> Result<Arc<dyn LunPath>, DataError> {
+    open_path(sec, io_timeout).map_err(|e| DataError::storage("open LUN", e))
+}
+
+fn open_path(sec: &VolumeSection, io_timeout: Duration) -> Result<Arc<dyn LunPath>, String> {
     if sec.lun.starts_with("nbd:") || sec.lun.starts_with("nbd+") {
         let t = NbdTarget::parse(&sec.lun)?;
         let p = NbdPath::connect(
@@ -76,18 +80,14 @@ pub(crate) struct VolumeRt {
     pub(super) check: Mutex<Option<Check>>,
 }
 
-pub(super) fn api_err(code: ErrorCode, m: impl Into<String>) -> ApiError {
-    ApiError::new(code, m)
-}
-
 /// A volume record made from a superblock.
-pub(crate) fn record_of(sb: &Superblock, lun: &str) -> Result<VolumeRecord, ApiError> {
+pub(crate) fn record_of(sb: &Superblock, lun: &str) -> Result<VolumeRecord, DataError> {
     Ok(VolumeRecord {
         id: sb
             .uuid
             .to_string()
             .parse::<VolumeId>()
-            .map_err(|e| api_err(ErrorCode::Internal, e.to_string()))?,
+            .map_err(|e| DataError::Internal(e.to_string()))?,
         lun: lun.chars().take(200).collect(),
         description: sb.label.clone(),
         size: sb.layout.lun_size,

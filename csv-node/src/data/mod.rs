@@ -10,6 +10,7 @@ mod attachments;
 pub mod checkpoint;
 mod core;
 pub mod detach;
+mod error;
 pub mod extents;
 pub mod file_device;
 mod lun;
@@ -18,4 +19,5 @@ pub mod vhd_device;
 pub mod volume;
 
 pub use core::Data;
+pub use error::DataError;
 pub use lun::open_lun;

@@ -6,15 +6,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use csv_api::ErrorCode;
 use csv_api::admin::{self as api, Response};
-use csv_api::error::ApiError;
 use volume::{Layout, LunPath};
 
 use super::core::Data;
-use super::lun::{Check, api_err, differs, open_lun, record_of};
+use super::error::DataError;
+use super::lun::{Check, differs, open_lun, record_of};
 use crate::config::VolumeSection;
 use crate::convert;
+use crate::meta::unexpected;
 use crate::state::types::{Command, Query, QueryReply, Reply};
 use crate::sync::lock;
 
@@ -60,16 +60,11 @@ impl Data {
         }
     }
 
-    fn volume_cfg(&self) -> Result<&VolumeSection, ApiError> {
-        self.cfg.volume.as_ref().ok_or_else(|| {
-            api_err(
-                ErrorCode::Config,
-                format!(
-                    "node {} has no [volume] section in its config (the LUN path)",
-                    self.id()
-                ),
-            )
-        })
+    fn volume_cfg(&self) -> Result<&VolumeSection, DataError> {
+        self.cfg
+            .volume
+            .as_ref()
+            .ok_or(DataError::NoVolume { node: self.id() })
     }
 
     /// The check result (the checkpoint writer reads the superblock from it).
@@ -78,16 +73,13 @@ impl Data {
     }
 
     /// The open LUN (opened on first use).
-    pub(crate) async fn lun(&self) -> Result<Arc<dyn LunPath>, ApiError> {
+    pub(crate) async fn lun(&self) -> Result<Arc<dyn LunPath>, DataError> {
         if let Some(l) = lock(&self.vol.lun).clone() {
             return Ok(l);
         }
         let cfg = self.volume_cfg()?.clone();
         let t = self.io_timeout();
-        let l = tokio::task::spawn_blocking(move || open_lun(&cfg, t))
-            .await
-            .map_err(|e| api_err(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| api_err(ErrorCode::Storage, format!("open LUN: {e}")))?;
+        let l = tokio::task::spawn_blocking(move || open_lun(&cfg, t)).await??;
         let mut g = lock(&self.vol.lun);
         Ok(g.get_or_insert(l).clone())
     }
@@ -112,7 +104,7 @@ impl Data {
     async fn check_volume_inner(&self) -> Check {
         let m = match self.member().await {
             Ok(m) => m,
-            Err(e) => return Check::Pending(e.message),
+            Err(e) => return Check::Pending(e.to_string()),
         };
         // A local read: the watch runs on joining nodes too, which must not ask a leader
         // they do not know yet.
@@ -124,7 +116,7 @@ impl Data {
         };
         let lun = match self.lun().await {
             Ok(l) => l,
-            Err(e) => return Check::Bad(e.message),
+            Err(e) => return Check::Bad(e.to_string()),
         };
         let found = tokio::task::spawn_blocking(move || volume::superblock::read(&*lun)).await;
         match found {
@@ -143,7 +135,7 @@ impl Data {
     }
 
     /// The LUN and its layout, once the superblock is checked.
-    pub(crate) async fn volume_ready(&self) -> Result<(Arc<dyn LunPath>, Layout), ApiError> {
+    pub(crate) async fn volume_ready(&self) -> Result<(Arc<dyn LunPath>, Layout), DataError> {
         let cached = lock(&self.vol.check).clone();
         let c = match cached {
             Some(Check::Ok(sb)) => Check::Ok(sb),
@@ -151,8 +143,8 @@ impl Data {
         };
         match c {
             Check::Ok(sb) => Ok((self.lun().await?, sb.layout)),
-            Check::Pending(m) => Err(api_err(ErrorCode::InvalidState, m)),
-            Check::Bad(m) => Err(api_err(ErrorCode::Storage, m)),
+            Check::Pending(m) => Err(DataError::VolumeNotReady(m)),
+            Check::Bad(m) => Err(DataError::VolumeBad(m)),
         }
     }
 
@@ -160,13 +152,10 @@ impl Data {
     pub(crate) async fn volume_format(
         &self,
         f: api::volume::VolumeFormat,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<Response, DataError> {
         let m = self.member().await?;
         if let QueryReply::Volume { volume: Some(v) } = m.query(Query::Volume).await? {
-            return Err(api_err(
-                ErrorCode::AlreadyExists,
-                format!("the cluster has volume {} already", v.id),
-            ));
+            return Err(DataError::VolumeExists(v.id.to_string()));
         }
         let lun = self.lun().await?;
         let params = volume::FormatParams {
@@ -181,18 +170,12 @@ impl Data {
         };
         let l2 = lun.clone();
         let sb = tokio::task::spawn_blocking(move || volume::superblock::format(&*l2, &params))
-            .await
-            .map_err(|e| api_err(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| api_err(ErrorCode::Storage, format!("format: {e}")))?;
+            .await?
+            .map_err(|e| DataError::storage("format", e))?;
         let rec = record_of(&sb, &lun.describe())?;
         match m.propose(Command::SetVolume { volume: rec }).await? {
             Reply::Volume(_) => {}
-            _ => {
-                return Err(api_err(
-                    ErrorCode::Internal,
-                    "unexpected reply to SetVolume",
-                ));
-            }
+            _ => return unexpected("SetVolume"),
         }
         tracing::info!(volume = %sb.uuid, "volume formatted");
         self.check_volume().await;
@@ -200,7 +183,7 @@ impl Data {
     }
 
     /// `volume status`.
-    pub(crate) async fn volume_status(&self) -> Result<api::volume::VolumeStatus, ApiError> {
+    pub(crate) async fn volume_status(&self) -> Result<api::volume::VolumeStatus, DataError> {
         let m = self.member().await?;
         let volume = match m.query(Query::Volume).await? {
             QueryReply::Volume { volume } => volume.as_ref().map(convert::volume_to_api),

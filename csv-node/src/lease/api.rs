@@ -6,15 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use csv_api::error::ApiError;
-use csv_api::{ErrorCode, Generation, NodeId, VhdId};
-use lock_manager::{Command as LockCommand, FenceDenied, LockError, Mode, Outcome, OwnerView};
+use csv_api::{Generation, NodeId, VhdId};
+use lock_manager::{Command as LockCommand, LockError, Mode, Outcome, OwnerView};
 
 use super::clock::boottime;
+use super::error::LeaseError;
 use super::leases::{Leases, LockResult};
-use crate::meta::{Limit, Member, Meta, Retry, meta_err, unexpected};
+use crate::meta::{Limit, Member, Meta, MetaError, Retry, unexpected};
 use crate::state::event::lock_result;
-use crate::state::locks::lock_api_error;
 use crate::state::types::{Command, Query, QueryReply, Reply, decode_result};
 
 /// Lock proposals whose outcome is unknown (timeout, leader change) are tried five
@@ -30,7 +29,6 @@ pub const MOVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// A hold the data path got from `Leases::acquire`.
 #[derive(Debug, Clone)]
 pub struct VhdHold {
-    /// The VHD.
     pub vhd: VhdId,
     /// The hold's generation (the fencing token of a write hold).
     pub generation: Generation,
@@ -89,40 +87,37 @@ impl volume::WriteFence for HoldFence {
     }
 }
 
-/// A fence refusal as an API error.
-pub fn fenced(vhd: VhdId, d: FenceDenied) -> ApiError {
-    ApiError::new(ErrorCode::Fenced, format!("{vhd}: {d}"))
-}
-
 /// Proposes one lock command; the outer error is an unknown outcome or no cluster, the
 /// inner one the state machine's typed refusal.
 pub async fn propose_lock(
     m: &Member,
     cmd: LockCommand,
     timeout: Duration,
-) -> Result<LockResult, ApiError> {
+) -> Result<LockResult, MetaError> {
     let r = m
         .meta
         .propose_with_timeout(Command::Lock { command: cmd }.encode(), timeout)
-        .await
-        .map_err(meta_err)?;
+        .await?;
     let r = decode_result::<Reply>(&r);
     match lock_result(&r) {
         Some(t) => Ok(t),
-        None => r.and_then(|_| unexpected("a lock command")),
+        None => match r {
+            Ok(_) => unexpected("a lock command"),
+            Err(e) => Err(MetaError::Refused(e)),
+        },
     }
 }
 
 /// [`propose_lock`] under the repeatable retry policy: every lock command a node
 /// proposes is safe to repeat (idempotent, or refused by epoch/generation).
-pub(crate) async fn propose_retry(m: &Member, cmd: LockCommand) -> Result<LockResult, ApiError> {
+pub(crate) async fn propose_retry(m: &Member, cmd: LockCommand) -> Result<LockResult, MetaError> {
     LOCK_RETRY
         .run(|| propose_lock(m, cmd.clone(), Duration::ZERO))
         .await
 }
 
 /// The VHD's ownership as this replica applied it.
-pub async fn local_owner(m: &Member, vhd: VhdId) -> Result<Option<OwnerView>, ApiError> {
+pub async fn local_owner(m: &Member, vhd: VhdId) -> Result<Option<OwnerView>, MetaError> {
     match m.query_local(Query::Owner { vhd }).await? {
         QueryReply::Owner { owner } => Ok(owner),
         _ => unexpected("an owner query"),
@@ -130,7 +125,7 @@ pub async fn local_owner(m: &Member, vhd: VhdId) -> Result<Option<OwnerView>, Ap
 }
 
 /// The VHD's ownership, linearizable.
-pub async fn owner(m: &Member, vhd: VhdId) -> Result<Option<OwnerView>, ApiError> {
+pub async fn owner(m: &Member, vhd: VhdId) -> Result<Option<OwnerView>, MetaError> {
     match m.query(Query::Owner { vhd }).await? {
         QueryReply::Owner { owner } => Ok(owner),
         _ => unexpected("an owner query"),
@@ -158,7 +153,7 @@ impl Leases {
         self: &Arc<Self>,
         m: &Member,
         req: lock_manager::Request,
-    ) -> Result<LockResult, ApiError> {
+    ) -> Result<LockResult, MetaError> {
         let res = propose_retry(m, req.command.clone()).await?;
         let events = self.guard().on_result(req.ticket, &res, boottime());
         for f in self.note_events(events) {
@@ -188,14 +183,14 @@ impl Leases {
         m: &Member,
         vhd: VhdId,
         mode: Mode,
-    ) -> Result<VhdHold, ApiError> {
+    ) -> Result<VhdHold, LeaseError> {
         if let Some(h) = self.hold_of(vhd, mode) {
             return Ok(h);
         }
         let req = self
             .guard()
             .request_acquire(vhd, mode)
-            .map_err(|d| not_ready(vhd, d))?;
+            .map_err(|d| LeaseError::not_ready(vhd, d))?;
         let mut res = self.run_request(m, req).await?;
         if let (
             Mode::Write,
@@ -208,43 +203,39 @@ impl Leases {
             let req = self
                 .guard()
                 .request_takeover(vhd, *generation)
-                .map_err(|d| not_ready(vhd, d))?;
+                .map_err(|d| LeaseError::not_ready(vhd, d))?;
             res = self.run_request(m, req).await?;
         }
         match res {
             Ok(Outcome::Granted { generation, .. }) => match self.hold_of(vhd, mode) {
                 Some(h) if h.generation == generation => Ok(h),
-                _ => Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("{vhd}: granted at {generation} but superseded locally; retry"),
-                )),
+                _ => Err(LeaseError::Superseded { vhd, generation }),
             },
-            Ok(other) => Err(ApiError::new(
-                ErrorCode::Internal,
-                format!("{vhd}: unexpected outcome {other:?}"),
-            )),
-            Err(e) => Err(lock_api_error(&e)),
+            Ok(other) => Err(LeaseError::UnexpectedOutcome {
+                vhd,
+                outcome: format!("{other:?}"),
+            }),
+            Err(e) => Err(LeaseError::Refused(e)),
         }
     }
 
-    pub(crate) async fn release(self: &Arc<Self>, m: &Member, vhd: VhdId) -> Result<(), ApiError> {
+    pub(crate) async fn release(
+        self: &Arc<Self>,
+        m: &Member,
+        vhd: VhdId,
+    ) -> Result<(), LeaseError> {
         let req = self.guard().begin_release(vhd);
         let req = match req {
             Some(r) => r,
             // Already releasing (an earlier attempt's answer was lost): say it again.
             None => match self.guard().retry_release(vhd) {
                 Some(r) => r,
-                None => {
-                    return Err(ApiError::new(
-                        ErrorCode::LockNotHeld,
-                        format!("{vhd} is not held by this node"),
-                    ));
-                }
+                None => return Err(LeaseError::NotHeld { vhd }),
             },
         };
         match self.run_request(m, req).await? {
             Ok(_) | Err(LockError::NotHeld { .. } | LockError::GenerationMismatch { .. }) => Ok(()),
-            Err(e) => Err(lock_api_error(&e)),
+            Err(e) => Err(LeaseError::Refused(e)),
         }
     }
 
@@ -255,24 +246,12 @@ impl Leases {
         m: &Member,
         vhd: VhdId,
         to: NodeId,
-    ) -> Result<OwnerView, ApiError> {
-        let view = owner(m, vhd)
-            .await?
-            .ok_or_else(|| ApiError::new(ErrorCode::LockNoWriter, format!("{vhd} has no owner")))?;
+    ) -> Result<OwnerView, LeaseError> {
+        let view = owner(m, vhd).await?.ok_or(LeaseError::NoOwner { vhd })?;
         let from = match (view.owner, view.owner_valid) {
             (Some(o), true) => o,
-            (Some(o), false) => {
-                return Err(ApiError::new(
-                    ErrorCode::LockOwnerExpired,
-                    format!("{vhd}: owner {o} expired; acquire it on {to} to take it over"),
-                ));
-            }
-            (None, _) => {
-                return Err(ApiError::new(
-                    ErrorCode::LockNoWriter,
-                    format!("{vhd} has no owner"),
-                ));
-            }
+            (Some(owner), false) => return Err(LeaseError::OwnerExpired { vhd, owner, to }),
+            (None, _) => return Err(LeaseError::NoOwner { vhd }),
         };
         if from == to {
             return Ok(view);
@@ -285,7 +264,7 @@ impl Leases {
             expected_generation: g,
         };
         if let Err(e) = propose_retry(m, cmd).await? {
-            return Err(lock_api_error(&e));
+            return Err(LeaseError::Refused(e));
         }
         let deadline = tokio::time::Instant::now() + MOVE_TIMEOUT;
         loop {
@@ -298,34 +277,21 @@ impl Leases {
                 return if v.owner == Some(to) {
                     Ok(v)
                 } else {
-                    Err(ApiError::new(
-                        ErrorCode::LockConflict,
-                        format!(
-                            "{vhd} moved on to {:?} at {} meanwhile",
-                            v.owner, v.generation
-                        ),
-                    ))
+                    Err(LeaseError::MovedOn {
+                        vhd,
+                        owner: v.owner,
+                        generation: v.generation,
+                    })
                 };
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(ApiError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "{vhd}: owner {from} did not hand off within {MOVE_TIMEOUT:?} (it may be down: the VHD becomes takeover-able when its lease expires)"
-                    ),
-                ));
+                return Err(LeaseError::NoHandOff {
+                    vhd,
+                    from,
+                    waited: MOVE_TIMEOUT,
+                });
             }
         }
-    }
-}
-
-fn not_ready(vhd: VhdId, d: FenceDenied) -> ApiError {
-    match d {
-        FenceDenied::NoLease => ApiError::new(
-            ErrorCode::Unavailable,
-            format!("{vhd}: this node is not registered with the lock manager yet"),
-        ),
-        d => fenced(vhd, d),
     }
 }
 
@@ -334,7 +300,7 @@ impl Leases {
     /// proposes `Leave` at the current epoch, so the coordinator marks this node `Left`
     /// at once instead of expiring it a lease later; any hold still listed is dropped
     /// with it. Bounded by `timeout`; the next start registers again.
-    pub async fn leave_cluster(&self, meta: &Meta, timeout: Duration) -> Result<(), ApiError> {
+    pub async fn leave_cluster(&self, meta: &Meta, timeout: Duration) -> Result<(), LeaseError> {
         // Not a member (never initialised, or removed): nothing to leave.
         let Ok(m) = meta.member().await else {
             return Ok(());
@@ -349,7 +315,7 @@ impl Leases {
         };
         match propose_lock(&m, cmd, timeout).await? {
             Ok(_) => Ok(()),
-            Err(e) => Err(lock_api_error(&e)),
+            Err(e) => Err(LeaseError::Refused(e)),
         }
     }
 }

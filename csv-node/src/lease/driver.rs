@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::api::{propose_lock, propose_retry};
 use super::clock::boottime;
 use super::leases::Leases;
+use crate::error::Coded as _;
 use crate::meta::{LockEvent, Member};
 use crate::state::locks::{LockQuery, LockReply};
 use crate::state::types::{Query, QueryReply};

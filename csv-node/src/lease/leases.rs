@@ -6,7 +6,6 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use csv_api::error::ApiError;
 use csv_api::{NodeId, VhdId};
 use lock_manager::{
     FenceEvent, FenceGuard, LeaseTiming, LivenessTracker, LockError, Mode, Outcome, Request,
@@ -37,8 +36,11 @@ pub type LockResult = Result<Outcome, LockError>;
 #[derive(Debug)]
 pub struct HandoffRequest {
     pub vhd: VhdId,
-    pub done: oneshot::Sender<Result<(), ApiError>>,
+    pub done: oneshot::Sender<Result<(), HandoffRefused>>,
 }
+
+/// Why the data path did not let a VHD go.
+pub type HandoffRefused = Box<dyn std::error::Error + Send + Sync>;
 
 /// Hand-off requests waiting for the data path.
 const MAX_HANDOFFS: usize = 64;
@@ -46,11 +48,9 @@ const MAX_HANDOFFS: usize = 64;
 /// A hold this node lost with its epoch (shown by `owner show` and `node liveness`).
 #[derive(Debug, Clone, Serialize)]
 pub struct LostRecord {
-    /// The VHD.
     pub vhd: VhdId,
     /// How it was held.
     pub mode: Mode,
-    /// Its generation.
     pub generation: u64,
     /// The epoch it was held under.
     pub old_epoch: Option<u64>,
@@ -224,7 +224,7 @@ impl Leases {
 
     /// Asks the data path to let `vhd` go before a hand-off. Nobody serving the requests
     /// (a node without a data path) means nobody uses the VHD.
-    pub(super) async fn let_go(&self, vhd: VhdId) -> Result<(), String> {
+    pub(super) async fn let_go(&self, vhd: VhdId) -> Result<(), HandoffRefused> {
         if lock(&self.handoff_rx).is_some() {
             return Ok(());
         }
@@ -233,15 +233,14 @@ impl Leases {
             self.handoff_tx
                 .send(HandoffRequest { vhd, done })
                 .await
-                .map_err(|_| "the data path stopped".to_string())?;
-            match answer.await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err("the data path dropped the request".to_string()),
-            }
+                .map_err(|_| HandoffRefused::from("the data path stopped"))?;
+            answer
+                .await
+                .map_err(|_| HandoffRefused::from("the data path dropped the request"))?
         };
         tokio::time::timeout(HANDOFF_TIMEOUT, asked)
             .await
-            .map_err(|_| format!("no answer within {HANDOFF_TIMEOUT:?}"))?
+            .map_err(|_| HandoffRefused::from(format!("no answer within {HANDOFF_TIMEOUT:?}")))?
     }
 
     /// Logs and records fence events; returns the follow-up requests they call for
@@ -253,7 +252,6 @@ impl Leases {
                 FenceEvent::Lapsed { deadline } => {
                     let at = wall_ms_of(deadline);
                     tracing::warn!(
-                        node = %self.node,
                         closed_at_unix_ms = at,
                         "lease lapsed: every local write fence is closed until a renewal is confirmed"
                     );
@@ -262,7 +260,7 @@ impl Leases {
                     r.last_lapse_unix_ms = Some(at);
                 }
                 FenceEvent::Reopened { deadline } => {
-                    tracing::info!(node = %self.node, %deadline, "lease renewed at the same epoch: fences reopen");
+                    tracing::info!(%deadline, "lease renewed at the same epoch: fences reopen");
                     self.record().last_reopen_unix_ms = Some(now_unix_ms());
                 }
                 FenceEvent::OwnershipLost {
@@ -272,7 +270,6 @@ impl Leases {
                 } => {
                     let at = now_unix_ms();
                     tracing::warn!(
-                        node = %self.node,
                         old_epoch = ?old_epoch.map(|e| e.0),
                         new_epoch = ?new_epoch.map(|e| e.0),
                         lost = ?holds.iter().map(|h| (h.vhd.0, h.generation.0)).collect::<Vec<_>>(),

@@ -16,11 +16,13 @@
 mod api;
 mod clock;
 mod driver;
+mod error;
 mod leases;
 pub mod watchdog;
 
-pub use api::{VhdHold, fenced, local_owner, owner, propose_lock};
+pub use api::{VhdHold, local_owner, owner, propose_lock};
 pub use clock::{boottime, wall_ms_of};
+pub use error::LeaseError;
 pub use leases::{
     FenceRecord, HANDOFF_TIMEOUT, HandoffRequest, Leases, LockResult, LostRecord,
     MAX_FENCE_HISTORY, MAX_RESULTS,

@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use csv_api::error::ApiError;
-use csv_api::{ClusterId, ErrorCode, NodeId};
+use csv_api::{ClusterId, NodeId};
 use meta_store::{MetaNode, TcpConfig, TcpTransport};
 
 use super::events::Replica;
 use super::join::{self, Invitation};
 use super::state_file::{self, NodeState};
-use super::{Member, Meta, Phase, meta_err, now_unix_ms};
+use super::{Member, Meta, MetaError, Phase, meta_err, now_unix_ms};
 use crate::state::ClusterState;
 use crate::state::types::{Command, NodeState as RecordState, Query, QueryReply};
 
@@ -153,7 +152,7 @@ impl Meta {
 
     /// The bootstrap node proposes `InitCluster` until it is applied (a crash between
     /// bootstrap and the first commit leaves the identity unset).
-    async fn ensure_init(&self, st: &NodeState) -> Result<(), ApiError> {
+    async fn ensure_init(&self, st: &NodeState) -> Result<(), MetaError> {
         let m = self.member().await?;
         let deadline = tokio::time::Instant::now() + INIT_PATIENCE;
         let cmd = Command::InitCluster {
@@ -172,7 +171,8 @@ impl Meta {
             }
             match m.meta.propose(cmd.encode()).await {
                 Ok(r) => {
-                    crate::state::types::decode_result::<crate::state::types::Reply>(&r)?;
+                    crate::state::types::decode_result::<crate::state::types::Reply>(&r)
+                        .map_err(MetaError::Refused)?;
                     return Ok(());
                 }
                 Err(e) if tokio::time::Instant::now() < deadline => {
@@ -189,20 +189,14 @@ impl Meta {
     pub async fn init_cluster(
         self: &std::sync::Arc<Self>,
         name: &str,
-    ) -> Result<ClusterId, ApiError> {
+    ) -> Result<ClusterId, MetaError> {
         let st = {
             let mut phase = self.phase.write().await;
             if !matches!(*phase, Phase::Uninitialized) {
-                return Err(ApiError::new(
-                    ErrorCode::AlreadyInitialized,
-                    "this node is a cluster member already",
-                ));
+                return Err(MetaError::AlreadyMember);
             }
             if name.len() > crate::state::MAX_NAME_BYTES || name.contains('/') {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidArgument,
-                    "cluster name: at most 255 bytes, no '/'",
-                ));
+                return Err(MetaError::BadClusterName);
             }
             let st = NodeState {
                 cluster_id: ClusterId::random(),
@@ -217,7 +211,7 @@ impl Meta {
             };
             self.become_member(&mut phase, &st, true)
                 .await
-                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("{e:#}")))?;
+                .map_err(MetaError::Start)?;
             st
         };
         self.ensure_init(&st).await?;

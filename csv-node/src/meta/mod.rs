@@ -4,6 +4,7 @@
 //! machine, one retry policy), plus the subscriptions to applied commands
 //! ([`events::EventHub`]). Design: docs/design/050-control-plane.md §4.
 
+mod error;
 pub mod events;
 pub mod join;
 mod lifecycle;
@@ -13,14 +14,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use csv_api::error::ApiError;
 use csv_api::{ClusterId, ErrorCode};
 use meta_store::{MetaHandle, TcpTransport};
 use tokio::sync::{RwLock, watch};
 
 use crate::config::NodeConfig;
+use crate::error::Coded;
 use crate::state::types::{Command, Query, QueryReply, Reply, decode_result};
 use crate::task::Tasks;
+pub use error::MetaError;
 pub use events::{EventHub, LockEvent};
 
 /// A running member: the metadata node and its transport.
@@ -47,17 +49,19 @@ pub fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A metadata-store error as the wire error its code maps to.
-pub fn meta_err(e: meta_store::Error) -> ApiError {
-    ApiError::new(ErrorCode::from_meta_store(e.code() as u32), e.to_string())
+/// A metadata-store error.
+pub fn meta_err(e: meta_store::Error) -> MetaError {
+    MetaError::Store(e)
 }
 
 /// An unexpected state-machine reply (a bug, or a newer peer).
-pub fn unexpected<T>(what: &str) -> Result<T, ApiError> {
-    Err(ApiError::new(
-        ErrorCode::Internal,
-        format!("unexpected state-machine reply to {what}"),
-    ))
+pub fn unexpected<T, E: From<MetaError>>(what: &'static str) -> Result<T, E> {
+    Err(MetaError::Unexpected(what).into())
+}
+
+/// A state-machine answer: its reply, or its refusal.
+fn answer<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> Result<T, MetaError> {
+    decode_result(bytes).map_err(MetaError::Refused)
 }
 
 /// When a failed metadata request is tried again: the one retry policy of the node's
@@ -96,10 +100,11 @@ impl Retry {
 
     /// Runs `f` until it succeeds, fails with an error this policy does not retry, or
     /// the limit is reached (the last error is returned).
-    pub async fn run<T, F, Fut>(self, mut f: F) -> Result<T, ApiError>
+    pub async fn run<T, E, F, Fut>(self, mut f: F) -> Result<T, E>
     where
+        E: Coded,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, ApiError>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let start = tokio::time::Instant::now();
         let mut attempt = 1;
@@ -123,32 +128,32 @@ impl Retry {
 
 impl Member {
     /// Proposes `cmd` and waits for its reply.
-    pub async fn propose(&self, cmd: Command) -> Result<Reply, ApiError> {
-        let r = self.meta.propose(cmd.encode()).await.map_err(meta_err)?;
-        decode_result(&r)
+    pub async fn propose(&self, cmd: Command) -> Result<Reply, MetaError> {
+        let r = self.meta.propose(cmd.encode()).await?;
+        answer(&r)
     }
 
     /// Proposes `cmd` under `retry`.
-    pub async fn propose_retrying(&self, cmd: &Command, retry: Retry) -> Result<Reply, ApiError> {
+    pub async fn propose_retrying(&self, cmd: &Command, retry: Retry) -> Result<Reply, MetaError> {
         let bytes = cmd.encode();
         retry
             .run(|| async {
-                let r = self.meta.propose(bytes.clone()).await.map_err(meta_err)?;
-                decode_result(&r)
+                let r = self.meta.propose(bytes.clone()).await?;
+                answer(&r)
             })
             .await
     }
 
     /// A linearizable query.
-    pub async fn query(&self, q: Query) -> Result<QueryReply, ApiError> {
-        let r = self.meta.query(q.encode()).await.map_err(meta_err)?;
-        decode_result(&r)
+    pub async fn query(&self, q: Query) -> Result<QueryReply, MetaError> {
+        let r = self.meta.query(q.encode()).await?;
+        answer(&r)
     }
 
     /// A query of this replica's applied state (may lag the leader).
-    pub async fn query_local(&self, q: Query) -> Result<QueryReply, ApiError> {
-        let r = self.meta.query_local(q.encode()).await.map_err(meta_err)?;
-        decode_result(&r)
+    pub async fn query_local(&self, q: Query) -> Result<QueryReply, MetaError> {
+        let r = self.meta.query_local(q.encode()).await?;
+        answer(&r)
     }
 }
 
@@ -184,21 +189,12 @@ impl Meta {
     }
 
     /// The member handles, or the error that says why there are none.
-    pub async fn member(&self) -> Result<Member, ApiError> {
+    pub async fn member(&self) -> Result<Member, MetaError> {
         match &*self.phase.read().await {
             Phase::Member(m) => Ok(m.clone()),
-            Phase::Uninitialized => Err(ApiError::new(
-                ErrorCode::NotInitialized,
-                "this node is not a cluster member: run `csvadm cluster init` here, or `csvadm node add` on a member",
-            )),
-            Phase::Removed(_) => Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "this node was removed from the cluster",
-            )),
-            Phase::Stopping => Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "the node is stopping",
-            )),
+            Phase::Uninitialized => Err(MetaError::NotMember),
+            Phase::Removed(_) => Err(MetaError::Removed),
+            Phase::Stopping => Err(MetaError::Stopping),
         }
     }
 
@@ -243,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn retry_follows_the_codes_and_the_limit() {
-        let fail = |code| ApiError::new(code, "x");
+        let fail = |code| csv_api::error::ApiError::new(code, "x");
         let quick = Retry {
             pause: Duration::from_millis(1),
             ..Retry::REPEATABLE

@@ -35,7 +35,6 @@ pub struct NodeState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeedPeer {
-    /// Node id.
     pub id: u64,
     /// `host:port`.
     pub addr: String,

@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use csv_api::error::ApiError;
-
+use super::error::OpsError;
 use super::progress;
 use crate::config::NodeConfig;
 use crate::data::Data;
@@ -36,8 +35,8 @@ impl Ops {
         self.cfg.node.id
     }
 
-    pub(crate) async fn member(&self) -> Result<Member, ApiError> {
-        self.meta.member().await
+    pub(crate) async fn member(&self) -> Result<Member, OpsError> {
+        Ok(self.meta.member().await?)
     }
 }
 

@@ -13,55 +13,48 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::core::Ops;
+use super::error::OpsError;
 use crate::data::extents;
 use crate::state::types::{Command, Reply, VhdKind, VhdRecord, VhdState};
+use csv_api::NodeId;
 use csv_api::admin::volume::VhdMerge;
-use csv_api::error::ApiError;
-use csv_api::{ErrorCode, NodeId};
 use lock_manager::Mode;
-
-fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
-    ApiError::new(code, m)
-}
 
 impl Ops {
     /// Refuses a merge the catalog already rules out: not a ready differencing child,
     /// attached here, or a parent with other children.
-    async fn merge_check(&self, child: &VhdRecord) -> Result<VhdRecord, ApiError> {
+    async fn merge_check(&self, child: &VhdRecord) -> Result<VhdRecord, OpsError> {
         if child.kind != VhdKind::Differencing {
-            return Err(err(
-                ErrorCode::InvalidArgument,
-                format!("{} is not a differencing VHD", child.name),
-            ));
+            return Err(OpsError::InvalidArgument(format!(
+                "{} is not a differencing VHD",
+                child.name
+            )));
         }
         if child.state != VhdState::Ready {
-            return Err(err(
-                ErrorCode::InvalidState,
-                format!("{} is {:?}, not ready", child.name, child.state),
-            ));
+            return Err(OpsError::InvalidState(format!(
+                "{} is {:?}, not ready",
+                child.name, child.state
+            )));
         }
         let m = self.member().await?;
         let parent = extents::ancestors(&m, child)
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| err(ErrorCode::InvalidState, "the child has no parent record"))?;
+            .ok_or_else(|| OpsError::InvalidState("the child has no parent record".into()))?;
         for v in [child, &parent] {
             if self.data.is_attached_here(v.id) {
-                return Err(err(
-                    ErrorCode::InvalidState,
-                    format!("{} is attached here: detach it first", v.name),
-                ));
+                return Err(OpsError::InvalidState(format!(
+                    "{} is attached here: detach it first",
+                    v.name
+                )));
             }
         }
         if let Some(k) = self.data.children_of(child.id).await?.first() {
-            return Err(err(
-                ErrorCode::InvalidState,
-                format!(
-                    "{} is the parent of {}: merge or delete its children first",
-                    child.name, k.name
-                ),
-            ));
+            return Err(OpsError::InvalidState(format!(
+                "{} is the parent of {}: merge or delete its children first",
+                child.name, k.name
+            )));
         }
         let siblings: Vec<String> = self
             .data
@@ -72,21 +65,19 @@ impl Ops {
             .map(|k| k.name)
             .collect();
         if !siblings.is_empty() {
-            return Err(err(
-                ErrorCode::InvalidState,
-                format!(
-                    "{} has other children ({}): merging {} would change what they see",
-                    parent.name,
-                    siblings.join(", "),
-                    child.name
-                ),
-            ));
+            return Err(OpsError::InvalidState(format!(
+                "{} has other children ({}): merging {} would change what they see",
+                parent.name,
+                siblings.join(", "),
+                child.name
+            )));
         }
         Ok(parent)
     }
 
     /// `vhd merge CHILD` → the parent's record after the merge.
-    pub(crate) async fn vhd_merge(&self, req: VhdMerge) -> Result<VhdRecord, ApiError> {
+    #[tracing::instrument(name = "vhd_merge", skip_all, fields(vhd = %req.name))]
+    pub(crate) async fn vhd_merge(&self, req: VhdMerge) -> Result<VhdRecord, OpsError> {
         let (lun, layout) = self.data.volume_ready().await?;
         let m = self.member().await?;
         let child = self.data.vhd_by_name(&req.name).await?;
@@ -100,10 +91,7 @@ impl Ops {
             .acquire_vhd(child.id, Mode::Write)
             .await
             .map_err(|e| {
-                err(
-                    e.code(),
-                    format!("{} is in use (attached?): {}", child.name, e.message),
-                )
+                OpsError::from(e).context(format!("{} is in use (attached?)", child.name))
             })?;
         let parent_id = child.parent.unwrap_or(child.id);
         let parent_hold = match self.data.acquire_vhd(parent_id, Mode::Write).await {
@@ -112,13 +100,10 @@ impl Ops {
                 if let Err(r) = self.data.release_vhd(child.id).await {
                     tracing::warn!(vhd = %child.name, "release after refused merge: {r}");
                 }
-                return Err(err(
-                    e.code(),
-                    format!(
-                        "the parent of {} is in use (attached?): {}",
-                        child.name, e.message
-                    ),
-                ));
+                return Err(OpsError::from(e).context(format!(
+                    "the parent of {} is in use (attached?)",
+                    child.name
+                )));
             }
         };
         // Under both holds: the records are final (no writer elsewhere, no new child).
@@ -170,17 +155,17 @@ impl Ops {
                 )?;
                 let r = (|| {
                     let n = vhd::ops::merge_into(&cimg, &mut pimg, &mut |d, t| progress.set(d, t))
-                        .map_err(|e| err(ErrorCode::Storage, format!("merge: {e}")))?;
+                        .map_err(|e| OpsError::storage("merge", e))?;
                     let size = pimg.virtual_size();
                     pimg.flush()
-                        .map_err(|e| err(ErrorCode::Storage, format!("flush the parent: {e}")))?;
-                    Ok::<_, ApiError>((n, size))
+                        .map_err(|e| OpsError::storage("flush the parent", e))?;
+                    Ok::<_, OpsError>((n, size))
                 })();
                 p2.store(pfile.poisoned().is_some(), Ordering::Release);
                 r
             })
             .await
-            .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+            .map_err(|e| OpsError::Internal(e.to_string()))
             .and_then(|r| r);
             for g in grand {
                 self.data.drop_read(g).await;
@@ -191,13 +176,11 @@ impl Ops {
         if poisoned.load(Ordering::Acquire) {
             // Writes into the parent may be lost or still land: both holds are kept
             // (042 §8); attaching and detaching the parent here settles it.
-            return Err(err(
-                ErrorCode::Storage,
+            return Err(OpsError::storage(
+                format!("merge of {}", child.name),
                 format!(
-                    "merge of {}: a flush of the parent failed ({}); this node keeps both \
-                     write holds",
-                    child.name,
-                    r.err().map(|e| e.message).unwrap_or_default()
+                    "a flush of the parent failed ({}); this node keeps both write holds",
+                    r.err().map(|e| e.to_string()).unwrap_or_default()
                 ),
             ));
         }
@@ -209,13 +192,10 @@ impl Ops {
             m.propose(Command::DeleteVhd { vhd: child.id })
                 .await
                 .map_err(|e| {
-                    err(
-                        e.code(),
-                        format!(
-                            "{} is merged into its parent but its record stays: {}",
-                            child.name, e.message
-                        ),
-                    )
+                    OpsError::from(e).context(format!(
+                        "{} is merged into its parent but its record stays",
+                        child.name
+                    ))
                 })?;
             let parent = self.vhd_by_id(parent_id).await?;
             let parent = if size > parent.virtual_size {
@@ -229,7 +209,7 @@ impl Ops {
                 .await?
                 {
                     Reply::Vhd(v) => v,
-                    _ => return Err(err(ErrorCode::Internal, "unexpected reply")),
+                    _ => return Err(OpsError::Internal("unexpected reply".into())),
                 }
             } else {
                 parent
@@ -242,11 +222,11 @@ impl Ops {
         outcome
     }
 
-    async fn vhd_by_id(&self, id: csv_api::VhdId) -> Result<VhdRecord, ApiError> {
+    async fn vhd_by_id(&self, id: csv_api::VhdId) -> Result<VhdRecord, OpsError> {
         let m = self.member().await?;
         match m.query(crate::state::types::Query::Vhd { vhd: id }).await? {
             crate::state::types::QueryReply::Vhd(v) => Ok(v),
-            _ => Err(err(ErrorCode::Internal, "unexpected VHD reply")),
+            _ => Err(OpsError::Internal("unexpected VHD reply".into())),
         }
     }
 }

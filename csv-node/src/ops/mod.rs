@@ -4,9 +4,11 @@
 //! operations that `OperationProgress` reads (`progress.rs`).
 
 mod core;
+mod error;
 pub mod merge;
 pub mod progress;
 pub mod remote;
 pub mod vhd_ops;
 
 pub use core::Ops;
+pub use error::OpsError;

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use csv_api::ErrorCode;
+use super::error::OpsError;
 use csv_api::admin::volume::Progress;
-use csv_api::error::ApiError;
 
 use crate::sync::lock;
 
@@ -88,7 +87,7 @@ impl Operations {
         kind: &'static str,
         name: &str,
         unit: &'static str,
-    ) -> Result<OpGuard, ApiError> {
+    ) -> Result<OpGuard, OpsError> {
         let progress = Arc::new(OpProgress {
             kind,
             name: name.to_string(),
@@ -105,10 +104,9 @@ impl Operations {
         }
         let mut t = lock(&self.table);
         if t.contains_key(&op_id) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidArgument,
-                format!("operation id {op_id} is in use"),
-            ));
+            return Err(OpsError::InvalidArgument(format!(
+                "operation id {op_id} is in use"
+            )));
         }
         if t.len() >= MAX_OPERATIONS {
             tracing::warn!(
@@ -129,22 +127,19 @@ impl Operations {
     }
 
     /// The progress of a running operation.
-    pub(crate) fn get(&self, op_id: u64) -> Result<Progress, ApiError> {
+    pub(crate) fn get(&self, op_id: u64) -> Result<Progress, OpsError> {
         lock(&self.table)
             .get(&op_id)
             .map(|p| p.report(op_id))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("no operation {op_id} runs on this node"),
-                )
-            })
+            .ok_or_else(|| OpsError::NotFound(format!("no operation {op_id} runs on this node")))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Coded as _;
+    use csv_api::ErrorCode;
 
     #[test]
     fn entries_live_as_long_as_their_guard() {

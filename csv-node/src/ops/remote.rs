@@ -25,6 +25,8 @@ use csv_api::{ErrorCode, NodeId};
 use tracing::Instrument;
 
 use super::core::Ops;
+use super::error::OpsError;
+use crate::error::Coded as _;
 use crate::meta::{Member, Retry, unexpected};
 use crate::state::remote::{
     RemoteAction, RemoteAttachment, RemoteCommand, RemoteOutcome, RemoteQuery, RemoteRecord,
@@ -50,14 +52,10 @@ const EXECUTE_RETRY: Duration = Duration::from_millis(500);
 /// attachment lock anyway; this bounds the tasks).
 pub const MAX_RUNNING: usize = 64;
 
-fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
-    ApiError::new(code, m)
-}
-
 /// Proposes a remote command. A failure of the log itself (no coordinator, a lost or
 /// unknown outcome) is retried: every remote command is idempotent or refused on
 /// repeat. The state machine's refusal is answered at once.
-async fn propose_remote(m: &Member, cmd: RemoteCommand) -> Result<RemoteRecord, ApiError> {
+async fn propose_remote(m: &Member, cmd: RemoteCommand) -> Result<RemoteRecord, OpsError> {
     let cmd = Command::Remote { command: cmd };
     match m.propose_retrying(&cmd, Retry::REPEATABLE).await? {
         Reply::Remote { record } => Ok(record),
@@ -66,7 +64,7 @@ async fn propose_remote(m: &Member, cmd: RemoteCommand) -> Result<RemoteRecord, 
 }
 
 /// A record as this replica applied it.
-async fn local_record(m: &Member, id: u64) -> Result<Option<RemoteRecord>, ApiError> {
+async fn local_record(m: &Member, id: u64) -> Result<Option<RemoteRecord>, OpsError> {
     match m
         .query_local(Query::Remote(RemoteQuery::Get { id }))
         .await?
@@ -99,9 +97,10 @@ fn passing(code: ErrorCode) -> bool {
 
 impl Ops {
     /// `vhd attach`: on this node directly, or on `a.node` through the log.
-    pub(crate) async fn attach_request(&self, a: VhdAttach) -> Result<Attachment, ApiError> {
+    #[tracing::instrument(skip_all, fields(vhd = %a.name, target = a.node))]
+    pub(crate) async fn attach_request(&self, a: VhdAttach) -> Result<Attachment, OpsError> {
         if a.node == 0 || a.node == self.id() {
-            return self.data.attach(a).await;
+            return Ok(self.data.attach(a).await?);
         }
         let action = RemoteAction::Attach {
             read_only: a.read_only,
@@ -115,7 +114,8 @@ impl Ops {
 
     /// `vhd detach`: on this node directly, or on `r.node` through the log. A detach
     /// asked here of a VHD attached elsewhere names the nodes that hold it.
-    pub(crate) async fn detach_request(&self, r: VhdDetach) -> Result<(), ApiError> {
+    #[tracing::instrument(skip_all, fields(vhd = %r.name, target = r.node))]
+    pub(crate) async fn detach_request(&self, r: VhdDetach) -> Result<(), OpsError> {
         if r.node != 0 && r.node != self.id() {
             let (rec, outcome) = self
                 .ask(NodeId(r.node), &r.name, RemoteAction::Detach)
@@ -126,13 +126,15 @@ impl Ops {
             };
         }
         match self.data.detach(&r.name).await {
-            Err(e) if e.code() == ErrorCode::NotFound => Err(self.held_elsewhere(&r.name, e).await),
-            other => other,
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                Err(self.held_elsewhere(&r.name, e.into()).await)
+            }
+            other => Ok(other?),
         }
     }
 
     /// Adds to a "not attached here" error which nodes hold the VHD, if any.
-    async fn held_elsewhere(&self, name: &str, e: ApiError) -> ApiError {
+    async fn held_elsewhere(&self, name: &str, e: OpsError) -> OpsError {
         let Ok(rec) = self.data.vhd_by_name(name).await else {
             return e;
         };
@@ -157,41 +159,32 @@ impl Ops {
         else {
             return e;
         };
-        err(
-            ErrorCode::NotFound,
-            format!(
-                "{}; held by {}: detach it there with `csvadm vhd detach {name} --node {}`",
-                e.message,
-                holders.join(", "),
-                first.0
-            ),
-        )
+        OpsError::HeldElsewhere {
+            source: Box::new(e),
+            holders: holders.join(", "),
+            name: name.to_string(),
+            node: first.0,
+        }
     }
 
-    fn outcome_error(&self, rec: &RemoteRecord, o: RemoteOutcome) -> ApiError {
+    fn outcome_error(&self, rec: &RemoteRecord, o: RemoteOutcome) -> OpsError {
         match o {
             RemoteOutcome::Failed { error } => {
                 let t = rec.target.to_string();
-                ApiError {
+                OpsError::Remote(ApiError {
                     code: error.code,
                     message: if error.message.contains(&t) {
                         error.message
                     } else {
                         format!("on {t}: {}", error.message)
                     },
-                }
+                })
             }
-            RemoteOutcome::Cancelled => err(
-                ErrorCode::Timeout,
-                format!(
-                    "{} did not take up the request within {REMOTE_TIMEOUT:?} (down, or far behind the log); it was cancelled: nothing was done on {}",
-                    rec.target, rec.name
-                ),
-            ),
-            other => err(
-                ErrorCode::Internal,
-                format!("{}: unexpected outcome {other:?}", rec.target),
-            ),
+            RemoteOutcome::Cancelled => OpsError::Timeout(format!(
+                "{} did not take up the request within {REMOTE_TIMEOUT:?} (down, or far behind the log); it was cancelled: nothing was done on {}",
+                rec.target, rec.name
+            )),
+            other => OpsError::Internal(format!("{}: unexpected outcome {other:?}", rec.target)),
         }
     }
 
@@ -201,7 +194,7 @@ impl Ops {
         target: NodeId,
         name: &str,
         action: RemoteAction,
-    ) -> Result<(RemoteRecord, RemoteOutcome), ApiError> {
+    ) -> Result<(RemoteRecord, RemoteOutcome), OpsError> {
         let m = self.member().await?;
         let id = uuid::Uuid::new_v4().as_u64_pair().0.max(1);
         let started = std::time::Instant::now();
@@ -229,7 +222,7 @@ impl Ops {
                 return Err(e);
             }
         };
-        tracing::info!(id = format_args!("{id:#x}"), %target, vhd = name, ?action, "remote request recorded");
+        tracing::info!(request_id = format_args!("{id:#x}"), %target, vhd = name, ?action, "remote request recorded");
         let deadline = tokio::time::Instant::now() + REMOTE_TIMEOUT;
         let mut last = rec;
         loop {
@@ -239,7 +232,7 @@ impl Ops {
             if let Some(r) = local_record(&m, id).await? {
                 if let RemoteState::Done { outcome, .. } = &r.state {
                     let outcome = outcome.clone();
-                    tracing::info!(id = format_args!("{id:#x}"), %target, ?outcome, took_ms = started.elapsed().as_millis() as u64, "remote request answered");
+                    tracing::info!(request_id = format_args!("{id:#x}"), %target, ?outcome, took_ms = started.elapsed().as_millis() as u64, "remote request answered");
                     forget(&self.tasks, &m, id);
                     return Ok((r, outcome));
                 }
@@ -257,20 +250,14 @@ impl Ops {
                     forget(&self.tasks, &m, id);
                     Ok((r, outcome))
                 }
-                _ => Err(err(
-                    ErrorCode::Timeout,
-                    format!(
-                        "{target} took up the request ({id:#x}) but did not finish it within {REMOTE_TIMEOUT:?}; it will finish it: see `csvadm volume status` on {target}"
-                    ),
-                )),
+                _ => Err(OpsError::Timeout(format!(
+                    "{target} took up the request ({id:#x}) but did not finish it within {REMOTE_TIMEOUT:?}; it will finish it: see `csvadm volume status` on {target}"
+                ))),
             },
-            Err(e) => Err(err(
-                ErrorCode::Timeout,
-                format!(
-                    "{target} did not answer within {REMOTE_TIMEOUT:?} and the request ({id:#x}, {:?}) could not be cancelled ({e}): it may still run",
-                    last.state
-                ),
-            )),
+            Err(e) => Err(OpsError::Timeout(format!(
+                "{target} did not answer within {REMOTE_TIMEOUT:?} and the request ({id:#x}, {:?}) could not be cancelled ({e}): it may still run",
+                last.state
+            ))),
         }
     }
 }
@@ -280,7 +267,7 @@ fn forget(tasks: &Tasks, m: &Member, id: u64) {
     let m = m.clone();
     tasks.spawn(async move {
         if let Err(e) = propose_remote(&m, RemoteCommand::Forget { id }).await {
-            tracing::debug!(id = format_args!("{id:#x}"), error = %e, "remote request not forgotten (evicted later)");
+            tracing::debug!(request_id = format_args!("{id:#x}"), error = %e, "remote request not forgotten (evicted later)");
         }
     });
 }
@@ -319,7 +306,7 @@ async fn run(d: Arc<Ops>, m: Member) {
                 running.insert(rec.id);
             }
             let (d2, m2) = (d.clone(), m.clone());
-            let span = tracing::info_span!("remote_request", id = format_args!("{:#x}", rec.id), vhd = %rec.name);
+            let span = tracing::info_span!("remote_request", request_id = format_args!("{:#x}", rec.id), vhd = %rec.name);
             d.tasks.spawn(
                 async move {
                     let id = rec.id;
@@ -366,18 +353,18 @@ async fn execute(d: &Ops, m: &Member, rec: RemoteRecord) {
         {
             Ok(r) if r.state == RemoteState::Running => {}
             Ok(r) => {
-                tracing::info!(id = format_args!("{id:#x}"), state = ?r.state, "remote request not claimed");
+                tracing::info!(request_id = format_args!("{id:#x}"), state = ?r.state, "remote request not claimed");
                 return;
             }
             Err(e) => {
                 // Cancelled or finished meanwhile (invalid_state), or no coordinator:
                 // the sweep sees it again if it is still pending.
-                tracing::info!(id = format_args!("{id:#x}"), error = %e, "remote request not claimed");
+                tracing::info!(request_id = format_args!("{id:#x}"), error = %e, "remote request not claimed");
                 return;
             }
         }
     }
-    tracing::info!(id = format_args!("{id:#x}"), from = %rec.from, vhd = rec.name, action = ?rec.action, again, "running remote request");
+    tracing::info!(request_id = format_args!("{id:#x}"), from = %rec.from, vhd = rec.name, action = ?rec.action, again, "running remote request");
     let outcome = perform(d, &rec, again).await;
     match propose_remote(
         m,
@@ -397,7 +384,7 @@ async fn execute(d: &Ops, m: &Member, rec: RemoteRecord) {
         Err(e) if e.code() == ErrorCode::InvalidState || e.code() == ErrorCode::NotFound => {
             // Finished otherwise meanwhile (this node expired or was removed): nobody
             // learns of an attachment made here, so it is undone.
-            tracing::warn!(id = format_args!("{id:#x}"), error = %e, "remote outcome refused");
+            tracing::warn!(request_id = format_args!("{id:#x}"), error = %e, "remote outcome refused");
             if matches!(outcome, RemoteOutcome::Attached { .. })
                 && let Err(e) = d.data.detach(&rec.name).await
             {
@@ -406,7 +393,7 @@ async fn execute(d: &Ops, m: &Member, rec: RemoteRecord) {
         }
         // Unknown: the request stays running and the sweep runs it again (idempotent).
         Err(e) => {
-            tracing::warn!(id = format_args!("{id:#x}"), error = %e, "remote outcome not recorded; retried")
+            tracing::warn!(request_id = format_args!("{id:#x}"), error = %e, "remote outcome not recorded; retried")
         }
     }
 }
@@ -446,7 +433,12 @@ async fn perform(d: &Ops, rec: &RemoteRecord, again: bool) -> RemoteOutcome {
                 tracing::debug!(vhd = rec.name, error = %e, "remote request waits");
                 tokio::time::sleep(EXECUTE_RETRY).await;
             }
-            Err(error) => return RemoteOutcome::Failed { error },
+            // The outcome is replicated: the error as the wire carries it.
+            Err(e) => {
+                return RemoteOutcome::Failed {
+                    error: crate::error::to_api(&e),
+                };
+            }
         }
     }
 }

@@ -7,39 +7,28 @@
 use std::io::{Read as _, Seek as _, Write as _};
 use std::sync::Arc;
 
+use csv_api::NodeId;
 use csv_api::admin::volume::{VhdExport, VhdImport, VhdMaintain, VhdNew};
 use csv_api::admin::{self as api};
-use csv_api::error::ApiError;
-use csv_api::{ErrorCode, NodeId};
 use lock_manager::Mode;
 use vhd::DiskType;
 use volume::ExtentFile;
 
 use super::core::Ops;
+use super::error::OpsError;
 use super::progress::OpProgress;
 use crate::data::extents;
 use crate::lease::VhdHold;
+use crate::meta::unexpected;
 use crate::state::types::{Command, Query, QueryReply, Reply, VhdKind, VhdRecord, VhdState};
 
 /// Copy chunk of import and export.
 const COPY_CHUNK: usize = 4 << 20;
 
-fn err(code: ErrorCode, m: impl Into<String>) -> ApiError {
-    ApiError::new(code, m)
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    err(ErrorCode::Internal, e.to_string())
-}
-
-fn storage(what: &str, e: impl std::fmt::Display) -> ApiError {
-    err(ErrorCode::Storage, format!("{what}: {e}"))
-}
-
-fn vhd_reply(r: Reply) -> Result<VhdRecord, ApiError> {
+fn vhd_reply(r: Reply) -> Result<VhdRecord, OpsError> {
     match r {
         Reply::Vhd(v) => Ok(v),
-        _ => Err(internal("unexpected reply to a VHD command")),
+        _ => unexpected("a VHD command"),
     }
 }
 
@@ -54,7 +43,7 @@ impl Ops {
     /// writer: growth from the node's reservation, `SetExtents` at the hold's generation,
     /// the hold's fence (docs/design/042 §2). The file starts empty, so every mapped byte
     /// is zeroed (extents may hold old data).
-    async fn open_for_fill(&self, rec: &VhdRecord) -> Result<Filling, ApiError> {
+    async fn open_for_fill(&self, rec: &VhdRecord) -> Result<Filling, OpsError> {
         let (lun, layout) = self.data.volume_ready().await?;
         let m = self.member().await?;
         let hold = self.data.acquire_vhd(rec.id, Mode::Write).await?;
@@ -65,8 +54,8 @@ impl Ops {
             extents::open_file(&lun, &layout, &empty, Some(access), None)
         })
         .await
-        .map_err(internal)
-        .and_then(|r| r);
+        .map_err(OpsError::from)
+        .and_then(|r| Ok(r?));
         match opened {
             Ok(f) => Ok(Filling {
                 hold,
@@ -99,7 +88,7 @@ impl Ops {
 
     /// Marks a filled VHD ready (under its write hold), waits until a LUN checkpoint
     /// has it (a recovery must not lose an acknowledged create), releases the hold.
-    async fn mark_ready(&self, rec: &VhdRecord, hold: &VhdHold) -> Result<VhdRecord, ApiError> {
+    async fn mark_ready(&self, rec: &VhdRecord, hold: &VhdHold) -> Result<VhdRecord, OpsError> {
         let m = self.member().await?;
         let r = vhd_reply(
             m.propose(Command::SetVhdState {
@@ -119,9 +108,9 @@ impl Ops {
     pub(crate) async fn wait_catalog_checkpoint(
         &self,
         m: &crate::meta::Member,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), OpsError> {
         let QueryReply::Checkpoint(c) = m.query(Query::Checkpoint).await? else {
-            return Err(internal("unexpected checkpoint reply"));
+            return unexpected("a checkpoint query");
         };
         extents::wait_checkpoint(
             m,
@@ -129,11 +118,13 @@ impl Ops {
             c.catalog_index,
             extents::CHECKPOINT_WAIT,
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// `vhd create`.
-    pub(crate) async fn vhd_new(&self, req: VhdNew) -> Result<VhdRecord, ApiError> {
+    #[tracing::instrument(name = "vhd_new", skip_all, fields(vhd = %req.name))]
+    pub(crate) async fn vhd_new(&self, req: VhdNew) -> Result<VhdRecord, OpsError> {
         let (lun, layout) = self.data.volume_ready().await?;
         let m = self.member().await?;
         let parent = if req.parent.is_empty() {
@@ -146,9 +137,8 @@ impl Ops {
             (None, Ok(api::VhdKind::Fixed)) => VhdKind::Fixed,
             (None, Ok(api::VhdKind::Dynamic | api::VhdKind::Unspecified)) => VhdKind::Dynamic,
             (None, _) => {
-                return Err(err(
-                    ErrorCode::InvalidArgument,
-                    "a differencing VHD needs --parent",
+                return Err(OpsError::InvalidArgument(
+                    "a differencing VHD needs --parent".into(),
                 ));
             }
         };
@@ -163,7 +153,7 @@ impl Ops {
                     &mem,
                     &vhd::create::CreateOptions::new(DiskType::Dynamic, size),
                 )
-                .map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
+                .map_err(|e| OpsError::InvalidArgument(e.to_string()))?;
                 (size, Some(mem.to_vec()))
             }
             (VhdKind::Differencing, Some(p)) => {
@@ -173,13 +163,10 @@ impl Ops {
                     m.query(Query::Owner { vhd: p.id }).await?
                     && let Some(w) = o.owner
                 {
-                    return Err(err(
-                        ErrorCode::InvalidState,
-                        format!(
-                            "{} is written by {w}: detach it before creating a child",
-                            p.name
-                        ),
-                    ));
+                    return Err(OpsError::InvalidState(format!(
+                        "{} is written by {w}: detach it before creating a child",
+                        p.name
+                    )));
                 }
                 let chain = extents::ancestors(&m, p).await?;
                 let (p2, l2) = (p.clone(), lun.clone());
@@ -192,7 +179,7 @@ impl Ops {
                     let f = Arc::new(extents::open_file(&l2, &layout, &p2, None, Some(own))?);
                     let img = extents::open_image(&l2, &layout, f, &p2, &chain, &access, true)?;
                     let ft = img.footer();
-                    Ok::<_, ApiError>(vhd::create::ParentInfo {
+                    Ok::<_, OpsError>(vhd::create::ParentInfo {
                         uuid: ft.uuid,
                         virtual_size: img.virtual_size(),
                         timestamp: ft.timestamp,
@@ -202,14 +189,14 @@ impl Ops {
                     })
                 })
                 .await
-                .map_err(internal);
+                .map_err(OpsError::from);
                 for h in held {
                     self.data.drop_read(h).await;
                 }
                 let info = info??;
                 let mem = vhd::MemStorage::new();
                 vhd::create::create_differencing(&mem, &info, vhd::DEFAULT_BLOCK_SIZE, None)
-                    .map_err(|e| err(ErrorCode::InvalidArgument, e.to_string()))?;
+                    .map_err(|e| OpsError::InvalidArgument(e.to_string()))?;
                 (info.virtual_size, Some(mem.to_vec()))
             }
             (VhdKind::Differencing, None) => unreachable!("differencing only with a parent"),
@@ -217,13 +204,10 @@ impl Ops {
         if kind == VhdKind::Fixed
             && (size == 0 || !size.is_multiple_of(512) || size > vhd::MAX_VIRTUAL_SIZE)
         {
-            return Err(err(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "size {size}: a multiple of 512 from 512 to {}",
-                    vhd::MAX_VIRTUAL_SIZE
-                ),
-            ));
+            return Err(OpsError::InvalidArgument(format!(
+                "size {size}: a multiple of 512 from 512 to {}",
+                vhd::MAX_VIRTUAL_SIZE
+            )));
         }
         let length = match &meta {
             Some(b) => b.len() as u64,
@@ -254,7 +238,7 @@ impl Ops {
         rec: &VhdRecord,
         size: u64,
         meta: Option<Vec<u8>>,
-    ) -> Result<VhdHold, ApiError> {
+    ) -> Result<VhdHold, OpsError> {
         let Filling { hold, file } = self.open_for_fill(rec).await?;
         tokio::task::spawn_blocking(move || {
             match meta {
@@ -263,23 +247,24 @@ impl Ops {
                         &*file,
                         &vhd::create::CreateOptions::new(DiskType::Fixed, size),
                     )
-                    .map_err(|e| storage("write VHD footer", e))?;
+                    .map_err(|e| OpsError::storage("write VHD footer", e))?;
                 }
                 Some(b) => {
                     file.write(&b, 0)
-                        .map_err(|e| storage("write VHD metadata", e))?;
-                    file.flush().map_err(|e| storage("flush", e))?;
+                        .map_err(|e| OpsError::storage("write VHD metadata", e))?;
+                    file.flush().map_err(|e| OpsError::storage("flush", e))?;
                 }
             }
-            Ok::<_, ApiError>(())
+            Ok::<_, OpsError>(())
         })
         .await
-        .map_err(internal)??;
+        .map_err(OpsError::from)??;
         Ok(hold)
     }
 
     /// `vhd import FILE NAME`: a local VHD file's exact bytes.
-    pub(crate) async fn vhd_import(&self, req: VhdImport) -> Result<VhdRecord, ApiError> {
+    #[tracing::instrument(name = "vhd_import", skip_all, fields(vhd = %req.name))]
+    pub(crate) async fn vhd_import(&self, req: VhdImport) -> Result<VhdRecord, OpsError> {
         let path = std::path::PathBuf::from(&req.path);
         let p2 = path.clone();
         let (kind, virtual_size, length) = tokio::task::spawn_blocking(move || {
@@ -290,22 +275,25 @@ impl Ops {
                     parent: None,
                 },
             )
-            .map_err(|e| err(ErrorCode::InvalidArgument, format!("{}: {e}", p2.display())))?;
+            .map_err(|e| OpsError::InvalidArgument(format!("{}: {e}", p2.display())))?;
             let kind = match img.disk_type() {
                 DiskType::Fixed => VhdKind::Fixed,
                 DiskType::Dynamic => VhdKind::Dynamic,
                 _ => {
-                    return Err(err(
-                        ErrorCode::InvalidArgument,
-                        "differencing images are imported by creating the child on the volume",
+                    return Err(OpsError::InvalidArgument(
+                        "differencing images are imported by creating the child on the volume"
+                            .into(),
                     ));
                 }
             };
-            let len = img.storage().len().map_err(|e| storage("import", e))?;
+            let len = img
+                .storage()
+                .len()
+                .map_err(|e| OpsError::storage("import", e))?;
             Ok((kind, img.virtual_size(), len))
         })
         .await
-        .map_err(internal)??;
+        .map_err(OpsError::from)??;
         let m = self.member().await?;
         let guard = self
             .progress
@@ -326,8 +314,8 @@ impl Ops {
             let progress = guard.progress();
             tokio::task::spawn_blocking(move || copy_in(&path, &file, length, &progress))
                 .await
-                .map_err(internal)??;
-            Ok::<_, ApiError>(hold)
+                .map_err(OpsError::from)??;
+            Ok::<_, OpsError>(hold)
         }
         .await;
         match r {
@@ -340,7 +328,8 @@ impl Ops {
     }
 
     /// `vhd export NAME FILE`: the exact bytes to a new local file.
-    pub(crate) async fn vhd_export(&self, req: VhdExport) -> Result<(), ApiError> {
+    #[tracing::instrument(name = "vhd_export", skip_all, fields(vhd = %req.name))]
+    pub(crate) async fn vhd_export(&self, req: VhdExport) -> Result<(), OpsError> {
         let (lun, layout) = self.data.volume_ready().await?;
         let rec = self.data.vhd_by_name(&req.name).await?;
         let guard = self
@@ -364,7 +353,7 @@ impl Ops {
             copy_out(&f, &path, &progress)
         })
         .await
-        .map_err(internal)
+        .map_err(OpsError::from)
         .and_then(|r| r);
         if hold.is_some() {
             self.data.drop_read(vhd_id).await;
@@ -378,21 +367,22 @@ impl Ops {
     /// node takes the write hold, opens the image read-write over its extent file
     /// (growth from the reservation, commits at the hold's generation, the hold's fence),
     /// runs the vhd crate's operation, flushes and releases.
-    pub(crate) async fn vhd_maintain(&self, req: VhdMaintain) -> Result<VhdRecord, ApiError> {
+    #[tracing::instrument(name = "vhd_maintain", skip_all, fields(vhd = %req.name))]
+    pub(crate) async fn vhd_maintain(&self, req: VhdMaintain) -> Result<VhdRecord, OpsError> {
         let (lun, layout) = self.data.volume_ready().await?;
         let m = self.member().await?;
         let rec = self.data.vhd_by_name(&req.name).await?;
         if self.data.is_attached_here(rec.id) {
-            return Err(err(
-                ErrorCode::InvalidState,
-                format!("{} is attached here: detach it first", rec.name),
-            ));
+            return Err(OpsError::InvalidState(format!(
+                "{} is attached here: detach it first",
+                rec.name
+            )));
         }
         if req.size > 0 && !self.data.children_of(rec.id).await?.is_empty() {
-            return Err(err(
-                ErrorCode::InvalidState,
-                format!("{} has children: a parent keeps its size", rec.name),
-            ));
+            return Err(OpsError::InvalidState(format!(
+                "{} has children: a parent keeps its size",
+                rec.name
+            )));
         }
         let guard = if req.size > 0 {
             self.progress
@@ -407,10 +397,10 @@ impl Ops {
         let r = async {
             let rec = self.data.vhd_by_name(&req.name).await?;
             if req.size == 0 && !self.data.children_of(rec.id).await?.is_empty() {
-                return Err(err(
-                    ErrorCode::InvalidState,
-                    format!("{} has children: a parent is not compacted", rec.name),
-                ));
+                return Err(OpsError::InvalidState(format!(
+                    "{} has children: a parent is not compacted",
+                    rec.name
+                )));
             }
             let chain = extents::ancestors(&m, &rec).await?;
             let (parents, parent_access) = self.data.hold_ancestors(&chain).await?;
@@ -433,13 +423,13 @@ impl Ops {
                 let r = (|| {
                     if size > 0 {
                         img.expand(size)
-                            .map_err(|e| err(ErrorCode::InvalidArgument, format!("expand: {e}")))?;
+                            .map_err(|e| OpsError::InvalidArgument(format!("expand: {e}")))?;
                     } else {
                         img.compact(&mut |d, t| progress.set(d, t))
-                            .map_err(|e| storage("compact", e))?;
+                            .map_err(|e| OpsError::storage("compact", e))?;
                     }
-                    img.flush().map_err(|e| storage("flush", e))?;
-                    Ok::<_, ApiError>(img.virtual_size())
+                    img.flush().map_err(|e| OpsError::storage("flush", e))?;
+                    Ok::<_, OpsError>(img.virtual_size())
                 })();
                 p2.store(
                     file.poisoned().is_some(),
@@ -448,7 +438,7 @@ impl Ops {
                 r
             })
             .await
-            .map_err(internal)
+            .map_err(OpsError::from)
             .and_then(|r| r);
             for p in parents {
                 self.data.drop_read(p).await;
@@ -475,13 +465,12 @@ impl Ops {
             // Writes of this node may be lost or still land: no other node may write it
             // before that is settled (042 §8). `vhd attach` then `vhd detach` here
             // reopens, flushes and releases it.
-            let e = r.err().map(|e| e.message).unwrap_or_default();
-            return Err(err(
-                ErrorCode::Storage,
+            let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+            return Err(OpsError::storage(
+                req.name.clone(),
                 format!(
-                    "{}: a flush failed ({e}); this node keeps the write hold: attach and \
-                     detach the VHD here once the LUN path works",
-                    req.name
+                    "a flush failed ({e}); this node keeps the write hold: attach and \
+                     detach the VHD here once the LUN path works"
                 ),
             ));
         }
@@ -496,43 +485,38 @@ fn copy_in(
     file: &ExtentFile,
     length: u64,
     progress: &OpProgress,
-) -> Result<(), ApiError> {
-    let io = |e: std::io::Error| storage(&format!("read {}", path.display()), e);
+) -> Result<(), OpsError> {
+    let io = |e: std::io::Error| OpsError::storage(format!("read {}", path.display()), e);
     let mut src = std::fs::File::open(path).map_err(io)?;
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut off = 0u64;
     file.set_len(length)
-        .map_err(|e| storage("size the file", e))?;
+        .map_err(|e| OpsError::storage("size the file", e))?;
     while off < length {
         let n = (length - off).min(COPY_CHUNK as u64) as usize;
         src.read_exact(&mut buf[..n]).map_err(io)?;
         // The file was zeroed when opened: zero chunks stay holes.
         if buf[..n].iter().any(|b| *b != 0) {
             file.write(&buf[..n], off)
-                .map_err(|e| storage("write to the LUN", e))?;
+                .map_err(|e| OpsError::storage("write to the LUN", e))?;
         }
         off += n as u64;
         progress.set(off, length);
     }
-    file.flush().map_err(|e| storage("flush", e))
+    file.flush().map_err(|e| OpsError::storage("flush", e))
 }
 
 fn copy_out(
     file: &ExtentFile,
     path: &std::path::Path,
     progress: &OpProgress,
-) -> Result<(), ApiError> {
-    let io = |e: std::io::Error| storage(&format!("write {}", path.display()), e);
+) -> Result<(), OpsError> {
+    let io = |e: std::io::Error| OpsError::storage(format!("write {}", path.display()), e);
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|e| {
-            err(
-                ErrorCode::InvalidArgument,
-                format!("create {}: {e}", path.display()),
-            )
-        })?;
+        .map_err(|e| OpsError::InvalidArgument(format!("create {}: {e}", path.display())))?;
     let len = file.logical_len();
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut off = 0u64;
@@ -541,7 +525,7 @@ fn copy_out(
         while off < len {
             let n = (len - off).min(COPY_CHUNK as u64) as usize;
             file.read(&mut buf[..n], off)
-                .map_err(|e| storage("read the LUN", e))?;
+                .map_err(|e| OpsError::storage("read the LUN", e))?;
             if buf[..n].iter().any(|b| *b != 0) {
                 out.seek(std::io::SeekFrom::Start(off)).map_err(io)?;
                 out.write_all(&buf[..n]).map_err(io)?;

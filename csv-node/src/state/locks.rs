@@ -38,10 +38,7 @@ pub enum LockQuery {
     /// Every node's liveness record.
     Nodes,
     /// The holds of one node.
-    HoldsOf {
-        /// The node.
-        node: NodeId,
-    },
+    HoldsOf { node: NodeId },
 }
 
 /// Answers to [`LockQuery`].

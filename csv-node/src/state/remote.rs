@@ -45,7 +45,6 @@ pub enum RemoteAction {
 pub struct RemoteAttachment {
     /// Read-only.
     pub read_only: bool,
-    /// Hold generation.
     pub generation: u64,
     /// The target's NBD Unix socket.
     pub socket: String,
@@ -60,10 +59,7 @@ pub struct RemoteAttachment {
 #[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RemoteOutcome {
     /// The target attached the VHD.
-    Attached {
-        /// Its attachment.
-        attachment: RemoteAttachment,
-    },
+    Attached { attachment: RemoteAttachment },
     /// The target detached the VHD.
     Detached,
     /// The target tried and failed, or could not be asked (expired, removed).
@@ -85,7 +81,6 @@ pub enum RemoteState {
     Running,
     /// Finished.
     Done {
-        /// The outcome.
         outcome: RemoteOutcome,
         /// Log index of the command that finished it (eviction order).
         finished_index: u64,
@@ -102,7 +97,6 @@ pub struct RemoteRecord {
     pub from: NodeId,
     /// The node asked to act.
     pub target: NodeId,
-    /// The VHD.
     pub vhd: VhdId,
     /// Its name (the export name).
     pub name: String,
@@ -131,13 +125,11 @@ pub enum RemoteCommand {
     /// a retried proposal); a record slot is free or can be freed by evicting the oldest
     /// finished record (else `limit`).
     Request {
-        /// Request id.
         id: u64,
         /// The asking node.
         from: NodeId,
         /// The node asked to act.
         target: NodeId,
-        /// VHD name.
         name: String,
         /// What to do.
         action: RemoteAction,
@@ -145,7 +137,6 @@ pub enum RemoteCommand {
     /// The target takes a pending request up (pending → running; running again answers
     /// the record). Legal for the target only; a finished request is `invalid_state`.
     Claim {
-        /// Request id.
         id: u64,
         /// The claiming node (must be the target).
         node: NodeId,
@@ -154,7 +145,6 @@ pub enum RemoteCommand {
     /// the record; a request finished otherwise (cancelled, target expired) is
     /// `invalid_state`, and the target undoes an attach it cannot report.
     Finish {
-        /// Request id.
         id: u64,
         /// The reporting node (must be the target).
         node: NodeId,
@@ -163,16 +153,10 @@ pub enum RemoteCommand {
     },
     /// The asker gives up: a pending request becomes `cancelled`; a running or finished
     /// one is left as it is. Always answers the record as it is after the command.
-    Cancel {
-        /// Request id.
-        id: u64,
-    },
+    Cancel { id: u64 },
     /// Deletes a finished record (the asker has read it). An unfinished one is
     /// `invalid_state`.
-    Forget {
-        /// Request id.
-        id: u64,
-    },
+    Forget { id: u64 },
 }
 
 /// Queries of remote requests (inside `Query::Remote`).
@@ -180,10 +164,7 @@ pub enum RemoteCommand {
 #[serde(tag = "rq", rename_all = "snake_case")]
 pub enum RemoteQuery {
     /// One record → `RemoteReply::Record`.
-    Get {
-        /// Request id.
-        id: u64,
-    },
+    Get { id: u64 },
     /// The unfinished requests addressed to a node → `RemoteReply::Records`.
     PendingFor {
         /// The target.
@@ -201,10 +182,7 @@ pub enum RemoteReply {
         record: Option<RemoteRecord>,
     },
     /// `PendingFor`, ascending by creation index.
-    Records {
-        /// Records.
-        records: Vec<RemoteRecord>,
-    },
+    Records { records: Vec<RemoteRecord> },
 }
 
 fn cut(s: &str, max: usize) -> String {

@@ -17,9 +17,7 @@ pub const COMMAND_VERSION: u32 = 1;
 /// Cluster identity, set once by `InitCluster`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
-    /// Cluster id.
     pub id: ClusterId,
-    /// Name.
     pub name: String,
     /// Creation time (Unix ms, read by the proposer).
     pub created_unix_ms: u64,
@@ -54,11 +52,8 @@ pub enum NodeState {
 pub struct NodeInfo {
     /// Node id (raft id).
     pub id: NodeId,
-    /// Cluster address.
     pub address: String,
-    /// Role.
     pub role: NodeRole,
-    /// State.
     pub state: NodeState,
 }
 
@@ -67,9 +62,7 @@ pub struct NodeInfo {
 pub struct VolumeRecord {
     /// Volume UUID (as in the superblock).
     pub id: VolumeId,
-    /// LUN identity.
     pub lun: String,
-    /// Description.
     pub description: String,
     /// LUN size in bytes.
     pub size: u64,
@@ -85,9 +78,7 @@ pub struct VolumeRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VhdKind {
-    /// Fixed.
     Fixed,
-    /// Dynamic.
     Dynamic,
     /// Differencing (has a parent).
     Differencing,
@@ -108,9 +99,7 @@ pub enum VhdState {
 /// A VHD record of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VhdRecord {
-    /// Id.
     pub id: VhdId,
-    /// Unique name.
     pub name: String,
     /// Type.
     pub kind: VhdKind,
@@ -122,7 +111,6 @@ pub struct VhdRecord {
     pub runs: Vec<Run>,
     /// Logical length of the extent file.
     pub length: u64,
-    /// State.
     pub state: VhdState,
     /// Log index of its creation.
     pub created_index: u64,
@@ -148,36 +136,24 @@ pub enum Command {
         name: String,
         /// Creation time.
         created_unix_ms: u64,
-        /// First node.
         node: NodeId,
-        /// Its cluster address.
         address: String,
     },
     /// Records a node being added (state joining). Legal after init when the id is new,
     /// or is joining already (a retry: address and role are updated). A removed id is
     /// refused: ids never return.
     AddNode {
-        /// Node.
         node: NodeId,
-        /// Cluster address.
         address: String,
         /// Role it will have.
         role: NodeRole,
     },
     /// Marks a node active with `role` once its raft change is applied. Legal for a
     /// joining or active node.
-    SetNodeRole {
-        /// Node.
-        node: NodeId,
-        /// Role.
-        role: NodeRole,
-    },
+    SetNodeRole { node: NodeId, role: NodeRole },
     /// Marks a node removed and returns its extent reservation to the free pool. Legal
     /// for a joining or active node.
-    RemoveNode {
-        /// Node.
-        node: NodeId,
-    },
+    RemoveNode { node: NodeId },
     /// Creates the volume record (all extents free), or grows it: same id, LUN,
     /// extent size and data offset, a larger size and extent count (new extents free).
     SetVolume {
@@ -189,13 +165,10 @@ pub enum Command {
     /// 1 B–2040 GiB, a parent exactly for differencing VHDs (existing, not deleting),
     /// free space, and below the VHD limit.
     CreateVhd {
-        /// Name.
         name: String,
         /// Type.
         kind: VhdKind,
-        /// Virtual size.
         virtual_size: u64,
-        /// Parent.
         parent: Option<VhdId>,
         /// Initial extent-file length.
         length: u64,
@@ -204,9 +177,7 @@ pub enum Command {
     /// no-op. Legal only for the VHD's valid writer at `generation` (a create or import
     /// holds the new VHD for writing while it fills it).
     SetVhdState {
-        /// VHD.
         vhd: VhdId,
-        /// New state.
         state: VhdState,
         /// The writer.
         node: NodeId,
@@ -215,16 +186,12 @@ pub enum Command {
     },
     /// Deletes a VHD and frees its extents. Legal when no VHD names it as parent and the
     /// lock table holds nothing on it.
-    DeleteVhd {
-        /// VHD.
-        vhd: VhdId,
-    },
+    DeleteVhd { vhd: VhdId },
     /// Moves `count` free extents (best fit, else the longest runs) into the node's
     /// reservation. Legal for an active node that is live at `epoch` in the lock table,
     /// within the per-node reservation bound. The reservation belongs to that epoch: it
     /// returns to the free pool when the epoch ends (expiry, leave, removal).
     ReserveExtents {
-        /// Node.
         node: NodeId,
         /// The node's epoch as it believes it.
         epoch: Epoch,
@@ -238,7 +205,6 @@ pub enum Command {
     /// `fenced`) on a VHD not being deleted. Idempotent: the same map again changes
     /// nothing, so a commit whose answer was lost is simply sent again.
     SetExtents {
-        /// VHD.
         vhd: VhdId,
         /// The writer (its reservation supplies new runs).
         node: NodeId,
@@ -262,7 +228,6 @@ pub enum Command {
     /// Legal on an initialised cluster with no volume and no VHDs, when the records are
     /// consistent (unique names and ids, disjoint runs inside the volume, parents present).
     RestoreCatalog {
-        /// The volume record.
         volume: VolumeRecord,
         /// The VHD records.
         vhds: Vec<VhdRecord>,
@@ -271,9 +236,7 @@ pub enum Command {
     /// valid writer at `generation`, on a VHD not being deleted, without children, with a
     /// size not below the recorded one.
     SetVirtualSize {
-        /// VHD.
         vhd: VhdId,
-        /// New virtual size.
         virtual_size: u64,
         /// The writer.
         node: NodeId,
@@ -282,14 +245,10 @@ pub enum Command {
     },
     /// A lock-manager command (legality as in `lock_manager::Command`). An expiry or a
     /// leave also returns the node's extent reservation to the free pool.
-    Lock {
-        /// The command.
-        command: lock_manager::Command,
-    },
+    Lock { command: lock_manager::Command },
     /// An attach or detach request addressed to another node, its claim, outcome,
     /// cancellation or deletion (legality in `remote::RemoteCommand`).
     Remote {
-        /// The command.
         command: super::remote::RemoteCommand,
     },
 }
@@ -337,7 +296,6 @@ impl Command {
 pub enum Reply {
     /// `InitCluster`.
     Identity(ClusterIdentity),
-    /// Node commands.
     Node(NodeInfo),
     /// `SetVolume`.
     Volume(VolumeRecord),
@@ -345,7 +303,6 @@ pub enum Reply {
     Vhd(VhdRecord),
     /// Reservation commands: the runs moved.
     Runs {
-        /// Runs.
         runs: Vec<Run>,
     },
     /// `SetExtents`: the record after it and the log index of the change (the flush
@@ -358,14 +315,12 @@ pub enum Reply {
     },
     /// `CheckpointWritten`: what is recorded now.
     Checkpoint(CheckpointState),
-    /// Lock commands.
     Lock {
         /// The lock manager's outcome.
         outcome: lock_manager::Outcome,
     },
     /// Remote-request commands: the record after the command (before it for `Forget`).
     Remote {
-        /// The record.
         record: super::remote::RemoteRecord,
     },
 }
@@ -409,10 +364,7 @@ pub enum Query {
         vhd: VhdId,
     },
     /// A VHD by name → [`QueryReply::Vhd`].
-    VhdByName {
-        /// Name.
-        name: String,
-    },
+    VhdByName { name: String },
     /// A page of VHDs → [`QueryReply::VhdPage`].
     VhdList {
         /// Ids above this.
@@ -423,10 +375,7 @@ pub enum Query {
     /// Free space and reservations → [`QueryReply::Space`].
     Space,
     /// The lock table's view of a VHD's owner → [`QueryReply::Owner`].
-    Owner {
-        /// VHD.
-        vhd: VhdId,
-    },
+    Owner { vhd: VhdId },
     /// Lock-table queries (issue 5) → [`QueryReply::Locks`].
     Locks(super::locks::LockQuery),
     /// Remote attach/detach requests → [`QueryReply::Remote`].
@@ -454,9 +403,7 @@ pub struct CheckpointState {
 pub struct SpaceInfo {
     /// Extents in the volume.
     pub extent_count: u64,
-    /// Free extents.
     pub free_extents: u64,
-    /// Free runs.
     pub free_runs: u64,
     /// Longest free run.
     pub largest_free_run: u64,
@@ -477,12 +424,10 @@ pub enum QueryReply {
         /// Node records by id.
         nodes: Vec<NodeInfo>,
     },
-    /// Volume.
     Volume {
         /// The record, if set.
         volume: Option<VolumeRecord>,
     },
-    /// One VHD.
     Vhd(VhdRecord),
     /// A page.
     VhdPage {
@@ -493,7 +438,6 @@ pub enum QueryReply {
         /// Catalog size.
         total: u64,
     },
-    /// Space.
     Space(SpaceInfo),
     /// Ownership.
     Owner {
@@ -504,7 +448,6 @@ pub enum QueryReply {
     Locks(super::locks::LockReply),
     /// Remote-request answers.
     Remote(super::remote::RemoteReply),
-    /// The catalog snapshot.
     Catalog {
         /// The volume record, if set.
         volume: Option<VolumeRecord>,
@@ -513,7 +456,6 @@ pub enum QueryReply {
         /// Checkpoint state at that snapshot (`catalog_index` is what it covers).
         checkpoint: CheckpointState,
     },
-    /// Checkpoint state.
     Checkpoint(CheckpointState),
 }
 
