@@ -10,7 +10,7 @@ use meta_store::{MetaNode, TcpConfig, TcpTransport};
 use super::events::Replica;
 use super::join::{self, Invitation};
 use super::state_file::{self, NodeState};
-use super::{Member, Meta, MetaError, Phase, meta_err, now_unix_ms};
+use super::{Limit, Member, Meta, MetaError, Phase, Retry, now_unix_ms};
 use crate::state::ClusterState;
 use crate::state::types::{Command, NodeState as RecordState, Query, QueryReply};
 
@@ -154,7 +154,6 @@ impl Meta {
     /// bootstrap and the first commit leaves the identity unset).
     async fn ensure_init(&self, st: &NodeState) -> Result<(), MetaError> {
         let m = self.member().await?;
-        let deadline = tokio::time::Instant::now() + INIT_PATIENCE;
         let cmd = Command::InitCluster {
             id: st.cluster_id,
             name: st.cluster_name.clone().unwrap_or_else(|| "csv".into()),
@@ -162,26 +161,24 @@ impl Meta {
             node: NodeId(self.id()),
             address: self.cfg.advertise(),
         };
-        loop {
-            if let Ok(QueryReply::Cluster {
-                identity: Some(_), ..
-            }) = m.query_local(Query::Cluster).await
-            {
-                return Ok(());
-            }
-            match m.meta.propose(cmd.encode()).await {
-                Ok(r) => {
-                    crate::state::types::decode_result::<crate::state::types::Reply>(&r)
-                        .map_err(MetaError::Refused)?;
+        let retry = Retry {
+            limit: Limit::Patience(INIT_PATIENCE),
+            pause: INIT_PAUSE,
+            // Applied twice, the second is refused as already initialised: the
+            // identity check before each attempt sees the first.
+            repeatable: true,
+        };
+        retry
+            .run(|| async {
+                if let Ok(QueryReply::Cluster {
+                    identity: Some(_), ..
+                }) = m.query_local(Query::Cluster).await
+                {
                     return Ok(());
                 }
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "init proposal failed; retrying");
-                    tokio::time::sleep(INIT_PAUSE).await;
-                }
-                Err(e) => return Err(meta_err(e)),
-            }
-        }
+                m.propose(cmd.clone()).await.map(|_| ())
+            })
+            .await
     }
 
     /// `cluster init`: a new cluster with this node as its only voter.

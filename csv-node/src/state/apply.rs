@@ -1,7 +1,7 @@
 //! The dispatch of commands and queries, and the state machine meta-store runs.
 
+use csv_api::ErrorCode;
 use csv_api::error::ApiError;
-use csv_api::{ErrorCode, VhdId};
 use meta_store::{KvRead, KvWrite, StateMachine, StoreError};
 
 use super::cluster::ClusterState;
@@ -101,14 +101,13 @@ impl ClusterState {
             }),
             Query::Vhd { vhd } => self
                 .vhds
-                .get(&vhd)
+                .get(vhd)
                 .cloned()
                 .map(QueryReply::Vhd)
                 .ok_or_else(|| err(ErrorCode::NotFound, format!("{vhd} does not exist"))),
             Query::VhdByName { name } => self
-                .names
-                .get(&name)
-                .and_then(|id| self.vhds.get(id))
+                .vhds
+                .by_name(&name)
                 .cloned()
                 .map(QueryReply::Vhd)
                 .ok_or_else(|| err(ErrorCode::NotFound, format!("no VHD named {name:?}"))),
@@ -121,12 +120,12 @@ impl ClusterState {
                 }
                 let vhds: Vec<VhdRecord> = self
                     .vhds
-                    .range(VhdId(after.saturating_add(1))..)
+                    .after(after)
                     .take(limit as usize)
-                    .map(|(_, v)| v.clone())
+                    .cloned()
                     .collect();
                 let next_after = match vhds.last() {
-                    Some(l) if self.vhds.range(VhdId(l.id.0 + 1)..).next().is_some() => l.id.0,
+                    Some(l) if self.vhds.after(l.id.0).next().is_some() => l.id.0,
                     _ => 0,
                 };
                 Ok(QueryReply::VhdPage {
@@ -140,7 +139,7 @@ impl ClusterState {
                 free_extents: self.free.total(),
                 free_runs: self.free.len() as u64,
                 largest_free_run: self.free.largest(),
-                mapped_extents: self.mapped,
+                mapped_extents: self.vhds.mapped(),
                 reservations: self
                     .reserved
                     .iter()
@@ -154,7 +153,7 @@ impl ClusterState {
             Query::Remote(q) => Ok(QueryReply::Remote(self.answer_remote(q))),
             Query::Catalog => Ok(QueryReply::Catalog {
                 volume: self.volume.clone(),
-                vhds: self.vhds.values().cloned().collect(),
+                vhds: self.vhds.records().cloned().collect(),
                 checkpoint: self.checkpoint,
             }),
             Query::Checkpoint => Ok(QueryReply::Checkpoint(self.checkpoint)),

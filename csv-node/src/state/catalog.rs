@@ -85,13 +85,12 @@ impl ClusterState {
 
     fn vhd_ref(&self, vhd: VhdId) -> Result<&VhdRecord, ApiError> {
         self.vhds
-            .get(&vhd)
+            .get(vhd)
             .ok_or_else(|| err(ErrorCode::NotFound, format!("{vhd} does not exist")))
     }
 
     fn put_vhd(&mut self, rec: VhdRecord, w: &mut dyn KvWrite) {
-        persist::put_vhd(w, &rec);
-        self.vhds.insert(rec.id, rec);
+        self.vhds.replace(rec, w);
     }
 
     pub(super) fn set_volume(&mut self, v: VolumeRecord, w: &mut dyn KvWrite) -> ApplyResult {
@@ -145,7 +144,7 @@ impl ClusterState {
     ) -> ApplyResult {
         let extent_size = self.volume_ref()?.extent_size;
         check_name("VHD name", &name)?;
-        if self.names.contains_key(&name) {
+        if self.vhds.by_name(&name).is_some() {
             return Err(err(
                 ErrorCode::AlreadyExists,
                 format!("a VHD named {name:?} exists"),
@@ -197,9 +196,7 @@ impl ClusterState {
         for r in &runs {
             self.free.remove(*r);
         }
-        let id = VhdId(self.next_vhd);
-        self.next_vhd += 1;
-        persist::put_next_vhd(w, self.next_vhd);
+        let id = self.vhds.take_id(w);
         let rec = VhdRecord {
             id,
             name: name.clone(),
@@ -211,12 +208,8 @@ impl ClusterState {
             state: VhdState::Creating,
             created_index: index,
         };
-        self.mapped += extents;
-        self.names.insert(name, id);
-        if let Some(p) = parent {
-            self.children.entry(p).or_default().insert(id);
-        }
-        self.put_vhd(rec.clone(), w);
+        debug_assert_eq!(rec.extents(), extents);
+        self.vhds.insert(rec.clone(), w);
         Ok(Reply::Vhd(rec))
     }
 
@@ -274,10 +267,11 @@ impl ClusterState {
 
     pub(super) fn delete_vhd(&mut self, vhd: VhdId, w: &mut dyn KvWrite) -> ApplyResult {
         self.vhd_ref(vhd)?;
-        if let Some(kids) = self.children.get(&vhd).filter(|k| !k.is_empty()) {
+        let kids = self.vhds.children(vhd);
+        if kids > 0 {
             return Err(err(
                 ErrorCode::InvalidState,
-                format!("{vhd} is the parent of {} VHD(s)", kids.len()),
+                format!("{vhd} is the parent of {kids} VHD(s)"),
             ));
         }
         if self.locks.vhd_record(vhd).is_some() {
@@ -286,23 +280,12 @@ impl ClusterState {
                 format!("{vhd} is held (attached)"),
             ));
         }
-        let Some(rec) = self.vhds.remove(&vhd) else {
+        let Some(rec) = self.vhds.remove(vhd, w) else {
             return Err(err(ErrorCode::NotFound, format!("{vhd} does not exist")));
         };
         for r in &rec.runs {
             self.free.insert(*r);
         }
-        self.mapped -= rec.extents();
-        self.names.remove(&rec.name);
-        if let Some(p) = rec.parent
-            && let Some(k) = self.children.get_mut(&p)
-        {
-            k.remove(&vhd);
-            if k.is_empty() {
-                self.children.remove(&p);
-            }
-        }
-        persist::delete_vhd(w, vhd);
         Ok(Reply::Vhd(rec))
     }
 
@@ -429,7 +412,6 @@ impl ClusterState {
             length,
             ..cur.clone()
         };
-        let old_n = cur.extents();
         if rec == *cur {
             // Sent again (its answer was lost): the change is in, at or before the last
             // catalog change.
@@ -442,7 +424,6 @@ impl ClusterState {
             self.free.insert(*r);
         }
         self.reserved.insert(node, res);
-        self.mapped = self.mapped - old_n + new_n;
         self.put_vhd(rec.clone(), w);
         self.catalog_changed(index, w);
         Ok(Reply::Extents { vhd: rec, index })

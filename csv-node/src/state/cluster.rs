@@ -5,7 +5,7 @@
 //! `remote_apply.rs`, ...), the dispatch of commands and queries in `apply.rs`, the keys
 //! in `persist.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use csv_api::{NodeId, VhdId};
 use lock_manager::LockState;
@@ -13,6 +13,7 @@ use lock_manager::LockState;
 use super::remote::RemoteTable;
 use super::runs::RunSet;
 use super::types::*;
+use super::vhds::VhdTable;
 
 /// The cluster state machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,27 +21,20 @@ pub struct ClusterState {
     pub(super) identity: Option<ClusterIdentity>,
     pub(super) nodes: BTreeMap<NodeId, NodeInfo>,
     pub(super) volume: Option<VolumeRecord>,
-    pub(super) vhds: BTreeMap<VhdId, VhdRecord>,
-    pub(super) next_vhd: u64,
+    /// The VHD records with their indexes (names, children, mapped extents).
+    pub(super) vhds: VhdTable,
     pub(super) free: RunSet,
     pub(super) reserved: BTreeMap<NodeId, RunSet>,
     pub(super) locks: LockState,
     pub(super) remote: RemoteTable,
     /// Where the LUN checkpoint stands against the catalog.
     pub(super) checkpoint: CheckpointState,
-    // Derived (rebuilt by `load`): name index, children per parent, mapped extents.
-    pub(super) names: BTreeMap<String, VhdId>,
-    pub(super) children: BTreeMap<VhdId, BTreeSet<VhdId>>,
-    pub(super) mapped: u64,
 }
 
 impl ClusterState {
     /// An empty state (before `InitCluster`).
     pub fn new() -> Self {
-        ClusterState {
-            next_vhd: 1,
-            ..Default::default()
-        }
+        ClusterState::default()
     }
 
     /// The cluster identity, once initialised.
@@ -65,7 +59,7 @@ impl ClusterState {
 
     /// A VHD record.
     pub fn vhd(&self, id: VhdId) -> Option<&VhdRecord> {
-        self.vhds.get(&id)
+        self.vhds.get(id)
     }
 
     /// The lock table.

@@ -13,6 +13,7 @@ mod apply;
 mod catalog;
 mod cluster;
 pub mod event;
+mod keys;
 mod lock_apply;
 pub mod locks;
 mod nodes;
@@ -23,6 +24,7 @@ mod resize;
 mod restore;
 pub mod runs;
 pub mod types;
+pub mod vhds;
 
 use csv_api::ErrorCode;
 use csv_api::error::ApiError;

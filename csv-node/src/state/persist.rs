@@ -17,14 +17,14 @@ use meta_store::{KvRead, KvWrite};
 use serde::{Deserialize, Serialize};
 
 use super::cluster::ClusterState;
+use super::keys::{ids_of, json, key, parse, scan_prefix, u64_of};
 use super::runs::Run;
 use super::types::*;
+use super::vhds::{NEXT_VHD, VHD, VhdTable};
 
 const IDENTITY: &[u8] = b"c/identity";
-const NEXT_VHD: &[u8] = b"c/next_vhd";
 const NODE: &[u8] = b"n/";
 const VOLUME: &[u8] = b"v/volume";
-const VHD: &[u8] = b"h/";
 const FREE: &[u8] = b"f/";
 const RESERVED: &[u8] = b"r/";
 const LOCK_GEN: &[u8] = b"l/gen";
@@ -32,18 +32,6 @@ const LOCK_NODE: &[u8] = b"l/n/";
 const LOCK_VHD: &[u8] = b"l/v/";
 const REMOTE: &[u8] = b"q/";
 const CHECKPOINT: &[u8] = b"c/checkpoint";
-
-fn key(prefix: &[u8], parts: &[u64]) -> Vec<u8> {
-    let mut k = prefix.to_vec();
-    for p in parts {
-        k.extend_from_slice(&p.to_be_bytes());
-    }
-    k
-}
-
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records are plain data and always serialize")
-}
 
 /// A lock-table VHD record as persisted.
 #[derive(Serialize, Deserialize)]
@@ -57,20 +45,11 @@ struct LockVhdPersisted {
 pub(super) fn put_identity(w: &mut dyn KvWrite, v: &ClusterIdentity) {
     w.put(IDENTITY, &json(v));
 }
-pub(super) fn put_next_vhd(w: &mut dyn KvWrite, next: u64) {
-    w.put(NEXT_VHD, &next.to_be_bytes());
-}
 pub(super) fn put_node(w: &mut dyn KvWrite, n: &NodeInfo) {
     w.put(&key(NODE, &[n.id.0]), &json(n));
 }
 pub(super) fn put_volume(w: &mut dyn KvWrite, v: &VolumeRecord) {
     w.put(VOLUME, &json(v));
-}
-pub(super) fn put_vhd(w: &mut dyn KvWrite, v: &super::types::VhdRecord) {
-    w.put(&key(VHD, &[v.id.0]), &json(v));
-}
-pub(super) fn delete_vhd(w: &mut dyn KvWrite, id: VhdId) {
-    w.delete(&key(VHD, &[id.0]));
 }
 pub(super) fn put_lock_generation(w: &mut dyn KvWrite, g: Generation) {
     w.put(LOCK_GEN, &g.0.to_be_bytes());
@@ -140,7 +119,7 @@ impl ClusterState {
         if let Some(i) = &self.identity {
             put(IDENTITY, &json(i));
         }
-        put(NEXT_VHD, &self.next_vhd.to_be_bytes());
+        put(NEXT_VHD, &self.vhds.next_id().to_be_bytes());
         put(CHECKPOINT, &json(&self.checkpoint));
         for n in self.nodes.values() {
             put(NODE, &json(n));
@@ -148,7 +127,7 @@ impl ClusterState {
         if let Some(v) = &self.volume {
             put(VOLUME, &json(v));
         }
-        for v in self.vhds.values() {
+        for v in self.vhds.records() {
             put(VHD, &json(v));
         }
         for r in self.free.runs() {
@@ -167,57 +146,12 @@ impl ClusterState {
     }
 }
 
-fn u64_of(what: &str, v: &[u8]) -> Result<u64, String> {
-    let a: [u8; 8] = v
-        .try_into()
-        .map_err(|_| format!("{what}: {} bytes, expected 8", v.len()))?;
-    Ok(u64::from_be_bytes(a))
-}
-
-fn ids_of(what: &str, k: &[u8], prefix: &[u8], n: usize) -> Result<Vec<u64>, String> {
-    let rest = &k[prefix.len()..];
-    if rest.len() != 8 * n {
-        return Err(format!("{what}: key of {} bytes", k.len()));
-    }
-    rest.chunks(8).map(|c| u64_of(what, c)).collect()
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(what: &str, v: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(v).map_err(|e| format!("{what}: {e}"))
-}
-
-/// Visits every key under `prefix`.
-fn scan_prefix(
-    r: &dyn KvRead,
-    prefix: &[u8],
-    mut f: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
-) -> Result<(), String> {
-    let mut failure = None;
-    r.scan(prefix, None, &mut |k, v| {
-        if !k.starts_with(prefix) {
-            return false;
-        }
-        match f(k, v) {
-            Ok(()) => true,
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        }
-    })
-    .map_err(|e| e.to_string())?;
-    failure.map_or(Ok(()), Err)
-}
-
 /// Rebuilds the whole state from the persisted keys.
 pub(super) fn load(r: &dyn KvRead) -> Result<ClusterState, String> {
     let mut s = ClusterState::new();
     let get = |k: &[u8]| r.get(k).map_err(|e| e.to_string());
     if let Some(v) = get(IDENTITY)? {
         s.identity = Some(parse("identity", &v)?);
-    }
-    if let Some(v) = get(NEXT_VHD)? {
-        s.next_vhd = u64_of("next vhd", &v)?;
     }
     if let Some(v) = get(VOLUME)? {
         s.volume = Some(parse("volume", &v)?);
@@ -234,25 +168,8 @@ pub(super) fn load(r: &dyn KvRead) -> Result<ClusterState, String> {
         s.nodes.insert(n.id, n);
         Ok(())
     })?;
-    scan_prefix(r, VHD, |k, v| {
-        let id = ids_of("vhd key", k, VHD, 1)?[0];
-        let rec: super::types::VhdRecord = parse("vhd", v)?;
-        if rec.id.0 != id || rec.id.0 >= s.next_vhd {
-            return Err(format!(
-                "vhd record {id} names {} (next {})",
-                rec.id, s.next_vhd
-            ));
-        }
-        if s.names.insert(rec.name.clone(), rec.id).is_some() {
-            return Err(format!("two VHDs named {:?}", rec.name));
-        }
-        if let Some(p) = rec.parent {
-            s.children.entry(p).or_default().insert(rec.id);
-        }
-        s.mapped += rec.extents();
-        s.vhds.insert(rec.id, rec);
-        Ok(())
-    })?;
+    s.vhds = VhdTable::load(r)?;
+
     scan_prefix(r, FREE, |k, v| {
         let start = ids_of("free key", k, FREE, 1)?[0];
         s.free.load(Run {

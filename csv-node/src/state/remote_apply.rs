@@ -206,7 +206,7 @@ impl ClusterState {
                 format!("{why}: it cannot act on {name}"),
             ));
         }
-        let vhd = match self.names.get(&name).and_then(|v| self.vhds.get(v)) {
+        let vhd = match self.vhds.by_name(&name) {
             Some(v) => v,
             None => return Err(err(ErrorCode::NotFound, format!("no VHD named {name:?}"))),
         };

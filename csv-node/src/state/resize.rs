@@ -9,7 +9,7 @@ use meta_store::KvWrite;
 
 use super::cluster::ClusterState;
 use super::types::*;
-use super::{MAX_VIRTUAL_SIZE, err, persist};
+use super::{MAX_VIRTUAL_SIZE, err};
 
 impl ClusterState {
     pub(super) fn set_virtual_size(
@@ -20,7 +20,7 @@ impl ClusterState {
         generation: Generation,
         w: &mut dyn KvWrite,
     ) -> ApplyResult {
-        let Some(cur) = self.vhds.get(&vhd) else {
+        let Some(cur) = self.vhds.get(vhd) else {
             return Err(err(ErrorCode::NotFound, format!("{vhd} does not exist")));
         };
         self.check_writer(vhd, node, generation)?;
@@ -39,7 +39,7 @@ impl ClusterState {
                 ),
             ));
         }
-        if self.children.get(&vhd).is_some_and(|c| !c.is_empty()) {
+        if self.vhds.children(vhd) > 0 {
             return Err(err(
                 ErrorCode::InvalidState,
                 format!("{vhd} has children: a parent keeps its size"),
@@ -47,8 +47,7 @@ impl ClusterState {
         }
         let mut rec = cur.clone();
         rec.virtual_size = virtual_size;
-        persist::put_vhd(w, &rec);
-        self.vhds.insert(vhd, rec.clone());
+        self.vhds.replace(rec.clone(), w);
         Ok(Reply::Vhd(rec))
     }
 }

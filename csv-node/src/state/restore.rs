@@ -12,7 +12,7 @@ use meta_store::KvWrite;
 use super::cluster::ClusterState;
 use super::runs::Run;
 use super::types::*;
-use super::{MAX_RUNS_PER_VHD, MAX_VHDS, err, persist};
+use super::{MAX_RUNS_PER_VHD, MAX_VHDS, err};
 
 impl ClusterState {
     pub(super) fn restore_catalog(
@@ -89,19 +89,7 @@ impl ClusterState {
         for r in &used {
             self.free.remove(*r);
         }
-        let mut next = self.next_vhd;
-        for v in vhds {
-            next = next.max(v.id.0 + 1);
-            self.mapped += v.runs.iter().map(|r| r.count).sum::<u64>();
-            self.names.insert(v.name.clone(), v.id);
-            if let Some(p) = v.parent {
-                self.children.entry(p).or_default().insert(v.id);
-            }
-            persist::put_vhd(w, &v);
-            self.vhds.insert(v.id, v);
-        }
-        self.next_vhd = next;
-        persist::put_next_vhd(w, next);
+        self.vhds.restore(vhds, w);
         match &self.volume {
             Some(v) => Ok(Reply::Volume(v.clone())),
             None => Err(err(ErrorCode::Internal, "volume vanished")),
