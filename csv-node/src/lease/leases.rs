@@ -73,8 +73,6 @@ pub struct FenceRecord {
     pub lost: VecDeque<LostRecord>,
     /// Hand-offs that were refused or failed and were resolved by `Reclaim`.
     pub failed_handoffs: u64,
-    /// Observations dropped because the driver lagged.
-    pub dropped_observations: u64,
 }
 
 /// The lease machinery of one node.
