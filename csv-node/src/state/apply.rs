@@ -77,7 +77,7 @@ impl ClusterState {
         if catalog && r.is_ok() {
             self.catalog_changed(index, w);
         }
-        self.flush_runs(w);
+        self.alloc.flush(w);
         r
     }
 
@@ -136,13 +136,13 @@ impl ClusterState {
             }
             Query::Space => Ok(QueryReply::Space(SpaceInfo {
                 extent_count: self.volume.as_ref().map_or(0, |v| v.extent_count),
-                free_extents: self.free.total(),
-                free_runs: self.free.len() as u64,
-                largest_free_run: self.free.largest(),
+                free_extents: self.alloc.free().total(),
+                free_runs: self.alloc.free().len() as u64,
+                largest_free_run: self.alloc.free().largest(),
                 mapped_extents: self.vhds.mapped(),
                 reservations: self
-                    .reserved
-                    .iter()
+                    .alloc
+                    .reservations()
                     .map(|(n, s)| (*n, s.runs().collect()))
                     .collect(),
             })),

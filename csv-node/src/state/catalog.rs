@@ -121,7 +121,7 @@ impl ClusterState {
             }
         };
         if v.extent_count > old_count {
-            self.free.insert(Run {
+            self.alloc.give_back(Run {
                 start: old_count,
                 count: v.extent_count - old_count,
             });
@@ -183,19 +183,16 @@ impl ClusterState {
             return Err(err(ErrorCode::Limit, format!("at most {MAX_VHDS} VHDs")));
         }
         let extents = length.div_ceil(extent_size);
-        let Some(runs) = self.free.plan(extents, MAX_RUNS_PER_VHD) else {
+        let Some(runs) = self.alloc.allocate(extents, MAX_RUNS_PER_VHD) else {
             return Err(err(
                 ErrorCode::NoSpace,
                 format!(
                     "{extents} extents needed, {} free (largest run {})",
-                    self.free.total(),
-                    self.free.largest()
+                    self.alloc.free().total(),
+                    self.alloc.free().largest()
                 ),
             ));
         };
-        for r in &runs {
-            self.free.remove(*r);
-        }
         let id = self.vhds.take_id(w);
         let rec = VhdRecord {
             id,
@@ -284,7 +281,7 @@ impl ClusterState {
             return Err(err(ErrorCode::NotFound, format!("{vhd} does not exist")));
         };
         for r in &rec.runs {
-            self.free.insert(*r);
+            self.alloc.give_back(*r);
         }
         Ok(Reply::Vhd(rec))
     }
@@ -315,7 +312,7 @@ impl ClusterState {
                 ));
             }
         }
-        let have = self.reserved.get(&node).map_or(0, RunSet::total);
+        let have = self.alloc.reservation(node).map_or(0, RunSet::total);
         if count == 0 || have.saturating_add(count) > MAX_RESERVED_PER_NODE {
             return Err(err(
                 ErrorCode::Limit,
@@ -324,30 +321,18 @@ impl ClusterState {
                 ),
             ));
         }
-        let Some(runs) = self.free.plan(count, MAX_RUNS_PER_RESERVE) else {
+        let Some(runs) = self.alloc.reserve(node, count, MAX_RUNS_PER_RESERVE) else {
             return Err(err(
                 ErrorCode::NoSpace,
-                format!("{count} extents asked, {} free", self.free.total()),
+                format!("{count} extents asked, {} free", self.alloc.free().total()),
             ));
         };
-        let res = self.reserved.entry(node).or_default();
-        for r in &runs {
-            self.free.remove(*r);
-            res.insert(*r);
-        }
         Ok(Reply::Runs { runs })
     }
 
     /// Returns the node's reservation to the free pool; the runs returned.
     pub(super) fn release_reservation(&mut self, node: NodeId) -> Vec<Run> {
-        let Some(res) = self.reserved.get_mut(&node) else {
-            return Vec::new();
-        };
-        let runs = res.drain();
-        for r in &runs {
-            self.free.insert(*r);
-        }
-        runs
+        self.alloc.release(node)
     }
 
     /// `SetExtents` (docs/design/042 §2).
@@ -393,7 +378,7 @@ impl ClusterState {
             .count() as u64;
         let added = tail(&runs, keep);
         let freed = tail(&cur.runs, keep);
-        let mut res = self.reserved.get(&node).cloned().unwrap_or_default();
+        let mut res = self.alloc.reservation(node).cloned().unwrap_or_default();
         for r in &added {
             if !res.contains(*r) {
                 return Err(err(
@@ -421,9 +406,9 @@ impl ClusterState {
             });
         }
         for r in &freed {
-            self.free.insert(*r);
+            self.alloc.give_back(*r);
         }
-        self.reserved.insert(node, res);
+        self.alloc.set_reservation(node, res);
         self.put_vhd(rec.clone(), w);
         self.catalog_changed(index, w);
         Ok(Reply::Extents { vhd: rec, index })

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use csv_api::{NodeId, VhdId};
 use lock_manager::LockState;
 
+use super::alloc::Allocator;
 use super::remote::RemoteTable;
-use super::runs::RunSet;
 use super::types::*;
 use super::vhds::VhdTable;
 
@@ -23,8 +23,8 @@ pub struct ClusterState {
     pub(super) volume: Option<VolumeRecord>,
     /// The VHD records with their indexes (names, children, mapped extents).
     pub(super) vhds: VhdTable,
-    pub(super) free: RunSet,
-    pub(super) reserved: BTreeMap<NodeId, RunSet>,
+    /// The free pool and the nodes' reservations.
+    pub(super) alloc: Allocator,
     pub(super) locks: LockState,
     pub(super) remote: RemoteTable,
     /// Where the LUN checkpoint stands against the catalog.

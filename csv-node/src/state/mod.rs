@@ -9,6 +9,7 @@
 //! state and records every changed key through `KvWrite` (meta-store writes them with the
 //! applied index in one batch), or answers an error and changes nothing.
 
+mod alloc;
 mod apply;
 mod catalog;
 mod cluster;

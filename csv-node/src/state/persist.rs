@@ -16,17 +16,15 @@ use meta_store::core::Fnv;
 use meta_store::{KvRead, KvWrite};
 use serde::{Deserialize, Serialize};
 
+use super::alloc::Allocator;
 use super::cluster::ClusterState;
 use super::keys::{ids_of, json, key, parse, scan_prefix, u64_of};
-use super::runs::Run;
 use super::types::*;
 use super::vhds::{NEXT_VHD, VHD, VhdTable};
 
 const IDENTITY: &[u8] = b"c/identity";
 const NODE: &[u8] = b"n/";
 const VOLUME: &[u8] = b"v/volume";
-const FREE: &[u8] = b"f/";
-const RESERVED: &[u8] = b"r/";
 const LOCK_GEN: &[u8] = b"l/gen";
 const LOCK_NODE: &[u8] = b"l/n/";
 const LOCK_VHD: &[u8] = b"l/v/";
@@ -86,27 +84,6 @@ pub(super) fn delete_remote(w: &mut dyn KvWrite, id: u64) {
 }
 
 impl ClusterState {
-    /// Writes the runs of the free pool and of reservations that changed.
-    pub(super) fn flush_runs(&mut self, w: &mut dyn KvWrite) {
-        for (start, len) in self.free.take_dirty() {
-            let k = key(FREE, &[start]);
-            match len {
-                Some(l) => w.put(&k, &l.to_be_bytes()),
-                None => w.delete(&k),
-            }
-        }
-        for (node, set) in self.reserved.iter_mut() {
-            for (start, len) in set.take_dirty() {
-                let k = key(RESERVED, &[node.0, start]);
-                match len {
-                    Some(l) => w.put(&k, &l.to_be_bytes()),
-                    None => w.delete(&k),
-                }
-            }
-        }
-        self.reserved.retain(|_, s| !s.is_empty());
-    }
-
     /// FNV-1a over the canonical encoding of every record in key order, then the lock
     /// table's own hash.
     pub(super) fn hash(&self) -> u64 {
@@ -130,14 +107,7 @@ impl ClusterState {
         for v in self.vhds.records() {
             put(VHD, &json(v));
         }
-        for r in self.free.runs() {
-            put(FREE, &json(&r));
-        }
-        for (n, s) in &self.reserved {
-            for r in s.runs() {
-                put(RESERVED, &json(&(n, r)));
-            }
-        }
+        self.alloc.hash_into(&mut put);
         put(LOCK_GEN, &self.locks.state_hash().to_be_bytes());
         for r in self.remote.values() {
             put(REMOTE, &json(r));
@@ -170,20 +140,7 @@ pub(super) fn load(r: &dyn KvRead) -> Result<ClusterState, String> {
     })?;
     s.vhds = VhdTable::load(r)?;
 
-    scan_prefix(r, FREE, |k, v| {
-        let start = ids_of("free key", k, FREE, 1)?[0];
-        s.free.load(Run {
-            start,
-            count: u64_of("free run", v)?,
-        })
-    })?;
-    scan_prefix(r, RESERVED, |k, v| {
-        let ids = ids_of("reservation key", k, RESERVED, 2)?;
-        s.reserved.entry(NodeId(ids[0])).or_default().load(Run {
-            start: ids[1],
-            count: u64_of("reservation run", v)?,
-        })
-    })?;
+    s.alloc = Allocator::load(r)?;
     let mut lock_nodes = Vec::new();
     scan_prefix(r, LOCK_NODE, |k, v| {
         let id = ids_of("lock node key", k, LOCK_NODE, 1)?[0];

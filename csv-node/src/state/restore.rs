@@ -87,7 +87,7 @@ impl ClusterState {
         // The volume first (all extents free), then every VHD takes its runs.
         self.set_volume(volume, w)?;
         for r in &used {
-            self.free.remove(*r);
+            self.alloc.take(*r);
         }
         self.vhds.restore(vhds, w);
         match &self.volume {

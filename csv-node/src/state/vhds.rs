@@ -171,36 +171,8 @@ impl VhdTable {
 mod tests {
     use super::*;
     use crate::state::runs::Run;
+    use crate::state::tests::MemKv as Kv;
     use crate::state::types::{VhdKind, VhdState};
-
-    #[derive(Default)]
-    struct Kv(BTreeMap<Vec<u8>, Vec<u8>>);
-    impl KvWrite for Kv {
-        fn put(&mut self, k: &[u8], v: &[u8]) {
-            self.0.insert(k.to_vec(), v.to_vec());
-        }
-        fn delete(&mut self, k: &[u8]) {
-            self.0.remove(k);
-        }
-    }
-    impl KvRead for Kv {
-        fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, meta_store::StoreError> {
-            Ok(self.0.get(k).cloned())
-        }
-        fn scan(
-            &self,
-            start: &[u8],
-            end: Option<&[u8]>,
-            visit: &mut meta_store::engine::Visit<'_>,
-        ) -> Result<(), meta_store::StoreError> {
-            for (k, v) in self.0.range(start.to_vec()..) {
-                if end.is_some_and(|e| k.as_slice() >= e) || !visit(k, v) {
-                    break;
-                }
-            }
-            Ok(())
-        }
-    }
 
     fn rec(id: VhdId, name: &str, parent: Option<VhdId>, extents: u64) -> VhdRecord {
         VhdRecord {
