@@ -145,7 +145,7 @@ impl Allocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests::MemKv;
+    use crate::state::test_kv::MemKv;
 
     fn run(start: u64, count: u64) -> Run {
         Run { start, count }

@@ -65,4 +65,6 @@ mod remote_tests;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
+mod test_kv;
+#[cfg(test)]
 mod tests;

@@ -1,12 +1,9 @@
 //! Table-driven transition tests, persistence round trips and replica determinism of the
 //! cluster state machine.
 
-use std::collections::BTreeMap;
-
 use csv_api::{ClusterId, Epoch, ErrorCode, Generation, NodeId, VhdId, VolumeId};
 use lock_manager::{Command as LockCommand, Mode};
-use meta_store::engine::Visit;
-use meta_store::{KvRead, KvWrite, StateMachine, StoreError};
+use meta_store::StateMachine;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -14,37 +11,7 @@ use super::ClusterState;
 use super::runs::Run;
 use super::types::*;
 
-/// An in-memory stand-in for the state-machine column family.
-#[derive(Default, Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MemKv(pub BTreeMap<Vec<u8>, Vec<u8>>);
-
-impl KvWrite for MemKv {
-    fn put(&mut self, key: &[u8], value: &[u8]) {
-        self.0.insert(key.to_vec(), value.to_vec());
-    }
-    fn delete(&mut self, key: &[u8]) {
-        self.0.remove(key);
-    }
-}
-
-impl KvRead for MemKv {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.0.get(key).cloned())
-    }
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: &mut Visit<'_>,
-    ) -> Result<(), StoreError> {
-        for (k, v) in self.0.range(start.to_vec()..) {
-            if end.is_some_and(|e| k.as_slice() >= e) || !visit(k, v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
+pub(crate) use super::test_kv::MemKv;
 
 const MIB: u64 = 1 << 20;
 

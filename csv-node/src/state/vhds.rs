@@ -171,7 +171,7 @@ impl VhdTable {
 mod tests {
     use super::*;
     use crate::state::runs::Run;
-    use crate::state::tests::MemKv as Kv;
+    use crate::state::test_kv::MemKv as Kv;
     use crate::state::types::{VhdKind, VhdState};
 
     fn rec(id: VhdId, name: &str, parent: Option<VhdId>, extents: u64) -> VhdRecord {
