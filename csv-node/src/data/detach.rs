@@ -14,6 +14,7 @@ use super::core::Data;
 use super::error::DataError;
 use crate::lease::HandoffRequest;
 use crate::sync::lock;
+use csv_api::admin::volume::VhdAttach;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -29,20 +30,32 @@ const SHUTDOWN_RELEASES: usize = 32;
 /// node writes is handed to another node, its export is removed and the image flushed
 /// and closed (the lease layer then transfers the hold; this node keeps no attachment of
 /// it). Each request runs in its own task, so one slow VHD does not hold up another.
-/// When the lease layer stops waiting (its bound passed), the work is dropped where it
-/// stands, which puts the attachment back (`Restore`): the VHD stays here, served.
+///
+/// The lease layer waits a bounded time, then aborts the hand-off and keeps the VHD
+/// here. So the close asks, right before its one irreversible step (dropping the
+/// attachment), whether the lease layer still waits; if not, the attachment is put back
+/// (`Restore`). If the lease layer gives up after that step (between it and the answer),
+/// the VHD is still held here with no attachment: it is attached again, so a VHD this
+/// node holds is never left unserved (042 §7).
 pub(crate) async fn serve_handoffs(d: Arc<Data>, mut requests: mpsc::Receiver<HandoffRequest>) {
-    while let Some(HandoffRequest { vhd, mut done }) = requests.recv().await {
+    while let Some(HandoffRequest { vhd, done }) = requests.recv().await {
         let d2 = d.clone();
         d.tasks.spawn(
             async move {
-                tokio::select! {
-                    r = d2.close_for_handoff(vhd) => {
-                        let _ = done.send(r.map_err(Into::into));
-                    }
-                    () = done.closed() => {
-                        tracing::warn!("the lease layer stopped waiting: the hand-off is undone");
-                    }
+                let r = d2.close_for_handoff(vhd, || done.is_closed()).await;
+                let closed = r.as_ref().ok().cloned().flatten();
+                if done.send(r.map(|_| ()).map_err(Into::into)).is_ok() {
+                    return;
+                }
+                let Some(name) = closed else { return };
+                tracing::warn!("the lease layer stopped waiting after the close: attaching again");
+                let again = VhdAttach {
+                    name,
+                    node: 0,
+                    read_only: false,
+                };
+                if let Err(e) = d2.attach(again).await {
+                    tracing::error!(error = %e, "attaching again after an abandoned hand-off failed");
                 }
             }
             .instrument(tracing::info_span!("handoff", %vhd)),
@@ -88,23 +101,28 @@ impl Drop for Restore<'_> {
 }
 
 impl Data {
-    /// The hand-off hook: close `vhd`'s export here without releasing its hold. Bounded
-    /// well inside the lease layer's timeout; on failure (or cancellation) the export is
-    /// restored.
-    async fn close_for_handoff(&self, vhd: VhdId) -> Result<(), DataError> {
+    /// Closes `vhd`'s export here for a hand-off, without releasing its hold; the name of
+    /// the attachment closed, if there was one. Bounded well inside the lease layer's
+    /// timeout; on failure, or when `abandoned()` says the lease layer stopped waiting,
+    /// the export is restored.
+    async fn close_for_handoff(
+        &self,
+        vhd: VhdId,
+        abandoned: impl Fn() -> bool,
+    ) -> Result<Option<String>, DataError> {
         let _op = self.att.op.lock().await;
         let name = lock(&self.att.map)
             .iter()
             .find(|(_, a)| a.vhd == vhd && a.failed.is_none())
             .map(|(n, _)| n.clone());
         let Some(name) = name else {
-            return Ok(());
+            return Ok(None);
         };
         // A failed flush aborts the hand-off with the export still served.
         self.flush_attached(&name).await?;
         let r = self.take_export(&name, HANDOFF_DRAIN).await?;
         let Some(a) = r.attached() else {
-            return Ok(());
+            return Ok(None);
         };
         a.device.flush().await.map_err(|e| {
             DataError::storage(
@@ -119,6 +137,12 @@ impl Data {
                 "writes to the LUN are still in doubt",
             ));
         }
+        if abandoned() {
+            // `r` is dropped armed: the attachment and its export come back.
+            return Err(DataError::Busy(format!(
+                "{name}: the hand-off was abandoned by the lease layer"
+            )));
+        }
         if let Some(a) = r.disarm() {
             for p in &a.parents {
                 self.drop_read(*p).await;
@@ -127,7 +151,7 @@ impl Data {
         }
         self.save_attachments().await;
         tracing::info!(vhd = name, "closed for hand-off");
-        Ok(())
+        Ok(Some(name))
     }
 
     /// Takes `name` out of the map and removes its export; waits for its connections at

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::clock::wall_ms_of;
 use super::watchdog;
 use crate::meta::now_unix_ms;
+use crate::sync::lock;
 use crate::task::Tasks;
 
 /// Proposal results buffered for the driver.
@@ -104,11 +105,6 @@ impl std::fmt::Debug for Leases {
             .field("timing", &self.timing)
             .finish_non_exhaustive()
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Leases {

@@ -53,10 +53,7 @@ impl Default for EventHub {
 impl EventHub {
     /// The lock events, for the one lease driver (`None` once taken).
     pub fn take_lock_events(&self) -> Option<mpsc::Receiver<LockEvent>> {
-        self.lock_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        crate::sync::lock(&self.lock_rx).take()
     }
 
     /// Lock events dropped because the driver lagged.

@@ -13,6 +13,7 @@ use super::state_file::{self, NodeState};
 use super::{Limit, Member, Meta, MetaError, Phase, Retry, now_unix_ms};
 use crate::state::ClusterState;
 use crate::state::types::{Command, NodeState as RecordState, Query, QueryReply};
+use crate::sync::lock;
 
 /// How often a member checks whether it was removed.
 const REMOVAL_CHECK: Duration = Duration::from_secs(1);
@@ -49,18 +50,13 @@ impl Meta {
             None => None,
         };
         let waiting = join::wait_for_leader(listener, self.id(), expected, invitations);
-        *self.join_task.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(tokio::spawn(tracing::Instrument::in_current_span(waiting)));
+        *lock(&self.join_task) = Some(tokio::spawn(tracing::Instrument::in_current_span(waiting)));
         tracing::info!(%listen, "uninitialised: waiting for `cluster init` or to be added");
         Ok(())
     }
 
     fn stop_join_listener(&self) -> Option<tokio::task::JoinHandle<()>> {
-        let t = self
-            .join_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let t = lock(&self.join_task).take();
         if let Some(t) = &t {
             t.abort();
         }

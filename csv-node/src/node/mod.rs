@@ -94,23 +94,20 @@ impl Node {
         }
     }
 
-    /// Starts the member tasks of every subsystem each time the metadata store starts
-    /// (at start from the state file, after `cluster init`, after joining).
+    /// Starts the member tasks of every subsystem once the metadata store runs (at
+    /// start from the state file, after `cluster init`, or after joining: a node
+    /// becomes a member once per process).
     fn start_member_tasks(&self) {
         let mut members = self.meta.subscribe_members();
         let (leases, data, ops) = (self.leases.clone(), self.data.clone(), self.ops.clone());
         self.tasks.spawn(async move {
-            loop {
-                let member = members.borrow_and_update().clone();
-                if let Some(m) = member {
-                    leases.start_member(m.clone());
-                    data.start_member();
-                    ops.start_member(m);
-                }
-                if members.changed().await.is_err() {
-                    return;
-                }
-            }
+            let Ok(m) = members.wait_for(Option::is_some).await.map(|m| m.clone()) else {
+                return;
+            };
+            let Some(m) = m else { return };
+            leases.start_member(m.clone());
+            data.start_member();
+            ops.start_member(m);
         });
     }
 
