@@ -61,6 +61,13 @@ pub struct FenceError(pub String);
 pub trait WriteFence: Send + Sync + std::fmt::Debug {
     fn check(&self) -> Result<(), FenceError>;
 
+    /// Who writes behind this fence (a VHD's write hold), for a peer that runs the
+    /// write on this node's behalf and checks it against its own lock table
+    /// (docs/design/070 §5). `None` for fences that stand for no hold.
+    fn writer(&self) -> Option<crate::path::Writer> {
+        None
+    }
+
     /// May this node still read? (Any hold at a live lease: a node whose lease lapsed
     /// must not read extents that may be given to another VHD meanwhile.)
     fn check_read(&self) -> Result<(), FenceError> {

@@ -40,7 +40,7 @@ pub use hooks::{
 pub use layout::Layout;
 pub use path::{
     ErrorClass, FileOptions, FilePath, LunPath, NbdOptions, NbdPath, NbdTarget, NoGate, PathError,
-    WriteGate, wait_quiet,
+    WriteGate, Writer, wait_quiet,
 };
 pub use superblock::{FormatParams, Superblock};
 

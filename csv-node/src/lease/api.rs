@@ -54,6 +54,14 @@ impl std::fmt::Debug for HoldFence {
 }
 
 impl volume::WriteFence for HoldFence {
+    fn writer(&self) -> Option<volume::Writer> {
+        Some(volume::Writer {
+            vhd: self.vhd.0,
+            node: self.leases.node().0,
+            generation: self.generation.0,
+        })
+    }
+
     fn check(&self) -> Result<(), volume::FenceError> {
         let g = self.leases.guard();
         g.check_write(self.vhd, self.generation, boottime())

@@ -38,6 +38,8 @@ impl ClusterState {
             } => self.add_node(node, address, role, w),
             Command::SetNodeRole { node, role } => self.set_node_role(node, role, w),
             Command::RemoveNode { node } => self.remove_node(index, node, w),
+            Command::SetPathState { node, update } => self.set_path_state(index, node, update, w),
+            Command::SetRedirect { node, on } => self.set_redirect(node, on, w),
             Command::SetVolume { volume } => self.set_volume(volume, w),
             Command::CreateVhd {
                 name,
@@ -157,6 +159,18 @@ impl ClusterState {
                 checkpoint: self.checkpoint,
             }),
             Query::Checkpoint => Ok(QueryReply::Checkpoint(self.checkpoint)),
+            Query::Paths { after, limit } => {
+                if limit > MAX_PAGE {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        format!("page size {limit} above {MAX_PAGE}"),
+                    ));
+                }
+                Ok(QueryReply::Paths {
+                    paths: self.paths.records().cloned().collect(),
+                    events: self.paths.events(after, limit as usize),
+                })
+            }
         }
     }
 }

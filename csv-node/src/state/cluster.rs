@@ -11,6 +11,7 @@ use csv_api::{NodeId, VhdId};
 use lock_manager::LockState;
 
 use super::alloc::Allocator;
+use super::paths::PathTable;
 use super::remote::RemoteTable;
 use super::types::*;
 use super::vhds::VhdTable;
@@ -29,6 +30,8 @@ pub struct ClusterState {
     pub(super) remote: RemoteTable,
     /// Where the LUN checkpoint stands against the catalog.
     pub(super) checkpoint: CheckpointState,
+    /// The nodes' published path states and their history.
+    pub(super) paths: PathTable,
 }
 
 impl ClusterState {
@@ -65,5 +68,10 @@ impl ClusterState {
     /// The lock table.
     pub fn locks(&self) -> &LockState {
         &self.locks
+    }
+
+    /// The nodes' path states.
+    pub fn paths(&self) -> &PathTable {
+        &self.paths
     }
 }

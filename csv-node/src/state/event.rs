@@ -73,6 +73,8 @@ impl Pending {
             Command::InitCluster { .. }
             | Command::AddNode { .. }
             | Command::SetNodeRole { .. }
+            | Command::SetPathState { .. }
+            | Command::SetRedirect { .. }
             | Command::ReserveExtents { .. } => {}
         }
         p

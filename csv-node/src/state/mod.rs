@@ -18,6 +18,7 @@ mod keys;
 mod lock_apply;
 pub mod locks;
 mod nodes;
+pub mod paths;
 mod persist;
 pub mod remote;
 mod remote_apply;

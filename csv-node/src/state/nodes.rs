@@ -38,7 +38,7 @@ fn check_address(address: &str) -> Result<(), csv_api::error::ApiError> {
 }
 
 impl ClusterState {
-    fn require_init(&self) -> Result<(), csv_api::error::ApiError> {
+    pub(super) fn require_init(&self) -> Result<(), csv_api::error::ApiError> {
         if self.identity.is_none() {
             return Err(err(
                 ErrorCode::NotInitialized,
@@ -200,6 +200,7 @@ impl ClusterState {
             self.release_reservation(node);
         }
         self.fail_remote_for(index, node, "was removed", w);
+        self.paths.remove(node, w);
         Ok(Reply::Node(info))
     }
 }

@@ -112,6 +112,7 @@ impl ClusterState {
         for r in self.remote.values() {
             put(REMOTE, &json(r));
         }
+        self.paths.hash_into(&mut put);
         h.finish()
     }
 }
@@ -141,6 +142,7 @@ pub(super) fn load(r: &dyn KvRead) -> Result<ClusterState, String> {
     s.vhds = VhdTable::load(r)?;
 
     s.alloc = Allocator::load(r)?;
+    s.paths = super::paths::PathTable::load(r)?;
     let mut lock_nodes = Vec::new();
     scan_prefix(r, LOCK_NODE, |k, v| {
         let id = ids_of("lock node key", k, LOCK_NODE, 1)?[0];

@@ -282,8 +282,25 @@ impl Sim {
             }
         }
         let mut sent = false;
-        for _ in 0..6_000 {
+        let mut last = Vec::new();
+        for i in 0..6_000 {
             self.step(false);
+            // A learner whose addition was lost with its proposal (leader change,
+            // timeout) is added again: the change is not applied anywhere.
+            if self.learner_added
+                && i % 500 == 0
+                && let Some(l) = self.leader()
+                && let Some(c) = self.nodes.get_mut(&l).and_then(|n| n.core.as_mut())
+                && !c.status().membership.learners.contains(&LEARNER)
+            {
+                c.change_membership(
+                    &[MemberChange::AddLearner {
+                        id: LEARNER,
+                        addr: format!("sim-{LEARNER}"),
+                    }],
+                    Some(Duration::from_secs(5)),
+                );
+            }
             if !sent && let Some(l) = self.leader() {
                 // A fresh commit makes every replica catch up to the end of the log.
                 let cmd = random_command(&mut self.rng, 3).encode();
@@ -301,6 +318,7 @@ impl Sim {
                     )
                 })
                 .collect();
+            last.clone_from(&states);
             if sent && states.len() == self.alive().len() && states.windows(2).all(|w| w[0] == w[1])
             {
                 let idle = self
@@ -313,7 +331,10 @@ impl Sim {
                 }
             }
         }
-        panic!("replicas did not converge after healing");
+        panic!(
+            "replicas did not converge after healing: (applied, hash) {last:?}, leader {:?}",
+            self.leader()
+        );
     }
 }
 

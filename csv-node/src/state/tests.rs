@@ -392,8 +392,24 @@ fn fixed_vhds_get_best_fit_contiguous_runs() {
 pub(crate) fn random_command(rng: &mut StdRng, nodes: u64) -> Command {
     let node = NodeId(rng.random_range(1..=nodes + 1));
     let vhd = VhdId(rng.random_range(1..40));
-    match rng.random_range(0..18) {
+    match rng.random_range(0..20) {
         12..=17 => super::remote_gen::random_remote(rng, nodes),
+        18 => Command::SetPathState {
+            node,
+            update: super::paths::PathUpdate {
+                mode: ["direct", "redirected", "paused", "bogus"][rng.random_range(0..4)].into(),
+                reason: ["healthy", "io_errors"][rng.random_range(0..2)].into(),
+                peer: rng.random_bool(0.5).then(|| NodeId(rng.random_range(1..=nodes))),
+                since_unix_ms: rng.random_range(0..1000),
+                load: rng.random_range(0..3),
+                data_addr: "127.0.0.1:1".into(),
+                session_bound_ms: 1000,
+            },
+        },
+        19 => Command::SetRedirect {
+            node,
+            on: rng.random_bool(0.5),
+        },
         0 | 1 => vhd_cmd(rng),
         2 => Command::DeleteVhd { vhd },
         3 => Command::SetVhdState {

@@ -154,6 +154,15 @@ pub enum Command {
     /// Marks a node removed and returns its extent reservation to the free pool. Legal
     /// for a joining or active node.
     RemoveNode { node: NodeId },
+    /// A node publishes its LUN path state (docs/design/070 §6). Legal for a recorded,
+    /// not removed node, with a known mode and reason and a peer other than itself.
+    SetPathState {
+        node: NodeId,
+        update: super::paths::PathUpdate,
+    },
+    /// The operator's standing request for redirected access of a node (`csvadm volume
+    /// redirect --node N on|off`). Legal for a recorded, not removed node.
+    SetRedirect { node: NodeId, on: bool },
     /// Creates the volume record (all extents free), or grows it: same id, LUN,
     /// extent size and data offset, a larger size and extent count (new extents free).
     SetVolume {
@@ -323,6 +332,8 @@ pub enum Reply {
     Remote {
         record: super::remote::RemoteRecord,
     },
+    /// Path commands: the node's path record after the command.
+    Path(super::paths::PathRecord),
 }
 
 /// The encoded apply result.
@@ -385,6 +396,9 @@ pub enum Query {
     Catalog,
     /// Catalog change and checkpoint indexes → [`QueryReply::Checkpoint`].
     Checkpoint,
+    /// The nodes' path states and the path events after `after` (at most `limit`, up
+    /// to 1,000) → [`QueryReply::Paths`].
+    Paths { after: u64, limit: u32 },
 }
 
 /// Where the LUN checkpoint stands against the catalog.
@@ -457,6 +471,10 @@ pub enum QueryReply {
         checkpoint: CheckpointState,
     },
     Checkpoint(CheckpointState),
+    Paths {
+        paths: Vec<super::paths::PathRecord>,
+        events: Vec<super::paths::PathEvent>,
+    },
 }
 
 impl Query {

@@ -15,7 +15,7 @@ use crate::extent_map::{ExtentMap, ExtentRun, MapError};
 use crate::hooks::{ExtentMapSink, ExtentSource, FenceError, Grant, SourceError, WriteFence};
 use crate::layout::Layout;
 use crate::nonblocking;
-use crate::path::{LunPath, PathError, WriteGate};
+use crate::path::{LunPath, PathError, WriteGate, Writer};
 use arc_swap::ArcSwap;
 use std::cell::RefCell;
 use std::io;
@@ -99,6 +99,10 @@ impl WriteGate for Gate<'_> {
             *self.refused.borrow_mut() = Some(e);
             PathError::Fenced { detail }
         })
+    }
+
+    fn writer(&self) -> Option<Writer> {
+        self.file.writer.as_ref().and_then(|w| w.fence.writer())
     }
 }
 

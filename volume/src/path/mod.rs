@@ -31,6 +31,20 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// syscall, one NBD request), each attempt anew: the owner's fence (docs/design/042 §1).
 pub trait WriteGate {
     fn check(&self) -> Result<(), PathError>;
+
+    /// The writer behind the gate, when it stands for a VHD's write hold: a path that
+    /// forwards the write to another node sends it along (docs/design/070 §5).
+    fn writer(&self) -> Option<Writer> {
+        None
+    }
+}
+
+/// A VHD's writer: the VHD, the node holding it and the hold's generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Writer {
+    pub vhd: u64,
+    pub node: u64,
+    pub generation: u64,
 }
 
 /// The gate of callers that own the LUN outright (format, checkpoints, tests).
