@@ -103,6 +103,75 @@ pub struct NodeConfig {
     /// `[volume]`: the shared LUN (none: the node serves no VHDs).
     #[serde(default)]
     pub volume: Option<VolumeSection>,
+    /// `[redirect]`: redirected I/O when the node loses its LUN path (issue 13).
+    #[serde(default)]
+    pub redirect: RedirectSection,
+}
+
+/// `[redirect]` of the node configuration (docs/design/070).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectSection {
+    /// Redirect LUN calls through a peer when the node's own path fails (off: path
+    /// failures reach the VMs as I/O errors, as without redirection).
+    pub enabled: bool,
+    /// The node-to-node data transport listens here (default: the cluster address's
+    /// IP, any free port; the address is published in the replicated path state).
+    pub listen: Option<SocketAddr>,
+    /// Heartbeat probe period of the node's own path.
+    pub probe_interval: Dur,
+    /// Path errors within `error_window` that mean the path is lost.
+    pub error_threshold: u32,
+    pub error_window: Dur,
+    /// How long the path must be healthy before failing back (doubles on flaps).
+    pub settle_time: Dur,
+    /// Longest a call waits with no path and no peer before it fails with EIO.
+    pub pause_limit: Dur,
+    /// A peer closes a session it has not heard from for this long.
+    pub session_ttl: Dur,
+}
+
+impl Default for RedirectSection {
+    fn default() -> Self {
+        RedirectSection {
+            enabled: true,
+            listen: None,
+            probe_interval: Dur(Duration::from_secs(1)),
+            error_threshold: 3,
+            error_window: Dur(Duration::from_secs(5)),
+            settle_time: Dur(Duration::from_secs(10)),
+            pause_limit: Dur(Duration::from_secs(60)),
+            session_ttl: Dur(Duration::from_secs(2)),
+        }
+    }
+}
+
+impl RedirectSection {
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let within = |v: Duration, lo: Duration, hi: Duration| (lo..=hi).contains(&v);
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        if !within(self.probe_interval.0, ms(100), s(60)) {
+            return Err(("redirect.probe_interval", "100ms to 60s".into()));
+        }
+        if !(1..=1000).contains(&self.error_threshold) {
+            return Err(("redirect.error_threshold", "1 to 1000".into()));
+        }
+        if !within(self.error_window.0, ms(100), s(600)) {
+            return Err(("redirect.error_window", "100ms to 10m".into()));
+        }
+        if !within(self.settle_time.0, ms(100), s(3600)) {
+            return Err(("redirect.settle_time", "100ms to 1h".into()));
+        }
+        if !within(self.pause_limit.0, s(1), s(3600)) {
+            return Err(("redirect.pause_limit", "1s to 1h".into()));
+        }
+        if !within(self.session_ttl.0, ms(200), s(60)) {
+            return Err(("redirect.session_ttl", "200ms to 60s".into()));
+        }
+        Ok(())
+    }
 }
 
 /// `[lease]` of the node configuration.
@@ -393,6 +462,7 @@ impl NodeConfig {
                 "needs a fixed port (peers store the address)",
             ));
         }
+        self.redirect.validate().map_err(|(f, r)| invalid(f, r))?;
         if let Some(v) = &self.volume {
             v.validate().map_err(|(f, r)| invalid(f, r))?;
             // A write must land within the lease's margin of its fence check, twice over

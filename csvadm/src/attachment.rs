@@ -23,6 +23,9 @@ pub struct AttachmentView {
     pub tcp: Option<String>,
     /// Why the held VHD is not exported.
     pub error: Option<String>,
+    /// How the serving node reaches the LUN (`direct`, `redirected`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 impl AttachmentView {
@@ -45,6 +48,7 @@ impl From<&Attachment> for AttachmentView {
             uri: a.uri.clone(),
             tcp: non_empty(&a.tcp),
             error: non_empty(&a.error),
+            path: non_empty(&a.path),
         }
     }
 }
@@ -83,6 +87,7 @@ mod tests {
             uri: "nbd+unix:///a?socket=/s".into(),
             tcp: String::new(),
             error: "busy".into(),
+            path: String::new(),
         });
         assert_eq!(
             v.to_string(),

@@ -14,6 +14,7 @@ mod image;
 mod node;
 mod output;
 mod owner;
+mod path;
 mod progress;
 mod remote_progress;
 mod size;

@@ -149,7 +149,9 @@ pub fn run(socket: &Path, args: VhdArgs, json: bool) -> Result<(), Failure> {
         VhdCommand::List => print(&list(&mut c)?, out)?,
         VhdCommand::Info { name } => {
             let v = expect_vhd(c.call(Request::VhdGet(VhdRef { id: 0, name }))?)?;
-            print(&VhdView::new(&v, &no_names), out)?;
+            let mut view = VhdView::new(&v, &no_names);
+            view.attachment = attachment_path(&mut c, v.id)?;
+            print(&view, out)?;
         }
         VhdCommand::Delete { name } => {
             let v = expect_vhd(c.call(Request::VhdDelete(VhdRef { id: 0, name }))?)?;
@@ -338,6 +340,46 @@ pub struct VhdView {
     pub runs: Vec<[u64; 2]>,
     /// `creating`, `ready` or `deleting`.
     pub state: &'static str,
+    /// `vhd info`: the node writing the VHD and how it reaches the LUN now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<crate::path::PathView>,
+}
+
+/// The writer of VHD `id` and that node's LUN path state (`vhd info`), if it is held.
+fn attachment_path(
+    c: &mut csv_api::admin::Client,
+    id: u64,
+) -> Result<Option<crate::path::PathView>, Failure> {
+    use csv_api::admin::owner::{OwnerAnswer, OwnerOp, OwnerRequest};
+    let show = Request::Owner(OwnerRequest {
+        op: Some(OwnerOp::Show(VhdRef {
+            id,
+            name: String::new(),
+        })),
+    });
+    let owner = match c.call(show)? {
+        Response::Owner(o) => match o.answer {
+            Some(OwnerAnswer::Owner(i)) if i.owner != 0 => i.owner,
+            _ => return Ok(None),
+        },
+        other => return Err(unexpected(&other)),
+    };
+    let st = match c.call(Request::VolumeStatus(csv_api::admin::Empty {}))? {
+        Response::VolumeStatus(s) => s,
+        other => return Err(unexpected(&other)),
+    };
+    Ok(Some(
+        st.paths
+            .iter()
+            .find(|p| p.node == owner)
+            .map(crate::path::PathView::from)
+            .unwrap_or_else(|| {
+                crate::path::PathView::from(&csv_api::admin::volume::NodePath {
+                    node: owner,
+                    ..Default::default()
+                })
+            }),
+    ))
 }
 
 impl VhdView {
@@ -354,6 +396,7 @@ impl VhdView {
             extents: v.runs.iter().map(|r| r.count).sum(),
             runs: v.runs.iter().map(|r| [r.start, r.count]).collect(),
             state: state_name(v.state),
+            attachment: None,
         }
     }
 }
@@ -364,7 +407,23 @@ impl fmt::Display for VhdView {
             f,
             "{} (id {}): {} {} bytes, {} extents, file length {}, {}",
             self.name, self.id, self.kind, self.virtual_size, self.extents, self.length, self.state
-        )
+        )?;
+        if let Some(a) = &self.attachment {
+            let path = if a.path.is_empty() {
+                "unknown"
+            } else {
+                &a.path
+            };
+            write!(
+                f,
+                "\n  written by node {}: LUN path {path} ({})",
+                a.node, a.reason
+            )?;
+            if let Some(p) = a.peer {
+                write!(f, " through node {p}")?;
+            }
+        }
+        Ok(())
     }
 }
 

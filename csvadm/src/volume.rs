@@ -6,13 +6,16 @@ use std::fmt;
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use csv_api::admin::volume::{VolumeFormat, VolumeRecover, VolumeStatus};
+use csv_api::admin::volume::{
+    VolumeEvents, VolumeFormat, VolumeRecover, VolumeRedirect, VolumeStatus,
+};
 use csv_api::admin::{Empty, Request, Response};
 use serde::Serialize;
 
 use crate::attachment::AttachmentView;
 use crate::client::{Failure, connect, unexpected};
 use crate::output::{Output, print};
+use crate::path::{PathEventsView, PathView};
 use crate::size::parse_size;
 
 #[derive(Args, Debug)]
@@ -48,6 +51,31 @@ enum VolumeCommand {
         #[arg(long)]
         lun: Option<String>,
     },
+    /// Redirected access by hand (maintenance): `on` sends the node's LUN I/O through a
+    /// peer until `off`, when it fails back to direct I/O once its path is healthy.
+    Redirect {
+        /// The node (default: the addressed node).
+        #[arg(long)]
+        node: Option<u64>,
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// Path-state changes of every node, with their reasons, oldest first.
+    Events {
+        /// Only changes after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many (up to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// `on` or `off`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// Runs `csvadm volume ...`; `json` is the top-level `--json`.
@@ -68,9 +96,17 @@ pub fn run(socket: &Path, args: VolumeArgs, json: bool) -> Result<(), Failure> {
         VolumeCommand::Recover { lun } => Request::VolumeRecover(VolumeRecover {
             lun: lun.unwrap_or_default(),
         }),
+        VolumeCommand::Redirect { node, state } => Request::VolumeRedirect(VolumeRedirect {
+            node: node.unwrap_or(0),
+            on: matches!(state, OnOff::On),
+        }),
+        VolumeCommand::Events { after, limit } => {
+            Request::VolumeEvents(VolumeEvents { after, limit })
+        }
     };
     match c.call(req)? {
         Response::VolumeStatus(s) => print(&VolumeStatusView::from(&s), out)?,
+        Response::PathEvents(e) => print(&PathEventsView::from(&e), out)?,
         other => return Err(unexpected(&other)),
     }
     Ok(())
@@ -96,6 +132,10 @@ pub struct VolumeStatusView {
     pub checkpoint: Option<CheckpointView>,
     /// VHDs attached on the asked node.
     pub attachments: Vec<AttachmentView>,
+    /// Every node's LUN path: `direct`, `redirected`, `paused`, ... with the reason.
+    pub paths: Vec<PathView>,
+    /// Bytes the asked node moved through peers since it started.
+    pub redirected_bytes: u64,
 }
 
 /// The cluster's volume record.
@@ -172,6 +212,8 @@ impl From<&VolumeStatus> for VolumeStatusView {
                 raft_index: s.checkpoint_index,
             }),
             attachments: s.attachments.iter().map(AttachmentView::from).collect(),
+            paths: s.paths.iter().map(PathView::from).collect(),
+            redirected_bytes: s.redirected_bytes,
         }
     }
 }
@@ -203,6 +245,15 @@ impl fmt::Display for VolumeStatusView {
                 c.sequence, c.raft_index
             ));
         }
+        if !self.paths.is_empty() {
+            lines.push(format!(
+                "  {:<6} {:<12} {:<22} {:<6} {:<24} {:>6}",
+                "NODE", "PATH", "REASON", "PEER", "SINCE", "LOAD"
+            ));
+            for p in &self.paths {
+                lines.push(format!("  {p}"));
+            }
+        }
         for a in &self.attachments {
             lines.push(match &a.error {
                 None => format!("  attached here: {} ({}) {}", a.name, a.access(), a.uri),
@@ -232,7 +283,7 @@ mod tests {
         assert_eq!(v.to_string(), "node 2: volume unformatted");
         assert_eq!(
             to_json(&v, false).expect("json"),
-            r#"{"attachments":[],"checkpoint":null,"lun":"","message":"","node_id":2,"space":null,"state":"unformatted","superblock_uuid":"","volume":null}"#
+            r#"{"attachments":[],"checkpoint":null,"lun":"","message":"","node_id":2,"paths":[],"redirected_bytes":0,"space":null,"state":"unformatted","superblock_uuid":"","volume":null}"#
         );
     }
 

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use csv_api::ErrorCode;
 use csv_api::admin::frame::{read_frame, write_frame};
-use csv_api::admin::volume::{Attachment, Progress, VolumeStatus};
+use csv_api::admin::volume::{Attachment, NodePath, PathEvent, PathEvents, Progress, VolumeStatus};
 use csv_api::admin::{
     AdminRequest, AdminResponse, ClusterInitReply, Empty, ErrorReply, ExtentRun, HoldInfo,
     LivenessInfo, LocalFence, LocalHoldInfo, LostHoldInfo, Member, Membership, NodeLiveness,
@@ -135,6 +135,20 @@ fn attachment(name: &str, tcp: &str, error: &str, read_only: bool) -> Attachment
         uri: format!("nbd+unix:///{name}?socket=/run/csv/nbd.sock"),
         tcp: tcp.into(),
         error: error.into(),
+        path: if tcp.is_empty() { "" } else { "redirected" }.into(),
+    }
+}
+
+fn node_path(node: u64, path: &str, reason: &str, peer: u64) -> NodePath {
+    NodePath {
+        node,
+        path: path.into(),
+        reason: reason.into(),
+        since_unix_ms: 1_796_601_600_123,
+        peer,
+        user_request: node == 3,
+        data_addr: format!("10.0.0.{node}:7400"),
+        load: 3 * node,
     }
 }
 
@@ -241,6 +255,12 @@ fn volume_status(p: Profile) -> VolumeStatus {
         ],
         checkpoint_sequence: 9,
         checkpoint_index: 40,
+        paths: vec![
+            node_path(1, "redirected", "io_errors", 2),
+            node_path(2, "direct", "healthy", 0),
+            node_path(3, "paused", "user_request", 0),
+        ],
+        redirected_bytes: 1 << 20,
     }
 }
 
@@ -312,9 +332,32 @@ fn answer(p: Profile, r: Request) -> Response {
             };
             Response::Owner(OwnerReply { answer: Some(a) })
         }
-        Request::VolumeFormat(_) | Request::VolumeStatus(_) | Request::VolumeRecover(_) => {
-            Response::VolumeStatus(volume_status(p))
-        }
+        Request::VolumeFormat(_)
+        | Request::VolumeStatus(_)
+        | Request::VolumeRecover(_)
+        | Request::VolumeRedirect(_) => Response::VolumeStatus(volume_status(p)),
+        Request::VolumeEvents(_) => Response::PathEvents(PathEvents {
+            events: vec![
+                PathEvent {
+                    seq: 4,
+                    index: 120,
+                    node: 1,
+                    path: "quiescing".into(),
+                    reason: "io_errors".into(),
+                    peer: 0,
+                    since_unix_ms: 1_796_601_600_000,
+                },
+                PathEvent {
+                    seq: 5,
+                    index: 122,
+                    node: 1,
+                    path: "redirected".into(),
+                    reason: "io_errors".into(),
+                    peer: 2,
+                    since_unix_ms: 1_796_601_600_123,
+                },
+            ],
+        }),
         Request::VhdList(l) if p == Profile::Sparse => Response::VhdList(VhdPage {
             vhds: vec![],
             next_after: 0,
@@ -411,6 +454,10 @@ const COMMANDS: &[&str] = &[
     "volume format --extent-size 64M --label lab",
     "volume status",
     "volume recover --lun /dev/sdc",
+    "volume redirect --node 3 on",
+    "volume redirect off",
+    "volume events",
+    "volume events --after 3 --limit 2",
     "vhd create a --size 1G",
     "vhd create c --parent a",
     "vhd list",

@@ -55,7 +55,8 @@ pub struct Options {
     pub netns: bool,
     /// Extra `RUST_LOG`.
     pub log: String,
-    /// Extra TOML appended to every node's config (e.g. a `[lease]` section).
+    /// Extra TOML appended to every node's config (e.g. a `[lease]` section); `{id}`
+    /// stands for the node's id.
     pub extra_config: String,
 }
 
@@ -220,7 +221,8 @@ impl Cluster {
                 "[raft]\ncompact_threshold = {t}\nkeep_entries = {k}\n"
             ));
         }
-        text.push_str(&self.opts.extra_config);
+        // `{id}` in the extra TOML is the node's id (a per-node LUN path, say).
+        text.push_str(&self.opts.extra_config.replace("{id}", &id.to_string()));
         fs::write(n.dir.join("node.toml"), text).expect("write config");
     }
 

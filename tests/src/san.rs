@@ -161,6 +161,26 @@ impl San {
         }
     }
 
+    /// A path cut: kill -9 (every connection drops, nothing it received runs later).
+    pub fn cut(&mut self) {
+        self.kill();
+    }
+
+    /// After [`Self::cut`]: a new nbdkit on the same address, LUN and filters.
+    pub fn restore(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
+    /// kill -9, then a new nbdkit on the same address and LUN with other filters and
+    /// parameters.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.kill();
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn();
+    }
+
     /// kill -9, then a new nbdkit on the same address and LUN.
     pub fn restart(&mut self) {
         self.kill();

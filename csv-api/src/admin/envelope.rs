@@ -11,7 +11,7 @@ pub struct AdminRequest {
     pub version: u32,
     #[prost(
         oneof = "Request",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79, 80, 81"
     )]
     pub request: Option<Request>,
 }
@@ -101,6 +101,12 @@ pub enum Request {
     /// → [`Response::Progress`].
     #[prost(message, tag = "79")]
     OperationProgress(super::volume::OperationProgress),
+    /// → [`Response::VolumeStatus`].
+    #[prost(message, tag = "80")]
+    VolumeRedirect(super::volume::VolumeRedirect),
+    /// → [`Response::PathEvents`].
+    #[prost(message, tag = "81")]
+    VolumeEvents(super::volume::VolumeEvents),
 }
 
 /// A response from a node's daemon.
@@ -111,7 +117,7 @@ pub struct AdminResponse {
     pub version: u32,
     #[prost(
         oneof = "Response",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62, 69"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62, 69, 70"
     )]
     pub response: Option<Response>,
 }
@@ -164,4 +170,7 @@ pub enum Response {
     /// `OperationProgress`.
     #[prost(message, tag = "69")]
     Progress(super::volume::Progress),
+    /// `VolumeEvents`.
+    #[prost(message, tag = "70")]
+    PathEvents(super::volume::PathEvents),
 }

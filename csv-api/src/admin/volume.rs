@@ -52,6 +52,88 @@ pub struct VolumeStatus {
     /// Raft index that checkpoint holds the catalog of.
     #[prost(uint64, tag = "10")]
     pub checkpoint_index: u64,
+    /// Every node's LUN path state, as published in the cluster state (issue 13).
+    #[prost(message, repeated, tag = "11")]
+    pub paths: Vec<NodePath>,
+    /// Bytes this node read and wrote through peers since it started.
+    #[prost(uint64, tag = "12")]
+    pub redirected_bytes: u64,
+}
+
+/// A node's LUN path state (docs/design/070 §6).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NodePath {
+    #[prost(uint64, tag = "1")]
+    pub node: u64,
+    /// `direct`, `redirected`, `paused`, `quiescing`, `failing_back`; empty when the
+    /// node published nothing (redirection off, or no volume yet).
+    #[prost(string, tag = "2")]
+    pub path: String,
+    /// `healthy`, `io_errors`, `io_timeout`, `no_disk_connectivity`, `user_request`,
+    /// `peer_lost`.
+    #[prost(string, tag = "3")]
+    pub reason: String,
+    /// Since when (Unix ms, the node's clock).
+    #[prost(uint64, tag = "4")]
+    pub since_unix_ms: u64,
+    /// The node its LUN calls go to (0: none).
+    #[prost(uint64, tag = "5")]
+    pub peer: u64,
+    /// The operator asked for redirected access.
+    #[prost(bool, tag = "6")]
+    pub user_request: bool,
+    /// Its node-to-node data address.
+    #[prost(string, tag = "7")]
+    pub data_addr: String,
+    /// Redirected calls it served for others lately.
+    #[prost(uint64, tag = "8")]
+    pub load: u64,
+}
+
+/// `csvadm volume redirect --node N on|off` → `Response::VolumeStatus`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VolumeRedirect {
+    #[prost(uint64, tag = "1")]
+    pub node: u64,
+    #[prost(bool, tag = "2")]
+    pub on: bool,
+}
+
+/// `csvadm volume events`: path-state changes after `after` → `Response::PathEvents`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VolumeEvents {
+    #[prost(uint64, tag = "1")]
+    pub after: u64,
+    /// At most this many (0: 100; at most 1,000).
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
+
+/// One recorded path-state change.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PathEvent {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The log index that recorded it.
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+    #[prost(uint64, tag = "3")]
+    pub node: u64,
+    #[prost(string, tag = "4")]
+    pub path: String,
+    #[prost(string, tag = "5")]
+    pub reason: String,
+    #[prost(uint64, tag = "6")]
+    pub peer: u64,
+    #[prost(uint64, tag = "7")]
+    pub since_unix_ms: u64,
+}
+
+/// Path-state changes, oldest first.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PathEvents {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<PathEvent>,
 }
 
 /// `csvadm vhd create`: record, allocate and write a VHD image → `Response::Vhd`.
@@ -131,6 +213,10 @@ pub struct Attachment {
     /// VHD is attached again (docs/design/042 §8).
     #[prost(string, tag = "9")]
     pub error: String,
+    /// How the serving node reaches the LUN now: `direct`, `redirected`, ... (empty:
+    /// redirection off).
+    #[prost(string, tag = "10")]
+    pub path: String,
 }
 
 /// VHDs attached on the addressed node.

@@ -124,6 +124,8 @@ pub(super) async fn handle(a: &Admin, r: Request) -> Result<Response, ApiError> 
         Request::VolumeFormat(f) => Ok(a.data.volume_format(f).await?),
         Request::VolumeStatus(_) => Ok(Response::VolumeStatus(a.data.volume_status().await?)),
         Request::VolumeRecover(r) => Ok(a.data.volume_recover(r).await?),
+        Request::VolumeRedirect(r) => Ok(Response::VolumeStatus(a.data.volume_redirect(r).await?)),
+        Request::VolumeEvents(e) => Ok(Response::PathEvents(a.data.volume_events(e).await?)),
         Request::Attachments(_) => Ok(Response::Attachments(api::volume::Attachments {
             attachments: a.data.attachments_list(),
         })),

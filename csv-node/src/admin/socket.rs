@@ -152,5 +152,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::VhdMaintain(_) => "vhd_maintain",
         Request::VhdMerge(_) => "vhd_merge",
         Request::OperationProgress(_) => "operation_progress",
+        Request::VolumeRedirect(_) => "volume_redirect",
+        Request::VolumeEvents(_) => "volume_events",
     }
 }

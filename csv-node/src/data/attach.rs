@@ -144,6 +144,7 @@ impl Data {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             error: a.failed.clone().unwrap_or_default(),
+            path: self.path_mode(),
         }
     }
 

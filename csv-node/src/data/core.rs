@@ -8,6 +8,7 @@ use lock_manager::Mode;
 use super::attachments::Attachments;
 use super::error::DataError;
 use super::lun::VolumeRt;
+use super::redirect::driver::Redirect;
 use crate::config::NodeConfig;
 use crate::lease::{Leases, VhdHold};
 use crate::meta::{Member, Meta};
@@ -21,6 +22,8 @@ pub struct Data {
     pub(crate) vol: VolumeRt,
     pub(crate) att: Attachments,
     pub(crate) tasks: Tasks,
+    /// Redirected I/O, once the LUN is open (with `[redirect] enabled`).
+    pub(crate) redir: std::sync::OnceLock<Arc<Redirect>>,
 }
 
 impl Data {
@@ -32,7 +35,13 @@ impl Data {
             vol: Default::default(),
             att: Default::default(),
             tasks,
+            redir: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The node's redirection, once the LUN is open.
+    pub(crate) fn redirect(&self) -> Option<Arc<Redirect>> {
+        self.redir.get().cloned()
     }
 
     pub(crate) fn id(&self) -> u64 {

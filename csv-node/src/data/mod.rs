@@ -14,6 +14,7 @@ mod error;
 pub mod extents;
 pub mod file_device;
 mod lun;
+pub(crate) mod redirect;
 mod run;
 pub mod vhd_device;
 pub mod volume;

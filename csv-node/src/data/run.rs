@@ -18,5 +18,6 @@ impl Data {
     pub fn start_member(self: &Arc<Self>) {
         self.tasks.spawn(volume::watch_volume(self.clone()));
         self.tasks.spawn(checkpoint::run(self.clone()));
+        self.tasks.spawn(super::redirect::driver::run(self.clone()));
     }
 }

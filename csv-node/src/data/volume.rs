@@ -12,6 +12,7 @@ use volume::{Layout, LunPath};
 use super::core::Data;
 use super::error::DataError;
 use super::lun::{Check, differs, open_lun, record_of};
+use super::redirect::driver::Redirect;
 use crate::config::VolumeSection;
 use crate::convert;
 use crate::meta::unexpected;
@@ -79,8 +80,29 @@ impl Data {
         }
         let cfg = self.volume_cfg()?.clone();
         let t = self.io_timeout();
-        let l = tokio::task::spawn_blocking(move || open_lun(&cfg, t)).await??;
+        let redirect = self
+            .cfg
+            .redirect
+            .enabled
+            .then_some(self.cfg.redirect.pause_limit.0);
+        let (l, r) = tokio::task::spawn_blocking(move || {
+            let l = open_lun(&cfg, t)?;
+            match redirect {
+                Some(pause) => {
+                    let (r, switch) =
+                        Redirect::wrap(l, pause).map_err(|e| DataError::storage("open LUN", e))?;
+                    Ok::<_, DataError>((switch, Some(r)))
+                }
+                None => Ok((l, None)),
+            }
+        })
+        .await??;
         let mut g = lock(&self.vol.lun);
+        if g.is_none()
+            && let Some(r) = r
+        {
+            let _ = self.redir.set(r);
+        }
         Ok(g.get_or_insert(l).clone())
     }
 
@@ -240,6 +262,12 @@ impl Data {
             attachments: self.attachments_list(),
             checkpoint_sequence: checkpoint.0,
             checkpoint_index: checkpoint.1,
+            paths: self.node_paths(&m).await,
+            redirected_bytes: self.redirect().map_or(0, |r| {
+                r.shared
+                    .redirected_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
         })
     }
 }

@@ -86,6 +86,7 @@ fn attachment_of(rec: &RemoteRecord, a: &RemoteAttachment) -> Attachment {
         uri: a.uri.clone(),
         tcp: a.tcp.clone(),
         error: String::new(),
+        path: String::new(),
     }
 }
 

@@ -209,9 +209,16 @@ impl ClusterState {
             return Err(err(ErrorCode::InvalidArgument, "data address too long"));
         }
         if u.peer == Some(node) {
-            return Err(err(ErrorCode::InvalidArgument, "a node is not its own peer"));
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                "a node is not its own peer",
+            ));
         }
-        let old = self.paths.get(node).cloned().unwrap_or_else(|| PathRecord::empty(node));
+        let old = self
+            .paths
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| PathRecord::empty(node));
         let changed = old.mode != u.mode || old.reason != u.reason || old.peer != u.peer;
         let rec = PathRecord {
             node,
@@ -241,9 +248,18 @@ impl ClusterState {
     }
 
     /// `SetRedirect`: the operator's standing request for a node.
-    pub(super) fn set_redirect(&mut self, node: NodeId, on: bool, w: &mut dyn KvWrite) -> ApplyResult {
+    pub(super) fn set_redirect(
+        &mut self,
+        node: NodeId,
+        on: bool,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
         self.live_node(node)?;
-        let mut rec = self.paths.get(node).cloned().unwrap_or_else(|| PathRecord::empty(node));
+        let mut rec = self
+            .paths
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| PathRecord::empty(node));
         rec.user_redirect = on;
         self.paths.put(rec.clone(), w);
         Ok(Reply::Path(rec))
@@ -284,7 +300,13 @@ mod tests {
             role: NodeRole::Voter,
         };
         run(&mut s, &mut kv, 3, &add).expect("add");
-        run(&mut s, &mut kv, 4, &set(2, update("direct", "healthy", None))).expect("direct");
+        run(
+            &mut s,
+            &mut kv,
+            4,
+            &set(2, update("direct", "healthy", None)),
+        )
+        .expect("direct");
         let on = Command::SetRedirect {
             node: NodeId(2),
             on: true,
@@ -295,11 +317,32 @@ mod tests {
         let mut load_only = update("redirected", "user_request", Some(1));
         load_only.load = 7;
         run(&mut s, &mut kv, 7, &set(2, load_only)).expect("load");
-        let bad = run(&mut s, &mut kv, 8, &set(2, update("sideways", "healthy", None)));
-        assert_eq!(bad.expect_err("bad mode").code(), ErrorCode::InvalidArgument);
-        let own = run(&mut s, &mut kv, 8, &set(2, update("redirected", "io_errors", Some(2))));
-        assert_eq!(own.expect_err("own peer").code(), ErrorCode::InvalidArgument);
-        let unknown = run(&mut s, &mut kv, 8, &set(9, update("direct", "healthy", None)));
+        let bad = run(
+            &mut s,
+            &mut kv,
+            8,
+            &set(2, update("sideways", "healthy", None)),
+        );
+        assert_eq!(
+            bad.expect_err("bad mode").code(),
+            ErrorCode::InvalidArgument
+        );
+        let own = run(
+            &mut s,
+            &mut kv,
+            8,
+            &set(2, update("redirected", "io_errors", Some(2))),
+        );
+        assert_eq!(
+            own.expect_err("own peer").code(),
+            ErrorCode::InvalidArgument
+        );
+        let unknown = run(
+            &mut s,
+            &mut kv,
+            8,
+            &set(9, update("direct", "healthy", None)),
+        );
         assert_eq!(unknown.expect_err("unknown").code(), ErrorCode::NotFound);
         let rec = s.paths().get(NodeId(2)).expect("record").clone();
         assert!(rec.user_redirect);
@@ -307,7 +350,10 @@ mod tests {
         let ev = s.paths().events(0, 10);
         assert_eq!(ev.len(), 2, "{ev:?}");
         assert_eq!((ev[1].mode.as_str(), ev[1].index), ("redirected", 6));
-        match s.answer(Query::Paths { after: 1, limit: 10 }) {
+        match s.answer(Query::Paths {
+            after: 1,
+            limit: 10,
+        }) {
             Ok(QueryReply::Paths { paths, events }) => {
                 assert_eq!(paths.len(), 1);
                 assert_eq!(events.len(), 1);
@@ -323,7 +369,13 @@ mod tests {
         let (mut s, mut kv) = setup();
         for i in 0..(MAX_PATH_EVENTS as u64 + 20) {
             let mode = if i % 2 == 0 { "direct" } else { "paused" };
-            run(&mut s, &mut kv, 10 + i, &set(1, update(mode, "healthy", None))).expect("set");
+            run(
+                &mut s,
+                &mut kv,
+                10 + i,
+                &set(1, update(mode, "healthy", None)),
+            )
+            .expect("set");
         }
         let ev = s.paths().events(0, 10_000);
         assert_eq!(ev.len(), MAX_PATH_EVENTS);

@@ -399,7 +399,9 @@ pub(crate) fn random_command(rng: &mut StdRng, nodes: u64) -> Command {
             update: super::paths::PathUpdate {
                 mode: ["direct", "redirected", "paused", "bogus"][rng.random_range(0..4)].into(),
                 reason: ["healthy", "io_errors"][rng.random_range(0..2)].into(),
-                peer: rng.random_bool(0.5).then(|| NodeId(rng.random_range(1..=nodes))),
+                peer: rng
+                    .random_bool(0.5)
+                    .then(|| NodeId(rng.random_range(1..=nodes))),
                 since_unix_ms: rng.random_range(0..1000),
                 load: rng.random_range(0..3),
                 data_addr: "127.0.0.1:1".into(),

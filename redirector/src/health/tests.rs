@@ -30,7 +30,12 @@ const S: Duration = Duration::from_secs(1);
 fn three_errors_in_the_window_quiesce_then_redirect_to_the_coordinator() {
     let t0 = Instant::now();
     let mut h = Health::new(Config::default(), 2, t0);
-    peers(&mut h, t0, vec![peer(1, 9), peer(2, 0), peer(3, 0)], Some(1));
+    peers(
+        &mut h,
+        t0,
+        vec![peer(1, 9), peer(2, 0), peer(3, 0)],
+        Some(1),
+    );
     assert!(h.handle(t0, Input::PathError { timeout: false }).is_none());
     h.handle(t0 + S, Input::PathError { timeout: false });
     // An error outside the window does not count with the first.
@@ -56,7 +61,12 @@ fn without_a_serving_coordinator_the_least_loaded_peer_is_chosen() {
     let mut h = Health::new(Config::default(), 2, t0);
     let mut c = peer(1, 0);
     c.direct = false;
-    peers(&mut h, t0, vec![c, peer(3, 5), peer(4, 2), peer(5, 2)], Some(1));
+    peers(
+        &mut h,
+        t0,
+        vec![c, peer(3, 5), peer(4, 2), peer(5, 2)],
+        Some(1),
+    );
     assert_eq!(h.choose(), Some(4));
 }
 
@@ -94,7 +104,10 @@ fn fail_back_waits_for_the_settle_time_and_the_drain_and_flaps_double_it() {
     h.handle(t0, Input::Probe { ok: false });
     h.handle(t0, Input::Quiet);
     h.handle(t0 + S, Input::Probe { ok: true });
-    assert!(h.tick(t0 + 10 * S).is_none(), "settle counts from the first good probe");
+    assert!(
+        h.tick(t0 + 10 * S).is_none(),
+        "settle counts from the first good probe"
+    );
     let st = h.tick(t0 + 11 * S).expect("failing back");
     assert_eq!(st.mode, Mode::FailingBack);
     assert_eq!(st.peer, Some(1));
@@ -288,11 +301,17 @@ fn simulate(seed: u64) {
         // What the shell issues in the new mode, and the rules on reissue.
         match after.mode {
             Mode::Direct => {
-                assert!(shell.session_in_doubt.is_none(), "direct while a session is in doubt: {ctx}");
+                assert!(
+                    shell.session_in_doubt.is_none(),
+                    "direct while a session is in doubt: {ctx}"
+                );
                 shell.direct_in_doubt = true;
             }
             Mode::Redirected => {
-                assert!(!shell.direct_in_doubt, "redirected while direct calls are in doubt: {ctx}");
+                assert!(
+                    !shell.direct_in_doubt,
+                    "redirected while direct calls are in doubt: {ctx}"
+                );
                 let p = after.peer.expect("a peer");
                 assert!(
                     shell.session_in_doubt.is_none_or(|s| s == p),
@@ -301,7 +320,10 @@ fn simulate(seed: u64) {
                 assert!(p != 1, "redirected to itself: {ctx}");
                 if before.mode != Mode::Redirected || before.peer != after.peer {
                     let lp = list.iter().find(|x| x.node == p).expect("known peer");
-                    assert!(lp.direct && lp.reachable, "chose a peer that cannot serve: {ctx}");
+                    assert!(
+                        lp.direct && lp.reachable,
+                        "chose a peer that cannot serve: {ctx}"
+                    );
                 }
                 shell.session_in_doubt = Some(p);
             }
@@ -309,7 +331,10 @@ fn simulate(seed: u64) {
                 assert_eq!(before.mode, Mode::Redirected, "{ctx}");
                 assert!(!user, "failing back against the operator's request: {ctx}");
                 let hf = healthy_from.expect("failing back on a path never healthy");
-                assert!(now.saturating_duration_since(hf) >= cfg.settle_time, "{ctx}");
+                assert!(
+                    now.saturating_duration_since(hf) >= cfg.settle_time,
+                    "{ctx}"
+                );
             }
             Mode::FailingBack | Mode::Quiescing | Mode::Paused => {}
         }

@@ -209,7 +209,15 @@ fn every_lun_write_call_asks_the_fence() {
 fn a_lost_san_connection_fails_every_later_flush_of_the_image() {
     let dir = tempfile::tempdir().expect("dir");
     let lun = lun_file(dir.path(), 2 * GIB);
-    let mut san = San::start(Listen::Unix(dir.path().join("san.sock")), &lun, &[], &[]);
+    // A target without multi-conn consistency: what a lost connection carried may be
+    // lost with it (a target that advertises CAN_MULTI_CONN makes it durable at a flush
+    // on any connection, 041 §1).
+    let mut san = San::start(
+        Listen::Unix(dir.path().join("san.sock")),
+        &lun,
+        &[],
+        &["--filter=multi-conn", "multi-conn-mode=disable"],
+    );
     let vc = volume_cluster_with(
         2,
         MIB,

@@ -385,7 +385,11 @@ impl NbdPath {
             return;
         }
         if let Some(c) = st.client.take() {
-            if st.dirty {
+            // A target that promises multi-conn consistency makes every write it completed
+            // on any connection durable at a flush on any other (the NBD spec's
+            // CAN_MULTI_CONN): losing the connection loses nothing it answered. Other
+            // targets may keep unflushed data per connection (041 §1).
+            if st.dirty && !c.info().has(nbd::proto::TFLAG_CAN_MULTI_CONN) {
                 self.lost_writes.fetch_add(1, Ordering::AcqRel);
             }
             st.dirty = false;

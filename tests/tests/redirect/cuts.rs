@@ -1,0 +1,154 @@
+//! Path cuts under load: fio verifies every block it wrote while the path of the node
+//! serving its VHD is cut and restored; the node's I/O goes through a peer meanwhile.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use csv_tests::volume::need;
+
+use super::{SanCluster, path_of, wait_path};
+
+/// fio through the NBD engine: random 64 KiB writes at `rate` over `size`, each block
+/// verified (crc32c) while the job runs and again at its end.
+fn fio_job(uri: &str, size: &str, rate: &str, dir: &std::path::Path) -> Child {
+    need("fio", "fio");
+    Command::new("fio")
+        .current_dir(dir)
+        .args([
+            "--name=cuts",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=64k",
+            &format!("--size={size}"),
+            &format!("--rate={rate}"),
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--verify_backlog=256",
+            "--verify_state_save=0",
+            "--randseed=4321",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fio")
+}
+
+/// Waits for fio; its output, which must show success.
+fn fio_done(c: Child) -> String {
+    let o = c.wait_with_output().expect("fio");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "fio failed ({}):\n{text}", o.status);
+    assert!(text.contains("err= 0"), "fio reported errors:\n{text}");
+    text
+}
+
+#[test]
+fn fio_verifies_through_five_path_cuts_on_an_nbdkit_san() {
+    let mut sc = SanCluster::start(3, "");
+    let work = tempfile::tempdir().expect("work");
+    sc.vc.ok(1, &["vhd", "create", "v", "--size", "512M"]);
+    sc.vc.ok(2, &["vhd", "attach", "v"]);
+    wait_path(&sc.vc, 2, "direct", Duration::from_secs(20));
+    let fio = fio_job(&sc.vc.uri(2, "v"), "192M", "8m", work.path());
+    for cut in 0..5 {
+        std::thread::sleep(Duration::from_millis(1500));
+        sc.sans.get_mut(&2).expect("san").cut();
+        let (_, reason, peer) = wait_path(&sc.vc, 2, "redirected", Duration::from_secs(10));
+        assert!(peer.is_some_and(|p| p != 2), "cut {cut}: peer {peer:?}");
+        assert!(
+            ["io_errors", "io_timeout", "no_disk_connectivity"].contains(&reason.as_str()),
+            "cut {cut}: reason {reason}"
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        sc.sans.get_mut(&2).expect("san").restore();
+        // Hysteresis: the settle time doubles on flaps (1 s, 2 s, 4 s, ...).
+        wait_path(&sc.vc, 2, "direct", Duration::from_secs(60));
+    }
+    let out = fio_done(fio);
+    eprintln!("{out}");
+    // The history names every change.
+    let ev: serde_json::Value =
+        serde_json::from_str(&sc.vc.ok(1, &["volume", "events", "--json"])).expect("json");
+    let node2: Vec<&serde_json::Value> = ev
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["node"] == 2)
+        .collect();
+    let redirected = node2.iter().filter(|e| e["path"] == "redirected").count();
+    assert!(redirected >= 5, "{ev}");
+    // The VHD's data survived: verify it again through another node.
+    sc.vc.ok(2, &["vhd", "detach", "v"]);
+    sc.vc.ok(3, &["vhd", "attach", "v"]);
+    assert_eq!(path_of(&sc.vc, 3, 3).0, "direct");
+}
+
+#[test]
+fn the_operator_redirects_a_node_under_load_and_back() {
+    let sc = SanCluster::start(3, "");
+    let work = tempfile::tempdir().expect("work");
+    sc.vc.ok(1, &["vhd", "create", "m", "--size", "256M"]);
+    sc.vc.ok(2, &["vhd", "attach", "m"]);
+    wait_path(&sc.vc, 2, "direct", Duration::from_secs(20));
+    let fio = fio_job(&sc.vc.uri(2, "m"), "96M", "8m", work.path());
+    std::thread::sleep(Duration::from_secs(2));
+    sc.vc.ok(1, &["volume", "redirect", "--node", "2", "on"]);
+    let (_, reason, peer) = wait_path(&sc.vc, 2, "redirected", Duration::from_secs(10));
+    assert_eq!(reason, "user_request");
+    assert!(peer.is_some_and(|p| p != 2));
+    let info: serde_json::Value =
+        serde_json::from_str(&sc.vc.ok(1, &["vhd", "info", "m", "--json"])).expect("json");
+    assert_eq!(info["attachment"]["node"], 2, "{info}");
+    assert_eq!(info["attachment"]["path"], "redirected", "{info}");
+    // It stays redirected while the request stands, with a healthy path.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(path_of(&sc.vc, 2, 2).0, "redirected");
+    let st: serde_json::Value =
+        serde_json::from_str(&sc.vc.ok(2, &["volume", "status", "--json"])).expect("json");
+    assert!(st["redirected_bytes"].as_u64().unwrap_or(0) > 0, "{st}");
+    sc.vc.ok(3, &["volume", "redirect", "--node", "2", "off"]);
+    wait_path(&sc.vc, 2, "direct", Duration::from_secs(10));
+    fio_done(fio);
+    let text = sc.vc.ok(1, &["volume", "status"]);
+    assert!(text.contains("PATH") && text.contains("direct"), "{text}");
+}
+
+#[test]
+fn a_peer_that_dies_while_serving_is_replaced() {
+    let mut sc = SanCluster::start(3, "");
+    let work = tempfile::tempdir().expect("work");
+    sc.vc.ok(1, &["vhd", "create", "p", "--size", "256M"]);
+    sc.vc.ok(3, &["vhd", "attach", "p"]);
+    wait_path(&sc.vc, 3, "direct", Duration::from_secs(20));
+    let fio = fio_job(&sc.vc.uri(3, "p"), "128M", "8m", work.path());
+    std::thread::sleep(Duration::from_secs(2));
+    sc.sans.get_mut(&3).expect("san").cut();
+    let (_, _, first) = wait_path(&sc.vc, 3, "redirected", Duration::from_secs(10));
+    let first = first.expect("a peer");
+    std::thread::sleep(Duration::from_secs(1));
+    // The serving peer dies (kill -9); node 3 moves to the other one.
+    sc.vc.c.kill(first);
+    let other = if first == 1 { 2 } else { 1 };
+    let start = std::time::Instant::now();
+    loop {
+        let p = path_of(&sc.vc, 3, 3);
+        if p.0 == "redirected" && p.2 == Some(other) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node 3 did not move to node {other}: {p:?}\nlog:\n{}",
+            sc.vc.c.log(3)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    sc.sans.get_mut(&3).expect("san").restore();
+    fio_done(fio);
+}
