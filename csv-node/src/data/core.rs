@@ -8,7 +8,7 @@ use lock_manager::Mode;
 use super::attachments::Attachments;
 use super::error::DataError;
 use super::lun::VolumeRt;
-use super::redirect::driver::Redirect;
+use super::redirect::handle::Redirect;
 use crate::config::NodeConfig;
 use crate::lease::{Leases, VhdHold};
 use crate::meta::{Member, Meta};

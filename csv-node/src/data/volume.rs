@@ -12,7 +12,7 @@ use volume::{Layout, LunPath};
 use super::core::Data;
 use super::error::DataError;
 use super::lun::{Check, differs, open_lun, record_of};
-use super::redirect::driver::Redirect;
+use super::redirect::handle::Redirect;
 use crate::config::VolumeSection;
 use crate::convert;
 use crate::meta::unexpected;

@@ -18,6 +18,7 @@ mod keys;
 mod lock_apply;
 pub mod locks;
 mod nodes;
+mod path_apply;
 pub mod paths;
 mod persist;
 pub mod remote;

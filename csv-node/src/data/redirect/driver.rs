@@ -4,18 +4,19 @@
 //! peer, waiting for quiet before any reissue); publishes the node's path state.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use csv_api::NodeId;
-use redirector::health::{Config, Health, Input, Mode, Peer, Reason, Status};
+use redirector::health::{Config, Health, Input, Mode, Peer, Status};
 use tokio::sync::mpsc;
 use volume::{Layout, LunPath};
 
+use super::handle::Redirect;
 use super::serve::{self, Serve};
 use super::session::Session;
-use super::switch::{Report, Route, Shared, SwitchPath};
+use super::switch::{Report, Route};
 use crate::data::Data;
 use crate::meta::now_unix_ms;
 use crate::state::paths::PathUpdate;
@@ -30,51 +31,6 @@ const PEERS_EVERY: Duration = Duration::from_millis(500);
 const PUBLISH_EVERY: Duration = Duration::from_secs(10);
 /// Bound of a connect and session open to a peer.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What operators see of the node's redirection.
-#[derive(Debug, Clone)]
-pub(crate) struct View {
-    pub(crate) mode: Mode,
-    pub(crate) reason: Reason,
-    pub(crate) peer: Option<u64>,
-    pub(crate) since_unix_ms: u64,
-    pub(crate) data_addr: String,
-}
-
-/// The node's redirection: the switch's shared state, its own path, the driver's view.
-#[derive(Debug)]
-pub(crate) struct Redirect {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) direct: Arc<dyn LunPath>,
-    reports: Mutex<Option<mpsc::UnboundedReceiver<Report>>>,
-    pub(crate) view: Mutex<View>,
-}
-
-impl Redirect {
-    /// Wraps the node's own path `direct` (opened; blocking callers) in a switch.
-    pub(crate) fn wrap(
-        direct: Arc<dyn LunPath>,
-        pause_limit: Duration,
-    ) -> Result<(Arc<Redirect>, Arc<dyn LunPath>), volume::PathError> {
-        let size = direct.size()?;
-        let (shared, rx) = Shared::new(pause_limit);
-        let switch: Arc<dyn LunPath> =
-            Arc::new(SwitchPath::new(direct.clone(), shared.clone(), size));
-        let r = Arc::new(Redirect {
-            shared,
-            direct,
-            reports: Mutex::new(Some(rx)),
-            view: Mutex::new(View {
-                mode: Mode::Direct,
-                reason: Reason::Healthy,
-                peer: None,
-                since_unix_ms: now_unix_ms(),
-                data_addr: String::new(),
-            }),
-        });
-        Ok((r, switch))
-    }
-}
 
 fn health_config(d: &Data) -> Config {
     let r = &d.cfg.redirect;

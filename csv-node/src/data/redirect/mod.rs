@@ -5,6 +5,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod driver;
+pub(crate) mod handle;
 pub(crate) mod link;
 pub(crate) mod probe;
 pub(crate) mod serve;
