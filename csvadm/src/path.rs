@@ -22,6 +22,8 @@ pub struct PathView {
     pub user_request: bool,
     /// Redirected calls it served for others lately.
     pub load: u64,
+    /// Its node-to-node data transport address.
+    pub data_addr: Option<String>,
 }
 
 impl From<&NodePath> for PathView {
@@ -34,6 +36,7 @@ impl From<&NodePath> for PathView {
             peer: (p.peer != 0).then_some(p.peer),
             user_request: p.user_request,
             load: p.load,
+            data_addr: (!p.data_addr.is_empty()).then(|| p.data_addr.clone()),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use csv_tests::volume::need;
 
-use super::{SanCluster, path_of, wait_path};
+use super::{FAST_PROBES, SanCluster, path_of, wait_path};
 
 /// fio through the NBD engine: random 64 KiB writes at `rate` over `size`, each block
 /// verified (crc32c) while the job runs and again at its end.
@@ -50,7 +50,7 @@ fn fio_done(c: Child) -> String {
 
 #[test]
 fn fio_verifies_through_five_path_cuts_on_an_nbdkit_san() {
-    let mut sc = SanCluster::start(3, "");
+    let mut sc = SanCluster::start(3, FAST_PROBES);
     let work = tempfile::tempdir().expect("work");
     sc.vc.ok(1, &["vhd", "create", "v", "--size", "512M"]);
     sc.vc.ok(2, &["vhd", "attach", "v"]);
@@ -91,7 +91,7 @@ fn fio_verifies_through_five_path_cuts_on_an_nbdkit_san() {
 
 #[test]
 fn the_operator_redirects_a_node_under_load_and_back() {
-    let sc = SanCluster::start(3, "");
+    let sc = SanCluster::start(3, FAST_PROBES);
     let work = tempfile::tempdir().expect("work");
     sc.vc.ok(1, &["vhd", "create", "m", "--size", "256M"]);
     sc.vc.ok(2, &["vhd", "attach", "m"]);
@@ -121,7 +121,7 @@ fn the_operator_redirects_a_node_under_load_and_back() {
 
 #[test]
 fn a_peer_that_dies_while_serving_is_replaced() {
-    let mut sc = SanCluster::start(3, "");
+    let mut sc = SanCluster::start(3, FAST_PROBES);
     let work = tempfile::tempdir().expect("work");
     sc.vc.ok(1, &["vhd", "create", "p", "--size", "256M"]);
     sc.vc.ok(3, &["vhd", "attach", "p"]);

@@ -20,8 +20,10 @@ use csv_tests::volume::{VolumeCluster, cluster_on_lun};
 
 const GIB: u64 = 1 << 30;
 
-/// Short leases, fast probes and a short settle time, so cuts and returns take seconds.
-const REDIRECT: &str = "[lease]\noutage_budget = \"6s\"\n[redirect]\nprobe_interval = \"200ms\"\nsettle_time = \"1s\"\n";
+/// Short leases (the LUN call bound is then 0.68 s).
+const LEASE: &str = "[lease]\noutage_budget = \"6s\"\n";
+/// Fast probes and a short settle time, so cuts and returns take seconds.
+const FAST_PROBES: &str = "[redirect]\nprobe_interval = \"200ms\"\nsettle_time = \"1s\"\n";
 
 /// A cluster whose nodes each reach the LUN through their own nbdkit.
 struct SanCluster {
@@ -32,8 +34,8 @@ struct SanCluster {
 
 impl SanCluster {
     /// `n` nodes, each with its own nbdkit (file plugin) on one sparse LUN file, the
-    /// volume formatted through node 1.
-    fn start(n: u64, extra: &str) -> SanCluster {
+    /// volume formatted through node 1; `redirect` is the nodes' `[redirect]` section.
+    fn start(n: u64, redirect: &str) -> SanCluster {
         let dir = tempfile::Builder::new()
             .prefix("csv-san-")
             .tempdir()
@@ -51,7 +53,7 @@ impl SanCluster {
             })
             .collect();
         let toml = format!(
-            "{REDIRECT}{extra}[volume]\nlun = \"nbd+unix:///?socket={}/san-{{id}}.sock\"\n",
+            "{LEASE}{redirect}[volume]\nlun = \"nbd+unix:///?socket={}/san-{{id}}.sock\"\n",
             dir.path().display()
         );
         let c = cluster_on_lun(n, &lun, &toml);

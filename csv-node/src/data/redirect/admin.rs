@@ -48,7 +48,10 @@ impl Data {
                 load: p.load,
             })
             .collect();
-        if let Some(r) = self.redirect() {
+        // The driver's own view once it runs (it publishes the same, later).
+        if let Some(r) = self.redirect()
+            && !lock(&r.view).data_addr.is_empty()
+        {
             let v = lock(&r.view).clone();
             let me = match out.iter_mut().find(|p| p.node == self.id()) {
                 Some(p) => p,
