@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use csv_tests::volume::need;
 
-use super::{FAST_PROBES, SanCluster, path_of, wait_path};
+use csv_tests::leases::wait_leases;
+use csv_tests::san::{Listen, San};
+use csv_tests::volume::VolumeCluster;
+use csv_tests::{Cluster, Options};
+
+use super::{FAST_PROBES, LEASE, SanCluster, path_of, sock, wait_path};
 
 /// fio through the NBD engine: random 64 KiB writes at `rate` over `size`, each block
 /// verified (crc32c) while the job runs and again at its end.
@@ -51,6 +56,93 @@ fn fio_done(c: Child) -> String {
 #[test]
 fn fio_verifies_through_five_path_cuts_on_an_nbdkit_san() {
     let mut sc = SanCluster::start(3, FAST_PROBES);
+    five_cuts_under_fio(&mut sc);
+}
+
+/// The LUN is a block device (a loop device): nodes 1 and 3 open it directly
+/// (O_DIRECT), node 2 reaches it through its own nbdkit port, which is cut.
+#[test]
+fn fio_verifies_through_five_path_cuts_on_a_loop_device() {
+    need("losetup", "mount");
+    let dir = tempfile::Builder::new()
+        .prefix("csv-loop-")
+        .tempdir()
+        .expect("dir");
+    let img = dir.path().join("block.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(2 << 30))
+        .expect("backing file");
+    let dev = Loop::attach(&img);
+    let san2 = San::start(Listen::Unix(sock(dir.path(), 2)), dev.path(), &[], &[]);
+    let opts = Options {
+        extra_config: format!("{LEASE}{FAST_PROBES}[volume]\nlun = \"{}\"\n", dev.0),
+        ..Options::default()
+    };
+    let mut c = Cluster::new(3, opts);
+    // Node 2's path is its nbdkit port of the same device.
+    let cfg = c.nodes[&2].dir.join("node.toml");
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            &format!("lun = \"{}\"", dev.0),
+            &format!("lun = \"{}\"", san2.uri()),
+        ),
+    )
+    .expect("config");
+    c.bootstrap();
+    c.wait_leader();
+    wait_leases(&c, &[1, 2, 3]);
+    let vc = VolumeCluster::format_on(
+        c,
+        dev.path().to_path_buf(),
+        tempfile::tempdir().expect("dir"),
+    );
+    let st = vc.ok(1, &["volume", "status", "--json"]);
+    assert!(st.contains("O_DIRECT"), "{st}");
+    let mut sc = SanCluster {
+        vc,
+        sans: [(2, san2)].into_iter().collect(),
+        _dir: dir,
+    };
+    five_cuts_under_fio(&mut sc);
+    drop(sc);
+    drop(dev);
+}
+
+/// A loop device, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(img: &std::path::Path) -> Loop {
+        let o = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(img)
+            .output()
+            .expect("losetup");
+        assert!(
+            o.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Loop(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    fn path(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// fio writes and verifies through a VHD attached on node 2 while node 2's path is cut
+/// and restored five times: no error, no verify failure; node 2 is redirected at each
+/// cut and direct again after each return.
+fn five_cuts_under_fio(sc: &mut SanCluster) {
     let work = tempfile::tempdir().expect("work");
     sc.vc.ok(1, &["vhd", "create", "v", "--size", "512M"]);
     sc.vc.ok(2, &["vhd", "attach", "v"]);
