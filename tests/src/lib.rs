@@ -4,6 +4,7 @@
 //! are deleted. The binaries come from the workspace target directory (`scripts/test`
 //! builds them before the tests run).
 
+pub mod bench;
 pub mod leases;
 pub mod nbdpy;
 pub mod netns;

@@ -71,12 +71,44 @@ fn tcp_target_and_large_requests_are_split() {
     );
 }
 
+/// A target without multi-conn consistency (what a lost connection carried may be lost
+/// with it: 041 §1).
+const NO_MULTI_CONN: &[&str] = &["--filter=multi-conn", "multi-conn-mode=disable"];
+
+/// A target that advertises multi-conn consistency makes every write it answered on any
+/// connection durable at a flush on any other: losing a connection that carried
+/// completed, unflushed writes loses nothing, and the next flush vouches for them.
+#[test]
+fn a_multi_conn_targets_lost_connection_loses_no_answered_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let lun = lun_file(dir.path(), 16 * MIB);
+    let socket = dir.path().join("san.sock");
+    let mut t = nbdkit_at(&socket, &lun, &[]);
+    let p = connect(&t.uri);
+    p.write_at(&[7u8; 4096], 0).unwrap();
+    t.kill();
+    let _t2 = nbdkit_at(&socket, &lun, &[]);
+    let start = Instant::now();
+    while let Err(e) = p.flush() {
+        assert!(e.is_path_failure(), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no reconnect: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(p.lost_writes(), 0);
+    let mut b = [0u8; 4096];
+    p.read_at(&mut b, 0).unwrap();
+    assert_eq!(b, [7u8; 4096]);
+}
+
 #[test]
 fn killed_target_gives_path_errors_within_io_timeout_then_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let lun = lun_file(dir.path(), 16 * MIB);
     let socket = dir.path().join("san.sock");
-    let mut t = nbdkit_at(&socket, &lun, &[]);
+    let mut t = nbdkit_at(&socket, &lun, NO_MULTI_CONN);
     let p = Arc::new(connect(&t.uri));
     p.write_at(&[1u8; 4096], 0).unwrap();
     p.flush().unwrap();
@@ -125,7 +157,7 @@ fn killed_target_gives_path_errors_within_io_timeout_then_reconnects() {
 
     // Target back: the path reconnects (after its backoff) and I/O works; the path counts
     // the connections lost with completed, unflushed writes (their owners' flushes fail).
-    let _t2 = nbdkit_at(&socket, &lun, &[]);
+    let _t2 = nbdkit_at(&socket, &lun, NO_MULTI_CONN);
     let start = Instant::now();
     loop {
         match p.write_at(&[9u8; 4096], 8192) {

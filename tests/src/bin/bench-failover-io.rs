@@ -29,31 +29,22 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        rounds: 5,
-        before: 3,
-        after: 5,
-        flushes: 100,
-    };
-    let v: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < v.len() {
-        let n: u64 = v
-            .get(i + 1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("{} needs a number", v[i]));
-        match v[i].as_str() {
-            "--rounds" => a.rounds = n as usize,
-            "--before" => a.before = n,
-            "--after" => a.after = n,
-            "--flushes" => a.flushes = n,
-            other => panic!(
-                "unknown argument {other}; usage: bench-failover-io [--rounds N] [--before S] [--after S] [--flushes N]"
-            ),
-        }
-        i += 2;
+    let (mut rounds, mut before, mut after, mut flushes) = (5, 3, 5, 100);
+    csv_tests::bench::numeric_args(
+        "bench-failover-io [--rounds N] [--before S] [--after S] [--flushes N]",
+        &mut [
+            ("--rounds", &mut rounds),
+            ("--before", &mut before),
+            ("--after", &mut after),
+            ("--flushes", &mut flushes),
+        ],
+    );
+    Args {
+        rounds: rounds as usize,
+        before,
+        after,
+        flushes,
     }
-    a
 }
 
 /// One request's completion: when it was issued, how long it took, whether it failed.

@@ -247,6 +247,9 @@ impl ExtentFile {
     }
 
     fn path_err(&self, source: PathError) -> ExtentError {
+        if let PathError::WouldBlock { what } = source {
+            return self.would_block(what);
+        }
         ExtentError::Path {
             file: self.name.clone(),
             source,

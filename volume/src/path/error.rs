@@ -85,12 +85,19 @@ pub enum PathError {
     /// The caller's fence closed.
     #[error("fenced: {detail}")]
     Fenced { detail: String },
+    /// Inside the non-blocking scope (042 §10), the call would have to wait (a path that
+    /// is being switched or goes through a network): nothing was done; run it again in
+    /// the blocking pool.
+    #[error("{what} would block the runtime thread")]
+    WouldBlock { what: &'static str },
 }
 
 impl PathError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            PathError::Path { .. } | PathError::Timeout { .. } => ErrorClass::Path,
+            PathError::Path { .. } | PathError::Timeout { .. } | PathError::WouldBlock { .. } => {
+                ErrorClass::Path
+            }
             PathError::Media { .. }
             | PathError::OutOfRange { .. }
             | PathError::Unsupported { .. } => ErrorClass::Media,
@@ -177,6 +184,7 @@ impl From<PathError> for io::Error {
             PathError::OutOfRange { .. } => io::ErrorKind::InvalidInput,
             PathError::Unsupported { .. } => io::ErrorKind::Unsupported,
             PathError::Fenced { .. } => io::ErrorKind::PermissionDenied,
+            PathError::WouldBlock { .. } => io::ErrorKind::WouldBlock,
             PathError::Media { errno: Some(n), .. } if *n == libc::ENOSPC => {
                 io::ErrorKind::StorageFull
             }

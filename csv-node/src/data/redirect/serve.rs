@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use redirector::wire::{
-    Call, CallOp, Failure, Msg, MsgCodec, Refusal, Reply, VERSION, Writer, encode_parts,
-};
+use redirector::wire::{Call, CallOp, Failure, Msg, MsgCodec, Refusal, Reply, VERSION, Writer};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -22,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use volume::LunPath;
 use volume::path::{PathError, WriteGate};
 
+use super::session::write_msg;
 use super::switch::{Route, Shared};
 use crate::meta::Meta;
 use crate::state::types::{Query, QueryReply};
@@ -134,22 +133,13 @@ pub(crate) async fn run(listener: TcpListener, s: Arc<Serve>, cancel: Cancellati
     }
 }
 
-async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &Msg) -> Result<(), String> {
-    let (head, payload) = encode_parts(m).map_err(|e| e.to_string())?;
-    w.write_all(&head).await.map_err(|e| e.to_string())?;
-    if let Some(p) = payload {
-        w.write_all(&p).await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
 async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Msg>) {
     while let Some(m) = rx.recv().await {
-        if send(&mut w, &m).await.is_err() {
+        if write_msg(&mut w, &m).await.is_err() {
             return;
         }
         while let Ok(m) = rx.try_recv() {
-            if send(&mut w, &m).await.is_err() {
+            if write_msg(&mut w, &m).await.is_err() {
                 return;
             }
         }

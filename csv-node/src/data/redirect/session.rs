@@ -168,7 +168,8 @@ impl Session {
     }
 }
 
-async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, m: &Msg) -> Result<(), String> {
+/// Writes one frame: the head, then the payload as it is (no copy).
+pub(crate) async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, m: &Msg) -> Result<(), String> {
     let (head, payload) = encode_parts(m).map_err(|e| e.to_string())?;
     w.write_all(&head).await.map_err(|e| e.to_string())?;
     if let Some(p) = payload {

@@ -221,6 +221,26 @@ impl SwitchPath {
         mut direct: impl FnMut(&dyn LunPath) -> Result<T, PathError>,
         mut peer: impl FnMut(&dyn PeerLink) -> Result<T, LinkError>,
     ) -> Result<T, PathError> {
+        if volume::nonblocking::active() {
+            // On a runtime worker: one direct attempt, or nothing (the caller runs the
+            // request again in the blocking pool, where this call may wait).
+            const WHAT: &str = "a LUN path being switched";
+            if !matches!(self.shared.route(), Route::Direct) {
+                return Err(PathError::WouldBlock { what: WHAT });
+            }
+            let r = {
+                let _f = InFlight::new(&self.shared.direct_in_flight);
+                direct(&*self.direct)
+            };
+            return match r {
+                Err(e) if e.is_path_failure() => {
+                    let timeout = matches!(e, PathError::Timeout { .. });
+                    self.shared.report(Report::PathError { timeout });
+                    Err(PathError::WouldBlock { what: WHAT })
+                }
+                r => r,
+            };
+        }
         let deadline = Instant::now() + self.shared.pause_limit;
         let mut failed_at = None;
         let mut last: Option<PathError> = None;
