@@ -125,6 +125,9 @@ pub struct RedirectSection {
     pub error_window: Dur,
     /// How long the path must be healthy before failing back (doubles on flaps).
     pub settle_time: Dur,
+    /// A loss this soon after a return is a flap: it doubles the settle time (up to
+    /// 5 minutes).
+    pub flap_window: Dur,
     /// Longest a call waits with no path and no peer before it fails with EIO.
     pub pause_limit: Dur,
     /// A peer closes a session it has not heard from for this long.
@@ -140,6 +143,7 @@ impl Default for RedirectSection {
             error_threshold: 3,
             error_window: Dur(Duration::from_secs(5)),
             settle_time: Dur(Duration::from_secs(10)),
+            flap_window: Dur(Duration::from_secs(60)),
             pause_limit: Dur(Duration::from_secs(60)),
             session_ttl: Dur(Duration::from_secs(2)),
         }
@@ -163,6 +167,9 @@ impl RedirectSection {
         }
         if !within(self.settle_time.0, ms(100), s(3600)) {
             return Err(("redirect.settle_time", "100ms to 1h".into()));
+        }
+        if self.flap_window.0 > s(3600) {
+            return Err(("redirect.flap_window", "at most 1h".into()));
         }
         if !within(self.pause_limit.0, s(1), s(3600)) {
             return Err(("redirect.pause_limit", "1s to 1h".into()));

@@ -32,17 +32,21 @@ struct Args {
     runtime: u64,
     cuts: usize,
     size_mib: u64,
+    /// `[volume] io_timeout` in ms (0: derived from the lease, 0.93 s at the default
+    /// budget); a write in doubt at a cut is waited out for twice that.
+    io_timeout_ms: u64,
 }
 
 fn args() -> Args {
-    let (mut rounds, mut runtime, mut cuts, mut size_mib) = (5, 5, 20, 1024);
+    let (mut rounds, mut runtime, mut cuts, mut size_mib, mut io) = (5, 5, 20, 1024, 0);
     csv_tests::bench::numeric_args(
-        "bench-redirect [--rounds N] [--runtime S] [--cuts N] [--size-mib M]",
+        "bench-redirect [--rounds N] [--runtime S] [--cuts N] [--size-mib M] [--io-timeout-ms MS]",
         &mut [
             ("--rounds", &mut rounds),
             ("--runtime", &mut runtime),
             ("--cuts", &mut cuts),
             ("--size-mib", &mut size_mib),
+            ("--io-timeout-ms", &mut io),
         ],
     );
     Args {
@@ -50,6 +54,7 @@ fn args() -> Args {
         runtime,
         cuts: cuts as usize,
         size_mib,
+        io_timeout_ms: io,
     }
 }
 
@@ -85,7 +90,11 @@ fn fio(uri: &str, rw: &str, bs: &str, qd: u32, iops: bool, runtime: u64, size: u
         "fio: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("fio json");
+    // fio may print notes before its JSON.
+    let text = String::from_utf8_lossy(&o.stdout);
+    let json = text.find('{').map_or("", |i| &text[i..]);
+    let v: serde_json::Value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("fio json: {e}: {text}"));
     let job = &v["jobs"][0];
     let side = if rw.contains("read") {
         &job["read"]
@@ -227,10 +236,15 @@ fn main() {
     let mut sans: Vec<San> = (1..=3)
         .map(|id| San::start(Listen::Unix(sock(id)), &lun, &[], &[]))
         .collect();
-    let toml = format!(
-        "[redirect]\nprobe_interval = \"200ms\"\nsettle_time = \"1s\"\n[volume]\nlun = \"nbd+unix:///?socket={}/san-{{id}}.sock\"\n",
+    // Returns every second: the flap window is short so that every cut starts from the
+    // base settle time (hysteresis is the core's, tested there).
+    let mut toml = format!(
+        "[redirect]\nprobe_interval = \"200ms\"\nsettle_time = \"1s\"\nflap_window = \"100ms\"\n[volume]\nlun = \"nbd+unix:///?socket={}/san-{{id}}.sock\"\n",
         dir.path().display()
     );
+    if a.io_timeout_ms > 0 {
+        toml.push_str(&format!("io_timeout = \"{}ms\"\n", a.io_timeout_ms));
+    }
     let c = cluster_on_lun(3, &lun, &toml);
     let vc = VolumeCluster::format_on(c, lun.clone(), tempfile::tempdir().expect("dir"));
     let size = format!("{}M", a.size_mib);
@@ -261,8 +275,15 @@ fn main() {
     );
 
     println!(
-        "# redirected vs direct, VHD {} MiB fixed on node 2, {} rounds of {} s per cell",
-        a.size_mib, a.rounds, a.runtime
+        "# redirected vs direct, VHD {} MiB fixed on node 2, {} rounds of {} s per cell; io_timeout {}",
+        a.size_mib,
+        a.rounds,
+        a.runtime,
+        if a.io_timeout_ms > 0 {
+            format!("{} ms", a.io_timeout_ms)
+        } else {
+            "from the lease".into()
+        }
     );
     let mut direct = vec![Vec::new(); JOBS.len()];
     let mut redirected = vec![Vec::new(); JOBS.len()];

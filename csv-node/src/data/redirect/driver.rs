@@ -38,6 +38,7 @@ fn health_config(d: &Data) -> Config {
         error_threshold: r.error_threshold,
         error_window: r.error_window.0,
         settle_time: r.settle_time.0,
+        flap_window: r.flap_window.0,
         ..Config::default()
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use volume::LunPath;
 use volume::path::{PathError, WriteGate};
 
-use super::session::write_msg;
+use super::session::{READ_BUFFER, write_msg};
 use super::switch::{Route, Shared};
 use crate::meta::Meta;
 use crate::state::types::{Query, QueryReply};
@@ -157,7 +157,7 @@ async fn connection(
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
-    let mut reader = FramedRead::new(r, MsgCodec::new());
+    let mut reader = FramedRead::with_capacity(r, MsgCodec::new(), READ_BUFFER);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(BufWriter::with_capacity(256 << 10, w), rx));
     let first = tokio::time::timeout(s.ttl, reader.next())

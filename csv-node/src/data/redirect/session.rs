@@ -37,6 +37,9 @@ impl Terms {
     }
 }
 
+/// Read buffer of a session's connection: a whole largest call and then some.
+pub(crate) const READ_BUFFER: usize = redirector::wire::MAX_FRAME + (1 << 20);
+
 type Waiter = std::sync::mpsc::SyncSender<Result<Bytes, LinkError>>;
 
 struct Outgoing {
@@ -88,7 +91,7 @@ impl Session {
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let mut w = BufWriter::with_capacity(256 << 10, w);
-        let mut reader = FramedRead::new(r, MsgCodec::new());
+        let mut reader = FramedRead::with_capacity(r, MsgCodec::new(), READ_BUFFER);
         let open = Msg::Open {
             version: redirector::wire::VERSION,
             source,
