@@ -93,8 +93,8 @@ fn fio(uri: &str, rw: &str, bs: &str, qd: u32, iops: bool, runtime: u64, size: u
     // fio may print notes before its JSON.
     let text = String::from_utf8_lossy(&o.stdout);
     let json = text.find('{').map_or("", |i| &text[i..]);
-    let v: serde_json::Value = serde_json::from_str(json)
-        .unwrap_or_else(|e| panic!("fio json: {e}: {text}"));
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("fio json: {e}: {text}"));
     let job = &v["jobs"][0];
     let side = if rw.contains("read") {
         &job["read"]

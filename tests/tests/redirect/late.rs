@@ -284,3 +284,74 @@ fn the_peer_refuses_stale_generations_and_foreign_writers() {
     let r = s.s.read_exact(&mut len);
     assert!(r.is_err(), "an expired session still answered");
 }
+
+/// A network cut of node 2's path alone (its SAN packets dropped inside its network
+/// namespace, so TCP holds them back for retransmission; the cluster network stays up):
+/// the held write never lands after the VM rewrote the bytes through a peer, even once
+/// the path heals (the node's SAN connection is reset and `TCP_USER_TIMEOUT` bounds it,
+/// 042 §4).
+#[test]
+fn heavy_a_write_held_back_by_a_cut_link_never_lands_after_the_redirected_one() {
+    use csv_tests::san::{Listen, San};
+    use csv_tests::{Cluster, Options};
+    need("iptables", "iptables");
+    let mut c = Cluster::new(
+        3,
+        Options {
+            netns: true,
+            ..Options::default()
+        },
+    );
+    let hub = c.net().hub_address();
+    let dir = tempfile::tempdir().expect("dir");
+    let lun = dir.path().join("lun.img");
+    std::fs::File::create(&lun)
+        .and_then(|f| f.set_len(2 << 30))
+        .expect("LUN");
+    let _san = San::start(
+        Listen::Tcp {
+            ip: hub.to_string(),
+            port: 10809,
+            netns: Some(c.net().hub_name()),
+        },
+        &lun,
+        &[],
+        &[],
+    );
+    c.set_extra_config(&format!(
+        "{}[redirect]\nprobe_interval = \"60s\"\nsettle_time = \"60s\"\n[volume]\nlun = \"nbd://{hub}:10809/\"\n",
+        super::LEASE
+    ));
+    c.bootstrap();
+    c.wait_leader();
+    csv_tests::leases::wait_leases(&c, &[1, 2, 3]);
+    let vc = VolumeCluster::format_on(c, lun, dir);
+    vc.ok(
+        1,
+        &["vhd", "create", "n", "--size", "64M", "--type", "fixed"],
+    );
+    vc.ok(2, &["vhd", "attach", "n"]);
+    let uri = vc.uri(2, "n");
+    qemu_io(&uri, &["write -P 0x11 0 1M", "flush"]);
+    wait_path(&vc, 2, "direct", Duration::from_secs(20));
+    let ns = vc.c.net().ns_name(2);
+    let rule = |op: &str| {
+        let st = Command::new("ip")
+            .args(["netns", "exec", &ns, "iptables", op, "OUTPUT", "-p", "tcp"])
+            .args(["-d", &hub.to_string(), "--dport", "10809", "-j", "DROP"])
+            .status()
+            .expect("iptables");
+        assert!(st.success(), "iptables {op}");
+    };
+    rule("-A");
+    qemu_io(&uri, &["write -P 0xaa 0 1M", "write -P 0xbb 0 1M", "flush"]);
+    let (_, reason, peer) = path_of(&vc, 2, 2);
+    assert!(peer.is_some(), "node 2 is not redirected ({reason})");
+    rule("-D");
+    // Long enough for any retransmission of the cut-off connection to arrive.
+    std::thread::sleep(Duration::from_secs(10));
+    qemu_io(&uri, &["read -P 0xbb 0 1M"]);
+    vc.ok(2, &["vhd", "detach", "n"]);
+    vc.ok(3, &["vhd", "attach", "n"]);
+    qemu_io(&vc.uri(3, "n"), &["read -P 0xbb 0 1M"]);
+}
