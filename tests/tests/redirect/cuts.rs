@@ -310,3 +310,42 @@ fn heavy_a_guest_keeps_writing_and_verifying_across_a_path_cut() {
         sc.vc.c.log(2)
     );
 }
+
+/// The coordinator writes the LUN checkpoints a growing VHD's flush waits for; one that
+/// loses its path hands the role to a node whose path is direct, and growth goes on.
+#[test]
+fn a_coordinator_without_a_path_hands_its_role_over() {
+    let mut sc = SanCluster::start(3, FAST_PROBES);
+    let leader = sc.vc.c.wait_leader();
+    let other = if leader == 1 { 2 } else { 1 };
+    sc.vc.ok(1, &["vhd", "create", "grow", "--size", "1G"]);
+    sc.vc.ok(other, &["vhd", "attach", "grow"]);
+    sc.sans.get_mut(&leader).expect("san").cut();
+    wait_path(&sc.vc, leader, "redirected", Duration::from_secs(10));
+    let start = std::time::Instant::now();
+    loop {
+        let now = sc.vc.c.wait_leader();
+        if now != leader {
+            assert_eq!(path_of(&sc.vc, now, now).0, "direct");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node {leader} kept the coordinator role without a path\nlog:\n{}",
+            sc.vc.c.log(leader)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // New blocks of a dynamic VHD, flushed: the flush needs a checkpoint covering them.
+    let work = tempfile::tempdir().expect("work");
+    let o = Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .args(["-c", "write -P 0x42 512M 4M", "-c", "flush"])
+        .arg(sc.vc.uri(other, "grow"))
+        .current_dir(work.path())
+        .output()
+        .expect("qemu-io");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && !text.contains("failed"), "{text}");
+    sc.sans.get_mut(&leader).expect("san").restore();
+}

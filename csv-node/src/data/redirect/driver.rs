@@ -29,6 +29,8 @@ const LOOK: Duration = Duration::from_millis(50);
 const PEERS_EVERY: Duration = Duration::from_millis(500);
 /// How often the node republishes its state (its load) without a change.
 const PUBLISH_EVERY: Duration = Duration::from_secs(10);
+/// Least time between two coordinator hand-overs of a node without a direct path.
+const HANDOVER_EVERY: Duration = Duration::from_secs(5);
 /// Bound of a connect and session open to a peer.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -77,6 +79,8 @@ struct Driver {
     data_addr: String,
     bound_ms: u64,
     published: Option<Instant>,
+    /// When the coordinator role was last handed over.
+    handed_over: Option<Instant>,
     publish: tokio::sync::watch::Sender<Option<PathUpdate>>,
     served_before: u64,
     load: u64,
@@ -144,6 +148,7 @@ pub(crate) async fn run(d: Arc<Data>) {
         data_addr,
         bound_ms: (ttl + io * 2).as_millis() as u64,
         published: None,
+        handed_over: None,
         publish,
         served_before: 0,
         load: 0,
@@ -248,7 +253,8 @@ impl Driver {
 
     async fn refresh_peers(&mut self) {
         let Ok(m) = self.d.member().await else { return };
-        let coordinator = m.meta.status().await.ok().and_then(|s| s.leader);
+        let status = m.meta.status().await.ok();
+        let coordinator = status.as_ref().and_then(|s| s.leader);
         let Ok(QueryReply::Paths { paths, .. }) = m
             .query_local(Query::Paths {
                 after: u64::MAX - 1,
@@ -283,6 +289,39 @@ impl Driver {
         if user != self.user {
             self.user = user;
             self.input(Input::User { on: user });
+        }
+        if let Some(st) = status
+            && st.leader == Some(me)
+        {
+            self.hand_over_coordination(&m, &st.membership.voters).await;
+        }
+    }
+
+    /// A coordinator without a direct path cannot write the LUN checkpoints (peers run
+    /// no write that names no VHD writer): it hands the role to a voter whose path is
+    /// direct, the least loaded (070 §6), at most once per `HANDOVER_EVERY`.
+    async fn hand_over_coordination(&mut self, m: &crate::meta::Member, voters: &[u64]) {
+        if self.core.status().mode == Mode::Direct
+            || self
+                .handed_over
+                .is_some_and(|t| t.elapsed() < HANDOVER_EVERY)
+        {
+            return;
+        }
+        let to = self
+            .peers
+            .iter()
+            .filter(|(p, _)| p.direct && p.reachable && voters.contains(&p.node))
+            .min_by_key(|(p, _)| (p.load, p.node))
+            .map(|(p, _)| p.node);
+        let Some(to) = to else { return };
+        self.handed_over = Some(Instant::now());
+        tracing::info!(
+            to,
+            "coordinator without a direct LUN path: handing the role over"
+        );
+        if let Err(e) = m.meta.transfer_leader(to).await {
+            tracing::warn!(to, "coordinator hand-over: {e}");
         }
     }
 
