@@ -11,3 +11,5 @@ pub(crate) mod probe;
 pub(crate) mod serve;
 pub(crate) mod session;
 pub(crate) mod switch;
+#[cfg(test)]
+mod switch_tests;
