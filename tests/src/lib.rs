@@ -558,9 +558,39 @@ pub fn send_signal(pid: u32, sig: &str) -> std::io::Result<()> {
             ));
         }
     };
-    let pid = i32::try_from(pid)
-        .ok()
-        .and_then(Pid::from_raw)
+    let raw = i32::try_from(pid).unwrap_or(0);
+    let pid = Pid::from_raw(raw)
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad pid"))?;
-    Ok(kill_process(pid, s)?)
+    kill_process(pid, s)?;
+    if sig == "STOP" {
+        wait_stopped(raw);
+    }
+    Ok(())
+}
+
+/// Waits (at most 10 s) until every thread of `pid` is in the stopped state: `kill`
+/// returns when the signal is queued, and a thread that is forking or in an
+/// uninterruptible call stops only later. A test that freezes a node and then acts must
+/// not race with the node's last steps (seen in CI: a node ran a request 2 ms after its
+/// SIGSTOP was sent).
+fn wait_stopped(pid: i32) {
+    let start = Instant::now();
+    let tasks = format!("/proc/{pid}/task");
+    while start.elapsed() < Duration::from_secs(10) {
+        let Ok(dir) = fs::read_dir(&tasks) else {
+            return; // gone
+        };
+        let all = dir.flatten().all(|t| {
+            fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                // The state follows the parenthesised command name.
+                st.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| state == "T" || state == "t")
+            })
+        });
+        if all {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
