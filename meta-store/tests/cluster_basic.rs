@@ -5,6 +5,8 @@
 mod common;
 
 use common::{PATIENCE, TestCluster, cmd_put, init_tracing, no_tune};
+use std::time::Duration;
+
 use meta_store::{Error, Role};
 
 async fn proposals_from_every_node(n: u64) {
@@ -85,6 +87,44 @@ async fn cluster_leader_transfer_and_read_index() {
         .expect("read index on a follower");
     assert!(idx > 0);
     assert_eq!(c.get(asker, "before").await, Some(b"1".to_vec()));
+    c.stop_all().await;
+}
+
+/// A leader refuses proposals while it transfers its role: a transfer to a voter that is
+/// down is refused at once, and the cluster keeps committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_transfer_to_a_dead_voter_is_refused_and_proposals_go_on() {
+    init_tracing();
+    let mut c = TestCluster::start(3, 3, no_tune).await;
+    let leader = c.wait_leader(PATIENCE).await;
+    let dead = (1..=3).find(|i| *i != leader).expect("follower");
+    c.stop_node(dead).await;
+    // Past an election timeout the leader knows it has not heard from it.
+    let start = std::time::Instant::now();
+    let e = loop {
+        match c.h(leader).transfer_leader(dead).await {
+            Err(e @ Error::InvalidMembership(_)) => break e,
+            other => {
+                assert!(
+                    start.elapsed() < PATIENCE,
+                    "transfer to stopped node {dead}: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(e.to_string().contains("not answered"), "{e}");
+    let t = std::time::Instant::now();
+    c.h(leader)
+        .propose(cmd_put("after", "1"))
+        .await
+        .expect("a proposal right after the refused transfer");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "proposal took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(c.wait_leader(PATIENCE).await, leader);
     c.stop_all().await;
 }
 

@@ -31,6 +31,9 @@ pub struct EventHub {
     lock_tx: mpsc::Sender<LockEvent>,
     lock_rx: Mutex<Option<mpsc::Receiver<LockEvent>>>,
     dropped: std::sync::atomic::AtomicU64,
+    /// Commands applied (and snapshots loaded) so far by this replica: a view derived
+    /// from the state stays current while this has not moved.
+    applied: std::sync::atomic::AtomicU64,
     remote: Notify,
     remote_work: Notify,
     catalog: Notify,
@@ -43,6 +46,7 @@ impl Default for EventHub {
             lock_tx,
             lock_rx: Mutex::new(Some(lock_rx)),
             dropped: Default::default(),
+            applied: Default::default(),
             remote: Notify::new(),
             remote_work: Notify::new(),
             catalog: Notify::new(),
@@ -59,6 +63,17 @@ impl EventHub {
     /// Lock events dropped because the driver lagged.
     pub fn dropped_lock_events(&self) -> u64 {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many commands (and snapshots) this replica has applied. Read it before a local
+    /// query: while it has not moved, nothing changed what that query answered.
+    pub fn applied_count(&self) -> u64 {
+        self.applied.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump_applied(&self) {
+        self.applied
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Woken (every waiter) after a command that may change a remote request.
@@ -127,6 +142,7 @@ impl StateMachine for Replica {
             Err(e) => return encode_result::<()>(&Err(e)),
         };
         let applied = self.state.apply_command(index, cmd, writes);
+        self.hub.bump_applied();
         for event in applied.events {
             self.hub.publish(event);
         }
@@ -135,6 +151,7 @@ impl StateMachine for Replica {
 
     fn load(&mut self, reader: &dyn KvRead) -> Result<(), StoreError> {
         let r = self.state.load(reader);
+        self.hub.bump_applied();
         // A snapshot may carry requests for this node or outcomes someone waits for.
         self.hub.wake_remote();
         self.hub.catalog.notify_waiters();

@@ -127,6 +127,10 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             self.done(rid, Ok(Response::Transferred));
             return rid;
         }
+        if let Some(e) = self.inactive_target(to) {
+            self.done(rid, Err(e));
+            return rid;
+        }
         self.raw.transfer_leader(to);
         self.after_raft_input();
         let deadline = self.deadline(timeout, self.ticks.admin);
@@ -139,6 +143,19 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
             },
         );
         rid
+    }
+
+    /// A leader refuses proposals while it transfers its role: a transfer to a voter that
+    /// has not answered it within the last election timeout (down, cut off) would only
+    /// stall the cluster, so it is refused, and one under way is given up.
+    fn inactive_target(&self, to: u64) -> Option<Error> {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader || r.prs().get(to).is_some_and(|p| p.recent_active) {
+            return None;
+        }
+        Some(Error::InvalidMembership(format!(
+            "node {to} has not answered the leader lately: it cannot take the leadership"
+        )))
     }
 
     fn admission_error(&self) -> Option<Error> {
@@ -611,10 +628,22 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         self.check_transfers();
         let mut reissue = Vec::new();
         let mut expired = Vec::new();
+        let mut gone = Vec::new();
         for (id, t) in self.transfers.iter_mut() {
             if now >= t.deadline {
                 expired.push(*id);
             } else if now - t.issued >= self.ticks.transfer_retry {
+                if self.raw.raft.state == StateRole::Leader
+                    && !self
+                        .raw
+                        .raft
+                        .prs()
+                        .get(t.to)
+                        .is_some_and(|p| p.recent_active)
+                {
+                    gone.push((*id, t.to));
+                    continue;
+                }
                 t.issued = now;
                 reissue.push(t.to);
             }
@@ -622,6 +651,15 @@ impl<E: KvEngine, S: StateMachine> Core<E, S> {
         for id in expired {
             self.transfers.remove(&id);
             self.done(id, Err(Error::Timeout));
+        }
+        for (id, to) in gone {
+            self.transfers.remove(&id);
+            if self.raw.raft.lead_transferee == Some(to) {
+                // Proposals flow again now, not after raft's own election timeout.
+                self.raw.raft.abort_leader_transfer();
+            }
+            let e = self.inactive_target(to).unwrap_or(Error::Timeout);
+            self.done(id, Err(e));
         }
         for to in reissue {
             self.raw.transfer_leader(to);

@@ -283,6 +283,23 @@ fn the_peer_refuses_stale_generations_and_foreign_writers() {
     let mut len = [0u8; 4];
     let r = s.s.read_exact(&mut len);
     assert!(r.is_err(), "an expired session still answered");
+    // The writer the peer confirmed above loses the VHD: its next write is refused (the
+    // peer's confirmed writers last only while its replica applied nothing new).
+    sc.vc.ok(2, &["vhd", "detach", "g"]);
+    sc.vc.ok(3, &["vhd", "attach", "g"]);
+    let (_, owner, newer) = hold(&sc.vc, "g");
+    assert_eq!(owner, 3);
+    let mut s = RawSession::open(&sc.vc, 1, 2, 78);
+    assert_eq!(
+        s.write(offset, w(2, generation)),
+        Err(Refusal::Stale),
+        "the writer confirmed before the hand-over"
+    );
+    assert_eq!(
+        s.write(offset, w(2, newer)),
+        Err(Refusal::Stale),
+        "node 3's generation, sent by node 2"
+    );
 }
 
 /// A network cut of node 2's path alone (its SAN packets dropped inside its network

@@ -16,6 +16,8 @@ pub use quiet::{QuietStep, quiet_step, wait_quiet};
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 /// Fallback zero fill writes at most this many bytes per request.
 pub const ZERO_CHUNK: usize = 1 << 20;
 
@@ -90,6 +92,26 @@ pub trait LunPath: Send + Sync + std::fmt::Debug {
     fn size(&self) -> Result<u64, PathError>;
     /// What this path is, for messages ("file /dev/sdb (O_DIRECT)", "nbd unix:/s/x").
     fn describe(&self) -> String;
+
+    /// [`LunPath::write_at_gated`] for a caller that holds its data as [`Bytes`]: a path
+    /// that hands the buffer on (an NBD connection, a redirect session) does so without
+    /// copying it. The default borrows it.
+    fn write_bytes_gated(
+        &self,
+        data: Bytes,
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        self.write_at_gated(&data, offset, gate)
+    }
+
+    /// `len` bytes at `offset` as [`Bytes`]: a path that receives its data as a buffer
+    /// (NBD) returns that buffer instead of copying it. The default reads into a new one.
+    fn read_bytes(&self, offset: u64, len: usize) -> Result<Bytes, PathError> {
+        let mut buf = vec![0u8; len];
+        self.read_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    }
 
     /// [`LunPath::write_at_gated`] for a caller that owns the LUN outright.
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {

@@ -8,6 +8,7 @@
 use super::{
     LunPath, Op, PathError, WriteGate, check_range, validate_io_timeout, write_zeroes_by_writing,
 };
+use bytes::Bytes;
 use nbd::client::{Client, ClientConfig, ClientError};
 use nbd::proto::{TFLAG_SEND_FLUSH, TFLAG_SEND_WRITE_ZEROES};
 use std::future::Future;
@@ -438,6 +439,23 @@ impl NbdPath {
         }
     }
 
+    /// One read request of `len` (at most the target's largest block) at `off`.
+    fn read_chunk(&self, off: u64, len: usize, deadline: Instant) -> Result<Bytes, PathError> {
+        let n = len as u32;
+        let data = self.call(Op::Read, off, deadline, move |c| async move {
+            c.read(off, n).await
+        })?;
+        if data.len() != len {
+            return Err(PathError::media(
+                &self.desc,
+                Op::Read,
+                off,
+                format!("read returned {} of {len} bytes", data.len()),
+            ));
+        }
+        Ok(data)
+    }
+
     fn note_in_doubt(&self, until: Instant) {
         let mut g = lock(&self.in_doubt_until);
         if g.is_none_or(|t| t < until) {
@@ -466,28 +484,39 @@ impl LunPath for NbdPath {
         let max = self.geometry.max_block as usize;
         for (k, chunk) in buf.chunks_mut(max).enumerate() {
             let off = offset + (k * max) as u64;
-            let len = chunk.len() as u32;
-            let data = self.call(Op::Read, off, deadline, move |c| async move {
-                c.read(off, len).await
-            })?;
-            if data.len() != chunk.len() {
-                return Err(PathError::media(
-                    &self.desc,
-                    Op::Read,
-                    off,
-                    format!("read returned {} of {} bytes", data.len(), chunk.len()),
-                ));
-            }
+            let data = self.read_chunk(off, chunk.len(), deadline)?;
             chunk.copy_from_slice(&data);
         }
         Ok(())
     }
 
-    /// One NBD request per chunk; the gate is asked before each, and each request's
-    /// deadline is `io_timeout` from that check.
+    /// One request when `len` fits the target's largest block: its buffer as it came.
+    fn read_bytes(&self, offset: u64, len: usize) -> Result<Bytes, PathError> {
+        let max = self.geometry.max_block as usize;
+        if len > max {
+            let mut buf = vec![0u8; len];
+            self.read_at(&mut buf, offset)?;
+            return Ok(Bytes::from(buf));
+        }
+        check_range(self, Op::Read, offset, len as u64, self.geometry.size)?;
+        self.read_chunk(offset, len, self.deadline())
+    }
+
     fn write_at_gated(
         &self,
         buf: &[u8],
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        // The request outlives a caller that gave up at its deadline: it owns its data.
+        self.write_bytes_gated(Bytes::copy_from_slice(buf), offset, gate)
+    }
+
+    /// One NBD request per chunk (slices of `data`, not copies); the gate is asked before
+    /// each, and each request's deadline is `io_timeout` from that check.
+    fn write_bytes_gated(
+        &self,
+        data: Bytes,
         offset: u64,
         gate: &dyn WriteGate,
     ) -> Result<(), PathError> {
@@ -495,18 +524,21 @@ impl LunPath for NbdPath {
             self,
             Op::Write,
             offset,
-            buf.len() as u64,
+            data.len() as u64,
             self.geometry.size,
         )?;
         let max = self.geometry.max_block as usize;
-        for (k, chunk) in buf.chunks(max).enumerate() {
-            let off = offset + (k * max) as u64;
-            let data = chunk.to_vec();
+        let mut done = 0usize;
+        while done < data.len() {
+            let n = (data.len() - done).min(max);
+            let off = offset + done as u64;
+            let chunk = data.slice(done..done + n);
             gate.check()?;
             let deadline = self.deadline();
             self.call(Op::Write, off, deadline, move |c| async move {
-                c.write(off, &data, false).await
+                c.write(off, &chunk, false).await
             })?;
+            done += n;
         }
         Ok(())
     }

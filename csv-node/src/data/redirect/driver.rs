@@ -293,14 +293,22 @@ impl Driver {
         if let Some(st) = status
             && st.leader == Some(me)
         {
-            self.hand_over_coordination(&m, &st.membership.voters).await;
+            let live: Vec<u64> = st
+                .progress
+                .iter()
+                .filter(|p| p.voter && p.recent_active && p.id != me)
+                .map(|p| p.id)
+                .collect();
+            self.hand_over_coordination(&m, &live).await;
         }
     }
 
     /// A coordinator without a direct path cannot write the LUN checkpoints (peers run
     /// no write that names no VHD writer): it hands the role to a voter whose path is
-    /// direct, the least loaded (070 §6), at most once per `HANDOVER_EVERY`.
-    async fn hand_over_coordination(&mut self, m: &crate::meta::Member, voters: &[u64]) {
+    /// direct, the least loaded (070 §6), at most once per `HANDOVER_EVERY`. Only to a
+    /// voter that answered it lately (`live`): a leader refuses proposals while it
+    /// transfers, and a dead node's path record still reads `direct`.
+    async fn hand_over_coordination(&mut self, m: &crate::meta::Member, live: &[u64]) {
         if self.core.status().mode == Mode::Direct
             || self
                 .handed_over
@@ -311,7 +319,7 @@ impl Driver {
         let to = self
             .peers
             .iter()
-            .filter(|(p, _)| p.direct && p.reachable && voters.contains(&p.node))
+            .filter(|(p, _)| p.direct && p.reachable && live.contains(&p.node))
             .min_by_key(|(p, _)| (p.load, p.node))
             .map(|(p, _)| p.node);
         let Some(to) = to else { return };

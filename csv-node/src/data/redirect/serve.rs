@@ -79,6 +79,37 @@ pub(crate) struct Serve {
     /// Calls served (the published load is its recent rate).
     pub(crate) served: AtomicU64,
     sessions: Mutex<HashMap<(u64, u64), Arc<PeerSession>>>,
+    /// Writers this replica confirmed, valid while it has applied nothing since.
+    writers: Mutex<WriterCache>,
+}
+
+/// Confirmed writers as of `applied` (the replica's applied count read before the query
+/// that confirmed them): a write checks its writer here without a round trip to the
+/// replica's thread while nothing was applied since, which is what that round trip would
+/// have answered too.
+#[derive(Debug, Default)]
+struct WriterCache {
+    applied: u64,
+    ok: std::collections::HashSet<(u64, u64, u64)>,
+}
+
+impl WriterCache {
+    fn key(w: Writer) -> (u64, u64, u64) {
+        (w.vhd, w.node, w.generation)
+    }
+
+    fn holds(&self, w: Writer, applied_now: u64) -> bool {
+        self.applied == applied_now && self.ok.contains(&Self::key(w))
+    }
+
+    /// Records `w` as confirmed by a query made after the count was `applied`.
+    fn confirm(&mut self, w: Writer, applied: u64) {
+        if self.applied != applied {
+            self.ok.clear();
+            self.applied = applied;
+        }
+        self.ok.insert(Self::key(w));
+    }
 }
 
 impl Serve {
@@ -99,6 +130,7 @@ impl Serve {
             io_timeout,
             served: AtomicU64::new(0),
             sessions: Mutex::default(),
+            writers: Mutex::default(),
         }
     }
 
@@ -313,7 +345,7 @@ async fn handle(s: &Arc<Serve>, sess: &Arc<PeerSession>, c: Call) -> Result<Byte
                 format!("node {} writes for node {}", sess.source, w.node),
             ));
         }
-        check_writer(&s.meta, w).await?;
+        check_writer(s, w).await?;
     }
     let (lun, sess) = (s.direct.clone(), sess.clone());
     let r = tokio::task::spawn_blocking(move || run_call(&*lun, &sess, c)).await;
@@ -333,11 +365,18 @@ fn run_call(lun: &dyn LunPath, sess: &PeerSession, c: Call) -> Result<Bytes, Fai
     let r = match c.op {
         CallOp::Read => {
             gate.check().map_err(of_path)?;
-            let mut buf = vec![0u8; c.len as usize];
-            lun.read_at(&mut buf, c.offset).map(|()| Bytes::from(buf))
+            let len = usize::try_from(c.len).map_err(|_| {
+                failure(
+                    Refusal::BadRequest,
+                    libc::EINVAL,
+                    "read length out of range",
+                )
+            })?;
+            lun.read_bytes(c.offset, len)
         }
+        // The payload goes on to the LUN as it was received (no copy).
         CallOp::Write => lun
-            .write_at_gated(&c.payload, c.offset, &gate)
+            .write_bytes_gated(c.payload, c.offset, &gate)
             .map(|()| Bytes::new()),
         CallOp::WriteZeroes => lun
             .write_zeroes_gated(c.offset, c.len, &gate)
@@ -364,10 +403,17 @@ fn of_path(e: PathError) -> Failure {
 /// The writer must be the VHD's valid writer at that generation in this node's replica;
 /// a replica that has not seen the generation yet is waited for (bounded), then "not
 /// yet" (the source asks again).
-async fn check_writer(meta: &Arc<Meta>, w: Writer) -> Result<(), Failure> {
+async fn check_writer(s: &Serve, w: Writer) -> Result<(), Failure> {
+    let hub = s.meta.events();
+    if lock(&s.writers).holds(w, hub.applied_count()) {
+        return Ok(());
+    }
     let start = Instant::now();
     loop {
-        let m = meta
+        // Read before the query: an apply after this read invalidates what it confirms.
+        let applied = hub.applied_count();
+        let m = s
+            .meta
             .member()
             .await
             .map_err(|e| failure(Refusal::NotYet, 0, e.to_string()))?;
@@ -387,6 +433,7 @@ async fn check_writer(meta: &Arc<Meta>, w: Writer) -> Result<(), Failure> {
                     && v.generation.0 == w.generation
                     && v.owner_valid =>
             {
+                lock(&s.writers).confirm(w, applied);
                 return Ok(());
             }
             Some(v) => v.generation.0 < w.generation,
@@ -419,5 +466,33 @@ async fn check_writer(meta: &Arc<Meta>, w: Writer) -> Result<(), Failure> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(vhd: u64, node: u64, generation: u64) -> Writer {
+        Writer {
+            vhd,
+            node,
+            generation,
+        }
+    }
+
+    #[test]
+    fn a_confirmed_writer_holds_only_while_nothing_was_applied() {
+        let mut c = WriterCache::default();
+        assert!(!c.holds(w(1, 2, 3), 0), "nothing confirmed yet");
+        c.confirm(w(1, 2, 3), 10);
+        assert!(c.holds(w(1, 2, 3), 10));
+        assert!(!c.holds(w(1, 2, 4), 10), "another generation");
+        assert!(!c.holds(w(1, 3, 3), 10), "another node");
+        assert!(!c.holds(w(1, 2, 3), 11), "applied since");
+        // A confirmation as of a newer count forgets the older ones.
+        c.confirm(w(5, 2, 1), 11);
+        assert!(c.holds(w(5, 2, 1), 11));
+        assert!(!c.holds(w(1, 2, 3), 11));
     }
 }
