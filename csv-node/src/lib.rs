@@ -20,6 +20,7 @@ pub mod convert;
 pub mod data;
 pub mod durable;
 pub mod error;
+pub mod hypervisor;
 pub mod lease;
 pub mod meta;
 pub mod node;
