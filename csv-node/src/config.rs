@@ -106,6 +106,75 @@ pub struct NodeConfig {
     /// `[redirect]`: redirected I/O when the node loses its LUN path (issue 13).
     #[serde(default)]
     pub redirect: RedirectSection,
+    /// `[hypervisor]`: the VMs this node runs (issue 14).
+    #[serde(default)]
+    pub hypervisor: HypervisorSection,
+}
+
+/// `[hypervisor]` of the node configuration (docs/design/080).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypervisorSection {
+    /// Run the VMs placed on this node (off: the node never starts a QEMU; VMs are
+    /// not placed on it by hand either, since it reports nothing).
+    pub enabled: bool,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// `kvm`, `tcg`, or `auto` (KVM when /dev/kvm opens read-write, else TCG).
+    pub accel: String,
+    /// QEMU's machine type (the same on every node: migration needs it).
+    pub machine: String,
+    /// Where each VM's QEMU keeps its QMP socket, pidfile and console log (default
+    /// `<data_dir>/vms`).
+    pub vm_dir: Option<PathBuf>,
+    /// How long a guest may take to power off when asked before QEMU is quit.
+    pub stop_timeout: Dur,
+    /// How long QEMU's NBD client retries a lost connection to this node's agent
+    /// before failing requests (which pause the guest: `werror=stop`).
+    pub reconnect_delay: Dur,
+    /// How often a guest paused by an I/O error is resumed once the error is gone.
+    pub resume_interval: Dur,
+}
+
+impl Default for HypervisorSection {
+    fn default() -> Self {
+        HypervisorSection {
+            enabled: true,
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            accel: "auto".into(),
+            machine: "q35".into(),
+            vm_dir: None,
+            stop_timeout: Dur(Duration::from_secs(60)),
+            reconnect_delay: Dur(Duration::from_secs(30)),
+            resume_interval: Dur(Duration::from_secs(2)),
+        }
+    }
+}
+
+impl HypervisorSection {
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let s = Duration::from_secs;
+        if !matches!(self.accel.as_str(), "auto" | "kvm" | "tcg") {
+            return Err(("hypervisor.accel", "auto, kvm or tcg".into()));
+        }
+        if self.machine.is_empty() || self.machine.contains([',', ' ']) {
+            return Err(("hypervisor.machine", "a QEMU machine type".into()));
+        }
+        if self.qemu.as_os_str().is_empty() {
+            return Err(("hypervisor.qemu", "empty".into()));
+        }
+        if !(s(1)..=s(3600)).contains(&self.stop_timeout.0) {
+            return Err(("hypervisor.stop_timeout", "1s to 1h".into()));
+        }
+        if !(s(1)..=s(3600)).contains(&self.reconnect_delay.0) {
+            return Err(("hypervisor.reconnect_delay", "1s to 1h".into()));
+        }
+        if !(Duration::from_millis(100)..=s(600)).contains(&self.resume_interval.0) {
+            return Err(("hypervisor.resume_interval", "100ms to 10m".into()));
+        }
+        Ok(())
+    }
 }
 
 /// `[redirect]` of the node configuration (docs/design/070).
@@ -470,6 +539,7 @@ impl NodeConfig {
             ));
         }
         self.redirect.validate().map_err(|(f, r)| invalid(f, r))?;
+        self.hypervisor.validate().map_err(|(f, r)| invalid(f, r))?;
         if let Some(v) = &self.volume {
             v.validate().map_err(|(f, r)| invalid(f, r))?;
             // A write must land within the lease's margin of its fence check, twice over

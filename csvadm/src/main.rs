@@ -19,6 +19,7 @@ mod progress;
 mod remote_progress;
 mod size;
 mod vhd;
+mod vm;
 mod volume;
 
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ enum Command {
     Volume(volume::VolumeArgs),
     /// VHDs on the cluster volume: create, attach as NBD exports, import, export.
     Vhd(vhd::VhdArgs),
+    /// Cluster VMs on QEMU: create, start, stop, list, show.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Owner(args) => client::run(cli.admin, |s| owner::run(s, args, json)),
         Command::Volume(args) => client::run(cli.admin, |s| volume::run(s, args, json)),
         Command::Vhd(args) => client::run(cli.admin, |s| vhd::run(s, args, json)),
+        Command::Vm(args) => client::run(cli.admin, |s| vm::run(s, args, json)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

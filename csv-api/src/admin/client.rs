@@ -249,6 +249,29 @@ impl Client {
     }
 }
 
+/// VM calls (the [`vm`](super::vm) messages).
+impl Client {
+    /// Runs one VM operation.
+    pub fn vm(&mut self, op: super::vm::VmOp) -> Result<super::vm::VmAnswer, ClientError> {
+        match self.call(Request::Vm(super::vm::VmRequest { op: Some(op) }))? {
+            Response::Vm(super::vm::VmReply { answer: Some(a) }) => Ok(a),
+            other => Err(ClientError::Protocol(format!(
+                "expected a VM answer, got {other:?}"
+            ))),
+        }
+    }
+
+    /// A VM operation answered by one VM record.
+    pub fn vm_info(&mut self, op: super::vm::VmOp) -> Result<super::vm::VmInfo, ClientError> {
+        match self.vm(op)? {
+            super::vm::VmAnswer::Vm(v) => Ok(*v),
+            other => Err(ClientError::Protocol(format!(
+                "expected a VM record, got {other:?}"
+            ))),
+        }
+    }
+}
+
 /// Ownership and liveness calls (the [`owner`](super::owner) messages).
 impl Client {
     fn owner_call(&mut self, op: OwnerOp) -> Result<OwnerAnswer, ClientError> {

@@ -11,7 +11,7 @@ pub struct AdminRequest {
     pub version: u32,
     #[prost(
         oneof = "Request",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79, 80, 81"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79, 80, 81, 90"
     )]
     pub request: Option<Request>,
 }
@@ -107,6 +107,9 @@ pub enum Request {
     /// → [`Response::PathEvents`].
     #[prost(message, tag = "81")]
     VolumeEvents(super::volume::VolumeEvents),
+    /// VM requests (`super::vm`) → [`Response::Vm`].
+    #[prost(message, tag = "90")]
+    Vm(super::vm::VmRequest),
 }
 
 /// A response from a node's daemon.
@@ -117,7 +120,7 @@ pub struct AdminResponse {
     pub version: u32,
     #[prost(
         oneof = "Response",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62, 69, 70"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62, 69, 70, 90"
     )]
     pub response: Option<Response>,
 }
@@ -173,4 +176,7 @@ pub enum Response {
     /// `VolumeEvents`.
     #[prost(message, tag = "70")]
     PathEvents(super::volume::PathEvents),
+    /// `Vm`.
+    #[prost(message, tag = "90")]
+    Vm(super::vm::VmReply),
 }

@@ -9,6 +9,7 @@ mod envelope;
 pub mod frame;
 mod messages;
 pub mod owner;
+pub mod vm;
 pub mod volume;
 
 pub use client::{Client, ClientError};

@@ -6,7 +6,7 @@
 use csv_api::admin::{self as api, Request, Response};
 use csv_api::error::ApiError;
 
-use super::{Admin, cluster, owner};
+use super::{Admin, cluster, owner, vm};
 use crate::convert::{self, vhd_to_api};
 use crate::meta::{Member, meta_err, unexpected};
 use crate::state::types::{Command, Query, QueryReply, Reply};
@@ -136,6 +136,7 @@ pub(super) async fn handle(a: &Admin, r: Request) -> Result<Response, ApiError> 
         Request::VhdExport(e) => done(a.ops.vhd_export(e).await),
         Request::VhdMaintain(x) => Ok(Response::Vhd(vhd_to_api(&a.ops.vhd_maintain(x).await?))),
         Request::VhdMerge(x) => Ok(Response::Vhd(vhd_to_api(&a.ops.vhd_merge(x).await?))),
+        Request::Vm(v) => vm::handle(a, v).await,
         Request::OperationProgress(p) => Ok(Response::Progress(a.ops.progress.get(p.op_id)?)),
     }
 }

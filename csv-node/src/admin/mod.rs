@@ -8,6 +8,7 @@ mod cluster;
 mod dispatch;
 mod owner;
 mod socket;
+mod vm;
 
 pub use socket::{bind, serve};
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use crate::config::NodeConfig;
 use crate::data::Data;
+use crate::hypervisor::Hypervisor;
 use crate::lease::Leases;
 use crate::meta::Meta;
 use crate::ops::Ops;
@@ -28,6 +30,7 @@ pub struct Admin {
     pub leases: Arc<Leases>,
     pub data: Arc<Data>,
     pub ops: Arc<Ops>,
+    pub hv: Arc<Hypervisor>,
     pub tasks: Tasks,
 }
 

@@ -154,5 +154,6 @@ fn request_name(r: &Request) -> &'static str {
         Request::OperationProgress(_) => "operation_progress",
         Request::VolumeRedirect(_) => "volume_redirect",
         Request::VolumeEvents(_) => "volume_events",
+        Request::Vm(_) => "vm",
     }
 }

@@ -156,6 +156,11 @@ impl Data {
             .collect()
     }
 
+    /// Whether an attachment named `name` exists on this node.
+    pub(crate) fn is_attached_name(&self, name: &str) -> bool {
+        lock(&self.att.map).contains_key(name)
+    }
+
     /// Whether `vhd` is attached on this node.
     pub(crate) fn is_attached_here(&self, vhd: VhdId) -> bool {
         lock(&self.att.map).values().any(|a| a.vhd == vhd)

@@ -1,4 +1,9 @@
 //! The hypervisor backend (docs/design/080): QEMU processes of the cluster's VMs, driven
 //! over QMP.
 
+pub mod qemu;
 pub mod qmp;
+mod runner;
+pub mod supervisor;
+
+pub use supervisor::Hypervisor;

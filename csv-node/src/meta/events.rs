@@ -37,6 +37,7 @@ pub struct EventHub {
     remote: Notify,
     remote_work: Notify,
     catalog: Notify,
+    vms: Notify,
 }
 
 impl Default for EventHub {
@@ -50,6 +51,7 @@ impl Default for EventHub {
             remote: Notify::new(),
             remote_work: Notify::new(),
             catalog: Notify::new(),
+            vms: Notify::new(),
         }
     }
 }
@@ -92,6 +94,12 @@ impl EventHub {
         &self.catalog
     }
 
+    /// Woken (every waiter) after a command that may change a VM's record or where VMs
+    /// may run (the VM supervisor).
+    pub fn vms_changed(&self) -> &Notify {
+        &self.vms
+    }
+
     fn publish(&self, event: StateEvent) {
         match event {
             StateEvent::Lock { command, result } => {
@@ -113,6 +121,7 @@ impl EventHub {
             }
             StateEvent::Remote => self.wake_remote(),
             StateEvent::Catalog => self.catalog.notify_waiters(),
+            StateEvent::Vms => self.vms.notify_waiters(),
         }
     }
 

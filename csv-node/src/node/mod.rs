@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::admin::{self, Admin};
 use crate::config::NodeConfig;
 use crate::data::Data;
+use crate::hypervisor::Hypervisor;
 use crate::lease::{self, Leases};
 use crate::meta::Meta;
 use crate::ops::Ops;
@@ -48,6 +49,7 @@ struct Node {
     leases: Arc<Leases>,
     data: Arc<Data>,
     ops: Arc<Ops>,
+    hv: Arc<Hypervisor>,
     tasks: Tasks,
 }
 
@@ -73,12 +75,19 @@ impl Node {
             tasks.clone(),
         ));
         let ops = Arc::new(Ops::new(data.clone(), tasks.clone()));
+        let hv = Arc::new(Hypervisor::new(
+            cfg.clone(),
+            meta.clone(),
+            data.clone(),
+            tasks.clone(),
+        ));
         Ok(Node {
             cfg,
             meta,
             leases,
             data,
             ops,
+            hv,
             tasks,
         })
     }
@@ -90,6 +99,7 @@ impl Node {
             leases: self.leases.clone(),
             data: self.data.clone(),
             ops: self.ops.clone(),
+            hv: self.hv.clone(),
             tasks: self.tasks.clone(),
         }
     }
@@ -100,6 +110,7 @@ impl Node {
     fn start_member_tasks(&self) {
         let mut members = self.meta.subscribe_members();
         let (leases, data, ops) = (self.leases.clone(), self.data.clone(), self.ops.clone());
+        let hv = self.hv.clone();
         self.tasks.spawn(async move {
             let Ok(m) = members.wait_for(Option::is_some).await.map(|m| m.clone()) else {
                 return;
@@ -107,6 +118,7 @@ impl Node {
             let Some(m) = m else { return };
             leases.start_member(m.clone());
             data.start_member();
+            hv.start_member(m.clone());
             ops.start_member(m);
         });
     }

@@ -68,6 +68,7 @@ impl ClusterState {
             }
             Command::Lock { command } => self.lock(index, command, w),
             Command::Remote { command } => self.apply_remote(index, command, w),
+            Command::Vm { command } => self.apply_vm(index, command, w),
             Command::RestoreCatalog { volume, vhds } => self.restore_catalog(volume, vhds, w),
             Command::SetVirtualSize {
                 vhd,
@@ -159,6 +160,15 @@ impl ClusterState {
                 checkpoint: self.checkpoint,
             }),
             Query::Checkpoint => Ok(QueryReply::Checkpoint(self.checkpoint)),
+            Query::Vms => Ok(QueryReply::Vms {
+                vms: self.vms.records().cloned().collect(),
+            }),
+            Query::Vm { name } => self
+                .vms
+                .by_name(&name)
+                .cloned()
+                .map(QueryReply::Vm)
+                .ok_or_else(|| err(ErrorCode::NotFound, format!("no VM named {name:?}"))),
             Query::Paths { after, limit } => {
                 if limit > MAX_PAGE {
                     return Err(err(

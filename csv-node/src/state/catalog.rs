@@ -277,6 +277,16 @@ impl ClusterState {
                 format!("{vhd} is held (attached)"),
             ));
         }
+        if let Some(vm) = self
+            .vhds
+            .get(vhd)
+            .and_then(|r| self.vms.using_disk(&r.name))
+        {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("{vhd} is a disk of VM {:?}", vm.def.name),
+            ));
+        }
         let Some(rec) = self.vhds.remove(vhd, w) else {
             return Err(err(ErrorCode::NotFound, format!("{vhd} does not exist")));
         };

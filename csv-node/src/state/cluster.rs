@@ -15,6 +15,7 @@ use super::paths::PathTable;
 use super::remote::RemoteTable;
 use super::types::*;
 use super::vhds::VhdTable;
+use super::vms::VmTable;
 
 /// The cluster state machine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct ClusterState {
     pub(super) checkpoint: CheckpointState,
     /// The nodes' published path states and their history.
     pub(super) paths: PathTable,
+    /// The VMs: definitions, placements, reports.
+    pub(super) vms: VmTable,
 }
 
 impl ClusterState {
@@ -73,5 +76,10 @@ impl ClusterState {
     /// The nodes' path states.
     pub fn paths(&self) -> &PathTable {
         &self.paths
+    }
+
+    /// The VM table.
+    pub fn vms(&self) -> &VmTable {
+        &self.vms
     }
 }

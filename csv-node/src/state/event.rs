@@ -22,6 +22,9 @@ pub enum StateEvent {
     /// The catalog (volume and VHD records, extent maps) or the recorded LUN checkpoint
     /// changed.
     Catalog,
+    /// The VM table may have changed, or a node's liveness did (VM placement depends
+    /// on it).
+    Vms,
 }
 
 /// A command's result and the events it raises.
@@ -46,6 +49,7 @@ pub(super) struct Pending {
     lock: Option<lock_manager::Command>,
     remote: bool,
     catalog: bool,
+    vms: bool,
 }
 
 impl Pending {
@@ -55,13 +59,23 @@ impl Pending {
             lock: None,
             remote: false,
             catalog: false,
+            vms: false,
         };
         match command {
             Command::Lock { command } => {
                 p.remote = matches!(command, L::ExpireNode { .. } | L::Leave { .. });
+                p.vms = matches!(
+                    command,
+                    L::ExpireNode { .. } | L::Leave { .. } | L::Register { .. }
+                );
                 p.lock = Some(command.clone());
             }
-            Command::Remote { .. } | Command::RemoveNode { .. } => p.remote = true,
+            Command::Remote { .. } => p.remote = true,
+            Command::RemoveNode { .. } => {
+                p.remote = true;
+                p.vms = true;
+            }
+            Command::Vm { .. } => p.vms = true,
             Command::SetExtents { .. }
             | Command::CheckpointWritten { .. }
             | Command::CreateVhd { .. }
@@ -94,6 +108,9 @@ impl Pending {
         }
         if self.catalog {
             events.push(StateEvent::Catalog);
+        }
+        if self.vms {
+            events.push(StateEvent::Vms);
         }
         events
     }

@@ -28,12 +28,15 @@ mod restore;
 pub mod runs;
 pub mod types;
 pub mod vhds;
+mod vm_apply;
+pub mod vms;
 
 use csv_api::ErrorCode;
 use csv_api::error::ApiError;
 
 pub use cluster::ClusterState;
 pub use event::{Applied, StateEvent};
+pub use vm_apply::MAX_VM_NAME_BYTES;
 
 /// Longest cluster, LUN and VHD name (bytes).
 pub const MAX_NAME_BYTES: usize = 255;
@@ -70,3 +73,5 @@ mod sim;
 mod test_kv;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vm_tests;

@@ -113,6 +113,7 @@ impl ClusterState {
             put(REMOTE, &json(r));
         }
         self.paths.hash_into(&mut put);
+        self.vms.hash_into(&mut put);
         h.finish()
     }
 }
@@ -143,6 +144,7 @@ pub(super) fn load(r: &dyn KvRead) -> Result<ClusterState, String> {
 
     s.alloc = Allocator::load(r)?;
     s.paths = super::paths::PathTable::load(r)?;
+    s.vms = super::vms::VmTable::load(r)?;
     let mut lock_nodes = Vec::new();
     scan_prefix(r, LOCK_NODE, |k, v| {
         let id = ids_of("lock node key", k, LOCK_NODE, 1)?[0];

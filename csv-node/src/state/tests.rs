@@ -392,7 +392,8 @@ fn fixed_vhds_get_best_fit_contiguous_runs() {
 pub(crate) fn random_command(rng: &mut StdRng, nodes: u64) -> Command {
     let node = NodeId(rng.random_range(1..=nodes + 1));
     let vhd = VhdId(rng.random_range(1..40));
-    match rng.random_range(0..20) {
+    match rng.random_range(0..22) {
+        20 | 21 => super::vm_tests::random_vm(rng, nodes),
         12..=17 => super::remote_gen::random_remote(rng, nodes),
         18 => Command::SetPathState {
             node,

@@ -260,6 +260,8 @@ pub enum Command {
     Remote {
         command: super::remote::RemoteCommand,
     },
+    /// A VM definition, placement or report (legality in `vms::VmCommand`).
+    Vm { command: super::vms::VmCommand },
 }
 
 /// The versioned envelope of a command in the log.
@@ -334,6 +336,8 @@ pub enum Reply {
     },
     /// Path commands: the node's path record after the command.
     Path(super::paths::PathRecord),
+    /// VM commands: the record after the command (before it for a delete).
+    Vm(super::vms::VmRecord),
 }
 
 /// The encoded apply result.
@@ -399,6 +403,10 @@ pub enum Query {
     /// The nodes' path states and the path events after `after` (at most `limit`, up
     /// to 1,000) → [`QueryReply::Paths`].
     Paths { after: u64, limit: u32 },
+    /// Every VM record, by id → [`QueryReply::Vms`].
+    Vms,
+    /// One VM by name → [`QueryReply::Vm`].
+    Vm { name: String },
 }
 
 /// Where the LUN checkpoint stands against the catalog.
@@ -462,6 +470,11 @@ pub enum QueryReply {
     Locks(super::locks::LockReply),
     /// Remote-request answers.
     Remote(super::remote::RemoteReply),
+    /// Every VM record, by id.
+    Vms {
+        vms: Vec<super::vms::VmRecord>,
+    },
+    Vm(super::vms::VmRecord),
     Catalog {
         /// The volume record, if set.
         volume: Option<VolumeRecord>,

@@ -1,0 +1,140 @@
+//! `Request::Vm`: VM definitions and placements go through the log; `Show` adds each
+//! disk's owner from the lock table (docs/design/080).
+
+use csv_api::admin::vm::{self as api, VmAnswer, VmOp, VmReply};
+use csv_api::admin::{Empty, Response};
+use csv_api::error::ApiError;
+use csv_api::{ErrorCode, NodeId};
+
+use super::Admin;
+use crate::meta::{Member, unexpected};
+use crate::state::types::{Command, Query, QueryReply, Reply};
+use crate::state::vms::{VmCommand, VmDef, VmRecord, Want};
+
+fn def_from_api(d: api::VmDefinition) -> VmDef {
+    VmDef {
+        name: d.name,
+        cpus: d.cpus,
+        memory_mib: d.memory_mib,
+        disks: d.disks,
+        nic: d.nic,
+        kernel: d.kernel,
+        initrd: d.initrd,
+        append: d.append,
+        preferred: d.preferred.into_iter().map(NodeId).collect(),
+        priority: d.priority,
+    }
+}
+
+fn def_to_api(d: &VmDef) -> api::VmDefinition {
+    api::VmDefinition {
+        name: d.name.clone(),
+        cpus: d.cpus,
+        memory_mib: d.memory_mib,
+        disks: d.disks.clone(),
+        nic: d.nic,
+        kernel: d.kernel.clone(),
+        initrd: d.initrd.clone(),
+        append: d.append.clone(),
+        preferred: d.preferred.iter().map(|n| n.0).collect(),
+        priority: d.priority,
+    }
+}
+
+/// A VM record on the wire (without disk owners).
+pub(crate) fn info(r: &VmRecord) -> api::VmInfo {
+    api::VmInfo {
+        id: r.id,
+        definition: Some(def_to_api(&r.def)),
+        node: r.node.map_or(0, |n| n.0),
+        want: match r.want {
+            Want::Running => "running",
+            Want::Stopped => "stopped",
+        }
+        .into(),
+        state: r.state.name().into(),
+        detail: r.detail.clone(),
+        since_unix_ms: r.since_unix_ms,
+        started_unix_ms: r.started_unix_ms,
+        incarnation: r.incarnation,
+        disks: Vec::new(),
+    }
+}
+
+fn answer(a: VmAnswer) -> Response {
+    Response::Vm(VmReply { answer: Some(a) })
+}
+
+async fn vm_command(m: &Member, command: VmCommand) -> Result<Response, ApiError> {
+    match m.propose(Command::Vm { command }).await? {
+        Reply::Vm(r) => Ok(answer(VmAnswer::Vm(Box::new(info(&r))))),
+        _ => unexpected("a VM command"),
+    }
+}
+
+async fn show(m: &Member, name: String) -> Result<Response, ApiError> {
+    let rec = match m.query(Query::Vm { name }).await? {
+        QueryReply::Vm(r) => r,
+        _ => return unexpected("a VM query"),
+    };
+    let mut out = info(&rec);
+    for d in &rec.def.disks {
+        let mut disk = api::VmDisk {
+            name: d.clone(),
+            ..Default::default()
+        };
+        if let QueryReply::Vhd(v) = m.query(Query::VhdByName { name: d.clone() }).await?
+            && let QueryReply::Owner { owner: Some(o) } =
+                m.query(Query::Owner { vhd: v.id }).await?
+        {
+            disk.owner = o.owner.map_or(0, |n| n.0);
+            disk.owner_valid = o.owner_valid;
+            disk.generation = o.generation.0;
+        }
+        out.disks.push(disk);
+    }
+    Ok(answer(VmAnswer::Vm(Box::new(out))))
+}
+
+pub(super) async fn handle(a: &Admin, r: api::VmRequest) -> Result<Response, ApiError> {
+    let m = a.meta.member().await?;
+    let Some(op) = r.op else {
+        return Err(ApiError::new(
+            ErrorCode::Malformed,
+            "a VM request without an operation",
+        ));
+    };
+    match op {
+        VmOp::Create(d) => {
+            vm_command(
+                &m,
+                VmCommand::Create {
+                    def: def_from_api(d),
+                },
+            )
+            .await
+        }
+        VmOp::List(Empty {}) => match m.query(Query::Vms).await? {
+            QueryReply::Vms { vms: v } => Ok(answer(VmAnswer::List(api::VmList {
+                vms: v.iter().map(info).collect(),
+            }))),
+            _ => unexpected("a VM list"),
+        },
+        VmOp::Show(n) => show(&m, n.name).await,
+        VmOp::Start(s) => {
+            let node = (s.node != 0).then_some(NodeId(s.node));
+            vm_command(&m, VmCommand::Start { name: s.name, node }).await
+        }
+        VmOp::Stop(s) => {
+            vm_command(
+                &m,
+                VmCommand::Stop {
+                    name: s.name,
+                    kill: s.kill,
+                },
+            )
+            .await
+        }
+        VmOp::Delete(n) => vm_command(&m, VmCommand::Delete { name: n.name }).await,
+    }
+}

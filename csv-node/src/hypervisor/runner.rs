@@ -1,0 +1,492 @@
+//! One VM's runner on this node (docs/design/080 §1–2): it makes the VM's QEMU match
+//! the replicated record and reports what it did. Placed here with `want = running`:
+//! attach every disk (write holds), start QEMU paused, connect QMP, continue the guest,
+//! report `running`. Otherwise: stop it (power-off request, then `quit`, then SIGKILL;
+//! `kill` skips the request), detach the disks, report `stopped`. While it runs: a guest
+//! paused by an I/O error is continued every `resume_interval` (QEMU retries the
+//! failed requests); a lost write hold on any disk kills QEMU at once (a guest never
+//! runs on disks another node may write); QEMU's end is reported (`stopped` when the
+//! guest powered off, `failed` otherwise, not restarted until started again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use csv_api::admin::volume::VhdAttach;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use super::qemu::{self, Process, VmFiles};
+use super::qmp::{Qmp, QmpEvent};
+use super::supervisor::Hypervisor;
+use crate::meta::{Limit, Member, Retry, now_unix_ms};
+use crate::state::types::{Command, Query, QueryReply};
+use crate::state::vms::{VmCommand, VmRecord, VmState, Want};
+
+/// Deadline of one QMP command.
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `quit` may take before SIGKILL.
+const QUIT_WAIT: Duration = Duration::from_secs(5);
+/// How long a report keeps trying (the coordinator may be changing).
+const REPORT_PATIENCE: Duration = Duration::from_secs(30);
+
+struct Live {
+    qmp: Qmp,
+    events: mpsc::Receiver<QmpEvent>,
+    proc: Process,
+    incarnation: u64,
+    state: VmState,
+    /// The guest asked for its own power-off (QMP `SHUTDOWN` with `guest: true`).
+    guest_off: bool,
+    /// Stopped by an I/O error: continue it from time to time.
+    io_paused: bool,
+}
+
+struct Runner {
+    h: Arc<Hypervisor>,
+    m: Member,
+    name: String,
+    files: VmFiles,
+    rx: watch::Receiver<Option<VmRecord>>,
+    live: Option<Live>,
+    /// Disks this runner attached (detached when QEMU is gone).
+    disks: Vec<String>,
+    /// The run whose start failed or whose QEMU ended unasked: not started again
+    /// until the VM is started anew (a new incarnation).
+    failed: Option<u64>,
+}
+
+/// Runs until the VM's record is gone and no QEMU of it is left (or the node stops:
+/// QEMU then keeps running, for the next agent to adopt).
+pub(super) async fn run(
+    h: Arc<Hypervisor>,
+    m: Member,
+    name: String,
+    rx: watch::Receiver<Option<VmRecord>>,
+) {
+    let files = VmFiles::new(&h.vm_dir(), &name);
+    let mut r = Runner {
+        h,
+        m,
+        name,
+        files,
+        rx,
+        live: None,
+        disks: Vec::new(),
+        failed: None,
+    };
+    r.adopt().await;
+    r.main().await;
+}
+
+impl Runner {
+    fn record(&self) -> Option<VmRecord> {
+        self.rx.borrow().clone()
+    }
+
+    /// Takes over a QEMU left running by an earlier agent.
+    async fn adopt(&mut self) {
+        let Some(proc) = qemu::adopt(&self.files).await else {
+            return;
+        };
+        match Qmp::connect(&self.files.qmp, QMP_TIMEOUT).await {
+            Ok((qmp, events)) => {
+                let st = qmp.execute("query-status", None, QMP_TIMEOUT).await;
+                let running = st
+                    .as_ref()
+                    .ok()
+                    .and_then(|v| v.get("running"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let rec = self.record();
+                self.disks = rec
+                    .as_ref()
+                    .map(|r| r.def.disks.clone())
+                    .unwrap_or_default();
+                tracing::info!(vm = self.name, pid = proc.pid, running, "adopted its QEMU");
+                self.live = Some(Live {
+                    qmp,
+                    events,
+                    proc,
+                    // Reported anew below under the current incarnation.
+                    incarnation: 0,
+                    state: if running {
+                        VmState::Running
+                    } else {
+                        VmState::Paused
+                    },
+                    guest_off: false,
+                    io_paused: !running,
+                });
+            }
+            Err(e) => {
+                tracing::error!(
+                    vm = self.name,
+                    pid = proc.pid,
+                    "QMP of a left QEMU: {e}; killing it"
+                );
+                proc.kill();
+            }
+        }
+    }
+
+    async fn main(&mut self) {
+        loop {
+            let rec = self.record();
+            let me = self.h.node();
+            let mine = rec.as_ref().filter(|r| r.node == Some(me));
+            let want_run = mine.is_some_and(|r| r.want == Want::Running);
+            match (self.live.is_some(), want_run) {
+                (true, true) => {
+                    let Some(r) = mine.cloned() else { continue };
+                    self.watch(&r).await;
+                }
+                (true, false) => {
+                    let kill = rec.as_ref().is_none_or(|r| r.kill || r.node != Some(me));
+                    self.stop(kill).await;
+                    self.detach_disks().await;
+                    if let Some(r) = mine {
+                        self.report(r.incarnation, VmState::Stopped, "stopped on request", false)
+                            .await;
+                    }
+                }
+                (false, true) => {
+                    let Some(r) = mine.cloned() else { continue };
+                    if self.failed == Some(r.incarnation) {
+                        if self.rx.changed().await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    self.start(&r).await;
+                }
+                (false, false) => {
+                    self.detach_disks().await;
+                    if let Some(r) = mine
+                        && r.state.has_process()
+                    {
+                        self.report(r.incarnation, VmState::Stopped, "", false)
+                            .await;
+                    }
+                    if rec.is_none() {
+                        return;
+                    }
+                    if self.rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Proposes a report; a stale one (the VM was placed again meanwhile) is dropped.
+    async fn report(&self, incarnation: u64, state: VmState, detail: &str, guest_off: bool) {
+        let cmd = Command::Vm {
+            command: VmCommand::Report {
+                name: self.name.clone(),
+                node: self.h.node(),
+                incarnation,
+                state,
+                detail: detail.to_string(),
+                since_unix_ms: now_unix_ms(),
+                guest_off,
+            },
+        };
+        let retry = Retry {
+            limit: Limit::Patience(REPORT_PATIENCE),
+            pause: Duration::from_millis(300),
+            repeatable: true,
+        };
+        match self.m.propose_retrying(&cmd, retry).await {
+            Ok(_) => tracing::info!(vm = self.name, state = state.name(), detail, "reported"),
+            Err(e) => tracing::warn!(
+                vm = self.name,
+                state = state.name(),
+                "report not recorded: {e}"
+            ),
+        }
+    }
+
+    async fn attach_disks(&mut self, rec: &VmRecord) -> Result<(), String> {
+        for d in &rec.def.disks {
+            let a = VhdAttach {
+                name: d.clone(),
+                node: 0,
+                read_only: false,
+            };
+            if let Err(e) = self.h.data.attach(a).await {
+                return Err(format!("attach disk {d}: {e}"));
+            }
+            if !self.disks.contains(d) {
+                self.disks.push(d.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn detach_disks(&mut self) {
+        for d in std::mem::take(&mut self.disks) {
+            if !self.h.data.is_attached_name(&d) {
+                continue;
+            }
+            if let Err(e) = self.h.data.detach(&d).await {
+                tracing::warn!(vm = self.name, disk = d, "detach after the VM stopped: {e}");
+            }
+        }
+    }
+
+    async fn start(&mut self, rec: &VmRecord) {
+        tracing::info!(vm = self.name, incarnation = rec.incarnation, "starting");
+        match self.try_start(rec).await {
+            Ok(live) => {
+                self.live = Some(live);
+                self.report(rec.incarnation, VmState::Running, "", false)
+                    .await;
+            }
+            Err(e) => {
+                tracing::error!(vm = self.name, "start failed: {e}");
+                self.failed = Some(rec.incarnation);
+                self.detach_disks().await;
+                self.report(rec.incarnation, VmState::Failed, &e, false)
+                    .await;
+            }
+        }
+    }
+
+    async fn try_start(&mut self, rec: &VmRecord) -> Result<Live, String> {
+        // Never two QEMUs of one VM: one this runner could not take over goes first.
+        if let Some(mut old) = qemu::adopt(&self.files).await {
+            tracing::warn!(
+                vm = self.name,
+                pid = old.pid,
+                "a QEMU of this VM still runs: killing it"
+            );
+            old.kill();
+            if !old.wait_end(QUIT_WAIT).await {
+                return Err(format!("an earlier QEMU (pid {}) does not end", old.pid));
+            }
+        }
+        self.attach_disks(rec).await?;
+        let hv = &self.h.cfg.hypervisor;
+        let args = qemu::argv(
+            rec,
+            &self.files,
+            hv,
+            self.h.accel,
+            &self.h.data.nbd_socket(),
+            None,
+        );
+        let proc = qemu::spawn(&hv.qemu, args, &self.files)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (qmp, events) = match Qmp::connect(&self.files.qmp, QMP_TIMEOUT).await {
+            Ok(x) => x,
+            Err(e) => {
+                proc.kill();
+                return Err(format!("QMP: {e}"));
+            }
+        };
+        if let Err(e) = qmp.execute("cont", None, QMP_TIMEOUT).await {
+            proc.kill();
+            return Err(format!("continue the guest: {e}"));
+        }
+        tracing::info!(
+            vm = self.name,
+            pid = proc.pid,
+            accel = self.h.accel,
+            "QEMU running"
+        );
+        Ok(Live {
+            qmp,
+            events,
+            proc,
+            incarnation: rec.incarnation,
+            state: VmState::Running,
+            guest_off: false,
+            io_paused: false,
+        })
+    }
+
+    /// Follows a running QEMU until something changes: an event, its end, the record,
+    /// or the periodic check.
+    async fn watch(&mut self, rec: &VmRecord) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if live.incarnation != rec.incarnation {
+            // Adopted, or placed here again while it ran: report under this run.
+            live.incarnation = rec.incarnation;
+            let state = live.state;
+            self.report(rec.incarnation, state, "", false).await;
+            return;
+        }
+        let interval = self.h.cfg.hypervisor.resume_interval.0;
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        tokio::select! {
+            ev = live.events.recv() => match ev {
+                Some(ev) => self.on_event(ev).await,
+                None => self.on_end(rec).await,
+            },
+            changed = self.rx.changed() => {
+                if changed.is_err() {
+                    // The supervisor is gone (the node stops): QEMU keeps running.
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = tokio::time::sleep(interval) => self.check(rec).await,
+        }
+    }
+
+    async fn on_event(&mut self, ev: QmpEvent) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        tracing::debug!(vm = self.name, event = ev.name, data = %ev.data, "QMP event");
+        let (state, detail) = match ev.name.as_str() {
+            "SHUTDOWN" => {
+                live.guest_off = ev.data.get("guest").and_then(Value::as_bool) == Some(true);
+                return;
+            }
+            "BLOCK_IO_ERROR" => {
+                tracing::warn!(vm = self.name, data = %ev.data, "guest I/O error: paused until it clears");
+                live.io_paused = true;
+                return;
+            }
+            "STOP" => {
+                let why = match live.qmp.execute("query-status", None, QMP_TIMEOUT).await {
+                    Ok(v) => v
+                        .get("status")
+                        .and_then(Value::as_str)
+                        .unwrap_or("paused")
+                        .to_string(),
+                    Err(e) => e.to_string(),
+                };
+                if why == "io-error" {
+                    live.io_paused = true;
+                }
+                (VmState::Paused, why)
+            }
+            "RESUME" => {
+                live.io_paused = false;
+                (VmState::Running, String::new())
+            }
+            _ => return,
+        };
+        if live.state != state {
+            live.state = state;
+            let inc = live.incarnation;
+            self.report(inc, state, &detail, false).await;
+        }
+    }
+
+    /// QEMU ended without being asked.
+    async fn on_end(&mut self, rec: &VmRecord) {
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        live.proc.wait_end(QUIT_WAIT).await;
+        let how = live.proc.how.borrow().clone();
+        self.detach_disks().await;
+        if live.guest_off {
+            tracing::info!(vm = self.name, "the guest powered off");
+            self.report(
+                rec.incarnation,
+                VmState::Stopped,
+                "the guest powered off",
+                true,
+            )
+            .await;
+        } else {
+            let detail = format!("QEMU ended ({how}): {}", qemu::log_tail(&self.files).await);
+            tracing::error!(vm = self.name, "{detail}");
+            self.failed = Some(rec.incarnation);
+            self.report(rec.incarnation, VmState::Failed, &detail, false)
+                .await;
+        }
+    }
+
+    /// The periodic check: every disk still written by this node (else QEMU is killed),
+    /// and a guest paused by an I/O error continued.
+    async fn check(&mut self, rec: &VmRecord) {
+        if let Some(lost) = self.lost_disk(rec).await {
+            let detail = format!("lost the write hold of disk {lost}: QEMU killed");
+            tracing::error!(vm = self.name, "{detail}");
+            if let Some(live) = self.live.take() {
+                live.proc.kill();
+                let mut p = live.proc;
+                p.wait_end(QUIT_WAIT).await;
+            }
+            self.failed = Some(rec.incarnation);
+            self.detach_disks().await;
+            self.report(rec.incarnation, VmState::Failed, &detail, false)
+                .await;
+            return;
+        }
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if live.io_paused {
+            match live.qmp.execute("cont", None, QMP_TIMEOUT).await {
+                Ok(_) => tracing::info!(vm = self.name, "continued after an I/O error"),
+                Err(e) => tracing::debug!(vm = self.name, "continue: {e}"),
+            }
+        }
+    }
+
+    /// A disk of the VM whose write hold this node no longer has.
+    async fn lost_disk(&self, rec: &VmRecord) -> Option<String> {
+        let me = self.h.node();
+        for d in &rec.def.disks {
+            let Ok(QueryReply::Vhd(v)) = self
+                .m
+                .query_local(Query::VhdByName { name: d.clone() })
+                .await
+            else {
+                continue;
+            };
+            match self.m.query_local(Query::Owner { vhd: v.id }).await {
+                Ok(QueryReply::Owner { owner: Some(o) })
+                    if o.owner == Some(me) && o.owner_valid => {}
+                Ok(_) => return Some(d.clone()),
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Stops QEMU: a power-off request first (unless `kill`), then `quit`, then SIGKILL.
+    /// A change of the record to `kill` cuts the wait short.
+    async fn stop(&mut self, kill: bool) {
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        tracing::info!(vm = self.name, kill, "stopping");
+        if !kill {
+            let _ = live
+                .qmp
+                .execute("system_powerdown", None, QMP_TIMEOUT)
+                .await;
+            let deadline = tokio::time::Instant::now() + self.h.cfg.hypervisor.stop_timeout.0;
+            loop {
+                tokio::select! {
+                    _ = live.proc.ended.wait_for(|e| *e) => break,
+                    () = tokio::time::sleep_until(deadline) => break,
+                    changed = self.rx.changed() => {
+                        let killed = changed.is_err()
+                            || self.rx.borrow().as_ref().is_none_or(|r| r.kill);
+                        if killed { break; }
+                    }
+                }
+            }
+        }
+        if !live.proc.is_ended() {
+            let _ = live.qmp.execute("quit", None, QMP_TIMEOUT).await;
+            if !live.proc.wait_end(QUIT_WAIT).await {
+                live.proc.kill();
+                live.proc.wait_end(QUIT_WAIT).await;
+            }
+        }
+        tracing::info!(vm = self.name, "QEMU stopped");
+    }
+}

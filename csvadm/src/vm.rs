@@ -1,0 +1,353 @@
+//! `csvadm vm ...`: cluster VMs (issue 14, docs/design/080): define, list, show, start,
+//! stop, kill, delete, through the addressed node's daemon (exit codes in `client.rs`).
+//! `start` and `stop` wait until the VM's node reports the result, unless `--no-wait`.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use csv_api::admin::vm::{VmAnswer, VmDefinition, VmInfo, VmName, VmOp, VmStart, VmStop};
+use csv_api::admin::{Client, Empty};
+use serde::Serialize;
+
+use crate::client::{EXIT_REFUSED, EXIT_UNAVAILABLE, Failure, connect};
+use crate::output::{Output, print};
+use crate::size::parse_size;
+
+#[derive(Args, Debug)]
+pub struct VmArgs {
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: VmCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum VmCommand {
+    /// Define a VM (stopped until `vm start`).
+    Create {
+        name: String,
+        /// Memory (K/M/G suffix; at least 16M).
+        #[arg(long, default_value = "512M", value_parser = parse_size)]
+        memory: u64,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// A VHD on the cluster volume (repeat for more disks, in device order).
+        #[arg(long = "disk", value_name = "VHD")]
+        disks: Vec<String>,
+        /// Boot this kernel directly (a path valid on every node).
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long, requires = "kernel")]
+        initrd: Option<String>,
+        /// Kernel command line.
+        #[arg(long, requires = "kernel")]
+        append: Option<String>,
+        /// No network card (default: one user-mode NIC).
+        #[arg(long)]
+        no_nic: bool,
+        /// A node the VM prefers (repeat, in order).
+        #[arg(long = "prefer", value_name = "NODE")]
+        preferred: Vec<u64>,
+        /// Restart priority after its node fails (0: never restarted elsewhere).
+        #[arg(long, default_value_t = 1)]
+        priority: u32,
+    },
+    /// Every VM: node, state, disks, uptime.
+    List,
+    /// One VM, with the owner of each disk.
+    Show { name: String },
+    /// Run it (on `--node`, else a preferred or the least loaded node).
+    Start {
+        name: String,
+        #[arg(long)]
+        node: Option<u64>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Ask the guest to power off (QEMU is quit after the node's stop_timeout).
+    Stop {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Stop it at once (QEMU quit without asking the guest).
+    Kill {
+        name: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Remove a stopped VM's definition (its VHDs stay).
+    Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+struct Wait {
+    /// Return once the request is recorded, without waiting for the VM's node.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the VM's node (seconds).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+/// Runs `csvadm vm ...`; `json` is the top-level `--json`.
+pub fn run(socket: &Path, args: VmArgs, json: bool) -> Result<(), Failure> {
+    let out = Output::json_if(args.json || json);
+    let mut c = connect(socket)?;
+    let name_of = |name: &str| VmName {
+        name: name.to_string(),
+    };
+    let v = match args.command {
+        VmCommand::Create {
+            name,
+            memory,
+            cpus,
+            disks,
+            kernel,
+            initrd,
+            append,
+            no_nic,
+            preferred,
+            priority,
+        } => c.vm_info(VmOp::Create(VmDefinition {
+            name,
+            cpus,
+            memory_mib: memory >> 20,
+            disks,
+            nic: !no_nic,
+            kernel: kernel.unwrap_or_default(),
+            initrd: initrd.unwrap_or_default(),
+            append: append.unwrap_or_default(),
+            preferred,
+            priority,
+        }))?,
+        VmCommand::List => {
+            let vms = match c.vm(VmOp::List(Empty {}))? {
+                VmAnswer::List(l) => l.vms,
+                other => {
+                    return Err(Failure::local(format!("unexpected answer: {other:?}")));
+                }
+            };
+            let now = now_ms();
+            let vms = vms.iter().map(|v| VmView::of(v, now)).collect();
+            print(&VmListView { vms }, out)?;
+            return Ok(());
+        }
+        VmCommand::Show { name } => c.vm_info(VmOp::Show(name_of(&name)))?,
+        VmCommand::Start { name, node, wait } => {
+            let v = c.vm_info(VmOp::Start(VmStart {
+                name: name.clone(),
+                node: node.unwrap_or(0),
+            }))?;
+            finish(&mut c, &name, v, &wait, &["running"])?
+        }
+        VmCommand::Stop { name, wait } => {
+            let v = c.vm_info(VmOp::Stop(VmStop {
+                name: name.clone(),
+                kill: false,
+            }))?;
+            finish(&mut c, &name, v, &wait, &["stopped"])?
+        }
+        VmCommand::Kill { name, wait } => {
+            let v = c.vm_info(VmOp::Stop(VmStop {
+                name: name.clone(),
+                kill: true,
+            }))?;
+            finish(&mut c, &name, v, &wait, &["stopped"])?
+        }
+        VmCommand::Delete { name } => c.vm_info(VmOp::Delete(name_of(&name)))?,
+    };
+    print(&VmView::of(&v, now_ms()), out)?;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Waits (unless told not to) until the VM's node reports one of `done`; `failed`
+/// ends the wait with the node's detail.
+fn finish(
+    c: &mut Client,
+    name: &str,
+    mut v: VmInfo,
+    wait: &Wait,
+    done: &[&str],
+) -> Result<VmInfo, Failure> {
+    if wait.no_wait {
+        return Ok(v);
+    }
+    let deadline = Instant::now() + Duration::from_secs(wait.timeout);
+    let inc = v.incarnation;
+    loop {
+        if done.contains(&v.state.as_str()) {
+            return Ok(v);
+        }
+        if v.state == "failed" && v.incarnation == inc {
+            return Err(Failure {
+                code: EXIT_REFUSED,
+                message: format!("VM {name} failed on node {}: {}", v.node, v.detail),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(Failure {
+                code: EXIT_UNAVAILABLE,
+                message: format!(
+                    "VM {name} is still {} after {} s (node {})",
+                    v.state, wait.timeout, v.node
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        v = c.vm_info(VmOp::Show(VmName {
+            name: name.to_string(),
+        }))?;
+    }
+}
+
+#[derive(Serialize)]
+struct DiskView {
+    name: String,
+    owner: u64,
+    owner_valid: bool,
+    generation: u64,
+}
+
+#[derive(Serialize)]
+struct VmView {
+    name: String,
+    id: u64,
+    node: Option<u64>,
+    want: String,
+    state: String,
+    detail: String,
+    since_unix_ms: u64,
+    uptime_s: Option<u64>,
+    incarnation: u64,
+    cpus: u32,
+    memory_mib: u64,
+    disks: Vec<String>,
+    owners: Vec<DiskView>,
+    kernel: String,
+    priority: u32,
+    preferred: Vec<u64>,
+}
+
+impl VmView {
+    fn of(v: &VmInfo, now: u64) -> VmView {
+        let d = v.definition.clone().unwrap_or_default();
+        VmView {
+            name: d.name,
+            id: v.id,
+            node: (v.node != 0).then_some(v.node),
+            want: v.want.clone(),
+            state: v.state.clone(),
+            detail: v.detail.clone(),
+            since_unix_ms: v.since_unix_ms,
+            uptime_s: (v.started_unix_ms != 0)
+                .then(|| now.saturating_sub(v.started_unix_ms) / 1000),
+            incarnation: v.incarnation,
+            cpus: d.cpus,
+            memory_mib: d.memory_mib,
+            disks: d.disks,
+            owners: v
+                .disks
+                .iter()
+                .map(|x| DiskView {
+                    name: x.name.clone(),
+                    owner: x.owner,
+                    owner_valid: x.owner_valid,
+                    generation: x.generation,
+                })
+                .collect(),
+            kernel: d.kernel,
+            priority: d.priority,
+            preferred: d.preferred,
+        }
+    }
+}
+
+fn node_text(n: Option<u64>) -> String {
+    n.map_or("-".into(), |n| n.to_string())
+}
+
+fn uptime_text(s: Option<u64>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        Some(s) => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+impl fmt::Display for VmView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "vm:          {} (id {})", self.name, self.id)?;
+        writeln!(f, "node:        {}", node_text(self.node))?;
+        write!(f, "state:       {} (want {})", self.state, self.want)?;
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        writeln!(f)?;
+        writeln!(f, "uptime:      {}", uptime_text(self.uptime_s))?;
+        writeln!(f, "cpus:        {}", self.cpus)?;
+        writeln!(f, "memory:      {} MiB", self.memory_mib)?;
+        if !self.kernel.is_empty() {
+            writeln!(f, "kernel:      {}", self.kernel)?;
+        }
+        writeln!(f, "priority:    {}", self.priority)?;
+        if self.owners.is_empty() {
+            write!(f, "disks:       {}", self.disks.join(", "))?;
+        } else {
+            write!(f, "disks:")?;
+            for d in &self.owners {
+                let owner = if d.owner == 0 {
+                    "no owner".to_string()
+                } else {
+                    format!(
+                        "owner node {} gen {}{}",
+                        d.owner,
+                        d.generation,
+                        if d.owner_valid { "" } else { " (expired)" }
+                    )
+                };
+                write!(f, "\n  {:<24} {owner}", d.name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct VmListView {
+    vms: Vec<VmView>,
+}
+
+impl fmt::Display for VmListView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<20} {:>5} {:<9} {:>8} {:>5} {:>7}  DISKS",
+            "NAME", "NODE", "STATE", "UPTIME", "CPUS", "MEMORY"
+        )?;
+        for v in &self.vms {
+            write!(
+                f,
+                "\n{:<20} {:>5} {:<9} {:>8} {:>5} {:>6}M  {}",
+                v.name,
+                node_text(v.node),
+                v.state,
+                uptime_text(v.uptime_s),
+                v.cpus,
+                v.memory_mib,
+                v.disks.join(",")
+            )?;
+        }
+        Ok(())
+    }
+}
