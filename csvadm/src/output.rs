@@ -37,10 +37,18 @@ pub fn to_json(view: &impl Serialize, pretty: bool) -> serde_json::Result<String
 
 /// Prints `view` as `out` says, with a final newline.
 pub fn print<V: Serialize + Display>(view: &V, out: Output) -> serde_json::Result<()> {
-    match out {
-        Output::Text => println!("{view}"),
-        Output::Json => println!("{}", to_json(view, false)?),
-        Output::PrettyJson => println!("{}", to_json(view, true)?),
+    let text = match out {
+        Output::Text => view.to_string(),
+        Output::Json => to_json(view, false)?,
+        Output::PrettyJson => to_json(view, true)?,
+    };
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        // A reader that stopped reading (`| head`) is not an error of csvadm.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(serde_json::Error::io(e));
+        }
     }
     Ok(())
 }

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use csv_api::admin::vm::{VmAnswer, VmDefinition, VmInfo, VmName, VmOp, VmStart, VmStop};
+use csv_api::admin::vm::{
+    VmAnswer, VmDefinition, VmInfo, VmMigrate, VmName, VmOp, VmStart, VmStop,
+};
 use csv_api::admin::{Client, Empty};
 use serde::Serialize;
 
@@ -82,6 +84,19 @@ enum VmCommand {
     },
     /// Remove a stopped VM's definition (its VHDs stay).
     Delete { name: String },
+    /// Move a running VM to another node: live (the guest runs while its memory is
+    /// copied; its disks change owner inside the final pause), or `--quick` (stopped
+    /// while its state moves). Prints the downtime and the total time.
+    Migrate {
+        name: String,
+        /// The destination node.
+        #[arg(long, value_name = "NODE")]
+        to: u64,
+        #[arg(long)]
+        quick: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +175,31 @@ pub fn run(socket: &Path, args: VmArgs, json: bool) -> Result<(), Failure> {
             finish(&mut c, &name, v, &wait, &["stopped"])?
         }
         VmCommand::Delete { name } => c.vm_info(VmOp::Delete(name_of(&name)))?,
+        VmCommand::Migrate {
+            name,
+            to,
+            quick,
+            wait,
+        } => {
+            let v = c.vm_info(VmOp::Migrate(VmMigrate {
+                name: name.clone(),
+                to,
+                quick,
+            }))?;
+            if wait.no_wait {
+                v
+            } else {
+                let r = migrated(&mut c, &name, &v, &wait)?;
+                print(&r, out)?;
+                return match r.outcome.as_str() {
+                    "completed" => Ok(()),
+                    _ => Err(Failure {
+                        code: EXIT_REFUSED,
+                        message: format!("migration of {name} {}", r.outcome),
+                    }),
+                };
+            }
+        }
     };
     print(&VmView::of(&v, now_ms()), out)?;
     Ok(())
@@ -237,6 +277,37 @@ struct VmView {
     kernel: String,
     priority: u32,
     preferred: Vec<u64>,
+    migration: Option<MigrationInfo>,
+    last_migration: Option<MigrationInfo>,
+}
+
+#[derive(Serialize)]
+struct MigrationInfo {
+    id: u64,
+    from: u64,
+    to: u64,
+    kind: String,
+    state: String,
+    handoff_us: u64,
+    downtime_ms: u64,
+    total_ms: u64,
+    at_unix_ms: u64,
+}
+
+impl MigrationInfo {
+    fn of(m: &csv_api::admin::vm::VmMigration) -> MigrationInfo {
+        MigrationInfo {
+            id: m.id,
+            from: m.src,
+            to: m.dst,
+            kind: m.kind.clone(),
+            state: m.state.clone(),
+            handoff_us: m.handoff_us,
+            downtime_ms: m.downtime_ms,
+            total_ms: m.total_ms,
+            at_unix_ms: m.at_unix_ms,
+        }
+    }
 }
 
 impl VmView {
@@ -269,6 +340,8 @@ impl VmView {
             kernel: d.kernel,
             priority: d.priority,
             preferred: d.preferred,
+            migration: v.migration.as_ref().map(MigrationInfo::of),
+            last_migration: v.last_migration.as_ref().map(MigrationInfo::of),
         }
     }
 }
@@ -301,6 +374,26 @@ impl fmt::Display for VmView {
             writeln!(f, "kernel:      {}", self.kernel)?;
         }
         writeln!(f, "priority:    {}", self.priority)?;
+        if let Some(m) = &self.migration {
+            writeln!(
+                f,
+                "migrating:   {} to node {} ({})",
+                m.kind, m.to, m.state
+            )?;
+        }
+        if let Some(m) = &self.last_migration {
+            writeln!(
+                f,
+                "last move:   {} {} node {} -> {}: downtime {} ms, total {} ms, hand-off {:.1} ms",
+                m.kind,
+                m.state,
+                m.from,
+                m.to,
+                m.downtime_ms,
+                m.total_ms,
+                m.handoff_us as f64 / 1000.0
+            )?;
+        }
         if self.owners.is_empty() {
             write!(f, "disks:       {}", self.disks.join(", "))?;
         } else {
@@ -349,5 +442,97 @@ impl fmt::Display for VmListView {
             )?;
         }
         Ok(())
+    }
+}
+
+/// How a migration ended.
+#[derive(Serialize)]
+struct MigrationView {
+    name: String,
+    id: u64,
+    from: u64,
+    to: u64,
+    kind: String,
+    outcome: String,
+    downtime_ms: u64,
+    total_ms: u64,
+    handoff_us: u64,
+    elapsed_ms: u64,
+}
+
+impl fmt::Display for MigrationView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} migration of {} from node {} to node {}",
+            self.outcome, self.kind, self.name, self.from, self.to
+        )?;
+        if self.outcome == "completed" {
+            write!(
+                f,
+                ": downtime {} ms, total {} ms, disk hand-off {:.1} ms (elapsed {:.1} s)",
+                self.downtime_ms,
+                self.total_ms,
+                self.handoff_us as f64 / 1000.0,
+                self.elapsed_ms as f64 / 1000.0
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for migration of `v` to end (phases on a progress bar on a terminal).
+fn migrated(
+    c: &mut Client,
+    name: &str,
+    v: &VmInfo,
+    wait: &Wait,
+) -> Result<MigrationView, Failure> {
+    let Some(m) = v.migration.clone() else {
+        return Err(Failure::local(format!("{name}: no migration was recorded")));
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(wait.timeout);
+    let bar = crate::progress::Bar::new(&format!("migrating {name} to node {}", m.dst));
+    let mut stats_deadline = None;
+    loop {
+        let v = c.vm_info(VmOp::Show(VmName {
+            name: name.to_string(),
+        }))?;
+        let phase = match v.migration.as_ref().filter(|x| x.id == m.id) {
+            Some(x) if x.state == "switched" => 2,
+            Some(_) => 1,
+            None => 3,
+        };
+        bar.update(phase, 3);
+        if let Some(r) = v.last_migration.as_ref().filter(|r| r.id == m.id)
+            && phase == 3
+        {
+            let done = r.state != "completed" || r.downtime_ms > 0;
+            let until = *stats_deadline.get_or_insert(Instant::now() + Duration::from_secs(5));
+            if done || Instant::now() > until {
+                bar.finish();
+                return Ok(MigrationView {
+                    name: name.to_string(),
+                    id: m.id,
+                    from: m.src,
+                    to: m.dst,
+                    kind: m.kind.clone(),
+                    outcome: r.state.clone(),
+                    downtime_ms: r.downtime_ms,
+                    total_ms: r.total_ms,
+                    handoff_us: r.handoff_us,
+                    elapsed_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+        }
+        if Instant::now() > deadline {
+            bar.finish();
+            return Err(Failure {
+                code: EXIT_UNAVAILABLE,
+                message: format!("migration of {name} not over after {} s", wait.timeout),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

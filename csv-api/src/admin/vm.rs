@@ -7,7 +7,7 @@ use super::messages::Empty;
 /// `Request::Vm`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct VmRequest {
-    #[prost(oneof = "VmOp", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "VmOp", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub op: Option<VmOp>,
 }
 
@@ -32,6 +32,50 @@ pub enum VmOp {
     /// Remove a stopped VM's definition (its VHDs stay) → [`VmAnswer::Vm`].
     #[prost(message, tag = "6")]
     Delete(VmName),
+    /// Move a running VM to another node (live, or quick) → [`VmAnswer::Vm`] (the
+    /// record with its migration under way).
+    #[prost(message, tag = "7")]
+    Migrate(VmMigrate),
+}
+
+/// `VmOp::Migrate`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VmMigrate {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub to: u64,
+    /// Stop the guest while its state moves (else live).
+    #[prost(bool, tag = "3")]
+    pub quick: bool,
+}
+
+/// A migration under way or ended.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VmMigration {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub src: u64,
+    #[prost(uint64, tag = "3")]
+    pub dst: u64,
+    /// `live` or `quick`.
+    #[prost(string, tag = "4")]
+    pub kind: String,
+    /// Under way: `prepared` or `switched`; ended: `completed` or `aborted: <why>`.
+    #[prost(string, tag = "5")]
+    pub state: String,
+    /// The disks' hand-off inside the switch-over pause (µs).
+    #[prost(uint64, tag = "6")]
+    pub handoff_us: u64,
+    /// The guest's downtime and the total time as the source QEMU reported them (ms).
+    #[prost(uint64, tag = "7")]
+    pub downtime_ms: u64,
+    #[prost(uint64, tag = "8")]
+    pub total_ms: u64,
+    /// Started (Unix ms) while under way; ended when over.
+    #[prost(uint64, tag = "9")]
+    pub at_unix_ms: u64,
 }
 
 /// What the operator defines.
@@ -138,6 +182,12 @@ pub struct VmInfo {
     /// Its disks' owners (`Show` only).
     #[prost(message, repeated, tag = "10")]
     pub disks: Vec<VmDisk>,
+    /// The migration under way.
+    #[prost(message, optional, tag = "11")]
+    pub migration: Option<VmMigration>,
+    /// How the last one ended.
+    #[prost(message, optional, tag = "12")]
+    pub last_migration: Option<VmMigration>,
 }
 
 /// A disk of a VM and its writer.

@@ -9,7 +9,8 @@ use csv_api::{ErrorCode, NodeId};
 use super::Admin;
 use crate::meta::{Member, unexpected};
 use crate::state::types::{Command, Query, QueryReply, Reply};
-use crate::state::vms::{VmCommand, VmDef, VmRecord, Want};
+use crate::meta::now_unix_ms;
+use crate::state::vms::{MigrationKind, MigrationStep, VmCommand, VmDef, VmRecord, Want};
 
 fn def_from_api(d: api::VmDefinition) -> VmDef {
     VmDef {
@@ -58,6 +59,39 @@ pub(crate) fn info(r: &VmRecord) -> api::VmInfo {
         started_unix_ms: r.started_unix_ms,
         incarnation: r.incarnation,
         disks: Vec::new(),
+        migration: r.migration.as_ref().map(|m| api::VmMigration {
+            id: m.id,
+            src: m.src.0,
+            dst: m.dst.0,
+            kind: kind_name(m.kind).into(),
+            state: match m.step {
+                MigrationStep::Prepared => "prepared",
+                MigrationStep::Switched => "switched",
+            }
+            .into(),
+            handoff_us: m.handoff_us,
+            downtime_ms: 0,
+            total_ms: 0,
+            at_unix_ms: m.started_unix_ms,
+        }),
+        last_migration: r.last_migration.as_ref().map(|m| api::VmMigration {
+            id: m.id,
+            src: m.src.0,
+            dst: m.dst.0,
+            kind: kind_name(m.kind).into(),
+            state: m.outcome.clone(),
+            handoff_us: m.handoff_us,
+            downtime_ms: m.downtime_ms,
+            total_ms: m.total_ms,
+            at_unix_ms: m.ended_unix_ms,
+        }),
+    }
+}
+
+fn kind_name(k: MigrationKind) -> &'static str {
+    match k {
+        MigrationKind::Live => "live",
+        MigrationKind::Quick => "quick",
     }
 }
 
@@ -136,5 +170,19 @@ pub(super) async fn handle(a: &Admin, r: api::VmRequest) -> Result<Response, Api
             .await
         }
         VmOp::Delete(n) => vm_command(&m, VmCommand::Delete { name: n.name }).await,
+        VmOp::Migrate(g) => {
+            let kind = if g.quick {
+                MigrationKind::Quick
+            } else {
+                MigrationKind::Live
+            };
+            let cmd = VmCommand::Migrate {
+                name: g.name,
+                to: NodeId(g.to),
+                kind,
+                started_unix_ms: now_unix_ms(),
+            };
+            vm_command(&m, cmd).await
+        }
     }
 }

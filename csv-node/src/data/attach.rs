@@ -113,8 +113,20 @@ impl Data {
         Ok(s.clone())
     }
 
-    /// Adds the NBD export of an attachment.
+    /// Adds the NBD export of an attachment (or lets its standby export run on it).
     pub(crate) fn export(&self, s: &Server, name: &str, a: &Attached) -> Result<(), DataError> {
+        if let Some(sb) = lock(&self.att.standby).remove(name) {
+            use nbd::device::BlockDevice as _;
+            if !a.read_only && sb.size() == a.device.size() {
+                sb.activate(a.device.clone());
+                tracing::info!(vhd = name, "standby export now served by the attachment");
+                return Ok(());
+            }
+            sb.abandon("the VHD was attached in another mode or size");
+            if let Some(r) = s.remove_export(name) {
+                r.close_connections();
+            }
+        }
         s.add_export(
             name,
             a.device.clone(),

@@ -48,6 +48,10 @@ pub(crate) struct Attachments {
     /// (one hold per node and VHD: a parent of several attached children, a read-only
     /// attachment, an export in progress).
     pub(super) reads: tokio::sync::Mutex<BTreeMap<VhdId, usize>>,
+    /// Standby exports of VHDs a VM migrating here will write (`standby.rs`).
+    pub(super) standby: std::sync::Mutex<BTreeMap<String, Arc<super::standby::StandbyDevice>>>,
+    /// VHDs whose hand-off is a VM's switch-over: their export closes at once.
+    pub(super) vm_handoff: std::sync::Mutex<std::collections::BTreeSet<VhdId>>,
 }
 
 /// Drops a device off the runtime worker (closing an image may flush it).

@@ -120,7 +120,14 @@ impl Data {
         };
         // A failed flush aborts the hand-off with the export still served.
         self.flush_attached(&name).await?;
-        let r = self.take_export(&name, HANDOFF_DRAIN).await?;
+        // A VM's disk at its migration's switch-over: the guest is stopped and its I/O
+        // drained, its client never disconnects by itself: close at once.
+        let drain = if lock(&self.att.vm_handoff).contains(&vhd) {
+            Duration::ZERO
+        } else {
+            HANDOFF_DRAIN
+        };
+        let r = self.take_export(&name, drain, HANDOFF_DRAIN).await?;
         let Some(a) = r.attached() else {
             return Ok(None);
         };
@@ -155,8 +162,14 @@ impl Data {
     }
 
     /// Takes `name` out of the map and removes its export; waits for its connections at
-    /// most `drain` (then they are closed). The guard restores it if dropped armed.
-    async fn take_export(&self, name: &str, drain: Duration) -> Result<Restore<'_>, DataError> {
+    /// most `drain` (then they are closed, and requests already running get `idle`).
+    /// The guard restores it if dropped armed.
+    async fn take_export(
+        &self,
+        name: &str,
+        drain: Duration,
+        idle: Duration,
+    ) -> Result<Restore<'_>, DataError> {
         let Some(a) = lock(&self.att.map).remove(name) else {
             return Err(DataError::NotAttached { name: name.into() });
         };
@@ -176,20 +189,22 @@ impl Data {
             })
             .await;
             if drained.is_err() {
-                tracing::warn!(
-                    vhd = name,
-                    "connections did not drain in {drain:?}: closing them"
-                );
+                if drain > Duration::ZERO {
+                    tracing::warn!(
+                        vhd = name,
+                        "connections did not drain in {drain:?}: closing them"
+                    );
+                }
                 removal.close_connections();
                 // Requests already handed to the image still run: wait for them, so that
                 // nothing of this node is in flight once the caller moves on.
-                let idle = match r.attached() {
-                    Some(a) => a.device.wait_idle(drain).await,
+                let quiet = match r.attached() {
+                    Some(a) => a.device.wait_idle(idle).await,
                     None => true,
                 };
-                if !idle || tokio::time::timeout(drain, removal.wait()).await.is_err() {
+                if !quiet || tokio::time::timeout(idle, removal.wait()).await.is_err() {
                     return Err(DataError::Busy(format!(
-                        "{name}: requests in flight did not end within {drain:?}"
+                        "{name}: requests in flight did not end within {idle:?}"
                     )));
                 }
             }
@@ -227,7 +242,7 @@ impl Data {
                 drop_device(old).await;
             }
         }
-        let r = self.take_export(name, DRAIN_DEADLINE).await?;
+        let r = self.take_export(name, DRAIN_DEADLINE, DRAIN_DEADLINE).await?;
         let Some(a) = r.attached() else {
             return Ok(());
         };
@@ -308,7 +323,7 @@ impl Data {
         let names: Vec<String> = lock(&self.att.map).keys().cloned().collect();
         let mut closed = Vec::with_capacity(names.len());
         for n in names {
-            let r = match self.take_export(&n, DRAIN_DEADLINE).await {
+            let r = match self.take_export(&n, DRAIN_DEADLINE, DRAIN_DEADLINE).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(vhd = n, "close at shutdown failed: {e}");

@@ -16,6 +16,7 @@ pub mod file_device;
 mod lun;
 pub(crate) mod redirect;
 mod run;
+pub(crate) mod standby;
 pub mod vhd_device;
 pub mod volume;
 

@@ -276,31 +276,33 @@ fn status_of(image: &Image, offset: u64, len: u64) -> Result<Vec<Extent>, Device
         .collect())
 }
 
+/// What an export of a VHD of `size` bytes offers (also a standby export's, before the
+/// VHD is opened: a client sees the same flags either way).
+pub(crate) fn vhd_capabilities(size: u64, read_only: bool) -> Capabilities {
+    let rw = !read_only;
+    Capabilities {
+        read_only,
+        can_flush: true,
+        can_fua: true,
+        can_trim: rw,
+        can_zero: rw,
+        // fast only where the range is already unallocated (checked per request)
+        can_fast_zero: rw,
+        can_cache: false,
+        // one Image (one BAT, one file) serves every connection
+        can_multi_conn: true,
+        rotational: false,
+        min_block: if size.is_multiple_of(512) { 512 } else { 1 },
+    }
+}
+
 impl BlockDevice for VhdDevice {
     fn size(&self) -> u64 {
         self.size
     }
 
     fn capabilities(&self) -> Capabilities {
-        let rw = !self.read_only;
-        Capabilities {
-            read_only: self.read_only,
-            can_flush: true,
-            can_fua: true,
-            can_trim: rw,
-            can_zero: rw,
-            // fast only where the range is already unallocated (checked per request)
-            can_fast_zero: rw,
-            can_cache: false,
-            // one Image (one BAT, one file) serves every connection
-            can_multi_conn: true,
-            rotational: false,
-            min_block: if self.size.is_multiple_of(512) {
-                512
-            } else {
-                1
-            },
-        }
+        vhd_capabilities(self.size, self.read_only)
     }
 
     fn read(&self, offset: u64, len: u32) -> DeviceFuture<'_, ReadData> {

@@ -1,6 +1,7 @@
 //! The hypervisor backend (docs/design/080): QEMU processes of the cluster's VMs, driven
 //! over QMP.
 
+mod migrate;
 pub mod qemu;
 pub mod qmp;
 mod runner;

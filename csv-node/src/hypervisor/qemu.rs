@@ -369,6 +369,8 @@ mod tests {
             since_unix_ms: 0,
             started_unix_ms: 0,
             created_index: 1,
+            migration: None,
+            last_migration: None,
         }
     }
 

@@ -23,36 +23,38 @@ use crate::state::types::{Command, Query, QueryReply};
 use crate::state::vms::{VmCommand, VmRecord, VmState, Want};
 
 /// Deadline of one QMP command.
-const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `quit` may take before SIGKILL.
-const QUIT_WAIT: Duration = Duration::from_secs(5);
+pub(super) const QUIT_WAIT: Duration = Duration::from_secs(5);
 /// How long a report keeps trying (the coordinator may be changing).
 const REPORT_PATIENCE: Duration = Duration::from_secs(30);
 
-struct Live {
-    qmp: Qmp,
-    events: mpsc::Receiver<QmpEvent>,
-    proc: Process,
-    incarnation: u64,
-    state: VmState,
+pub(super) struct Live {
+    pub(super) qmp: Qmp,
+    pub(super) events: mpsc::Receiver<QmpEvent>,
+    pub(super) proc: Process,
+    pub(super) incarnation: u64,
+    pub(super) state: VmState,
     /// The guest asked for its own power-off (QMP `SHUTDOWN` with `guest: true`).
-    guest_off: bool,
+    pub(super) guest_off: bool,
     /// Stopped by an I/O error: continue it from time to time.
-    io_paused: bool,
+    pub(super) io_paused: bool,
 }
 
-struct Runner {
-    h: Arc<Hypervisor>,
-    m: Member,
-    name: String,
-    files: VmFiles,
-    rx: watch::Receiver<Option<VmRecord>>,
-    live: Option<Live>,
+pub(super) struct Runner {
+    pub(super) h: Arc<Hypervisor>,
+    pub(super) m: Member,
+    pub(super) name: String,
+    pub(super) files: VmFiles,
+    pub(super) rx: watch::Receiver<Option<VmRecord>>,
+    pub(super) live: Option<Live>,
     /// Disks this runner attached (detached when QEMU is gone).
-    disks: Vec<String>,
+    pub(super) disks: Vec<String>,
     /// The run whose start failed or whose QEMU ended unasked: not started again
     /// until the VM is started anew (a new incarnation).
-    failed: Option<u64>,
+    pub(super) failed: Option<u64>,
+    /// The last outgoing migration's disk hand-off (µs).
+    pub(super) handoff_us: u64,
 }
 
 /// Runs until the VM's record is gone and no QEMU of it is left (or the node stops:
@@ -73,13 +75,14 @@ pub(super) async fn run(
         live: None,
         disks: Vec::new(),
         failed: None,
+        handoff_us: 0,
     };
     r.adopt().await;
     r.main().await;
 }
 
 impl Runner {
-    fn record(&self) -> Option<VmRecord> {
+    pub(super) fn record(&self) -> Option<VmRecord> {
         self.rx.borrow().clone()
     }
 
@@ -133,6 +136,26 @@ impl Runner {
         loop {
             let rec = self.record();
             let me = self.h.node();
+            if let Some((r, m)) = rec
+                .as_ref()
+                .and_then(|r| r.migration.clone().map(|m| (r.clone(), m)))
+            {
+                if m.dst == me && self.live.is_none() {
+                    self.incoming(&r, &m).await;
+                    continue;
+                }
+                if m.src == me && self.live.is_some() {
+                    self.outgoing(&r, &m).await;
+                    continue;
+                }
+                if m.src == me {
+                    // Migrating away with no QEMU here: the destination ends it.
+                    if self.rx.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
             let mine = rec.as_ref().filter(|r| r.node == Some(me));
             let want_run = mine.is_some_and(|r| r.want == Want::Running);
             match (self.live.is_some(), want_run) {
@@ -179,7 +202,7 @@ impl Runner {
     }
 
     /// Proposes a report; a stale one (the VM was placed again meanwhile) is dropped.
-    async fn report(&self, incarnation: u64, state: VmState, detail: &str, guest_off: bool) {
+    pub(super) async fn report(&self, incarnation: u64, state: VmState, detail: &str, guest_off: bool) {
         let cmd = Command::Vm {
             command: VmCommand::Report {
                 name: self.name.clone(),
@@ -206,7 +229,7 @@ impl Runner {
         }
     }
 
-    async fn attach_disks(&mut self, rec: &VmRecord) -> Result<(), String> {
+    pub(super) async fn attach_disks(&mut self, rec: &VmRecord) -> Result<(), String> {
         for d in &rec.def.disks {
             let a = VhdAttach {
                 name: d.clone(),
@@ -223,7 +246,7 @@ impl Runner {
         Ok(())
     }
 
-    async fn detach_disks(&mut self) {
+    pub(super) async fn detach_disks(&mut self) {
         for d in std::mem::take(&mut self.disks) {
             if !self.h.data.is_attached_name(&d) {
                 continue;
@@ -253,48 +276,13 @@ impl Runner {
     }
 
     async fn try_start(&mut self, rec: &VmRecord) -> Result<Live, String> {
-        // Never two QEMUs of one VM: one this runner could not take over goes first.
-        if let Some(mut old) = qemu::adopt(&self.files).await {
-            tracing::warn!(
-                vm = self.name,
-                pid = old.pid,
-                "a QEMU of this VM still runs: killing it"
-            );
-            old.kill();
-            if !old.wait_end(QUIT_WAIT).await {
-                return Err(format!("an earlier QEMU (pid {}) does not end", old.pid));
-            }
-        }
         self.attach_disks(rec).await?;
-        let hv = &self.h.cfg.hypervisor;
-        let args = qemu::argv(
-            rec,
-            &self.files,
-            hv,
-            self.h.accel,
-            &self.h.data.nbd_socket(),
-            None,
-        );
-        let proc = qemu::spawn(&hv.qemu, args, &self.files)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (qmp, events) = match Qmp::connect(&self.files.qmp, QMP_TIMEOUT).await {
-            Ok(x) => x,
-            Err(e) => {
-                proc.kill();
-                return Err(format!("QMP: {e}"));
-            }
-        };
+        let (proc, qmp, events) = self.launch(rec, None).await?;
         if let Err(e) = qmp.execute("cont", None, QMP_TIMEOUT).await {
             proc.kill();
             return Err(format!("continue the guest: {e}"));
         }
-        tracing::info!(
-            vm = self.name,
-            pid = proc.pid,
-            accel = self.h.accel,
-            "QEMU running"
-        );
+        tracing::info!(vm = self.name, pid = proc.pid, accel = self.h.accel, "QEMU running");
         Ok(Live {
             qmp,
             events,
@@ -304,6 +292,41 @@ impl Runner {
             guest_off: false,
             io_paused: false,
         })
+    }
+
+    /// Starts QEMU (paused; `incoming`: waiting for a migration) and connects to its
+    /// QMP socket. A QEMU of this VM that still runs is killed first: never two.
+    pub(super) async fn launch(
+        &mut self,
+        rec: &VmRecord,
+        incoming: Option<&str>,
+    ) -> Result<(Process, Qmp, mpsc::Receiver<QmpEvent>), String> {
+        if let Some(mut old) = qemu::adopt(&self.files).await {
+            tracing::warn!(vm = self.name, pid = old.pid, "a QEMU of this VM still runs: killing it");
+            old.kill();
+            if !old.wait_end(QUIT_WAIT).await {
+                return Err(format!("an earlier QEMU (pid {}) does not end", old.pid));
+            }
+        }
+        let hv = &self.h.cfg.hypervisor;
+        let args = qemu::argv(
+            rec,
+            &self.files,
+            hv,
+            self.h.accel,
+            &self.h.data.nbd_socket(),
+            incoming,
+        );
+        let proc = qemu::spawn(&hv.qemu, args, &self.files)
+            .await
+            .map_err(|e| e.to_string())?;
+        match Qmp::connect(&self.files.qmp, QMP_TIMEOUT).await {
+            Ok((qmp, events)) => Ok((proc, qmp, events)),
+            Err(e) => {
+                proc.kill();
+                Err(format!("QMP: {e}"))
+            }
+        }
     }
 
     /// Follows a running QEMU until something changes: an event, its end, the record,
@@ -457,7 +480,7 @@ impl Runner {
 
     /// Stops QEMU: a power-off request first (unless `kill`), then `quit`, then SIGKILL.
     /// A change of the record to `kill` cuts the wait short.
-    async fn stop(&mut self, kill: bool) {
+    pub(super) async fn stop(&mut self, kill: bool) {
         let Some(mut live) = self.live.take() else {
             return;
         };

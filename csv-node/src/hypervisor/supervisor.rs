@@ -89,7 +89,10 @@ impl Hypervisor {
             seen.insert(rec.def.name.clone());
             if let Some(tx) = runners.get(&rec.def.name) {
                 tx.send_replace(Some(rec));
-            } else if rec.node == Some(me) || found.contains(&rec.def.name) {
+            } else if rec.node == Some(me)
+                || rec.migration.as_ref().is_some_and(|m| m.dst == me)
+                || found.contains(&rec.def.name)
+            {
                 let name = rec.def.name.clone();
                 let (tx, rx) = watch::channel(Some(rec));
                 runners.insert(name.clone(), tx);

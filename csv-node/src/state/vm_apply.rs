@@ -7,6 +7,7 @@ use meta_store::KvWrite;
 
 use super::cluster::ClusterState;
 use super::types::{ApplyResult, NodeState, Reply};
+use super::vm_migrate::ended;
 use super::vms::*;
 use super::{MAX_NODES, err};
 
@@ -169,6 +170,8 @@ impl ClusterState {
                     since_unix_ms: 0,
                     started_unix_ms: 0,
                     created_index: index,
+                    migration: None,
+                    last_migration: None,
                 };
                 self.vms.put(rec.clone(), w);
                 Ok(Reply::Vm(rec))
@@ -186,6 +189,15 @@ impl ClusterState {
             }
             VmCommand::Start { name, node } => {
                 let mut rec = self.vm_named(&name)?;
+                if rec.want == Want::Running && rec.migration.is_some() {
+                    return match node {
+                        Some(n) if rec.node != Some(n) => Err(err(
+                            ErrorCode::Busy,
+                            format!("VM {name:?} is migrating"),
+                        )),
+                        _ => Ok(Reply::Vm(rec)),
+                    };
+                }
                 if rec.want == Want::Running {
                     return match node {
                         Some(n) if rec.node != Some(n) => Err(err(
@@ -232,6 +244,17 @@ impl ClusterState {
             }
             VmCommand::Stop { name, kill } => {
                 let mut rec = self.vm_named(&name)?;
+                if let Some(m) = &rec.migration {
+                    if m.step == MigrationStep::Switched {
+                        return Err(err(
+                            ErrorCode::Busy,
+                            format!("VM {name:?} is switching to {}: stop it once it runs there", m.dst),
+                        ));
+                    }
+                    // A stop ends a migration that has not switched yet.
+                    rec.last_migration = Some(ended(m, "aborted: the VM was stopped", 0));
+                    rec.migration = None;
+                }
                 if rec.want == Want::Stopped && (rec.kill || !kill) {
                     return Ok(Reply::Vm(rec));
                 }
@@ -277,6 +300,7 @@ impl ClusterState {
                 self.vms.put(rec.clone(), w);
                 Ok(Reply::Vm(rec))
             }
+            other => self.apply_migration(index, other, w),
         }
     }
 }

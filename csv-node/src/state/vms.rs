@@ -115,6 +115,69 @@ pub struct VmRecord {
     pub started_unix_ms: u64,
     /// The log index of its creation.
     pub created_index: u64,
+    /// The migration under way (docs/design/080 §4).
+    #[serde(default)]
+    pub migration: Option<Migration>,
+    /// How the last migration ended.
+    #[serde(default)]
+    pub last_migration: Option<MigrationResult>,
+}
+
+/// Live (RAM copied while the guest runs) or quick (guest stopped, state saved and
+/// restored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationKind {
+    Live,
+    Quick,
+}
+
+/// Where a migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationStep {
+    /// Recorded; the destination starts its QEMU waiting for the state.
+    Prepared,
+    /// Every disk's write hold is the destination's (recorded only when the lock table
+    /// says so): the source never runs the guest again.
+    Switched,
+}
+
+/// A migration under way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    /// The log index that recorded it.
+    pub id: u64,
+    pub src: NodeId,
+    pub dst: NodeId,
+    pub kind: MigrationKind,
+    pub step: MigrationStep,
+    /// Where the destination QEMU listens (`tcp:host:port`); empty until it does.
+    pub dst_uri: String,
+    /// When it was asked for (Unix ms, the proposer's clock).
+    pub started_unix_ms: u64,
+    /// The disks' hand-off time inside the switch-over pause (µs, from the source).
+    pub handoff_us: u64,
+}
+
+/// How a migration ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationResult {
+    pub id: u64,
+    pub src: NodeId,
+    pub dst: NodeId,
+    pub kind: MigrationKind,
+    /// `completed`, or `aborted: <reason>`.
+    pub outcome: String,
+    /// The disks' hand-off inside the switch-over pause (µs).
+    pub handoff_us: u64,
+    /// Guest downtime and total time as the source QEMU reports them (ms; 0 until the
+    /// source reported them).
+    pub downtime_ms: u64,
+    pub total_ms: u64,
+    pub ended_unix_ms: u64,
 }
 
 /// The VM records, by id, with a name index.
@@ -244,5 +307,57 @@ pub enum VmCommand {
         detail: String,
         since_unix_ms: u64,
         guest_off: bool,
+    },
+    /// Starts migrating a running VM to `to` (docs/design/080 §4). Legal for a VM that
+    /// should run, runs (running or paused) on a node other than `to`, with no
+    /// migration under way, to a schedulable node.
+    Migrate {
+        name: String,
+        to: NodeId,
+        kind: MigrationKind,
+        started_unix_ms: u64,
+    },
+    /// The destination's QEMU listens at `uri`. Legal from the destination of
+    /// migration `id` while it is prepared.
+    MigrateReady {
+        name: String,
+        id: u64,
+        node: NodeId,
+        uri: String,
+    },
+    /// The source handed every disk to the destination. Legal from the source of
+    /// migration `id` while it is prepared, and only when the lock table says the
+    /// destination is the valid writer of every disk.
+    MigrateSwitched {
+        name: String,
+        id: u64,
+        node: NodeId,
+        handoff_us: u64,
+    },
+    /// The destination runs the guest: the VM is placed there (a new incarnation,
+    /// running). Legal from the destination of migration `id` once switched.
+    MigrateCommit {
+        name: String,
+        id: u64,
+        node: NodeId,
+        ended_unix_ms: u64,
+    },
+    /// Ends migration `id` without moving the VM. Legal while it is prepared (after
+    /// the switch the disks are the destination's: it completes or the VM is started
+    /// there).
+    MigrateAbort {
+        name: String,
+        id: u64,
+        reason: String,
+        ended_unix_ms: u64,
+    },
+    /// The source's figures of migration `id` (QEMU's downtime and total time). Legal
+    /// while it is under way or just ended.
+    MigrateStats {
+        name: String,
+        id: u64,
+        downtime_ms: u64,
+        total_ms: u64,
+        handoff_us: u64,
     },
 }
