@@ -375,11 +375,7 @@ impl fmt::Display for VmView {
         }
         writeln!(f, "priority:    {}", self.priority)?;
         if let Some(m) = &self.migration {
-            writeln!(
-                f,
-                "migrating:   {} to node {} ({})",
-                m.kind, m.to, m.state
-            )?;
+            writeln!(f, "migrating:   {} to node {} ({})", m.kind, m.to, m.state)?;
         }
         if let Some(m) = &self.last_migration {
             writeln!(
@@ -482,12 +478,7 @@ impl fmt::Display for MigrationView {
 }
 
 /// Waits for migration of `v` to end (phases on a progress bar on a terminal).
-fn migrated(
-    c: &mut Client,
-    name: &str,
-    v: &VmInfo,
-    wait: &Wait,
-) -> Result<MigrationView, Failure> {
+fn migrated(c: &mut Client, name: &str, v: &VmInfo, wait: &Wait) -> Result<MigrationView, Failure> {
     let Some(m) = v.migration.clone() else {
         return Err(Failure::local(format!("{name}: no migration was recorded")));
     };

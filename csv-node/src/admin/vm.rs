@@ -7,9 +7,9 @@ use csv_api::error::ApiError;
 use csv_api::{ErrorCode, NodeId};
 
 use super::Admin;
+use crate::meta::now_unix_ms;
 use crate::meta::{Member, unexpected};
 use crate::state::types::{Command, Query, QueryReply, Reply};
-use crate::meta::now_unix_ms;
 use crate::state::vms::{MigrationKind, MigrationStep, VmCommand, VmDef, VmRecord, Want};
 
 fn def_from_api(d: api::VmDefinition) -> VmDef {

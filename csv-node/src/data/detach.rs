@@ -242,7 +242,9 @@ impl Data {
                 drop_device(old).await;
             }
         }
-        let r = self.take_export(name, DRAIN_DEADLINE, DRAIN_DEADLINE).await?;
+        let r = self
+            .take_export(name, DRAIN_DEADLINE, DRAIN_DEADLINE)
+            .await?;
         let Some(a) = r.attached() else {
             return Ok(());
         };

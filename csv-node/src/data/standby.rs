@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nbd::device::{BlockDevice, Capabilities, DeviceError, DeviceFuture, Extent, ReadData, ZeroFlags};
+use nbd::device::{
+    BlockDevice, Capabilities, DeviceError, DeviceFuture, Extent, ReadData, ZeroFlags,
+};
 use tokio::sync::watch;
 
 use super::vhd_device::{VhdDevice, vhd_capabilities};
@@ -59,11 +61,8 @@ impl StandbyDevice {
 
     async fn device(&self) -> Result<Arc<VhdDevice>, DeviceError> {
         let mut rx = self.slot.subscribe();
-        let ready = tokio::time::timeout(
-            STANDBY_WAIT,
-            rx.wait_for(|s| !matches!(s, Slot::Waiting)),
-        )
-        .await;
+        let ready =
+            tokio::time::timeout(STANDBY_WAIT, rx.wait_for(|s| !matches!(s, Slot::Waiting))).await;
         let slot = match ready {
             Ok(Ok(s)) => s.clone(),
             Ok(Err(_)) => Slot::Abandoned("the standby export was dropped".into()),

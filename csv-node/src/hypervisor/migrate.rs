@@ -105,7 +105,10 @@ impl Runner {
             ended_unix_ms: now_unix_ms(),
         };
         if let Err(e) = self.propose_vm(cmd).await {
-            tracing::info!(vm = self.name, "abort not recorded (the migration ended already?): {e}");
+            tracing::info!(
+                vm = self.name,
+                "abort not recorded (the migration ended already?): {e}"
+            );
         }
     }
 
@@ -145,7 +148,10 @@ impl Runner {
                 // VM on the source: the runner must not take that for "stop it here".
                 let me = self.h.node();
                 let committed = tokio::time::timeout(MIGRATION_TIMEOUT, async {
-                    while self.record().is_some_and(|r| r.node != Some(me) && r.migration.is_some()) {
+                    while self
+                        .record()
+                        .is_some_and(|r| r.node != Some(me) && r.migration.is_some())
+                    {
                         if self.rx.changed().await.is_err() {
                             std::future::pending::<()>().await;
                         }
@@ -175,7 +181,10 @@ impl Runner {
                 match self.current(m.id) {
                     Some(cur) if cur.step == MigrationStep::Switched => {
                         // The disks are here: the VM starts afresh here.
-                        tracing::error!(vm = self.name, "migration failed after the switch ({why}): cold start here");
+                        tracing::error!(
+                            vm = self.name,
+                            "migration failed after the switch ({why}): cold start here"
+                        );
                         self.commit(m).await;
                     }
                     Some(_) => self.abort(m, &format!("destination: {why}")).await,
@@ -193,7 +202,11 @@ impl Runner {
             ended_unix_ms: now_unix_ms(),
         };
         if let Err(e) = self.propose_vm(cmd).await {
-            tracing::error!(vm = self.name, "commit of migration {} not recorded: {e}", m.id);
+            tracing::error!(
+                vm = self.name,
+                "commit of migration {} not recorded: {e}",
+                m.id
+            );
         }
     }
 
@@ -222,7 +235,11 @@ impl Runner {
             .get("socket-address")
             .and_then(|a| a.get(0))
             .and_then(|a| a.get("port"))
-            .and_then(|p| p.as_str().map(str::to_string).or_else(|| p.as_u64().map(|n| n.to_string())))
+            .and_then(|p| {
+                p.as_str()
+                    .map(str::to_string)
+                    .or_else(|| p.as_u64().map(|n| n.to_string()))
+            })
             .ok_or_else(|| failed(format!("no listening port in {q}")))?;
         let uri = format!("tcp:{host}:{port}");
         let ready = VmCommand::MigrateReady {
@@ -256,7 +273,11 @@ impl Runner {
                     .await
                     .map_err(|e| failed(format!("continue the guest: {e}")))?;
                 self.commit(m).await;
-                tracing::info!(vm = self.name, id = m.id, "migration completed: the guest runs here");
+                tracing::info!(
+                    vm = self.name,
+                    id = m.id,
+                    "migration completed: the guest runs here"
+                );
                 return Ok(());
             }
             let retry_attach = switched && !activated;
@@ -306,13 +327,21 @@ impl Runner {
         let moves = ids.iter().map(|v| {
             let leases = leases.clone();
             let m = self.m.clone();
-            async move { leases.move_to(&m, *v, to).await.map_err(|e| format!("{v}: {e}")) }
+            async move {
+                leases
+                    .move_to(&m, *v, to)
+                    .await
+                    .map_err(|e| format!("{v}: {e}"))
+            }
         });
         let results = futures_util::future::join_all(moves).await;
         for v in ids {
             self.h.data.set_vm_handoff(*v, false);
         }
-        results.into_iter().collect::<Result<Vec<_>, _>>().map(|_| ())
+        results
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|_| ())
     }
 
     /// At `pre-switchover`: the disks go to the destination, then the record says so.
@@ -336,19 +365,27 @@ impl Runner {
         match self.disk_ids(rec).await {
             Ok(ids) => {
                 if let Err(e) = self.move_disks(&ids, me).await {
-                    tracing::warn!(vm = self.name, "moving the disks back: {e} (an expired holder is taken over at attach)");
+                    tracing::warn!(
+                        vm = self.name,
+                        "moving the disks back: {e} (an expired holder is taken over at attach)"
+                    );
                 }
             }
             Err(e) => tracing::warn!(vm = self.name, "{e}"),
         }
         if let Err(e) = self.attach_disks(rec).await {
-            tracing::error!(vm = self.name, "serving the disks again after an aborted switch: {e}");
+            tracing::error!(
+                vm = self.name,
+                "serving the disks again after an aborted switch: {e}"
+            );
         }
     }
 
     /// The guest runs again here after a migration that did not happen.
     async fn resume_here(&self) {
-        let Some(live) = self.live.as_ref() else { return };
+        let Some(live) = self.live.as_ref() else {
+            return;
+        };
         let st = live.qmp.execute("query-status", None, QMP_TIMEOUT).await;
         let running = st
             .as_ref()
@@ -384,10 +421,15 @@ impl Runner {
                 }
             }
         };
-        let Some(live) = self.live.as_mut() else { return };
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
         let setup = async {
             if m.kind == MigrationKind::Quick {
-                live.qmp.execute("stop", None, QMP_TIMEOUT).await.map_err(|e| e.to_string())?;
+                live.qmp
+                    .execute("stop", None, QMP_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             set_capabilities(&live.qmp, &["events", "pause-before-switchover"]).await?;
             live.qmp
@@ -412,7 +454,9 @@ impl Runner {
         tracing::info!(vm = self.name, id = m.id, uri, kind = ?m.kind, "migrating");
         let mut switched = false;
         loop {
-            let Some(live) = self.live.as_mut() else { return };
+            let Some(live) = self.live.as_mut() else {
+                return;
+            };
             tokio::select! {
                 ev = live.events.recv() => {
                     let Some(ev) = ev else {
@@ -503,7 +547,9 @@ impl Runner {
 
     /// The source after `completed`: QEMU's figures recorded, QEMU quit.
     async fn finish_outgoing(&mut self, m: &Migration, started: Instant) {
-        let Some(mut live) = self.live.take() else { return };
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
         let q = live
             .qmp
             .execute("query-migrate", None, QMP_TIMEOUT)

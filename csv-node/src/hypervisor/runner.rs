@@ -202,7 +202,13 @@ impl Runner {
     }
 
     /// Proposes a report; a stale one (the VM was placed again meanwhile) is dropped.
-    pub(super) async fn report(&self, incarnation: u64, state: VmState, detail: &str, guest_off: bool) {
+    pub(super) async fn report(
+        &self,
+        incarnation: u64,
+        state: VmState,
+        detail: &str,
+        guest_off: bool,
+    ) {
         let cmd = Command::Vm {
             command: VmCommand::Report {
                 name: self.name.clone(),
@@ -282,7 +288,12 @@ impl Runner {
             proc.kill();
             return Err(format!("continue the guest: {e}"));
         }
-        tracing::info!(vm = self.name, pid = proc.pid, accel = self.h.accel, "QEMU running");
+        tracing::info!(
+            vm = self.name,
+            pid = proc.pid,
+            accel = self.h.accel,
+            "QEMU running"
+        );
         Ok(Live {
             qmp,
             events,
@@ -302,7 +313,11 @@ impl Runner {
         incoming: Option<&str>,
     ) -> Result<(Process, Qmp, mpsc::Receiver<QmpEvent>), String> {
         if let Some(mut old) = qemu::adopt(&self.files).await {
-            tracing::warn!(vm = self.name, pid = old.pid, "a QEMU of this VM still runs: killing it");
+            tracing::warn!(
+                vm = self.name,
+                pid = old.pid,
+                "a QEMU of this VM still runs: killing it"
+            );
             old.kill();
             if !old.wait_end(QUIT_WAIT).await {
                 return Err(format!("an earlier QEMU (pid {}) does not end", old.pid));

@@ -167,7 +167,7 @@ impl ClusterState {
                 .vms
                 .by_name(&name)
                 .cloned()
-                .map(QueryReply::Vm)
+                .map(|v| QueryReply::Vm(Box::new(v)))
                 .ok_or_else(|| err(ErrorCode::NotFound, format!("no VM named {name:?}"))),
             Query::Paths { after, limit } => {
                 if limit > MAX_PAGE {

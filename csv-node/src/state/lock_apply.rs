@@ -98,6 +98,7 @@ impl ClusterState {
             Outcome::Expired { node, .. } => {
                 self.release_reservation(*node);
                 self.fail_remote_for(index, *node, "expired (its lease lapsed)", w);
+                self.vms_after_expiry(*node, index, w);
             }
             Outcome::Left { node, .. } => {
                 self.release_reservation(*node);

@@ -29,6 +29,7 @@ pub mod runs;
 pub mod types;
 pub mod vhds;
 mod vm_apply;
+mod vm_failover;
 mod vm_migrate;
 pub mod vms;
 

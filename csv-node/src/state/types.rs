@@ -337,7 +337,7 @@ pub enum Reply {
     /// Path commands: the node's path record after the command.
     Path(super::paths::PathRecord),
     /// VM commands: the record after the command (before it for a delete).
-    Vm(super::vms::VmRecord),
+    Vm(Box<super::vms::VmRecord>),
 }
 
 /// The encoded apply result.
@@ -474,7 +474,7 @@ pub enum QueryReply {
     Vms {
         vms: Vec<super::vms::VmRecord>,
     },
-    Vm(super::vms::VmRecord),
+    Vm(Box<super::vms::VmRecord>),
     Catalog {
         /// The volume record, if set.
         volume: Option<VolumeRecord>,

@@ -69,7 +69,7 @@ impl ClusterState {
 
     /// Where a VM goes when no node is named: its first schedulable preferred node,
     /// else the schedulable node with the fewest VMs to run (lowest id on a tie).
-    fn choose_node(&self, def: &VmDef) -> Option<NodeId> {
+    pub(super) fn choose_node(&self, def: &VmDef) -> Option<NodeId> {
         if let Some(n) = def.preferred.iter().find(|n| self.schedulable(**n)) {
             return Some(*n);
         }
@@ -147,7 +147,7 @@ impl ClusterState {
                 self.require_init()?;
                 if let Some(old) = self.vms.by_name(&def.name) {
                     if old.def == def {
-                        return Ok(Reply::Vm(old.clone()));
+                        return Ok(Reply::Vm(Box::new(old.clone())));
                     }
                     return Err(err(
                         ErrorCode::AlreadyExists,
@@ -174,7 +174,7 @@ impl ClusterState {
                     last_migration: None,
                 };
                 self.vms.put(rec.clone(), w);
-                Ok(Reply::Vm(rec))
+                Ok(Reply::Vm(Box::new(rec)))
             }
             VmCommand::Delete { name } => {
                 let rec = self.vm_named(&name)?;
@@ -185,17 +185,16 @@ impl ClusterState {
                     ));
                 }
                 self.vms.remove(rec.id, w);
-                Ok(Reply::Vm(rec))
+                Ok(Reply::Vm(Box::new(rec)))
             }
             VmCommand::Start { name, node } => {
                 let mut rec = self.vm_named(&name)?;
                 if rec.want == Want::Running && rec.migration.is_some() {
                     return match node {
-                        Some(n) if rec.node != Some(n) => Err(err(
-                            ErrorCode::Busy,
-                            format!("VM {name:?} is migrating"),
-                        )),
-                        _ => Ok(Reply::Vm(rec)),
+                        Some(n) if rec.node != Some(n) => {
+                            Err(err(ErrorCode::Busy, format!("VM {name:?} is migrating")))
+                        }
+                        _ => Ok(Reply::Vm(Box::new(rec))),
                     };
                 }
                 if rec.want == Want::Running {
@@ -207,7 +206,7 @@ impl ClusterState {
                                 rec.node.map_or("no node".into(), |n| n.to_string())
                             ),
                         )),
-                        _ => Ok(Reply::Vm(rec)),
+                        _ => Ok(Reply::Vm(Box::new(rec))),
                     };
                 }
                 if rec.state.has_process() {
@@ -240,7 +239,7 @@ impl ClusterState {
                 rec.state = VmState::Starting;
                 rec.detail.clear();
                 self.vms.put(rec.clone(), w);
-                Ok(Reply::Vm(rec))
+                Ok(Reply::Vm(Box::new(rec)))
             }
             VmCommand::Stop { name, kill } => {
                 let mut rec = self.vm_named(&name)?;
@@ -248,7 +247,10 @@ impl ClusterState {
                     if m.step == MigrationStep::Switched {
                         return Err(err(
                             ErrorCode::Busy,
-                            format!("VM {name:?} is switching to {}: stop it once it runs there", m.dst),
+                            format!(
+                                "VM {name:?} is switching to {}: stop it once it runs there",
+                                m.dst
+                            ),
                         ));
                     }
                     // A stop ends a migration that has not switched yet.
@@ -256,12 +258,12 @@ impl ClusterState {
                     rec.migration = None;
                 }
                 if rec.want == Want::Stopped && (rec.kill || !kill) {
-                    return Ok(Reply::Vm(rec));
+                    return Ok(Reply::Vm(Box::new(rec)));
                 }
                 rec.want = Want::Stopped;
                 rec.kill = kill;
                 self.vms.put(rec.clone(), w);
-                Ok(Reply::Vm(rec))
+                Ok(Reply::Vm(Box::new(rec)))
             }
             VmCommand::Report {
                 name,
@@ -298,7 +300,7 @@ impl ClusterState {
                 rec.detail = cut(detail);
                 rec.since_unix_ms = since_unix_ms;
                 self.vms.put(rec.clone(), w);
-                Ok(Reply::Vm(rec))
+                Ok(Reply::Vm(Box::new(rec)))
             }
             other => self.apply_migration(index, other, w),
         }

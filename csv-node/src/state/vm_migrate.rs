@@ -59,7 +59,10 @@ impl ClusterState {
             if n != expected {
                 return Err(err(
                     ErrorCode::Fenced,
-                    format!("{n} is not the {} of migration {id}", if dst_side { "destination" } else { "source" }),
+                    format!(
+                        "{n} is not the {} of migration {id}",
+                        if dst_side { "destination" } else { "source" }
+                    ),
                 ));
             }
         }
@@ -73,158 +76,173 @@ impl ClusterState {
         w: &mut dyn KvWrite,
     ) -> ApplyResult {
         self.require_init()?;
-        let rec = match c {
-            VmCommand::Migrate {
-                name,
-                to,
-                kind,
-                started_unix_ms,
-            } => {
-                let mut rec = self
-                    .vms
-                    .by_name(&name)
-                    .cloned()
-                    .ok_or_else(|| err(ErrorCode::NotFound, format!("no VM named {name:?}")))?;
-                let Some(src) = rec.node.filter(|_| rec.want == Want::Running) else {
-                    return Err(err(ErrorCode::InvalidState, format!("VM {name:?} is not running")));
-                };
-                if let Some(m) = &rec.migration {
-                    return Err(err(
-                        ErrorCode::Busy,
-                        format!("VM {name:?} is migrating to {} already", m.dst),
-                    ));
-                }
-                if !matches!(rec.state, VmState::Running | VmState::Paused) {
-                    return Err(err(
-                        ErrorCode::InvalidState,
-                        format!("VM {name:?} is {}, not running", rec.state.name()),
-                    ));
-                }
-                if src == to {
-                    return Err(err(ErrorCode::InvalidArgument, format!("VM {name:?} runs on {to}")));
-                }
-                if !self.schedulable(to) {
-                    return Err(err(
-                        ErrorCode::Unavailable,
-                        format!("{to} cannot take VMs (not active, not live, or its path is paused)"),
-                    ));
-                }
-                rec.migration = Some(Migration {
-                    id: index,
-                    src,
-                    dst: to,
+        let rec =
+            match c {
+                VmCommand::Migrate {
+                    name,
+                    to,
                     kind,
-                    step: MigrationStep::Prepared,
-                    dst_uri: String::new(),
                     started_unix_ms,
-                    handoff_us: 0,
-                });
-                rec
-            }
-            VmCommand::MigrateReady { name, id, node, uri } => {
-                let (mut rec, mut m) =
-                    self.migration_at(&name, id, MigrationStep::Prepared, Some(node), true)?;
-                if uri.is_empty() || uri.len() > super::MAX_ADDRESS_BYTES + 8 {
-                    return Err(err(ErrorCode::InvalidArgument, "a migration URI of 1 to 263 bytes"));
-                }
-                m.dst_uri = uri;
-                rec.migration = Some(m);
-                rec
-            }
-            VmCommand::MigrateSwitched {
-                name,
-                id,
-                node,
-                handoff_us,
-            } => {
-                let (mut rec, mut m) =
-                    self.migration_at(&name, id, MigrationStep::Prepared, Some(node), false)?;
-                for d in &rec.def.disks {
-                    let vhd = self.vhds.by_name(d).map(|v| v.id);
-                    let writer = vhd.and_then(|v| self.locks.valid_writer(v)).map(|w| w.0);
-                    if writer != Some(m.dst) {
+                } => {
+                    let mut rec =
+                        self.vms.by_name(&name).cloned().ok_or_else(|| {
+                            err(ErrorCode::NotFound, format!("no VM named {name:?}"))
+                        })?;
+                    let Some(src) = rec.node.filter(|_| rec.want == Want::Running) else {
                         return Err(err(
                             ErrorCode::InvalidState,
-                            format!("disk {d:?} is not written by {} yet", m.dst),
+                            format!("VM {name:?} is not running"),
+                        ));
+                    };
+                    if let Some(m) = &rec.migration {
+                        return Err(err(
+                            ErrorCode::Busy,
+                            format!("VM {name:?} is migrating to {} already", m.dst),
                         ));
                     }
+                    if !matches!(rec.state, VmState::Running | VmState::Paused) {
+                        return Err(err(
+                            ErrorCode::InvalidState,
+                            format!("VM {name:?} is {}, not running", rec.state.name()),
+                        ));
+                    }
+                    if src == to {
+                        return Err(err(
+                            ErrorCode::InvalidArgument,
+                            format!("VM {name:?} runs on {to}"),
+                        ));
+                    }
+                    if !self.schedulable(to) {
+                        return Err(err(
+                            ErrorCode::Unavailable,
+                            format!(
+                                "{to} cannot take VMs (not active, not live, or its path is paused)"
+                            ),
+                        ));
+                    }
+                    rec.migration = Some(Migration {
+                        id: index,
+                        src,
+                        dst: to,
+                        kind,
+                        step: MigrationStep::Prepared,
+                        dst_uri: String::new(),
+                        started_unix_ms,
+                        handoff_us: 0,
+                    });
+                    rec
                 }
-                m.step = MigrationStep::Switched;
-                m.handoff_us = handoff_us;
-                rec.migration = Some(m);
-                rec
-            }
-            VmCommand::MigrateCommit {
-                name,
-                id,
-                node,
-                ended_unix_ms,
-            } => {
-                let (mut rec, m) =
-                    self.migration_at(&name, id, MigrationStep::Switched, Some(node), true)?;
-                let mut result = ended(&m, "completed", ended_unix_ms);
-                if let Some(old) = rec.last_migration.as_ref().filter(|r| r.id == id) {
-                    result.downtime_ms = old.downtime_ms;
-                    result.total_ms = old.total_ms;
-                    result.handoff_us = old.handoff_us.max(result.handoff_us);
+                VmCommand::MigrateReady {
+                    name,
+                    id,
+                    node,
+                    uri,
+                } => {
+                    let (mut rec, mut m) =
+                        self.migration_at(&name, id, MigrationStep::Prepared, Some(node), true)?;
+                    if uri.is_empty() || uri.len() > super::MAX_ADDRESS_BYTES + 8 {
+                        return Err(err(
+                            ErrorCode::InvalidArgument,
+                            "a migration URI of 1 to 263 bytes",
+                        ));
+                    }
+                    m.dst_uri = uri;
+                    rec.migration = Some(m);
+                    rec
                 }
-                rec.node = Some(m.dst);
-                rec.incarnation += 1;
-                rec.state = VmState::Running;
-                rec.detail.clear();
-                rec.since_unix_ms = ended_unix_ms;
-                rec.migration = None;
-                rec.last_migration = Some(result);
-                rec
-            }
-            VmCommand::MigrateAbort {
-                name,
-                id,
-                reason,
-                ended_unix_ms,
-            } => {
-                let (mut rec, m) =
-                    self.migration_at(&name, id, MigrationStep::Prepared, None, false)?;
-                let mut why = format!("aborted: {reason}");
-                why.truncate(MAX_DETAIL_BYTES.min(why.len()));
-                while !why.is_char_boundary(why.len()) {
-                    why.pop();
+                VmCommand::MigrateSwitched {
+                    name,
+                    id,
+                    node,
+                    handoff_us,
+                } => {
+                    let (mut rec, mut m) =
+                        self.migration_at(&name, id, MigrationStep::Prepared, Some(node), false)?;
+                    for d in &rec.def.disks {
+                        let vhd = self.vhds.by_name(d).map(|v| v.id);
+                        let writer = vhd.and_then(|v| self.locks.valid_writer(v)).map(|w| w.0);
+                        if writer != Some(m.dst) {
+                            return Err(err(
+                                ErrorCode::InvalidState,
+                                format!("disk {d:?} is not written by {} yet", m.dst),
+                            ));
+                        }
+                    }
+                    m.step = MigrationStep::Switched;
+                    m.handoff_us = handoff_us;
+                    rec.migration = Some(m);
+                    rec
                 }
-                rec.last_migration = Some(ended(&m, &why, ended_unix_ms));
-                rec.migration = None;
-                rec
-            }
-            VmCommand::MigrateStats {
-                name,
-                id,
-                downtime_ms,
-                total_ms,
-                handoff_us,
-            } => {
-                let mut rec = self
-                    .vms
-                    .by_name(&name)
-                    .cloned()
-                    .ok_or_else(|| err(ErrorCode::NotFound, format!("no VM named {name:?}")))?;
-                if let Some(r) = rec.last_migration.as_mut().filter(|r| r.id == id) {
-                    r.downtime_ms = downtime_ms;
-                    r.total_ms = total_ms;
-                    r.handoff_us = handoff_us;
-                } else if let Some(m) = rec.migration.as_ref().filter(|m| m.id == id) {
-                    // Ahead of the commit: kept in a result the commit completes.
-                    let mut r = ended(m, "under way", 0);
-                    r.downtime_ms = downtime_ms;
-                    r.total_ms = total_ms;
-                    r.handoff_us = handoff_us;
-                    rec.last_migration = Some(r);
-                } else {
-                    return Err(stale(&name, id));
+                VmCommand::MigrateCommit {
+                    name,
+                    id,
+                    node,
+                    ended_unix_ms,
+                } => {
+                    let (mut rec, m) =
+                        self.migration_at(&name, id, MigrationStep::Switched, Some(node), true)?;
+                    let mut result = ended(&m, "completed", ended_unix_ms);
+                    if let Some(old) = rec.last_migration.as_ref().filter(|r| r.id == id) {
+                        result.downtime_ms = old.downtime_ms;
+                        result.total_ms = old.total_ms;
+                        result.handoff_us = old.handoff_us.max(result.handoff_us);
+                    }
+                    rec.node = Some(m.dst);
+                    rec.incarnation += 1;
+                    rec.state = VmState::Running;
+                    rec.detail.clear();
+                    rec.since_unix_ms = ended_unix_ms;
+                    rec.migration = None;
+                    rec.last_migration = Some(result);
+                    rec
                 }
-                rec
-            }
-            _ => return Err(err(ErrorCode::Internal, "not a migration command")),
-        };
+                VmCommand::MigrateAbort {
+                    name,
+                    id,
+                    reason,
+                    ended_unix_ms,
+                } => {
+                    let (mut rec, m) =
+                        self.migration_at(&name, id, MigrationStep::Prepared, None, false)?;
+                    let mut why = format!("aborted: {reason}");
+                    why.truncate(MAX_DETAIL_BYTES.min(why.len()));
+                    while !why.is_char_boundary(why.len()) {
+                        why.pop();
+                    }
+                    rec.last_migration = Some(ended(&m, &why, ended_unix_ms));
+                    rec.migration = None;
+                    rec
+                }
+                VmCommand::MigrateStats {
+                    name,
+                    id,
+                    downtime_ms,
+                    total_ms,
+                    handoff_us,
+                } => {
+                    let mut rec =
+                        self.vms.by_name(&name).cloned().ok_or_else(|| {
+                            err(ErrorCode::NotFound, format!("no VM named {name:?}"))
+                        })?;
+                    if let Some(r) = rec.last_migration.as_mut().filter(|r| r.id == id) {
+                        r.downtime_ms = downtime_ms;
+                        r.total_ms = total_ms;
+                        r.handoff_us = handoff_us;
+                    } else if let Some(m) = rec.migration.as_ref().filter(|m| m.id == id) {
+                        // Ahead of the commit: kept in a result the commit completes.
+                        let mut r = ended(m, "under way", 0);
+                        r.downtime_ms = downtime_ms;
+                        r.total_ms = total_ms;
+                        r.handoff_us = handoff_us;
+                        rec.last_migration = Some(r);
+                    } else {
+                        return Err(stale(&name, id));
+                    }
+                    rec
+                }
+                _ => return Err(err(ErrorCode::Internal, "not a migration command")),
+            };
         self.vms.put(rec.clone(), w);
-        Ok(Reply::Vm(rec))
+        Ok(Reply::Vm(Box::new(rec)))
     }
 }

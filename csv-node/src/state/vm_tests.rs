@@ -343,3 +343,204 @@ fn vm_queries_encode_through_the_state_machine() {
     let e = decode_result::<QueryReply>(&s.query(&serde_json::to_vec(&none).expect("query")));
     assert_eq!(e.expect_err("missing").code(), ErrorCode::NotFound);
 }
+
+fn two_live_nodes() -> (super::ClusterState, super::test_kv::MemKv) {
+    let (mut s, mut kv) = setup();
+    let add = Command::AddNode {
+        node: NodeId(2),
+        address: "127.0.0.1:2".into(),
+        role: NodeRole::Voter,
+    };
+    run(&mut s, &mut kv, 3, &add).expect("add");
+    let role = Command::SetNodeRole {
+        node: NodeId(2),
+        role: NodeRole::Voter,
+    };
+    run(&mut s, &mut kv, 4, &role).expect("role");
+    for n in [1, 2] {
+        let register = Command::Lock {
+            command: LockCommand::Register { node: NodeId(n) },
+        };
+        run(&mut s, &mut kv, 5, &register).expect("register");
+    }
+    (s, kv)
+}
+
+#[test]
+fn an_expired_nodes_vms_restart_elsewhere_by_priority() {
+    let (mut s, mut kv) = two_live_nodes();
+    let mut low = def("low", &[]);
+    low.priority = 0;
+    run(&mut s, &mut kv, 6, &vm(VmCommand::Create { def: low })).expect("low");
+    run(
+        &mut s,
+        &mut kv,
+        7,
+        &vm(VmCommand::Create {
+            def: def("high", &[]),
+        }),
+    )
+    .expect("high");
+    for name in ["low", "high"] {
+        let start = vm(VmCommand::Start {
+            name: name.into(),
+            node: Some(NodeId(2)),
+        });
+        run(&mut s, &mut kv, 8, &start).expect("start");
+    }
+    let expire = Command::Lock {
+        command: LockCommand::ExpireNode {
+            node: NodeId(2),
+            epoch: csv_api::Epoch(1),
+            renewals: 0,
+        },
+    };
+    run(&mut s, &mut kv, 9, &expire).expect("expire");
+    let high = s.vms().by_name("high").expect("high").clone();
+    assert_eq!(
+        (high.node, high.incarnation, high.state),
+        (Some(NodeId(1)), 2, VmState::Starting)
+    );
+    assert!(high.detail.contains("restarted"), "{}", high.detail);
+    let low = s.vms().by_name("low").expect("low").clone();
+    assert_eq!((low.node, low.state), (Some(NodeId(2)), VmState::Failed));
+    // The failed node's late report of the old run is stale.
+    assert_eq!(
+        code(run(
+            &mut s,
+            &mut kv,
+            10,
+            &report("high", 2, 1, VmState::Running, false)
+        )),
+        Some(ErrorCode::Fenced)
+    );
+}
+
+#[test]
+fn a_migration_is_recorded_switched_only_when_the_destination_writes_every_disk() {
+    let (mut s, mut kv) = two_live_nodes();
+    run(&mut s, &mut kv, 6, &vhd("d")).expect("vhd");
+    run(
+        &mut s,
+        &mut kv,
+        7,
+        &vm(VmCommand::Create {
+            def: def("m", &["d"]),
+        }),
+    )
+    .expect("create");
+    let start = vm(VmCommand::Start {
+        name: "m".into(),
+        node: Some(NodeId(1)),
+    });
+    run(&mut s, &mut kv, 8, &start).expect("start");
+    let migrate = vm(VmCommand::Migrate {
+        name: "m".into(),
+        to: NodeId(2),
+        kind: MigrationKind::Live,
+        started_unix_ms: 1,
+    });
+    // Not running yet (no report): refused.
+    assert_eq!(
+        code(run(&mut s, &mut kv, 9, &migrate)),
+        Some(ErrorCode::InvalidState)
+    );
+    run(
+        &mut s,
+        &mut kv,
+        9,
+        &report("m", 1, 1, VmState::Running, false),
+    )
+    .expect("running");
+    run(&mut s, &mut kv, 10, &migrate).expect("migrate");
+    let id = 10;
+    let ready = vm(VmCommand::MigrateReady {
+        name: "m".into(),
+        id,
+        node: NodeId(1),
+        uri: "tcp:x:1".into(),
+    });
+    assert_eq!(
+        code(run(&mut s, &mut kv, 11, &ready)),
+        Some(ErrorCode::Fenced),
+        "not the destination"
+    );
+    let ready = vm(VmCommand::MigrateReady {
+        name: "m".into(),
+        id,
+        node: NodeId(2),
+        uri: "tcp:x:1".into(),
+    });
+    run(&mut s, &mut kv, 11, &ready).expect("ready");
+    let switched = vm(VmCommand::MigrateSwitched {
+        name: "m".into(),
+        id,
+        node: NodeId(1),
+        handoff_us: 5,
+    });
+    // Node 1 still writes the disk (nobody does, here): the switch is refused.
+    assert_eq!(
+        code(run(&mut s, &mut kv, 12, &switched)),
+        Some(ErrorCode::InvalidState)
+    );
+    let disk = s.vhds.by_name("d").expect("d").id;
+    let acquire = Command::Lock {
+        command: LockCommand::Acquire {
+            vhd: disk,
+            node: NodeId(2),
+            epoch: csv_api::Epoch(1),
+            mode: lock_manager::Mode::Write,
+        },
+    };
+    run(&mut s, &mut kv, 12, &acquire).expect("node 2 writes d");
+    run(&mut s, &mut kv, 13, &switched).expect("switched");
+    // After the switch there is no abort, and a stop must wait.
+    let abort = vm(VmCommand::MigrateAbort {
+        name: "m".into(),
+        id,
+        reason: "x".into(),
+        ended_unix_ms: 2,
+    });
+    assert_eq!(
+        code(run(&mut s, &mut kv, 14, &abort)),
+        Some(ErrorCode::Fenced)
+    );
+    let stop = vm(VmCommand::Stop {
+        name: "m".into(),
+        kill: false,
+    });
+    assert_eq!(code(run(&mut s, &mut kv, 14, &stop)), Some(ErrorCode::Busy));
+    let commit = vm(VmCommand::MigrateCommit {
+        name: "m".into(),
+        id,
+        node: NodeId(2),
+        ended_unix_ms: 3,
+    });
+    run(&mut s, &mut kv, 14, &commit).expect("commit");
+    let r = s.vms().by_name("m").expect("m").clone();
+    assert_eq!(
+        (r.node, r.incarnation, r.migration.is_none()),
+        (Some(NodeId(2)), 2, true)
+    );
+    let last = r.last_migration.expect("result");
+    assert_eq!((last.outcome.as_str(), last.handoff_us), ("completed", 5));
+    let stats = vm(VmCommand::MigrateStats {
+        name: "m".into(),
+        id,
+        downtime_ms: 40,
+        total_ms: 400,
+        handoff_us: 7,
+    });
+    run(&mut s, &mut kv, 15, &stats).expect("stats");
+    let last = s
+        .vms()
+        .by_name("m")
+        .expect("m")
+        .last_migration
+        .clone()
+        .expect("r");
+    assert_eq!(
+        (last.downtime_ms, last.total_ms, last.handoff_us),
+        (40, 400, 7)
+    );
+}

@@ -1,0 +1,299 @@
+//! The hypervisor backend end to end (issue 14): a real Linux guest (scripts/guest-image,
+//! TCG) defined as a cluster VM whose disk is a VHD on the shared volume. It writes,
+//! flushes and verifies a round-stamped pattern once a second for its whole life, and
+//! keeps doing so across: a kill -9 of its node's agent (QEMU runs on and is adopted by
+//! the restarted agent), five live migrations back and forth and a quick one (the disk's
+//! owner follows the VM each time), a stop and start, and the death of its node (the VM
+//! restarts elsewhere and finds its last flushed round on the disk).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use csv_tests::volume::{VolumeCluster, need, volume_cluster_with};
+use serde_json::Value;
+
+const GIB: u64 = 1 << 30;
+const CONFIG: &str = "[volume]\nlun = \"{lun}\"\n\n[hypervisor]\naccel = \"tcg\"\nstop_timeout = \"3s\"\nreconnect_delay = \"10s\"\nresume_interval = \"500ms\"\n";
+
+/// Kills every QEMU whose command line names the fixture's directory (they run in their
+/// own process groups: killing the nodes leaves them).
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in qemus_under(&self.0) {
+            let _ = csv_tests::send_signal(pid, "KILL");
+        }
+    }
+}
+
+fn qemus_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn vm_dir(vc: &VolumeCluster, node: u64) -> PathBuf {
+    vc.c.nodes[&node].data_dir().join("vms/g1")
+}
+
+fn console(vc: &VolumeCluster, node: u64) -> String {
+    std::fs::read_to_string(vm_dir(vc, node).join("console.log")).unwrap_or_default()
+}
+
+/// Forgets what earlier runs printed on `node` (no QEMU of the VM runs there now).
+fn clear_console(vc: &VolumeCluster, node: u64) {
+    let _ = std::fs::write(vm_dir(vc, node).join("console.log"), "");
+}
+
+/// The last round the guest verified in `text`; panics on a failed round.
+fn last_round(text: &str) -> u64 {
+    assert!(!text.contains("FAIL"), "the guest saw bad data:\n{text}");
+    text.lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("guest: round "))
+        .filter_map(|r| r.strip_suffix(" OK"))
+        .find_map(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn show(vc: &VolumeCluster, via: u64) -> Value {
+    let out = vc.ok(via, &["vm", "show", "g1", "--json"]);
+    serde_json::from_str(&out).expect("vm show --json")
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the guest on `node` verified a round after `after`.
+fn wait_round(vc: &VolumeCluster, node: u64, after: u64) -> u64 {
+    let mut r = 0;
+    wait_for(
+        &format!("a round after {after} on node {node}"),
+        Duration::from_secs(120),
+        || {
+            r = last_round(&console(vc, node));
+            r > after
+        },
+    );
+    r
+}
+
+fn qemu_pid(vc: &VolumeCluster, node: u64) -> u32 {
+    std::fs::read_to_string(vm_dir(vc, node).join("qemu.pid"))
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z'))
+    })
+}
+
+/// The VM runs on `node`, and the node writes its disk.
+fn assert_placed(vc: &VolumeCluster, node: u64) {
+    let v = show(vc, 1);
+    assert_eq!(v["node"], node, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    let owner = &v["owners"][0];
+    assert_eq!(
+        (owner["owner"].as_u64(), owner["owner_valid"].as_bool()),
+        (Some(node), Some(true)),
+        "{v}"
+    );
+    let o: Value =
+        serde_json::from_str(&vc.ok(1, &["owner", "show", "d1", "--json"])).expect("json");
+    assert_eq!(o["owner"], node, "{o}");
+}
+
+#[test]
+fn heavy_a_guest_keeps_verifying_its_disk_across_agent_kills_migrations_and_node_death() {
+    need("qemu-system-x86_64", "qemu-system-x86");
+    need("busybox", "busybox-static");
+    need("cpio", "cpio");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guest = root.join("target/guest");
+    let st = Command::new(root.join("scripts/guest-image"))
+        .arg(&guest)
+        .status()
+        .expect("run scripts/guest-image");
+    assert!(st.success(), "scripts/guest-image failed");
+
+    let mut vc = volume_cluster_with(3, 2 * GIB, CONFIG);
+    let _reaper = Reaper(vc.c.dir().to_path_buf());
+    vc.ok(1, &["vhd", "create", "d1", "--size", "64M"]);
+    let kernel = guest.join("vmlinuz").display().to_string();
+    let initrd = guest.join("initrd.img").display().to_string();
+    vc.ok(
+        1,
+        &[
+            "vm",
+            "create",
+            "g1",
+            "--memory",
+            "256M",
+            "--disk",
+            "d1",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--append",
+            "console=ttyS0 panic=-1 quiet csv_rounds=0",
+            "--no-nic",
+        ],
+    );
+    // A disk is one VM's: another VM cannot name it, and it cannot be deleted.
+    vc.refused(1, &["vm", "create", "g2", "--disk", "d1"]);
+    vc.refused(1, &["vhd", "delete", "d1"]);
+
+    vc.ok(1, &["vm", "start", "g1", "--node", "2", "--timeout", "60"]);
+    let mut round = wait_round(&vc, 2, 1);
+    assert_placed(&vc, 2);
+    let listed = vc.ok(3, &["vm", "list"]);
+    assert!(
+        listed.contains("g1") && listed.contains("running"),
+        "{listed}"
+    );
+
+    // kill -9 of the agent: QEMU runs on, the restarted agent adopts it.
+    let pid = qemu_pid(&vc, 2);
+    vc.c.kill(2);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(alive(pid), "QEMU died with its agent");
+    vc.c.start(2);
+    round = wait_round(&vc, 2, round);
+    assert_eq!(
+        qemu_pid(&vc, 2),
+        pid,
+        "the restarted agent started another QEMU"
+    );
+    assert_eq!(qemus_under(vc.c.dir()).len(), 1, "two QEMUs of one VM");
+    assert_placed(&vc, 2);
+
+    // Five live migrations back and forth, then a quick one.
+    let mut on = 2;
+    let mut handoffs = Vec::new();
+    for i in 0..6 {
+        let to = if on == 2 { 3 } else { 2 };
+        let mut args = vec!["vm", "migrate", "g1", "--to"];
+        let to_s = to.to_string();
+        args.push(&to_s);
+        args.push("--json");
+        if i == 5 {
+            args.push("--quick");
+        }
+        let r: Value = serde_json::from_str(&vc.ok(1, &args)).expect("migrate --json");
+        assert_eq!(r["outcome"], "completed", "{r}");
+        handoffs.push(r["handoff_us"].as_u64().unwrap_or(0));
+        assert!(r["downtime_ms"].as_u64().is_some(), "{r}");
+        on = to;
+        round = wait_round(&vc, on, round);
+        assert_placed(&vc, on);
+        assert_eq!(
+            qemus_under(vc.c.dir()).len(),
+            1,
+            "two QEMUs after migration {i}"
+        );
+    }
+    eprintln!("disk hand-offs inside the switch-over pause (µs): {handoffs:?}");
+
+    // Stop and start again on the node it is on.
+    vc.ok(1, &["vm", "stop", "g1"]);
+    assert_eq!(show(&vc, 1)["state"], "stopped");
+    assert!(
+        qemus_under(vc.c.dir()).is_empty(),
+        "QEMU left after the stop"
+    );
+    let o: Value =
+        serde_json::from_str(&vc.ok(1, &["owner", "show", "d1", "--json"])).expect("json");
+    assert!(
+        o["owner"].is_null(),
+        "the disk is still held after the stop: {o}"
+    );
+    let onto = on.to_string();
+    clear_console(&vc, on);
+    vc.ok(1, &["vm", "start", "g1", "--node", &onto]);
+    round = wait_round(&vc, on, 1);
+
+    // The node dies (agent and QEMU): the VM restarts elsewhere after its lease and
+    // finds its last flushed round on the disk.
+    let dead = on;
+    let pid = qemu_pid(&vc, dead);
+    vc.c.kill(dead);
+    let _ = csv_tests::send_signal(pid, "KILL");
+    let before = last_round(&console(&vc, dead));
+    let survivor = if dead == 2 { 3 } else { 2 };
+    for n in [1, survivor] {
+        clear_console(&vc, n);
+    }
+    let t0 = Instant::now();
+    let mut placed = 0;
+    wait_for(
+        "the VM restarted on another node",
+        Duration::from_secs(90),
+        || {
+            let v: Value = serde_json::from_str(&vc.ok(survivor, &["vm", "show", "g1", "--json"]))
+                .expect("json");
+            placed = v["node"].as_u64().unwrap_or(0);
+            placed != dead && v["state"] == "running"
+        },
+    );
+    let restarted = t0.elapsed();
+    wait_for(
+        "the restarted guest reads its disk",
+        Duration::from_secs(60),
+        || console(&vc, placed).contains("guest: found"),
+    );
+    let text = console(&vc, placed);
+    let found = text
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("guest: found round"))
+        .find_map(|n| {
+            n.trim()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    assert!(
+        found >= before.max(round) && found <= before + 1,
+        "the restarted guest found round {found}; the last verified round was {before}\n{text}"
+    );
+    eprintln!(
+        "restarted on node {placed} {restarted:?} after node {dead} died; found round {found}"
+    );
+    wait_round(&vc, placed, 1);
+    vc.c.start(dead);
+    // The old node's agent, back, runs nothing of it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(qemus_under(vc.c.dir()).len(), 1);
+
+    vc.ok(1, &["vm", "kill", "g1"]);
+    assert!(qemus_under(vc.c.dir()).is_empty());
+    vc.ok(1, &["vm", "delete", "g1"]);
+    vc.ok(1, &["vhd", "delete", "d1"]);
+}
