@@ -9,6 +9,7 @@
 mod attachment;
 mod client;
 mod cluster;
+mod drain;
 mod fence;
 mod image;
 mod node;

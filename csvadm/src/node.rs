@@ -1,14 +1,16 @@
-//! `csvadm node ...`: add, promote and remove nodes, and node liveness, through the
+//! `csvadm node ...`: add, promote and remove nodes, node liveness, and maintenance
+//! (`drain`, `resume`: `drain.rs`), through the
 //! addressed node's daemon (exit codes in `client.rs`).
 
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use csv_api::admin::{LivenessInfo, Membership};
 use serde::Serialize;
 
-use crate::client::{Failure, connect};
+use crate::client::{EXIT_REFUSED, Failure, connect};
 use crate::fence::FenceView;
 use crate::output::{Output, print};
 
@@ -47,6 +49,23 @@ enum NodeCommand {
     /// Liveness of every node (renewal ages when asked on the coordinator) and the
     /// addressed node's local fence.
     Liveness,
+    /// Maintenance: mark a node unschedulable, move its VMs away (live, quick when
+    /// live fails) and the coordinator role too; it stays drained until `resume`.
+    Drain {
+        /// Node id.
+        id: u64,
+        /// VMs migrated at once.
+        #[arg(long, default_value_t = 2)]
+        parallel: usize,
+        /// Give up after this many seconds (the node stays drained).
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+    },
+    /// End maintenance: the node takes VMs again.
+    Resume {
+        /// Node id.
+        id: u64,
+    },
 }
 
 /// Runs `csvadm node ...`; `json` is the top-level `--json`.
@@ -63,6 +82,25 @@ pub fn run(socket: &Path, args: NodeArgs, json: bool) -> Result<(), Failure> {
         NodeCommand::Remove { id } => c.node_remove(id)?,
         NodeCommand::Liveness => {
             print(&LivenessView::from(&c.node_liveness()?), out)?;
+            return Ok(());
+        }
+        NodeCommand::Drain {
+            id,
+            parallel,
+            timeout,
+        } => {
+            let v = crate::drain::drain(&mut c, id, parallel, Duration::from_secs(timeout))?;
+            print(&v, out)?;
+            if !v.left.is_empty() {
+                return Err(Failure {
+                    code: EXIT_REFUSED,
+                    message: format!("{} VM(s) left on node {id}", v.left.len()),
+                });
+            }
+            return Ok(());
+        }
+        NodeCommand::Resume { id } => {
+            print(&crate::drain::resume(&mut c, id)?, out)?;
             return Ok(());
         }
     };

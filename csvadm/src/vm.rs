@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use csv_api::admin::vm::{
-    VmAnswer, VmDefinition, VmInfo, VmMigrate, VmName, VmOp, VmStart, VmStop,
+    VmAnswer, VmDefinition, VmDiskChange, VmInfo, VmMigrate, VmName, VmOp, VmStart, VmStop,
 };
 use csv_api::admin::{Client, Empty};
 use serde::Serialize;
@@ -89,11 +89,37 @@ enum VmCommand {
     /// while its state moves). Prints the downtime and the total time.
     Migrate {
         name: String,
-        /// The destination node.
+        /// The destination node (default: a preferred or the least loaded other node).
         #[arg(long, value_name = "NODE")]
-        to: u64,
+        to: Option<u64>,
         #[arg(long)]
         quick: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Add a disk to a VM or remove one; plugged in or out while it runs (the guest
+    /// must release a removed disk).
+    Disk {
+        #[command(subcommand)]
+        command: DiskCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DiskCommand {
+    /// Add a VHD of the volume as the VM's next disk.
+    Add {
+        /// The VM.
+        name: String,
+        /// The VHD.
+        vhd: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Remove a disk (the VHD stays on the volume).
+    Remove {
+        name: String,
+        vhd: String,
         #[command(flatten)]
         wait: Wait,
     },
@@ -141,15 +167,15 @@ pub fn run(socket: &Path, args: VmArgs, json: bool) -> Result<(), Failure> {
             priority,
         }))?,
         VmCommand::List => {
-            let vms = match c.vm(VmOp::List(Empty {}))? {
-                VmAnswer::List(l) => l.vms,
+            let (vms, drained) = match c.vm(VmOp::List(Empty {}))? {
+                VmAnswer::List(l) => (l.vms, l.drained),
                 other => {
                     return Err(Failure::local(format!("unexpected answer: {other:?}")));
                 }
             };
             let now = now_ms();
             let vms = vms.iter().map(|v| VmView::of(v, now)).collect();
-            print(&VmListView { vms }, out)?;
+            print(&VmListView { vms, drained }, out)?;
             return Ok(());
         }
         VmCommand::Show { name } => c.vm_info(VmOp::Show(name_of(&name)))?,
@@ -183,7 +209,7 @@ pub fn run(socket: &Path, args: VmArgs, json: bool) -> Result<(), Failure> {
         } => {
             let v = c.vm_info(VmOp::Migrate(VmMigrate {
                 name: name.clone(),
-                to,
+                to: to.unwrap_or(0),
                 quick,
             }))?;
             if wait.no_wait {
@@ -200,9 +226,81 @@ pub fn run(socket: &Path, args: VmArgs, json: bool) -> Result<(), Failure> {
                 };
             }
         }
+        VmCommand::Disk { command } => {
+            let (add, name, vhd, wait) = match command {
+                DiskCommand::Add { name, vhd, wait } => (true, name, vhd, wait),
+                DiskCommand::Remove { name, vhd, wait } => (false, name, vhd, wait),
+            };
+            let change = VmDiskChange {
+                name: name.clone(),
+                disk: vhd.clone(),
+            };
+            let v = c.vm_info(if add {
+                VmOp::DiskAdd(change)
+            } else {
+                VmOp::DiskRemove(change)
+            })?;
+            disk_changed(&mut c, &name, &vhd, add, v, &wait)?
+        }
     };
     print(&VmView::of(&v, now_ms()), out)?;
     Ok(())
+}
+
+/// Waits (unless told not to, or the VM does not run) until the VM's node plugged the
+/// disk in or out: the disk's owner is that node (added) or not (removed), or the
+/// node's report names the disk.
+fn disk_changed(
+    c: &mut Client,
+    name: &str,
+    vhd: &str,
+    add: bool,
+    mut v: VmInfo,
+    wait: &Wait,
+) -> Result<VmInfo, Failure> {
+    let deadline = Instant::now() + Duration::from_secs(wait.timeout);
+    loop {
+        if wait.no_wait || !matches!(v.state.as_str(), "running" | "paused") {
+            return Ok(v);
+        }
+        if v.detail.contains(vhd) {
+            return Err(Failure {
+                code: EXIT_REFUSED,
+                message: format!("VM {name} on node {}: {}", v.node, v.detail),
+            });
+        }
+        let owned = v
+            .disks
+            .iter()
+            .any(|d| d.name == vhd && d.owner == v.node && d.owner_valid);
+        let listed = v.disks.iter().any(|d| d.name == vhd);
+        if (add && owned) || (!add && !listed && !owner_is(c, vhd, v.node)?) {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(Failure {
+                code: EXIT_UNAVAILABLE,
+                message: format!(
+                    "disk {vhd} of VM {name} not {} after {} s",
+                    if add { "plugged in" } else { "released" },
+                    wait.timeout
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        v = c.vm_info(VmOp::Show(VmName {
+            name: name.to_string(),
+        }))?;
+    }
+}
+
+/// Whether `node` holds `vhd`'s write hold.
+fn owner_is(c: &mut Client, vhd: &str, node: u64) -> Result<bool, Failure> {
+    let o = c.owner_show(csv_api::admin::VhdRef {
+        id: 0,
+        name: vhd.to_string(),
+    })?;
+    Ok(o.owner == node && o.owner_valid)
 }
 
 fn now_ms() -> u64 {
@@ -415,6 +513,8 @@ impl fmt::Display for VmView {
 #[derive(Serialize)]
 struct VmListView {
     vms: Vec<VmView>,
+    /// Nodes drained for maintenance.
+    drained: Vec<u64>,
 }
 
 impl fmt::Display for VmListView {
@@ -436,6 +536,9 @@ impl fmt::Display for VmListView {
                 v.memory_mib,
                 v.disks.join(",")
             )?;
+        }
+        if !self.drained.is_empty() {
+            write!(f, "\ndrained nodes: {:?}", self.drained)?;
         }
         Ok(())
     }

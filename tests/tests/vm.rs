@@ -3,8 +3,9 @@
 //! flushes and verifies a round-stamped pattern once a second for its whole life, and
 //! keeps doing so across: a kill -9 of its node's agent (QEMU runs on and is adopted by
 //! the restarted agent), five live migrations back and forth and a quick one (the disk's
-//! owner follows the VM each time), a stop and start, and the death of its node (the VM
-//! restarts elsewhere and finds its last flushed round on the disk).
+//! owner follows the VM each time), a disk plugged in and out while it runs, a drain of
+//! its node, a stop and start, and the death of its node (the VM restarts elsewhere and
+//! finds its last flushed round on the disk).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -112,6 +113,87 @@ fn alive(pid: u32) -> bool {
     })
 }
 
+/// Waits until the guest on `node` printed `line`.
+fn wait_console(vc: &VolumeCluster, node: u64, line: &str) {
+    wait_for(
+        &format!("{line:?} on node {node}"),
+        Duration::from_secs(90),
+        || console(vc, node).contains(line),
+    );
+}
+
+fn owner_of(vc: &VolumeCluster, vhd: &str) -> Value {
+    let o: Value =
+        serde_json::from_str(&vc.ok(1, &["owner", "show", vhd, "--json"])).expect("json");
+    o["owner"].clone()
+}
+
+fn coordinator(vc: &VolumeCluster) -> u64 {
+    let st: Value =
+        serde_json::from_str(&vc.ok(1, &["cluster", "status", "--json"])).expect("json");
+    st["coordinator"].as_u64().expect("a coordinator")
+}
+
+/// A disk plugged into the running guest (it writes and reads it back), carried by a
+/// live migration, unplugged (the guest lets it go, the VHD's hold is released); then
+/// the VM's node drained (the VM moves to its other preferred node; nothing is placed on
+/// a drained node) and the coordinator's node drained (the role moves). Returns where
+/// the VM runs.
+fn hot_plug_and_drain(vc: &VolumeCluster, on: u64) -> u64 {
+    let other = if on == 2 { 3 } else { 2 };
+    vc.ok(1, &["vm", "disk", "add", "g1", "d2"]);
+    wait_console(vc, on, "guest: disk vdb appeared");
+    let r = wait_round(vc, on, 0);
+    wait_console(vc, on, &format!("guest: disk vdb round {} OK", r + 1));
+    assert_eq!(owner_of(vc, "d2"), on);
+    let to = other.to_string();
+    let m: Value = serde_json::from_str(&vc.ok(1, &["vm", "migrate", "g1", "--to", &to, "--json"]))
+        .expect("json");
+    assert_eq!(m["outcome"], "completed", "{m}");
+    assert_eq!(owner_of(vc, "d2"), other, "the plugged disk follows the VM");
+    let r = wait_round(vc, other, r);
+    wait_console(vc, other, &format!("guest: disk vdb round {} OK", r + 1));
+    vc.ok(1, &["vm", "disk", "remove", "g1", "d2"]);
+    wait_console(vc, other, "guest: disk vdb gone");
+    assert!(
+        owner_of(vc, "d2").is_null(),
+        "the unplugged disk is still held"
+    );
+    wait_round(vc, other, r + 2);
+
+    // Drain the VM's node: it moves to its other preferred node.
+    let from = other.to_string();
+    let d: Value =
+        serde_json::from_str(&vc.ok(1, &["node", "drain", &from, "--json"])).expect("json");
+    assert_eq!(d["migrated"][0]["name"], "g1", "{d}");
+    assert_eq!(d["migrated"][0]["to"], on, "{d}");
+    assert_placed(vc, on);
+    let listed = vc.ok(1, &["vm", "list"]);
+    assert!(
+        listed.contains(&format!("drained nodes: [{other}]")),
+        "{listed}"
+    );
+    vc.refused(1, &["vm", "migrate", "g1", "--to", &from]);
+    let r = wait_round(vc, on, 0);
+    // Drain the coordinator's node (no VM there): the role moves.
+    let c = coordinator(vc);
+    if c != on {
+        let cs = c.to_string();
+        let d: Value =
+            serde_json::from_str(&vc.ok(1, &["node", "drain", &cs, "--json"])).expect("json");
+        assert!(
+            d["coordinator_moved_to"].as_u64().is_some_and(|n| n != c),
+            "{d}"
+        );
+        assert_ne!(coordinator(vc), c);
+        vc.ok(1, &["node", "resume", &cs]);
+    }
+    vc.ok(1, &["node", "resume", &from]);
+    assert!(!vc.ok(1, &["vm", "list"]).contains("drained"));
+    wait_round(vc, on, r);
+    on
+}
+
 /// The VM runs on `node`, and the node writes its disk.
 fn assert_placed(vc: &VolumeCluster, node: u64) {
     let v = show(vc, 1);
@@ -144,6 +226,7 @@ fn heavy_a_guest_keeps_verifying_its_disk_across_agent_kills_migrations_and_node
     let mut vc = volume_cluster_with(3, 2 * GIB, CONFIG);
     let _reaper = Reaper(vc.c.dir().to_path_buf());
     vc.ok(1, &["vhd", "create", "d1", "--size", "64M"]);
+    vc.ok(1, &["vhd", "create", "d2", "--size", "32M"]);
     let kernel = guest.join("vmlinuz").display().to_string();
     let initrd = guest.join("initrd.img").display().to_string();
     vc.ok(
@@ -163,6 +246,10 @@ fn heavy_a_guest_keeps_verifying_its_disk_across_agent_kills_migrations_and_node
             "--append",
             "console=ttyS0 panic=-1 quiet csv_rounds=0",
             "--no-nic",
+            "--prefer",
+            "2",
+            "--prefer",
+            "3",
         ],
     );
     // A disk is one VM's: another VM cannot name it, and it cannot be deleted.
@@ -219,6 +306,8 @@ fn heavy_a_guest_keeps_verifying_its_disk_across_agent_kills_migrations_and_node
         );
     }
     eprintln!("disk hand-offs inside the switch-over pause (µs): {handoffs:?}");
+
+    on = hot_plug_and_drain(&vc, on);
 
     // Stop and start again on the node it is on.
     vc.ok(1, &["vm", "stop", "g1"]);

@@ -7,7 +7,7 @@ use super::messages::Empty;
 /// `Request::Vm`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct VmRequest {
-    #[prost(oneof = "VmOp", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "VmOp", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<VmOp>,
 }
 
@@ -36,6 +36,38 @@ pub enum VmOp {
     /// record with its migration under way).
     #[prost(message, tag = "7")]
     Migrate(VmMigrate),
+    /// Mark a node unschedulable (`on`) or schedulable again → [`VmAnswer::List`]
+    /// (every VM and the drained nodes after the change). Moving its VMs away is the
+    /// caller's: `VmOp::Migrate` with `to` 0.
+    #[prost(message, tag = "8")]
+    Drain(VmDrain),
+    /// Add a disk to a VM (hot when it runs) → [`VmAnswer::Vm`].
+    #[prost(message, tag = "9")]
+    DiskAdd(VmDiskChange),
+    /// Remove a disk from a VM (hot when it runs) → [`VmAnswer::Vm`].
+    #[prost(message, tag = "10")]
+    DiskRemove(VmDiskChange),
+}
+
+/// `VmOp::Drain`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VmDrain {
+    #[prost(uint64, tag = "1")]
+    pub node: u64,
+    /// Drained (unschedulable) or schedulable again.
+    #[prost(bool, tag = "2")]
+    pub on: bool,
+}
+
+/// `VmOp::DiskAdd`, `VmOp::DiskRemove`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VmDiskChange {
+    /// The VM.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// The VHD.
+    #[prost(string, tag = "2")]
+    pub disk: String,
 }
 
 /// `VmOp::Migrate`.
@@ -209,4 +241,7 @@ pub struct VmDisk {
 pub struct VmList {
     #[prost(message, repeated, tag = "1")]
     pub vms: Vec<VmInfo>,
+    /// Nodes drained for maintenance (no VM is placed on them).
+    #[prost(uint64, repeated, tag = "2")]
+    pub drained: Vec<u64>,
 }

@@ -24,6 +24,7 @@ fn def_from_api(d: api::VmDefinition) -> VmDef {
         append: d.append,
         preferred: d.preferred.into_iter().map(NodeId).collect(),
         priority: d.priority,
+        slots: Vec::new(),
     }
 }
 
@@ -130,6 +131,16 @@ async fn show(m: &Member, name: String) -> Result<Response, ApiError> {
     Ok(answer(VmAnswer::Vm(Box::new(out))))
 }
 
+async fn list(m: &Member) -> Result<Response, ApiError> {
+    match m.query(Query::Vms).await? {
+        QueryReply::Vms { vms, drained } => Ok(answer(VmAnswer::List(api::VmList {
+            vms: vms.iter().map(info).collect(),
+            drained: drained.iter().map(|n| n.0).collect(),
+        }))),
+        _ => unexpected("a VM list"),
+    }
+}
+
 pub(super) async fn handle(a: &Admin, r: api::VmRequest) -> Result<Response, ApiError> {
     let m = a.meta.member().await?;
     let Some(op) = r.op else {
@@ -148,12 +159,7 @@ pub(super) async fn handle(a: &Admin, r: api::VmRequest) -> Result<Response, Api
             )
             .await
         }
-        VmOp::List(Empty {}) => match m.query(Query::Vms).await? {
-            QueryReply::Vms { vms: v } => Ok(answer(VmAnswer::List(api::VmList {
-                vms: v.iter().map(info).collect(),
-            }))),
-            _ => unexpected("a VM list"),
-        },
+        VmOp::List(Empty {}) => list(&m).await,
         VmOp::Show(n) => show(&m, n.name).await,
         VmOp::Start(s) => {
             let node = (s.node != 0).then_some(NodeId(s.node));
@@ -178,11 +184,43 @@ pub(super) async fn handle(a: &Admin, r: api::VmRequest) -> Result<Response, Api
             };
             let cmd = VmCommand::Migrate {
                 name: g.name,
-                to: NodeId(g.to),
+                to: (g.to != 0).then_some(NodeId(g.to)),
                 kind,
                 started_unix_ms: now_unix_ms(),
             };
             vm_command(&m, cmd).await
+        }
+        VmOp::Drain(d) => {
+            let command = VmCommand::Drain {
+                node: NodeId(d.node),
+                on: d.on,
+            };
+            match m.propose(Command::Vm { command }).await? {
+                Reply::Done => list(&m).await,
+                _ => unexpected("a drain"),
+            }
+        }
+        VmOp::DiskAdd(c) => {
+            vm_command(
+                &m,
+                VmCommand::SetDisk {
+                    name: c.name,
+                    disk: c.disk,
+                    add: true,
+                },
+            )
+            .await
+        }
+        VmOp::DiskRemove(c) => {
+            vm_command(
+                &m,
+                VmCommand::SetDisk {
+                    name: c.name,
+                    disk: c.disk,
+                    add: false,
+                },
+            )
+            .await
         }
     }
 }

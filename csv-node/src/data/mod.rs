@@ -2,7 +2,8 @@
 //! attached VHDs served over NBD (`attach.rs`, `detach.rs`: holds, exports, hand-off,
 //! shutdown), VHD files on the LUN (`extents.rs`: the node's extent reservation, map
 //! commits at the hold's generation), the coordinator's LUN checkpoint writer
-//! (`checkpoint.rs`), and the NBD devices (`vhd_device.rs`, `file_device.rs`).
+//! (`checkpoint.rs`), standby exports of VMs migrating here (`standby.rs`,
+//! `standby_ops.rs`), and the NBD devices (`vhd_device.rs`, `file_device.rs`).
 //! Design: docs/design/040, 041, 042.
 
 pub mod attach;
@@ -17,6 +18,7 @@ mod lun;
 pub(crate) mod redirect;
 mod run;
 pub(crate) mod standby;
+mod standby_ops;
 pub mod vhd_device;
 pub mod volume;
 

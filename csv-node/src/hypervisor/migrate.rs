@@ -169,6 +169,8 @@ impl Runner {
                     state: VmState::Running,
                     guest_off: false,
                     io_paused: false,
+                    devices: super::runner::devices_of(rec),
+                    plugged_for: rec.def.disks.clone(),
                 });
             }
             Err(Incoming::Ended) => {

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::config::HypervisorSection;
-use crate::state::vms::VmRecord;
+use crate::state::vms::{MAX_VM_DISKS, VmRecord};
 
 /// How long a started QEMU may take to open its QMP socket.
 const QMP_APPEAR: Duration = Duration::from_secs(30);
@@ -128,25 +128,17 @@ pub fn argv(
         }
     }
     let reconnect = hv.reconnect_delay.0.as_secs().max(1);
-    for (i, disk) in d.disks.iter().enumerate() {
+    let ports = has_root_ports(&hv.machine);
+    if ports {
+        for slot in 0..MAX_VM_DISKS as u32 {
+            push("-device".into());
+            push(root_port(slot).to_string());
+        }
+    }
+    for (i, (slot, disk)) in d.disk_slots().into_iter().enumerate() {
         push("-blockdev".into());
-        push(
-            json!({
-                "driver": "nbd",
-                "node-name": format!("d{i}"),
-                "server": {"type": "unix", "path": nbd_socket.display().to_string()},
-                "export": disk,
-                "reconnect-delay": reconnect,
-            })
-            .to_string(),
-        );
-        let mut dev = json!({
-            "driver": "virtio-blk-pci",
-            "drive": format!("d{i}"),
-            "id": format!("disk{i}"),
-            "werror": "stop",
-            "rerror": "stop",
-        });
+        push(disk_blockdev(slot, disk, nbd_socket, reconnect).to_string());
+        let mut dev = disk_device(slot, ports);
         if i == 0 && d.kernel.is_empty() {
             dev["bootindex"] = json!(0);
         }
@@ -164,6 +156,54 @@ pub fn argv(
         push(uri.into());
     }
     a
+}
+
+/// Whether the machine type is PCI Express (q35): disks then sit behind root ports, one
+/// per slot, created at start so a disk can be plugged in while the guest runs (PCIe has
+/// no hot-plug on the root bus) and every disk keeps its address across hot-plugs and
+/// migrations.
+pub fn has_root_ports(machine: &str) -> bool {
+    machine
+        .split(',')
+        .next()
+        .is_some_and(|t| t.starts_with("q35") || t.contains("-q35-"))
+}
+
+/// The root port of disk slot `slot`.
+fn root_port(slot: u32) -> Value {
+    json!({
+        "driver": "pcie-root-port",
+        "id": format!("rp{slot}"),
+        "bus": "pcie.0",
+        "chassis": slot + 1,
+    })
+}
+
+/// The block node of the disk in `slot`: an NBD client of the agent's export `disk`.
+pub fn disk_blockdev(slot: u32, disk: &str, nbd_socket: &Path, reconnect_s: u64) -> Value {
+    json!({
+        "driver": "nbd",
+        "node-name": format!("d{slot}"),
+        "server": {"type": "unix", "path": nbd_socket.display().to_string()},
+        "export": disk,
+        "reconnect-delay": reconnect_s,
+    })
+}
+
+/// The guest device of the disk in `slot` (behind its root port on q35); a failed
+/// request pauses the guest.
+pub fn disk_device(slot: u32, root_ports: bool) -> Value {
+    let mut dev = json!({
+        "driver": "virtio-blk-pci",
+        "drive": format!("d{slot}"),
+        "id": format!("disk{slot}"),
+        "werror": "stop",
+        "rerror": "stop",
+    });
+    if root_ports {
+        dev["bus"] = json!(format!("rp{slot}"));
+    }
+    dev
 }
 
 /// A running QEMU: its pid and a watch that turns true once it ended.
@@ -359,6 +399,7 @@ mod tests {
                 append: "console=ttyS0".into(),
                 preferred: vec![],
                 priority: 1,
+                slots: Vec::new(),
             },
             node: None,
             want: Want::Stopped,
@@ -396,6 +437,34 @@ mod tests {
             .collect()
     }
 
+    fn disks(a: &[String]) -> Vec<serde_json::Value> {
+        after(a, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with('{'))
+            .map(|d| serde_json::from_str::<serde_json::Value>(d).expect("json"))
+            .filter(|d| d["driver"] == "virtio-blk-pci")
+            .collect()
+    }
+
+    #[test]
+    fn disks_keep_their_slots_across_hot_plugs() {
+        let mut r = rec("");
+        r.def.disks = vec!["x".into(), "y".into()];
+        r.def.slots = vec![3, 0];
+        let a = args(&r, None);
+        let devs = disks(&a);
+        assert_eq!(
+            (devs[0]["id"].as_str(), devs[0]["bus"].as_str()),
+            (Some("disk3"), Some("rp3"))
+        );
+        assert_eq!(devs[0]["drive"], "d3");
+        assert_eq!(devs[0]["bootindex"], 0, "the first listed disk boots");
+        assert_eq!(devs[1]["id"], "disk0");
+        assert!(has_root_ports("pc-q35-10.0,accel=kvm"));
+        assert!(!has_root_ports("pc"));
+        assert!(disk_device(1, false).get("bus").is_none());
+    }
+
     #[test]
     fn disks_are_nbd_clients_of_the_agent_that_pause_the_guest_on_errors() {
         let a = args(&rec(""), None);
@@ -407,8 +476,19 @@ mod tests {
         assert_eq!(b["export"], "b,c");
         assert_eq!(b["server"]["path"], "/d/nbd.sock");
         assert_eq!(b["reconnect-delay"], 30);
-        let devs = after(&a, "-device");
-        let d0: serde_json::Value = serde_json::from_str(devs[0]).expect("json");
+        let devs = disks(&a);
+        assert_eq!(devs.len(), 2);
+        let d0 = &devs[0];
+        assert_eq!(d0["bus"], "rp0", "q35: each disk behind its own root port");
+        assert_eq!(devs[1]["id"], "disk1");
+        assert_eq!(
+            after(&a, "-device")
+                .iter()
+                .filter(|d| d.contains("pcie-root-port"))
+                .count(),
+            MAX_VM_DISKS,
+            "a free root port for every disk that may be plugged in"
+        );
         assert_eq!(
             (d0["werror"].as_str(), d0["rerror"].as_str()),
             (Some("stop"), Some("stop"))
@@ -435,7 +515,6 @@ mod tests {
         assert_eq!(after(&a, "-append"), vec!["console=ttyS0"]);
         assert!(after(&a, "-initrd").is_empty());
         assert_eq!(after(&a, "-incoming"), vec!["defer"]);
-        let d0: serde_json::Value = serde_json::from_str(after(&a, "-device")[0]).expect("json");
-        assert!(d0.get("bootindex").is_none());
+        assert!(disks(&a)[0].get("bootindex").is_none());
     }
 }

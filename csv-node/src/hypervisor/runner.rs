@@ -6,7 +6,8 @@
 //! paused by an I/O error is continued every `resume_interval` (QEMU retries the
 //! failed requests); a lost write hold on any disk kills QEMU at once (a guest never
 //! runs on disks another node may write); QEMU's end is reported (`stopped` when the
-//! guest powered off, `failed` otherwise, not restarted until started again).
+//! guest powered off, `failed` otherwise, not restarted until started again). Disks
+//! added or removed while it runs are plugged in or out (`hotplug.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +16,9 @@ use csv_api::admin::volume::VhdAttach;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
+use super::host::Host;
 use super::qemu::{self, Process, VmFiles};
 use super::qmp::{Qmp, QmpEvent};
-use super::supervisor::Hypervisor;
 use crate::meta::{Limit, Member, Retry, now_unix_ms};
 use crate::state::types::{Command, Query, QueryReply};
 use crate::state::vms::{VmCommand, VmRecord, VmState, Want};
@@ -39,10 +40,24 @@ pub(super) struct Live {
     pub(super) guest_off: bool,
     /// Stopped by an I/O error: continue it from time to time.
     pub(super) io_paused: bool,
+    /// The disks QEMU has, by slot (`hotplug.rs` makes them follow the definition).
+    pub(super) devices: Vec<(u32, String)>,
+    /// The disk list of the definition last plugged to (a failed plug is not retried
+    /// until the definition changes again).
+    pub(super) plugged_for: Vec<String>,
+}
+
+/// The disks of a record, by slot.
+pub(super) fn devices_of(rec: &VmRecord) -> Vec<(u32, String)> {
+    rec.def
+        .disk_slots()
+        .into_iter()
+        .map(|(s, d)| (s, d.to_string()))
+        .collect()
 }
 
 pub(super) struct Runner {
-    pub(super) h: Arc<Hypervisor>,
+    pub(super) h: Arc<Host>,
     pub(super) m: Member,
     pub(super) name: String,
     pub(super) files: VmFiles,
@@ -60,7 +75,7 @@ pub(super) struct Runner {
 /// Runs until the VM's record is gone and no QEMU of it is left (or the node stops:
 /// QEMU then keeps running, for the next agent to adopt).
 pub(super) async fn run(
-    h: Arc<Hypervisor>,
+    h: Arc<Host>,
     m: Member,
     name: String,
     rx: watch::Receiver<Option<VmRecord>>,
@@ -119,6 +134,11 @@ impl Runner {
                     },
                     guest_off: false,
                     io_paused: !running,
+                    devices: rec.as_ref().map(devices_of).unwrap_or_default(),
+                    plugged_for: rec
+                        .as_ref()
+                        .map(|r| r.def.disks.clone())
+                        .unwrap_or_default(),
                 });
             }
             Err(e) => {
@@ -302,6 +322,8 @@ impl Runner {
             state: VmState::Running,
             guest_off: false,
             io_paused: false,
+            devices: devices_of(rec),
+            plugged_for: rec.def.disks.clone(),
         })
     }
 
@@ -357,6 +379,10 @@ impl Runner {
             self.report(rec.incarnation, state, "", false).await;
             return;
         }
+        if live.plugged_for != rec.def.disks {
+            self.plug_disks(rec).await;
+            return;
+        }
         let interval = self.h.cfg.hypervisor.resume_interval.0;
         let Some(live) = self.live.as_mut() else {
             return;
@@ -376,7 +402,7 @@ impl Runner {
         }
     }
 
-    async fn on_event(&mut self, ev: QmpEvent) {
+    pub(super) async fn on_event(&mut self, ev: QmpEvent) {
         let Some(live) = self.live.as_mut() else {
             return;
         };
@@ -447,7 +473,7 @@ impl Runner {
     /// The periodic check: every disk still written by this node (else QEMU is killed),
     /// and a guest paused by an I/O error continued.
     async fn check(&mut self, rec: &VmRecord) {
-        if let Some(lost) = self.lost_disk(rec).await {
+        if let Some(lost) = self.lost_disk().await {
             let detail = format!("lost the write hold of disk {lost}: QEMU killed");
             tracing::error!(vm = self.name, "{detail}");
             if let Some(live) = self.live.take() {
@@ -472,10 +498,15 @@ impl Runner {
         }
     }
 
-    /// A disk of the VM whose write hold this node no longer has.
-    async fn lost_disk(&self, rec: &VmRecord) -> Option<String> {
+    /// A disk of the VM's QEMU whose write hold this node no longer has.
+    async fn lost_disk(&self) -> Option<String> {
         let me = self.h.node();
-        for d in &rec.def.disks {
+        let disks: Vec<String> = self
+            .live
+            .as_ref()
+            .map(|l| l.devices.iter().map(|(_, d)| d.clone()).collect())
+            .unwrap_or_default();
+        for d in &disks {
             let Ok(QueryReply::Vhd(v)) = self
                 .m
                 .query_local(Query::VhdByName { name: d.clone() })

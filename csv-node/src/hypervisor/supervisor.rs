@@ -4,13 +4,12 @@
 //! record (`runner.rs`); the supervisor only hands them the latest record.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use csv_api::NodeId;
 use tokio::sync::watch;
 
+use super::host::Host;
 use crate::config::NodeConfig;
 use crate::data::Data;
 use crate::meta::{Member, Meta};
@@ -24,49 +23,32 @@ const RESCAN: Duration = Duration::from_secs(2);
 
 /// The node's VMs.
 pub struct Hypervisor {
-    pub(crate) cfg: Arc<NodeConfig>,
-    pub(crate) meta: Arc<Meta>,
-    pub(crate) data: Arc<Data>,
-    pub(crate) tasks: Tasks,
+    pub(crate) host: Arc<Host>,
     /// Each runner's view of its VM's record (`None`: deleted).
     runners: Mutex<HashMap<String, watch::Sender<Option<VmRecord>>>>,
-    /// The accelerator QEMU uses here.
-    pub(crate) accel: &'static str,
 }
 
 impl std::fmt::Debug for Hypervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hypervisor")
-            .field("node", &self.cfg.node.id)
-            .field("accel", &self.accel)
+            .field("host", &self.host)
             .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for Hypervisor {
+    type Target = Host;
+    fn deref(&self) -> &Host {
+        &self.host
     }
 }
 
 impl Hypervisor {
     pub fn new(cfg: Arc<NodeConfig>, meta: Arc<Meta>, data: Arc<Data>, tasks: Tasks) -> Self {
-        let accel = super::qemu::accel_of(&cfg.hypervisor.accel);
         Hypervisor {
-            cfg,
-            meta,
-            data,
-            tasks,
+            host: Arc::new(Host::new(cfg, meta, data, tasks)),
             runners: Mutex::new(HashMap::new()),
-            accel,
         }
-    }
-
-    pub(crate) fn node(&self) -> NodeId {
-        NodeId(self.cfg.node.id)
-    }
-
-    /// Where the VMs' files are.
-    pub fn vm_dir(&self) -> PathBuf {
-        self.cfg
-            .hypervisor
-            .vm_dir
-            .clone()
-            .unwrap_or_else(|| self.cfg.paths.data_dir.join("vms"))
     }
 
     /// Starts following the VM table (once the node is a member).
@@ -97,7 +79,7 @@ impl Hypervisor {
                 let (tx, rx) = watch::channel(Some(rec));
                 runners.insert(name.clone(), tx);
                 self.tasks
-                    .spawn(super::runner::run(self.clone(), m.clone(), name, rx));
+                    .spawn(super::runner::run(self.host.clone(), m.clone(), name, rx));
             }
         }
         for name in found {
@@ -106,7 +88,7 @@ impl Hypervisor {
                 let (tx, rx) = watch::channel(None);
                 runners.insert(name.clone(), tx);
                 self.tasks.spawn(super::runner::run(
-                    self.clone(),
+                    self.host.clone(),
                     m.clone(),
                     name.clone(),
                     rx,
@@ -151,7 +133,7 @@ async fn follow(h: Arc<Hypervisor>, m: Member) {
         tokio::pin!(wake);
         wake.as_mut().enable();
         match m.query_local(Query::Vms).await {
-            Ok(QueryReply::Vms { vms: records }) => {
+            Ok(QueryReply::Vms { vms: records, .. }) => {
                 h.reconcile(&m, records, if first { &found } else { &[] });
                 first = false;
             }

@@ -162,6 +162,7 @@ impl ClusterState {
             Query::Checkpoint => Ok(QueryReply::Checkpoint(self.checkpoint)),
             Query::Vms => Ok(QueryReply::Vms {
                 vms: self.vms.records().cloned().collect(),
+                drained: self.vms.drained().collect(),
             }),
             Query::Vm { name } => self
                 .vms

@@ -74,6 +74,10 @@ mod sim;
 #[cfg(test)]
 mod test_kv;
 #[cfg(test)]
+mod test_util;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vm_ops_tests;
 #[cfg(test)]
 mod vm_tests;

@@ -1,7 +1,7 @@
 //! Table-driven transition tests, persistence round trips and replica determinism of the
 //! cluster state machine.
 
-use csv_api::{ClusterId, Epoch, ErrorCode, Generation, NodeId, VhdId, VolumeId};
+use csv_api::{ClusterId, Epoch, ErrorCode, Generation, NodeId, VhdId};
 use lock_manager::{Command as LockCommand, Mode};
 use meta_store::StateMachine;
 use rand::rngs::StdRng;
@@ -13,81 +13,8 @@ use super::types::*;
 
 pub(crate) use super::test_kv::MemKv;
 
-const MIB: u64 = 1 << 20;
-
-fn cid() -> ClusterId {
-    ClusterId(uuid::Uuid::from_u128(7))
-}
-
-fn volume(extents: u64) -> VolumeRecord {
-    VolumeRecord {
-        id: VolumeId(uuid::Uuid::from_u128(9)),
-        lun: "lun-1".into(),
-        description: String::new(),
-        size: 4 * MIB + extents * 64 * MIB,
-        extent_size: 64 * MIB,
-        extent_count: extents,
-        data_offset: 4 * MIB,
-    }
-}
-
-pub(super) fn init() -> Command {
-    Command::InitCluster {
-        id: cid(),
-        name: "c".into(),
-        created_unix_ms: 1,
-        node: NodeId(1),
-        address: "127.0.0.1:1".into(),
-    }
-}
-
-fn vhd(name: &str, kind: VhdKind, parent: Option<u64>, extents: u64) -> Command {
-    Command::CreateVhd {
-        name: name.into(),
-        kind,
-        virtual_size: 1 << 30,
-        parent: parent.map(VhdId),
-        length: extents * 64 * MIB,
-    }
-}
-
-/// Applies `cmd` through the byte interface, checking that a refused command writes
-/// nothing and changes nothing, and that the persisted keys always load back to the
-/// same state.
-pub(super) fn run(sm: &mut ClusterState, kv: &mut MemKv, index: u64, cmd: &Command) -> ApplyResult {
-    let before = sm.clone();
-    let kv_before = kv.clone();
-    let r = decode_result::<Reply>(&sm.apply(index, &cmd.encode(), kv));
-    if r.is_err() {
-        assert_eq!(*sm, before, "refused {cmd:?} changed the state");
-        assert_eq!(*kv, kv_before, "refused {cmd:?} wrote keys");
-    }
-    let mut loaded = ClusterState::new();
-    loaded.load(kv).expect("load");
-    assert_eq!(loaded, *sm, "persisted state differs after {cmd:?}");
-    assert_eq!(loaded.state_hash(), sm.state_hash());
-    r
-}
-
-pub(super) fn setup() -> (ClusterState, MemKv) {
-    let mut sm = ClusterState::new();
-    let mut kv = MemKv::default();
-    run(&mut sm, &mut kv, 1, &init()).expect("init");
-    run(
-        &mut sm,
-        &mut kv,
-        2,
-        &Command::SetVolume {
-            volume: volume(100),
-        },
-    )
-    .expect("volume");
-    (sm, kv)
-}
-
-pub(super) fn code(r: ApplyResult) -> Option<ErrorCode> {
-    r.err().map(|e| e.code())
-}
+use super::test_util::{MIB, vhd, volume};
+pub(crate) use super::test_util::{code, init, run, setup};
 
 #[test]
 fn transitions_table() {

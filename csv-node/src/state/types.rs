@@ -338,6 +338,8 @@ pub enum Reply {
     Path(super::paths::PathRecord),
     /// VM commands: the record after the command (before it for a delete).
     Vm(Box<super::vms::VmRecord>),
+    /// A command with nothing to report.
+    Done,
 }
 
 /// The encoded apply result.
@@ -473,6 +475,8 @@ pub enum QueryReply {
     /// Every VM record, by id.
     Vms {
         vms: Vec<super::vms::VmRecord>,
+        /// Nodes drained for maintenance.
+        drained: Vec<NodeId>,
     },
     Vm(Box<super::vms::VmRecord>),
     Catalog {

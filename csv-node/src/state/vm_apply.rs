@@ -64,18 +64,24 @@ impl ClusterState {
             .node_record(node)
             .is_some_and(|r| r.status == NodeStatus::Live);
         let path_ok = self.paths.get(node).is_none_or(|p| p.mode != "paused");
-        active && live && path_ok
+        active && live && path_ok && !self.vms.is_drained(node)
     }
 
     /// Where a VM goes when no node is named: its first schedulable preferred node,
     /// else the schedulable node with the fewest VMs to run (lowest id on a tie).
     pub(super) fn choose_node(&self, def: &VmDef) -> Option<NodeId> {
-        if let Some(n) = def.preferred.iter().find(|n| self.schedulable(**n)) {
+        self.choose_node_but(def, None)
+    }
+
+    /// [`Self::choose_node`] other than `not`.
+    pub(super) fn choose_node_but(&self, def: &VmDef, not: Option<NodeId>) -> Option<NodeId> {
+        let ok = |n: NodeId| Some(n) != not && self.schedulable(n);
+        if let Some(n) = def.preferred.iter().find(|n| ok(**n)) {
             return Some(*n);
         }
         self.nodes
             .keys()
-            .filter(|n| self.schedulable(**n))
+            .filter(|n| ok(**n))
             .min_by_key(|n| (self.vms.placed_on(**n), n.0))
             .copied()
     }
@@ -135,6 +141,52 @@ impl ClusterState {
         Ok(())
     }
 
+    /// `VmCommand::SetDisk`.
+    fn set_disk(
+        &mut self,
+        name: &str,
+        disk: String,
+        add: bool,
+        w: &mut dyn KvWrite,
+    ) -> ApplyResult {
+        let mut rec = self.vm_named(name)?;
+        let at = rec.def.disks.iter().position(|d| *d == disk);
+        if at.is_some() == add {
+            // Added or removed already: a retry.
+            return Ok(Reply::Vm(Box::new(rec)));
+        }
+        if rec.migration.is_some() {
+            return Err(err(
+                ErrorCode::Busy,
+                format!("VM {name:?} is migrating: change its disks once it is over"),
+            ));
+        }
+        let mut slots: Vec<u32> = rec.def.disk_slots().iter().map(|(s, _)| *s).collect();
+        match at {
+            Some(i) => {
+                rec.def.disks.remove(i);
+                slots.remove(i);
+            }
+            None => {
+                if rec.def.disks.len() >= MAX_VM_DISKS {
+                    return Err(err(
+                        ErrorCode::Limit,
+                        format!("VM {name:?} has {MAX_VM_DISKS} disks"),
+                    ));
+                }
+                let Some(free) = (0..MAX_VM_DISKS as u32).find(|s| !slots.contains(s)) else {
+                    return Err(err(ErrorCode::Limit, "no free disk slot"));
+                };
+                rec.def.disks.push(disk);
+                slots.push(free);
+                self.check_def(&rec.def)?;
+            }
+        }
+        rec.def.slots = slots;
+        self.vms.put(rec.clone(), w);
+        Ok(Reply::Vm(Box::new(rec)))
+    }
+
     /// `Command::Vm`.
     pub(super) fn apply_vm(
         &mut self,
@@ -143,8 +195,9 @@ impl ClusterState {
         w: &mut dyn KvWrite,
     ) -> ApplyResult {
         match c {
-            VmCommand::Create { def } => {
+            VmCommand::Create { mut def } => {
                 self.require_init()?;
+                def.slots = (0..def.disks.len() as u32).collect();
                 if let Some(old) = self.vms.by_name(&def.name) {
                     if old.def == def {
                         return Ok(Reply::Vm(Box::new(old.clone())));
@@ -301,6 +354,23 @@ impl ClusterState {
                 rec.since_unix_ms = since_unix_ms;
                 self.vms.put(rec.clone(), w);
                 Ok(Reply::Vm(Box::new(rec)))
+            }
+            VmCommand::SetDisk { name, disk, add } => self.set_disk(&name, disk, add, w),
+            VmCommand::Drain { node, on } => {
+                self.require_init()?;
+                match self.nodes.get(&node) {
+                    Some(n) if n.state != NodeState::Removed => {}
+                    _ => {
+                        return Err(err(
+                            ErrorCode::NotFound,
+                            format!("{node} is not a recorded node"),
+                        ));
+                    }
+                }
+                if self.vms.is_drained(node) != on {
+                    self.vms.set_drained(node, on, w);
+                }
+                Ok(Reply::Done)
             }
             other => self.apply_migration(index, other, w),
         }

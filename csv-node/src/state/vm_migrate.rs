@@ -106,6 +106,12 @@ impl ClusterState {
                             format!("VM {name:?} is {}, not running", rec.state.name()),
                         ));
                     }
+                    let to = match to {
+                        Some(t) => t,
+                        None => self.choose_node_but(&rec.def, Some(src)).ok_or_else(|| {
+                            err(ErrorCode::Unavailable, "no other node can take VMs now")
+                        })?,
+                    };
                     if src == to {
                         return Err(err(
                             ErrorCode::InvalidArgument,

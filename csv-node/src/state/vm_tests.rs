@@ -6,11 +6,11 @@ use lock_manager::Command as LockCommand;
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::tests::{code, run, setup};
+use super::test_util::{code, run, setup};
 use super::types::*;
 use super::vms::*;
 
-fn def(name: &str, disks: &[&str]) -> VmDef {
+pub(super) fn def(name: &str, disks: &[&str]) -> VmDef {
     VmDef {
         name: name.into(),
         cpus: 1,
@@ -22,14 +22,15 @@ fn def(name: &str, disks: &[&str]) -> VmDef {
         append: String::new(),
         preferred: Vec::new(),
         priority: 1,
+        slots: Vec::new(),
     }
 }
 
-fn vm(command: VmCommand) -> Command {
+pub(super) fn vm(command: VmCommand) -> Command {
     Command::Vm { command }
 }
 
-fn vhd(name: &str) -> Command {
+pub(super) fn vhd(name: &str) -> Command {
     Command::CreateVhd {
         name: name.into(),
         kind: VhdKind::Dynamic,
@@ -39,7 +40,13 @@ fn vhd(name: &str) -> Command {
     }
 }
 
-fn report(name: &str, node: u64, incarnation: u64, state: VmState, guest_off: bool) -> Command {
+pub(super) fn report(
+    name: &str,
+    node: u64,
+    incarnation: u64,
+    state: VmState,
+    guest_off: bool,
+) -> Command {
     vm(VmCommand::Report {
         name: name.into(),
         node: NodeId(node),
@@ -62,7 +69,16 @@ pub(super) fn random_vm(rng: &mut StdRng, nodes: u64) -> Command {
         VmState::Stopped,
         VmState::Failed,
     ];
-    match rng.random_range(0..5) {
+    match rng.random_range(0..7) {
+        5 => vm(VmCommand::SetDisk {
+            name,
+            disk: format!("v{}", rng.random_range(0..60)),
+            add: rng.random_bool(0.6),
+        }),
+        6 => vm(VmCommand::Drain {
+            node,
+            on: rng.random_bool(0.5),
+        }),
         0 => {
             let disks: Vec<String> = (0..rng.random_range(0..3))
                 .map(|_| format!("v{}", rng.random_range(0..60)))
@@ -332,7 +348,7 @@ fn vm_queries_encode_through_the_state_machine() {
     let list: QueryReply =
         decode_result(&s.query(&serde_json::to_vec(&Query::Vms).expect("query"))).expect("list");
     assert!(
-        matches!(list, QueryReply::Vms { ref vms } if vms.len() == 1),
+        matches!(list, QueryReply::Vms { ref vms, .. } if vms.len() == 1),
         "{list:?}"
     );
     let one = Query::Vm { name: "a".into() };
@@ -344,7 +360,7 @@ fn vm_queries_encode_through_the_state_machine() {
     assert_eq!(e.expect_err("missing").code(), ErrorCode::NotFound);
 }
 
-fn two_live_nodes() -> (super::ClusterState, super::test_kv::MemKv) {
+pub(super) fn two_live_nodes() -> (super::ClusterState, super::test_kv::MemKv) {
     let (mut s, mut kv) = setup();
     let add = Command::AddNode {
         node: NodeId(2),
@@ -436,7 +452,7 @@ fn a_migration_is_recorded_switched_only_when_the_destination_writes_every_disk(
     run(&mut s, &mut kv, 8, &start).expect("start");
     let migrate = vm(VmCommand::Migrate {
         name: "m".into(),
-        to: NodeId(2),
+        to: Some(NodeId(2)),
         kind: MigrationKind::Live,
         started_unix_ms: 1,
     });

@@ -12,6 +12,8 @@ use super::keys::{ids_of, json, key, parse, scan_prefix, u64_of};
 
 const VM: &[u8] = b"w/";
 const NEXT_VM: &[u8] = b"c/next_vm";
+/// Nodes drained for maintenance (no VM is placed there).
+const DRAINED: &[u8] = b"u/";
 /// Most VM records.
 pub const MAX_VMS: usize = 4_096;
 /// Most disks of one VM.
@@ -45,6 +47,29 @@ pub struct VmDef {
     pub preferred: Vec<NodeId>,
     /// Restart priority after a node failure (0: never restarted elsewhere).
     pub priority: u32,
+    /// Each disk's device slot (its PCIe root port), kept while the VM lives so a disk
+    /// added or removed hot leaves the others where the guest found them (set by the
+    /// state machine; empty in records older than hot-plug: the disks' indexes).
+    #[serde(default)]
+    pub slots: Vec<u32>,
+}
+
+impl VmDef {
+    /// Each disk with its device slot.
+    pub fn disk_slots(&self) -> Vec<(u32, &str)> {
+        self.disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let slot = if self.slots.len() == self.disks.len() {
+                    self.slots[i]
+                } else {
+                    i as u32
+                };
+                (slot, d.as_str())
+            })
+            .collect()
+    }
 }
 
 /// Whether the VM should run.
@@ -186,6 +211,7 @@ pub struct VmTable {
     records: BTreeMap<u64, VmRecord>,
     by_name: BTreeMap<String, u64>,
     next_id: u64,
+    drained: std::collections::BTreeSet<NodeId>,
 }
 
 impl VmTable {
@@ -212,12 +238,35 @@ impl VmTable {
             .find(|r| r.def.disks.iter().any(|d| d == name))
     }
 
-    /// VMs that should run on `node`.
+    /// VMs that should run on `node`, or are migrating to it.
     pub fn placed_on(&self, node: NodeId) -> usize {
         self.records
             .values()
-            .filter(|r| r.node == Some(node) && r.want == Want::Running)
+            .filter(|r| {
+                r.want == Want::Running
+                    && (r.node == Some(node) || r.migration.as_ref().is_some_and(|m| m.dst == node))
+            })
             .count()
+    }
+
+    /// Whether `node` is drained (`csvadm node drain`).
+    pub fn is_drained(&self, node: NodeId) -> bool {
+        self.drained.contains(&node)
+    }
+
+    /// The drained nodes.
+    pub fn drained(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.drained.iter().copied()
+    }
+
+    pub(super) fn set_drained(&mut self, node: NodeId, on: bool, w: &mut dyn KvWrite) {
+        if on {
+            w.put(&key(DRAINED, &[node.0]), b"1");
+            self.drained.insert(node);
+        } else {
+            w.delete(&key(DRAINED, &[node.0]));
+            self.drained.remove(&node);
+        }
     }
 
     pub(super) fn take_id(&mut self, w: &mut dyn KvWrite) -> u64 {
@@ -245,6 +294,9 @@ impl VmTable {
         for r in self.records.values() {
             put(VM, &json(r));
         }
+        for n in &self.drained {
+            put(DRAINED, &n.0.to_be_bytes());
+        }
     }
 
     pub(super) fn load(r: &dyn KvRead) -> Result<VmTable, String> {
@@ -268,6 +320,11 @@ impl VmTable {
                 return Err(format!("two vm records named {:?}", rec.def.name));
             }
             t.records.insert(id, rec);
+            Ok(())
+        })?;
+        scan_prefix(r, DRAINED, |k, _| {
+            let id = ids_of("drained key", k, DRAINED, 1)?[0];
+            t.drained.insert(NodeId(id));
             Ok(())
         })?;
         if t.records.len() > MAX_VMS {
@@ -313,7 +370,9 @@ pub enum VmCommand {
     /// migration under way, to a schedulable node.
     Migrate {
         name: String,
-        to: NodeId,
+        /// The destination (None: a preferred or the least loaded schedulable node
+        /// other than the source).
+        to: Option<NodeId>,
         kind: MigrationKind,
         started_unix_ms: u64,
     },
@@ -351,6 +410,17 @@ pub enum VmCommand {
         reason: String,
         ended_unix_ms: u64,
     },
+    /// Adds (`add`) or removes a disk of a VM, hot when it runs (the runner plugs or
+    /// unplugs the device). Legal with no migration under way; an added disk is a VHD
+    /// of the catalog that no other VM names, in the lowest free slot.
+    SetDisk {
+        name: String,
+        disk: String,
+        add: bool,
+    },
+    /// Marks a node drained (no VM is placed there; `csvadm node drain`) or not
+    /// (`node resume`). Legal for a recorded, not removed node.
+    Drain { node: NodeId, on: bool },
     /// The source's figures of migration `id` (QEMU's downtime and total time). Legal
     /// while it is under way or just ended.
     MigrateStats {
