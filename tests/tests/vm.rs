@@ -386,3 +386,153 @@ fn heavy_a_guest_keeps_verifying_its_disk_across_agent_kills_migrations_and_node
     vc.ok(1, &["vm", "delete", "g1"]);
     vc.ok(1, &["vhd", "delete", "d1"]);
 }
+
+/// The VM once no migration is under way and it runs: its node.
+fn settled(vc: &VolumeCluster, via: u64) -> u64 {
+    let mut node = 0;
+    wait_for(
+        "the VM settled after the crash",
+        Duration::from_secs(150),
+        || {
+            let o = vc.csvadm(via, &["vm", "show", "g1", "--json"]);
+            let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) else {
+                return false;
+            };
+            node = v["node"].as_u64().unwrap_or(0);
+            v["migration"].is_null() && v["state"] == "running"
+        },
+    );
+    node
+}
+
+/// Waits for node `id`'s process to end (a crash point fired).
+fn wait_exit(vc: &mut VolumeCluster, id: u64) {
+    let start = Instant::now();
+    while vc.c.try_exit(id).is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "node {id} did not reach its crash point\n{}",
+            vc.c.log(id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Restarts node `id` with `FAILPOINTS` set to `points` (empty: none).
+fn restart_with(vc: &mut VolumeCluster, id: u64, points: &str) {
+    if vc.c.try_exit(id).is_none() {
+        vc.c.kill(id);
+    }
+    vc.c.set_env(id, "FAILPOINTS", points);
+    vc.c.start(id);
+}
+
+#[test]
+fn heavy_a_crash_at_each_migration_step_leaves_exactly_one_running_vm() {
+    need("qemu-system-x86_64", "qemu-system-x86");
+    need("busybox", "busybox-static");
+    need("cpio", "cpio");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guest = root.join("target/guest");
+    let st = Command::new(root.join("scripts/guest-image"))
+        .arg(&guest)
+        .status()
+        .expect("run scripts/guest-image");
+    assert!(st.success(), "scripts/guest-image failed");
+    let mut vc = volume_cluster_with(3, 2 * GIB, CONFIG);
+    let _reaper = Reaper(vc.c.dir().to_path_buf());
+    vc.ok(1, &["vhd", "create", "d1", "--size", "64M"]);
+    let kernel = guest.join("vmlinuz").display().to_string();
+    let initrd = guest.join("initrd.img").display().to_string();
+    vc.ok(
+        1,
+        &[
+            "vm",
+            "create",
+            "g1",
+            "--memory",
+            "256M",
+            "--disk",
+            "d1",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--append",
+            "console=ttyS0 panic=-1 quiet csv_rounds=0",
+            "--no-nic",
+            "--prefer",
+            "2",
+            "--prefer",
+            "3",
+        ],
+    );
+    vc.ok(1, &["vm", "start", "g1", "--node", "2", "--timeout", "60"]);
+    wait_round(&vc, 2, 1);
+    // (crash point, on the source or the destination)
+    let cases = [
+        ("vm.migrate.src.before_switch", true),
+        ("vm.migrate.src.after_move", true),
+        ("vm.migrate.src.after_switch", true),
+        ("vm.migrate.src.completed", true),
+        ("vm.migrate.dst.ready", false),
+        ("vm.migrate.dst.before_commit", false),
+    ];
+    let mut on = 2;
+    for (point, source) in cases {
+        let other = if on == 2 { 3 } else { 2 };
+        let victim = if source { on } else { other };
+        restart_with(&mut vc, victim, &format!("{point}=return"));
+        vc.c.wait_converged(&[1, 2, 3]);
+        settled(&vc, 1);
+        let to = other.to_string();
+        vc.ok(1, &["vm", "migrate", "g1", "--to", &to, "--no-wait"]);
+        wait_exit(&mut vc, victim);
+        restart_with(&mut vc, victim, "");
+        let now = settled(&vc, 1);
+        // Give a second QEMU, were there one, the time to show.
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            qemus_under(vc.c.dir()).len(),
+            1,
+            "{point}: not exactly one QEMU"
+        );
+        assert_placed(&vc, now);
+        let r = wait_round(&vc, now, 0);
+        wait_round(&vc, now, r);
+        let v = show(&vc, 1);
+        eprintln!(
+            "{point}: the VM runs on node {now} (was {on}); last move {}",
+            v["last_migration"]
+        );
+        on = now;
+    }
+    // The coordinator dies while the source holds at the switch-over.
+    assert_eq!(vc.c.wait_leader(), 1, "node 1 coordinates");
+    let other = if on == 2 { 3 } else { 2 };
+    restart_with(&mut vc, on, "vm.migrate.src.hold=return(3000)");
+    vc.c.wait_converged(&[1, 2, 3]);
+    settled(&vc, 1);
+    let to = other.to_string();
+    vc.ok(1, &["vm", "migrate", "g1", "--to", &to, "--no-wait"]);
+    wait_for(
+        "the source at the switch-over",
+        Duration::from_secs(60),
+        || vc.c.log(on).contains("holding at the switch-over"),
+    );
+    vc.c.kill(1);
+    std::thread::sleep(Duration::from_secs(1));
+    vc.c.start(1);
+    let now = settled(&vc, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        qemus_under(vc.c.dir()).len(),
+        1,
+        "coordinator crash: not one QEMU"
+    );
+    assert_placed(&vc, now);
+    let r = wait_round(&vc, now, 0);
+    wait_round(&vc, now, r);
+    vc.ok(1, &["vm", "kill", "g1"]);
+    assert!(qemus_under(vc.c.dir()).is_empty());
+}

@@ -56,7 +56,7 @@ async fn set_capabilities(qmp: &Qmp, caps: &[&str]) -> Result<(), String> {
 /// Ends a QEMU whose guest runs elsewhere (or never ran here): SIGKILL. Its state went
 /// to the destination or is not wanted, and its disks are no longer served here (a
 /// `quit` would wait for its NBD client to reconnect before closing them).
-async fn discard(proc: &mut Process) {
+pub(super) async fn discard(proc: &mut Process) {
     proc.kill();
     proc.wait_end(QUIT_WAIT).await;
 }
@@ -90,13 +90,13 @@ impl Runner {
         }
     }
 
-    fn current(&self, id: u64) -> Option<Migration> {
+    pub(super) fn current(&self, id: u64) -> Option<Migration> {
         self.record()
             .and_then(|r| r.migration)
             .filter(|m| m.id == id)
     }
 
-    async fn abort(&self, m: &Migration, reason: &str) {
+    pub(super) async fn abort(&self, m: &Migration, reason: &str) {
         tracing::warn!(vm = self.name, id = m.id, "migration aborted: {reason}");
         let cmd = VmCommand::MigrateAbort {
             name: self.name.clone(),
@@ -196,7 +196,7 @@ impl Runner {
         }
     }
 
-    async fn commit(&self, m: &Migration) {
+    pub(super) async fn commit(&self, m: &Migration) {
         let cmd = VmCommand::MigrateCommit {
             name: self.name.clone(),
             id: m.id,
@@ -254,6 +254,7 @@ impl Runner {
             return Err(failed(format!("ready not recorded: {e}")));
         }
         tracing::info!(vm = self.name, uri, "listening for the migration");
+        volume::failpoint::crash("vm.migrate.dst.ready");
         let deadline = tokio::time::Instant::now() + MIGRATION_TIMEOUT;
         let (mut completed, mut activated) = (false, false);
         loop {
@@ -271,6 +272,7 @@ impl Runner {
                 }
             }
             if completed && activated {
+                volume::failpoint::crash("vm.migrate.dst.before_commit");
                 qmp.execute("cont", None, QMP_TIMEOUT)
                     .await
                     .map_err(|e| failed(format!("continue the guest: {e}")))?;
@@ -350,6 +352,7 @@ impl Runner {
     async fn switch_over(&self, rec: &VmRecord, m: &Migration) -> Result<(), String> {
         let ids = self.disk_ids(rec).await?;
         self.move_disks(&ids, m.dst).await?;
+        volume::failpoint::crash("vm.migrate.src.after_move");
         let cmd = VmCommand::MigrateSwitched {
             name: self.name.clone(),
             id: m.id,
@@ -362,7 +365,7 @@ impl Runner {
     }
 
     /// Undoes a partial switch: the disks come back here and are served again.
-    async fn switch_back(&mut self, rec: &VmRecord) {
+    pub(super) async fn switch_back(&mut self, rec: &VmRecord) {
         let me = self.h.node();
         match self.disk_ids(rec).await {
             Ok(ids) => {
@@ -384,7 +387,7 @@ impl Runner {
     }
 
     /// The guest runs again here after a migration that did not happen.
-    async fn resume_here(&self) {
+    pub(super) async fn resume_here(&self) {
         let Some(live) = self.live.as_ref() else {
             return;
         };
@@ -477,9 +480,15 @@ impl Runner {
                     }
                     match migration_status(&ev) {
                         Some("pre-switchover") => {
+                            if let Some(d) = volume::failpoint::delay("vm.migrate.src.hold") {
+                                tracing::warn!(vm = self.name, "fail point: holding at the switch-over for {d:?}");
+                                tokio::time::sleep(d).await;
+                            }
+                            volume::failpoint::crash("vm.migrate.src.before_switch");
                             let t0 = Instant::now();
                             match self.switch_over(rec, m).await {
                                 Ok(()) => {
+                                    volume::failpoint::crash("vm.migrate.src.after_switch");
                                     switched = true;
                                     let handoff = t0.elapsed();
                                     let Some(live) = self.live.as_mut() else { return };
@@ -506,6 +515,7 @@ impl Runner {
                             }
                         }
                         Some("completed") => {
+                            volume::failpoint::crash("vm.migrate.src.completed");
                             self.finish_outgoing(m, started).await;
                             return;
                         }
@@ -548,7 +558,7 @@ impl Runner {
     }
 
     /// The source after `completed`: QEMU's figures recorded, QEMU quit.
-    async fn finish_outgoing(&mut self, m: &Migration, started: Instant) {
+    pub(super) async fn finish_outgoing(&mut self, m: &Migration, started: Instant) {
         let Some(mut live) = self.live.take() else {
             return;
         };

@@ -6,6 +6,7 @@ mod hotplug;
 mod migrate;
 pub mod qemu;
 pub mod qmp;
+mod recover;
 mod runner;
 pub mod supervisor;
 

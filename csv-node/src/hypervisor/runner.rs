@@ -160,6 +160,11 @@ impl Runner {
                 .as_ref()
                 .and_then(|r| r.migration.clone().map(|m| (r.clone(), m)))
             {
+                let adopted = self.live.as_ref().is_some_and(|l| l.incarnation == 0);
+                if adopted && (m.src == me || m.dst == me) {
+                    self.recover(&r, &m).await;
+                    continue;
+                }
                 if m.dst == me && self.live.is_none() {
                     self.incoming(&r, &m).await;
                     continue;
