@@ -2,7 +2,7 @@
 //! data path, its task set and the accelerator QEMU uses here.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use csv_api::NodeId;
 
@@ -17,29 +17,43 @@ pub struct Host {
     pub(crate) meta: Arc<Meta>,
     pub(crate) data: Arc<Data>,
     pub(crate) tasks: Tasks,
-    /// The accelerator QEMU uses here.
-    pub(crate) accel: &'static str,
+    /// The accelerator QEMU uses here (settled by [`Host::settle_accel`]).
+    accel: OnceLock<&'static str>,
 }
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Host")
             .field("node", &self.cfg.node.id)
-            .field("accel", &self.accel)
+            .field("accel", &self.accel.get())
             .finish_non_exhaustive()
     }
 }
 
 impl Host {
     pub fn new(cfg: Arc<NodeConfig>, meta: Arc<Meta>, data: Arc<Data>, tasks: Tasks) -> Self {
-        let accel = super::qemu::accel_of(&cfg.hypervisor.accel);
         Host {
             cfg,
             meta,
             data,
             tasks,
-            accel,
+            accel: OnceLock::new(),
         }
+    }
+
+    /// Decides the accelerator once (a probe QEMU for `auto`), before any VM starts.
+    pub(crate) async fn settle_accel(&self) -> &'static str {
+        if let Some(a) = self.accel.get() {
+            return a;
+        }
+        let hv = &self.cfg.hypervisor;
+        let a = super::qemu::accel_of(&hv.accel, &hv.qemu, &hv.machine).await;
+        *self.accel.get_or_init(|| a)
+    }
+
+    /// The accelerator QEMU uses here.
+    pub(crate) fn accel(&self) -> &'static str {
+        self.accel.get().copied().unwrap_or("tcg")
     }
 
     pub(crate) fn node(&self) -> NodeId {

@@ -51,18 +51,66 @@ pub fn vm_uuid(id: u64) -> String {
     format!("6373762d-0000-4000-8000-{:012x}", id & 0xffff_ffff_ffff)
 }
 
-/// The accelerator `accel` (`auto`, `kvm`, `tcg`) means on this host.
-pub fn accel_of(accel: &str) -> &'static str {
+/// How long a KVM probe QEMU must stay up for KVM to count as working.
+const KVM_PROBE: Duration = Duration::from_millis(1500);
+
+/// The accelerator `accel` (`auto`, `kvm`, `tcg`) means on this host. `auto` is KVM when
+/// `/dev/kvm` opens and a QEMU of this machine type with `-cpu host` starts under it (a
+/// host without nested virtualisation can have `/dev/kvm` and still fail every vCPU at
+/// its first MSR write), TCG otherwise.
+pub async fn accel_of(accel: &str, qemu: &Path, machine: &str) -> &'static str {
     match accel {
-        "kvm" => "kvm",
-        "tcg" => "tcg",
-        _ => {
-            let kvm = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/kvm")
-                .is_ok();
-            if kvm { "kvm" } else { "tcg" }
+        "kvm" => return "kvm",
+        "tcg" => return "tcg",
+        _ => {}
+    }
+    let dev = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .await;
+    if let Err(e) = dev {
+        tracing::info!("/dev/kvm: {e}: guests run under TCG");
+        return "tcg";
+    }
+    let child = tokio::process::Command::new(qemu)
+        .args([
+            "-accel", "kvm", "-cpu", "host", "-machine", machine, "-m", "16",
+        ])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-S"])
+        .args(["-monitor", "none", "-serial", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("KVM probe ({}): {e}: guests run under TCG", qemu.display());
+            return "tcg";
+        }
+    };
+    match tokio::time::timeout(KVM_PROBE, child.wait()).await {
+        Err(_) => {
+            let _ = child.kill().await;
+            "kvm"
+        }
+        Ok(status) => {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use tokio::io::AsyncReadExt as _;
+                let _ = e.read_to_string(&mut err).await;
+            }
+            let status = match status {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            };
+            let err = err.trim().replace('\n', "; ");
+            tracing::warn!(
+                "/dev/kvm opens but QEMU does not run under it ({status}: {err}): guests run under TCG"
+            );
+            "tcg"
         }
     }
 }

@@ -316,7 +316,7 @@ impl Runner {
         tracing::info!(
             vm = self.name,
             pid = proc.pid,
-            accel = self.h.accel,
+            accel = self.h.accel(),
             "QEMU running"
         );
         Ok(Live {
@@ -355,7 +355,7 @@ impl Runner {
             rec,
             &self.files,
             hv,
-            self.h.accel,
+            self.h.accel(),
             &self.h.data.nbd_socket(),
             incoming,
         );

@@ -57,7 +57,6 @@ impl Hypervisor {
             tracing::info!("hypervisor disabled: this node runs no VMs");
             return;
         }
-        tracing::info!(accel = self.accel, vm_dir = %self.vm_dir().display(), "VM supervisor running");
         self.tasks.spawn(follow(self.clone(), m));
     }
 
@@ -126,6 +125,8 @@ async fn leftovers(h: &Hypervisor) -> Vec<String> {
 }
 
 async fn follow(h: Arc<Hypervisor>, m: Member) {
+    let accel = h.host.settle_accel().await;
+    tracing::info!(accel, vm_dir = %h.vm_dir().display(), "VM supervisor running");
     let found = leftovers(&h).await;
     let mut first = true;
     loop {
