@@ -1,8 +1,8 @@
 //! The hypervisor backend end to end (issue 14): a real Linux guest (scripts/guest-image,
 //! TCG) defined as a cluster VM whose disk is a VHD on the shared volume. It writes,
 //! flushes and verifies a round-stamped pattern once a second for its whole life, and
-//! keeps doing so across: a kill -9 of its node's agent (QEMU runs on and is adopted by
-//! the restarted agent), five live migrations back and forth and a quick one (the disk's
+//! keeps doing so across: a kill -9 and a graceful stop of its node's agent (QEMU runs on
+//! and is adopted by the restarted agent), five live migrations back and forth and a quick one (the disk's
 //! owner follows the VM each time), a disk plugged in and out while it runs, a drain of
 //! its node, a stop and start, and the death of its node (the VM restarts elsewhere and
 //! finds its last flushed round on the disk).
@@ -280,6 +280,16 @@ fn heavy_a_guest_keeps_verifying_its_disk_across_agent_kills_migrations_and_node
     assert_eq!(qemus_under(vc.c.dir()).len(), 1, "two QEMUs of one VM");
     assert_placed(&vc, 2);
 
+    // A graceful stop of the agent (SIGTERM: its disks released, it leaves): QEMU runs
+    // on, its guest waits on the NBD reconnect; the restarted agent adopts it and takes
+    // the disk back.
+    vc.c.stop(2);
+    assert!(alive(pid), "QEMU died with its agent's graceful stop");
+    vc.c.start(2);
+    round = wait_round(&vc, 2, round);
+    assert_eq!(qemu_pid(&vc, 2), pid, "a graceful restart replaced QEMU");
+    assert_placed(&vc, 2);
+
     // Five live migrations back and forth, then a quick one.
     let mut on = 2;
     let mut handoffs = Vec::new();
@@ -478,8 +488,15 @@ fn heavy_a_crash_at_each_migration_step_leaves_exactly_one_running_vm() {
         ("vm.migrate.dst.ready", false),
         ("vm.migrate.dst.before_commit", false),
     ];
+    // CSV_VM_CRASH_POINTS=a,b runs those cases only; CSV_VM_CRASH_LOG=1 prints what the
+    // agents' hypervisors logged in each.
+    let only = std::env::var("CSV_VM_CRASH_POINTS").unwrap_or_default();
+    let show_log = std::env::var_os("CSV_VM_CRASH_LOG").is_some();
     let mut on = 2;
     for (point, source) in cases {
+        if !only.is_empty() && !only.split(',').any(|p| p == point) {
+            continue;
+        }
         let other = if on == 2 { 3 } else { 2 };
         let victim = if source { on } else { other };
         restart_with(&mut vc, victim, &format!("{point}=return"));
@@ -505,6 +522,13 @@ fn heavy_a_crash_at_each_migration_step_leaves_exactly_one_running_vm() {
             "{point}: the VM runs on node {now} (was {on}); last move {}",
             v["last_migration"]
         );
+        if show_log {
+            for n in [2, 3] {
+                for l in vc.c.log(n).lines().filter(|l| l.contains("hypervisor")) {
+                    eprintln!("node {n}: {l}");
+                }
+            }
+        }
         on = now;
     }
     // The coordinator dies while the source holds at the switch-over.

@@ -97,18 +97,30 @@ impl Runner {
     }
 
     pub(super) async fn abort(&self, m: &Migration, reason: &str) {
-        tracing::warn!(vm = self.name, id = m.id, "migration aborted: {reason}");
+        self.try_abort(m, reason).await;
+    }
+
+    /// Proposes the abort of `m`; whether it was recorded (it is refused once the
+    /// migration switched or ended: the state machine's step check is the arbiter).
+    pub(super) async fn try_abort(&self, m: &Migration, reason: &str) -> bool {
         let cmd = VmCommand::MigrateAbort {
             name: self.name.clone(),
             id: m.id,
             reason: reason.to_string(),
             ended_unix_ms: now_unix_ms(),
         };
-        if let Err(e) = self.propose_vm(cmd).await {
-            tracing::info!(
-                vm = self.name,
-                "abort not recorded (the migration ended already?): {e}"
-            );
+        match self.propose_vm(cmd).await {
+            Ok(()) => {
+                tracing::warn!(vm = self.name, id = m.id, "migration aborted: {reason}");
+                true
+            }
+            Err(e) => {
+                tracing::info!(
+                    vm = self.name,
+                    "abort not recorded (the migration moved on or ended): {e}"
+                );
+                false
+            }
         }
     }
 

@@ -61,6 +61,12 @@ impl Runner {
         }
     }
 
+    /// Whether the record places the VM on this node.
+    fn placed_here(&self) -> bool {
+        let me = self.h.node();
+        self.record().is_some_and(|r| r.node == Some(me))
+    }
+
     async fn discard_live(&mut self) {
         if let Some(mut l) = self.live.take() {
             discard(&mut l.proc).await;
@@ -102,21 +108,68 @@ impl Runner {
         }
     }
 
-    async fn recover_source(&mut self, rec: &VmRecord, m: &Migration, status: String) {
-        if m.step == MigrationStep::Prepared {
-            if let Some(live) = self.live.as_ref()
-                && status != "none"
-            {
-                let _ = live.qmp.execute("migrate_cancel", None, QMP_TIMEOUT).await;
+    /// Once an abort was refused: waits until this replica shows `m` switched (`None`:
+    /// it ended, or did not show within the bound).
+    async fn switched(&mut self, id: u64) -> Option<Migration> {
+        tokio::time::timeout(STREAM_WAIT, async {
+            loop {
+                match self.current(id) {
+                    None => return None,
+                    Some(c) if c.step == MigrationStep::Switched => return Some(c),
+                    Some(_) => {}
+                }
+                if self.rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
             }
-            self.stream_end().await;
-            // The agent may have died inside the hand-off: every disk comes back here.
-            self.switch_back(rec).await;
-            self.abort(m, "the source agent restarted before the switch")
-                .await;
-            self.resume_here().await;
-            return;
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn recover_source(&mut self, rec: &VmRecord, m: &Migration, status: String) {
+        let mut m = m.clone();
+        if m.step == MigrationStep::Prepared {
+            // This replica may not have applied the switch this agent proposed before
+            // it stopped: the abort is the arbiter (refused once switched).
+            if self
+                .try_abort(&m, "the source agent restarted before the switch")
+                .await
+            {
+                if let Some(live) = self.live.as_ref()
+                    && status != "none"
+                {
+                    let _ = live.qmp.execute("migrate_cancel", None, QMP_TIMEOUT).await;
+                }
+                self.stream_end().await;
+                // The agent may have died inside the hand-off: every disk comes back.
+                self.switch_back(rec).await;
+                self.resume_here().await;
+                return;
+            }
+            match self.switched(m.id).await {
+                Some(c) => m = c,
+                None if self.placed_here() => {
+                    // The destination aborted it: the guest stays here.
+                    tracing::warn!(vm = self.name, id = m.id, "the migration was aborted");
+                    if let Some(live) = self.live.as_ref() {
+                        let _ = live.qmp.execute("migrate_cancel", None, QMP_TIMEOUT).await;
+                    }
+                    self.stream_end().await;
+                    self.switch_back(rec).await;
+                    self.resume_here().await;
+                    return;
+                }
+                None => {
+                    tracing::error!(vm = self.name, id = m.id, "the VM moved on: QEMU discarded");
+                    self.discard_live().await;
+                    self.disks.clear();
+                    return;
+                }
+            }
         }
+        let m = &m;
         if status == "pre-switchover"
             && let Some(live) = self.live.as_ref()
             && let Err(e) = live
@@ -145,12 +198,28 @@ impl Runner {
     }
 
     async fn recover_destination(&mut self, rec: &VmRecord, m: &Migration) {
+        let mut m = m.clone();
         if m.step == MigrationStep::Prepared {
-            self.discard_live().await;
-            self.abort(m, "the destination agent restarted before the switch")
-                .await;
-            return;
+            // This replica may lag: the source may have switched already. The abort is
+            // the arbiter (refused once switched); QEMU goes only once it is recorded.
+            if self
+                .try_abort(&m, "the destination agent restarted before the switch")
+                .await
+            {
+                self.discard_live().await;
+                return;
+            }
+            match self.switched(m.id).await {
+                Some(c) => m = c,
+                None if self.placed_here() => return,
+                None => {
+                    tracing::error!(vm = self.name, id = m.id, "the migration ended elsewhere");
+                    self.discard_live().await;
+                    return;
+                }
+            }
         }
+        let m = &m;
         // The disks are this node's since the switch: served at once, so QEMU's NBD
         // clients reconnect (the stream's last phase waits on them).
         let attached = self.attach_disks(rec).await;

@@ -503,8 +503,11 @@ impl Runner {
         }
     }
 
-    /// A disk of the VM's QEMU whose write hold this node no longer has.
-    async fn lost_disk(&self) -> Option<String> {
+    /// A disk of the VM's QEMU whose write hold another node has. A disk nobody holds
+    /// (this node's agent stopped gracefully and released it, or its hold expired) is
+    /// taken back here: the guest cannot write it meanwhile (its export is gone), and
+    /// its NBD client reconnects once the export is back.
+    async fn lost_disk(&mut self) -> Option<String> {
         let me = self.h.node();
         let disks: Vec<String> = self
             .live
@@ -519,11 +522,30 @@ impl Runner {
             else {
                 continue;
             };
-            match self.m.query_local(Query::Owner { vhd: v.id }).await {
-                Ok(QueryReply::Owner { owner: Some(o) })
-                    if o.owner == Some(me) && o.owner_valid => {}
-                Ok(_) => return Some(d.clone()),
-                Err(_) => {}
+            let holder = match self.m.query_local(Query::Owner { vhd: v.id }).await {
+                Ok(QueryReply::Owner { owner: Some(o) }) if o.owner_valid => o.owner,
+                Ok(_) => None,
+                Err(_) => continue,
+            };
+            match holder {
+                Some(n) if n != me => return Some(d.clone()),
+                Some(_) if self.h.data.is_attached_name(d) => {}
+                _ => {
+                    let a = VhdAttach {
+                        name: d.clone(),
+                        node: 0,
+                        read_only: false,
+                    };
+                    match self.h.data.attach(a).await {
+                        Ok(_) => tracing::info!(vm = self.name, disk = d, "disk taken back"),
+                        Err(e) => {
+                            tracing::debug!(vm = self.name, disk = d, "taking the disk back: {e}")
+                        }
+                    }
+                    if !self.disks.contains(d) {
+                        self.disks.push(d.clone());
+                    }
+                }
             }
         }
         None

@@ -18,6 +18,9 @@ use crate::state::vms::VmRecord;
 use crate::sync::lock;
 use crate::task::Tasks;
 
+/// How long the runners may take to end at a node's stop.
+const STOP_BOUND: Duration = Duration::from_secs(5);
+
 /// The table is read again at least this often (a missed wake-up costs no more).
 const RESCAN: Duration = Duration::from_secs(2);
 
@@ -44,11 +47,21 @@ impl std::ops::Deref for Hypervisor {
 }
 
 impl Hypervisor {
-    pub fn new(cfg: Arc<NodeConfig>, meta: Arc<Meta>, data: Arc<Data>, tasks: Tasks) -> Self {
+    /// The supervisor's tasks (its runners) are its own: a graceful stop of the node
+    /// ends them first ([`Hypervisor::stop`]), so that nothing acts on the VMs while the
+    /// node releases their disks.
+    pub fn new(cfg: Arc<NodeConfig>, meta: Arc<Meta>, data: Arc<Data>) -> Self {
         Hypervisor {
-            host: Arc::new(Host::new(cfg, meta, data, tasks)),
+            host: Arc::new(Host::new(cfg, meta, data, Tasks::default())),
             runners: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Ends the runners (the node stops): QEMU processes keep running, their guests
+    /// wait on their disks' NBD reconnects, and the next agent adopts them and takes
+    /// their disks again. Returns how many tasks were still running at the bound.
+    pub async fn stop(&self) -> usize {
+        self.tasks.stop(STOP_BOUND).await
     }
 
     /// Starts following the VM table (once the node is a member).

@@ -75,12 +75,7 @@ impl Node {
             tasks.clone(),
         ));
         let ops = Arc::new(Ops::new(data.clone(), tasks.clone()));
-        let hv = Arc::new(Hypervisor::new(
-            cfg.clone(),
-            meta.clone(),
-            data.clone(),
-            tasks.clone(),
-        ));
+        let hv = Arc::new(Hypervisor::new(cfg.clone(), meta.clone(), data.clone()));
         Ok(Node {
             cfg,
             meta,
@@ -123,10 +118,13 @@ impl Node {
         });
     }
 
-    /// Graceful stop: exports closed and flushed, holds released, then `Leave` (other
+    /// Graceful stop: the VM runners ended (QEMU runs on), exports closed and flushed, holds released, then `Leave` (other
     /// nodes may take this node's VHDs at once), then the metadata store, then the
     /// remaining tasks. Bounded: without a quorum the holds expire instead.
     async fn shutdown(&self) {
+        if self.hv.stop().await > 0 {
+            tracing::warn!("VM runners still running at their stop bound");
+        }
         if tokio::time::timeout(RELEASE_DEADLINE, self.data.release_at_shutdown())
             .await
             .is_err()
