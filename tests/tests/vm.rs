@@ -531,32 +531,56 @@ fn heavy_a_crash_at_each_migration_step_leaves_exactly_one_running_vm() {
         }
         on = now;
     }
-    // The coordinator dies while the source holds at the switch-over.
-    assert_eq!(vc.c.wait_leader(), 1, "node 1 coordinates");
-    let other = if on == 2 { 3 } else { 2 };
-    restart_with(&mut vc, on, "vm.migrate.src.hold=return(3000)");
-    vc.c.wait_converged(&[1, 2, 3]);
-    settled(&vc, 1);
-    let to = other.to_string();
-    vc.ok(1, &["vm", "migrate", "g1", "--to", &to, "--no-wait"]);
-    wait_for(
-        "the source at the switch-over",
-        Duration::from_secs(60),
-        || vc.c.log(on).contains("holding at the switch-over"),
-    );
-    vc.c.kill(1);
-    std::thread::sleep(Duration::from_secs(1));
-    vc.c.start(1);
-    let now = settled(&vc, 2);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        qemus_under(vc.c.dir()).len(),
-        1,
-        "coordinator crash: not one QEMU"
-    );
-    assert_placed(&vc, now);
-    let r = wait_round(&vc, now, 0);
-    wait_round(&vc, now, r);
+    // The coordinator dies while the migration holds at each step: before the
+    // destination is ready (prepared), at the switch-over pause, before the commit
+    // (switched).
+    let holds = [
+        ("vm.migrate.dst.hold_ready", false, "holding before ready"),
+        ("vm.migrate.src.hold", true, "holding at the switch-over"),
+        (
+            "vm.migrate.dst.hold_commit",
+            false,
+            "holding before the commit",
+        ),
+    ];
+    for (point, source, said) in holds {
+        if !only.is_empty() && !only.split(',').any(|p| p == point) {
+            continue;
+        }
+        vc.c.wait_converged(&[1, 2, 3]);
+        vc.ok(1, &["cluster", "transfer-leader", "--to", "1"]);
+        assert_eq!(vc.c.wait_leader(), 1, "node 1 coordinates");
+        let other = if on == 2 { 3 } else { 2 };
+        let holder = if source { on } else { other };
+        restart_with(&mut vc, holder, &format!("{point}=return(3000)"));
+        vc.c.wait_converged(&[1, 2, 3]);
+        settled(&vc, 1);
+        let before = vc.c.log(holder).matches(said).count();
+        let to = other.to_string();
+        vc.ok(1, &["vm", "migrate", "g1", "--to", &to, "--no-wait"]);
+        wait_for(&format!("{point} reached"), Duration::from_secs(60), || {
+            vc.c.log(holder).matches(said).count() > before
+        });
+        vc.c.kill(1);
+        std::thread::sleep(Duration::from_secs(1));
+        vc.c.start(1);
+        let now = settled(&vc, other);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            qemus_under(vc.c.dir()).len(),
+            1,
+            "coordinator killed at {point}: not one QEMU"
+        );
+        assert_placed(&vc, now);
+        let r = wait_round(&vc, now, 0);
+        wait_round(&vc, now, r);
+        eprintln!(
+            "coordinator killed at {point}: the VM runs on node {now} (was {on}); last move {}",
+            show(&vc, 1)["last_migration"]
+        );
+        restart_with(&mut vc, holder, "");
+        on = now;
+    }
     vc.ok(1, &["vm", "kill", "g1"]);
     assert!(qemus_under(vc.c.dir()).is_empty());
 }

@@ -256,6 +256,10 @@ impl Runner {
             })
             .ok_or_else(|| failed(format!("no listening port in {q}")))?;
         let uri = format!("tcp:{host}:{port}");
+        if let Some(d) = volume::failpoint::delay("vm.migrate.dst.hold_ready") {
+            tracing::warn!(vm = self.name, "fail point: holding before ready for {d:?}");
+            tokio::time::sleep(d).await;
+        }
         let ready = VmCommand::MigrateReady {
             name: self.name.clone(),
             id: m.id,
@@ -284,6 +288,13 @@ impl Runner {
                 }
             }
             if completed && activated {
+                if let Some(d) = volume::failpoint::delay("vm.migrate.dst.hold_commit") {
+                    tracing::warn!(
+                        vm = self.name,
+                        "fail point: holding before the commit for {d:?}"
+                    );
+                    tokio::time::sleep(d).await;
+                }
                 volume::failpoint::crash("vm.migrate.dst.before_commit");
                 qmp.execute("cont", None, QMP_TIMEOUT)
                     .await
