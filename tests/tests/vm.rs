@@ -210,8 +210,10 @@ fn assert_placed(vc: &VolumeCluster, node: u64) {
     assert_eq!(o["owner"], node, "{o}");
 }
 
-#[test]
-fn heavy_a_guest_keeps_verifying_its_disk_across_agent_kills_migrations_and_node_death() {
+/// A 3-node cluster with the test guest defined as VM `g1` (stopped): its disk `d1`
+/// (64 MiB), preferred nodes 2 then 3. The reaper kills its QEMUs when dropped (before
+/// the cluster: declare it after).
+fn guest_cluster() -> (VolumeCluster, Reaper) {
     need("qemu-system-x86_64", "qemu-system-x86");
     need("busybox", "busybox-static");
     need("cpio", "cpio");
@@ -222,36 +224,24 @@ fn heavy_a_guest_keeps_verifying_its_disk_across_agent_kills_migrations_and_node
         .status()
         .expect("run scripts/guest-image");
     assert!(st.success(), "scripts/guest-image failed");
-
-    let mut vc = volume_cluster_with(3, 2 * GIB, CONFIG);
-    let _reaper = Reaper(vc.c.dir().to_path_buf());
+    let vc = volume_cluster_with(3, 2 * GIB, CONFIG);
+    let reaper = Reaper(vc.c.dir().to_path_buf());
     vc.ok(1, &["vhd", "create", "d1", "--size", "64M"]);
-    vc.ok(1, &["vhd", "create", "d2", "--size", "32M"]);
     let kernel = guest.join("vmlinuz").display().to_string();
     let initrd = guest.join("initrd.img").display().to_string();
-    vc.ok(
-        1,
-        &[
-            "vm",
-            "create",
-            "g1",
-            "--memory",
-            "256M",
-            "--disk",
-            "d1",
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
-            "--append",
-            "console=ttyS0 panic=-1 quiet csv_rounds=0",
-            "--no-nic",
-            "--prefer",
-            "2",
-            "--prefer",
-            "3",
-        ],
-    );
+    let append = "console=ttyS0 panic=-1 quiet csv_rounds=0";
+    let create = [
+        "vm", "create", "g1", "--memory", "256M", "--disk", "d1", "--kernel", &kernel, "--initrd",
+        &initrd, "--append", append, "--no-nic", "--prefer", "2", "--prefer", "3",
+    ];
+    vc.ok(1, &create);
+    (vc, reaper)
+}
+
+#[test]
+fn heavy_a_guest_keeps_verifying_its_disk_across_agent_kills_migrations_and_node_death() {
+    let (mut vc, _reaper) = guest_cluster();
+    vc.ok(1, &["vhd", "create", "d2", "--size", "32M"]);
     // A disk is one VM's: another VM cannot name it, and it cannot be deleted.
     vc.refused(1, &["vm", "create", "g2", "--disk", "d1"]);
     vc.refused(1, &["vhd", "delete", "d1"]);
@@ -439,44 +429,7 @@ fn restart_with(vc: &mut VolumeCluster, id: u64, points: &str) {
 
 #[test]
 fn heavy_a_crash_at_each_migration_step_leaves_exactly_one_running_vm() {
-    need("qemu-system-x86_64", "qemu-system-x86");
-    need("busybox", "busybox-static");
-    need("cpio", "cpio");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let guest = root.join("target/guest");
-    let st = Command::new(root.join("scripts/guest-image"))
-        .arg(&guest)
-        .status()
-        .expect("run scripts/guest-image");
-    assert!(st.success(), "scripts/guest-image failed");
-    let mut vc = volume_cluster_with(3, 2 * GIB, CONFIG);
-    let _reaper = Reaper(vc.c.dir().to_path_buf());
-    vc.ok(1, &["vhd", "create", "d1", "--size", "64M"]);
-    let kernel = guest.join("vmlinuz").display().to_string();
-    let initrd = guest.join("initrd.img").display().to_string();
-    vc.ok(
-        1,
-        &[
-            "vm",
-            "create",
-            "g1",
-            "--memory",
-            "256M",
-            "--disk",
-            "d1",
-            "--kernel",
-            &kernel,
-            "--initrd",
-            &initrd,
-            "--append",
-            "console=ttyS0 panic=-1 quiet csv_rounds=0",
-            "--no-nic",
-            "--prefer",
-            "2",
-            "--prefer",
-            "3",
-        ],
-    );
+    let (mut vc, _reaper) = guest_cluster();
     vc.ok(1, &["vm", "start", "g1", "--node", "2", "--timeout", "60"]);
     wait_round(&vc, 2, 1);
     // (crash point, on the source or the destination)

@@ -340,11 +340,14 @@ pub async fn spawn(
             _ => {}
         }
     }
-    let log = std::fs::OpenOptions::new()
+    let log = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&files.log)
-        .map_err(io(&format!("open {}", files.log.display())))?;
+        .await
+        .map_err(io(&format!("open {}", files.log.display())))?
+        .into_std()
+        .await;
     let log2 = log
         .try_clone()
         .map_err(io(&format!("open {}", files.log.display())))?;
