@@ -7,6 +7,7 @@
 //! (`attachment.rs`, `fence.rs`).
 
 mod attachment;
+mod chaos;
 mod client;
 mod cluster;
 mod drain;
@@ -63,6 +64,9 @@ enum Command {
     Vhd(vhd::VhdArgs),
     /// Cluster VMs on QEMU: create, start, stop, list, show.
     Vm(vm::VmArgs),
+    /// Chaos runs on a local cluster, and the checker of their histories.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Volume(args) => client::run(cli.admin, |s| volume::run(s, args, json)),
         Command::Vhd(args) => client::run(cli.admin, |s| vhd::run(s, args, json)),
         Command::Vm(args) => client::run(cli.admin, |s| vm::run(s, args, json)),
+        Command::Chaos(cmd) => chaos::run(cmd, json),
     };
     match result {
         Ok(code) => ExitCode::from(code),

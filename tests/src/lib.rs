@@ -5,6 +5,7 @@
 //! builds them before the tests run).
 
 pub mod bench;
+pub mod chaos;
 pub mod leases;
 pub mod nbdpy;
 pub mod netns;

@@ -198,3 +198,49 @@ impl Drop for San {
         self.kill();
     }
 }
+
+/// A target port that runs every write 1 s after it got it, whatever happens to the
+/// connection meanwhile (nbdkit's eval plugin: the write's script runs to its end even
+/// when the client has given up; the `delay` filter would drop it on disconnect).
+#[derive(Debug)]
+pub struct LateTarget(std::process::Child);
+
+impl LateTarget {
+    /// Listens on `sock` for `lun` (replacing what was there).
+    pub fn start(sock: &std::path::Path, lun: &std::path::Path) -> LateTarget {
+        let _ = std::fs::remove_file(sock);
+        let lun = lun.display();
+        let child = Command::new("nbdkit")
+            .args(["--foreground", "--exit-with-parent", "-U"])
+            .arg(sock)
+            .arg("eval")
+            .arg(format!("get_size=stat -c %s {lun}"))
+            .arg(format!(
+                "pread=dd if={lun} iflag=skip_bytes,count_bytes skip=$4 count=$3 status=none"
+            ))
+            .arg(format!(
+                "pwrite=sleep 1; dd of={lun} oflag=seek_bytes conv=notrunc seek=$4 status=none"
+            ))
+            .arg(format!("flush=sync {lun}"))
+            .arg("thread_model=echo parallel")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("nbdkit eval");
+        let start = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(sock).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nbdkit eval did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        LateTarget(child)
+    }
+}
+
+impl Drop for LateTarget {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -96,6 +96,10 @@ impl KvEngine for RocksEngine {
                 Op::DeleteRange(cf, s, e) => wb.delete_range_cf(self.cf(cf)?, s, e),
             }
         }
+        if sync {
+            // A slow metadata disk, for fault tests (off unless FAILPOINTS names it).
+            fail::fail_point!("meta.fsync");
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(wb, &wo)?;

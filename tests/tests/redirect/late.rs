@@ -40,50 +40,6 @@ fn nbd_opts(uri: &str) -> String {
     format!("export={name},server.type=unix,server.path={sock}")
 }
 
-/// A target port that runs every write 1 s after it got it, whatever happens to the
-/// connection meanwhile (nbdkit's eval plugin: the write's script runs to its end even
-/// when the client has given up; the `delay` filter would drop it on disconnect).
-struct LateTarget(std::process::Child);
-
-impl LateTarget {
-    fn start(sock: &std::path::Path, lun: &std::path::Path) -> LateTarget {
-        let _ = std::fs::remove_file(sock);
-        let lun = lun.display();
-        let child = Command::new("nbdkit")
-            .args(["--foreground", "--exit-with-parent", "-U"])
-            .arg(sock)
-            .arg("eval")
-            .arg(format!("get_size=stat -c %s {lun}"))
-            .arg(format!(
-                "pread=dd if={lun} iflag=skip_bytes,count_bytes skip=$4 count=$3 status=none"
-            ))
-            .arg(format!(
-                "pwrite=sleep 1; dd of={lun} oflag=seek_bytes conv=notrunc seek=$4 status=none"
-            ))
-            .arg(format!("flush=sync {lun}"))
-            .arg("thread_model=echo parallel")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("nbdkit eval");
-        let start = std::time::Instant::now();
-        while std::os::unix::net::UnixStream::connect(sock).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "nbdkit eval did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        LateTarget(child)
-    }
-}
-
-impl Drop for LateTarget {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A write held back on the failed path (it lands 1 s after it was sent: after the
 /// node's call bound of 0.68 s, within the bound of a write in doubt, 1.37 s; 042 §4)
 /// lands before the node reissues anything through a peer, so the VM's next write of the
@@ -106,7 +62,7 @@ fn a_write_held_back_on_the_failed_path_never_overwrites_a_newer_redirected_one(
     wait_path(&sc.vc, 2, "direct", Duration::from_secs(20));
     // Node 2's port of the target now runs every write 1 s late.
     sc.sans.get_mut(&2).expect("san").cut();
-    let _late = LateTarget::start(&super::sock(sc._dir.path(), 2), &sc.vc.lun);
+    let _late = csv_tests::san::LateTarget::start(&super::sock(sc._dir.path(), 2), &sc.vc.lun);
     let out = qemu_io(
         &uri,
         &["write -P 0xaa 0 64k", "write -P 0xbb 0 64k", "flush"],

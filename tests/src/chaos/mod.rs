@@ -1,0 +1,240 @@
+//! The chaos runner (issue 15): a 3-node cluster of real csv-node processes, each node
+//! in its own network namespace and with its own SAN port (nbdkit) on one LUN file; the
+//! workload of [`workload`] on one VHD per node; a seeded schedule of faults
+//! ([`chaos::schedule`]) injected one after another; then every block read once more
+//! and the history judged by [`chaos::check`].
+//!
+//! Faults: `kill` (kill -9, restart), `stop` (SIGSTOP past the lease, SIGCONT),
+//! `partition` (the node's link cut), `path` (its SAN port killed, restored), `late`
+//! (its SAN port replaced by one that lands every write a second late, then cut),
+//! `slow_fsync` (the node restarted with every metadata fsync 300 ms slow, then
+//! restarted as it was), `move` (a VHD's write hold handed to another node, attached
+//! there).
+
+pub mod faults;
+pub mod rig;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chaos::check::{Report, check};
+use chaos::history::{Event, FaultClass, Header, History};
+use chaos::schedule::Plan;
+use serde::Serialize;
+
+pub use rig::{LEASE, Rig};
+use workload::{Shared, Target};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Seed of the schedule and the workload.
+    pub seed: u64,
+    /// How long faults are injected.
+    pub duration: Duration,
+    /// Fault classes to draw from.
+    pub classes: Vec<FaultClass>,
+    /// Where the history goes.
+    pub history: PathBuf,
+    /// Extra environment of every node (a test build's failpoints).
+    pub node_env: Vec<(String, String)>,
+    /// Blocks per VHD.
+    pub blocks: u64,
+    /// Operations in flight per VHD.
+    pub depth: usize,
+    /// Run each node's lease watchdog (`[lease] watchdog`): it SIGKILLs a paused or
+    /// cut-off owner before its VHDs can be taken over. Without it, a write that passed
+    /// the fence right before a SIGSTOP lands when the node resumes, after the takeover
+    /// (docs/design/030 §9): chaos seed 1 showed it.
+    pub watchdog: bool,
+}
+
+/// The run's summary (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Seed.
+    pub seed: u64,
+    /// Seconds of faults.
+    pub seconds: f64,
+    /// The history file.
+    pub history: String,
+    /// Classes asked for and not injected (the run was too short).
+    pub missing_classes: Vec<String>,
+    /// Every block read back at the end.
+    pub verified: bool,
+    /// Longest time a VHD's client had no route (ms).
+    pub longest_outage_ms: u64,
+    /// The checker's counts and violations.
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+impl Summary {
+    /// The run passed: no violation, every class injected, every block read back.
+    pub fn ok(&self) -> bool {
+        self.report.ok() && self.missing_classes.is_empty() && self.verified
+    }
+}
+
+/// Restarts nodes whose process ended (their lease watchdog killed a paused or cut-off
+/// owner), as the node's supervisor (systemd) would.
+fn revive(rig: &mut Rig, sh: &Shared) {
+    let ids: Vec<u64> = rig.vc.c.nodes.keys().copied().collect();
+    for id in ids {
+        if let Some(st) = rig.vc.c.try_exit(id) {
+            eprintln!("chaos: node {id} ended ({st}), restarted as its supervisor would");
+            let t = sh.now();
+            rig.vc.c.start(id);
+            sh.log(&Event::Fault {
+                class: FaultClass::Kill,
+                node: id,
+                start: t,
+                end: sh.now(),
+                detail: format!("ended by itself ({st}), restarted"),
+            });
+        }
+    }
+}
+
+/// Runs a chaos run; its summary (the history is in `cfg.history`).
+pub fn run(cfg: &Config) -> Summary {
+    let nodes = 3;
+    let mut rig = Rig::start(nodes, &cfg.node_env, cfg.watchdog);
+    let mut classes = cfg.classes.clone();
+    if !rig.netns {
+        eprintln!("chaos: not root, no network namespaces: partitions left out");
+        classes.retain(|c| *c != FaultClass::Partition);
+    }
+    let mut targets = Vec::new();
+    for i in 1..=nodes {
+        let name = format!("chaos{i}");
+        rig.vc.ok(
+            1,
+            &["vhd", "create", &name, "--size", "16M", "--type", "fixed"],
+        );
+        let info: serde_json::Value =
+            serde_json::from_str(&rig.vc.ok(1, &["vhd", "info", &name, "--json"])).expect("json");
+        let vhd = info["id"].as_u64().expect("vhd id");
+        rig.vc.ok(i, &["vhd", "attach", &name]);
+        targets.push(Target {
+            name,
+            vhd,
+            client: i,
+        });
+    }
+    let file = std::fs::File::create(&cfg.history).expect("create the history file");
+    let header = Header {
+        seed: cfg.seed,
+        // Longest a write may still land after its client gave up: a request queued on
+        // a node's failed path for its whole queue time, with margin.
+        in_doubt_us: 30_000_000,
+        block: chaos::stamp::BLOCK as u64,
+        detail: format!(
+            "csv-chaos, {nodes} nodes, classes {:?}, env {:?}",
+            classes, cfg.node_env
+        ),
+    };
+    let sh = Arc::new(Shared {
+        admins: rig
+            .vc
+            .c
+            .nodes
+            .iter()
+            .map(|(id, n)| (*id, n.admin.clone()))
+            .collect(),
+        nbd: (1..=nodes).map(|id| (id, rig.vc.nbd_socket(id))).collect(),
+        start: Instant::now(),
+        history: std::sync::Mutex::new(std::io::BufWriter::new(file)),
+        next_id: AtomicU64::new(1),
+        stop: AtomicBool::new(false),
+        blocks: cfg.blocks,
+        depth: cfg.depth,
+        op_timeout: Duration::from_secs(3),
+        longest_outage_us: AtomicU64::new(0),
+        node_failpoints: cfg
+            .node_env
+            .iter()
+            .find(|(k, _)| k == "FAILPOINTS")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+    });
+    sh.log(&Event::Header(header.clone()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let drivers: Vec<_> = targets
+        .iter()
+        .map(|t| rt.spawn(workload::drive(sh.clone(), t.clone(), cfg.seed ^ t.vhd)))
+        .collect();
+    let plan = Plan {
+        nodes,
+        vhds: targets.len(),
+        classes: classes.clone(),
+        lease_ms: LEASE.as_millis() as u64 + 6_000,
+    };
+    let deadline = Instant::now() + cfg.duration;
+    let mut injected: BTreeMap<FaultClass, u64> = BTreeMap::new();
+    for f in plan.faults(cfg.seed) {
+        if Instant::now() >= deadline {
+            break;
+        }
+        revive(&mut rig, &sh);
+        std::thread::sleep(Duration::from_millis(f.gap_ms));
+        let (start, detail) = (sh.now(), faults::inject(&mut rig, &sh, &targets, &f));
+        eprintln!(
+            "chaos: {:>7.1}s {} node {}: {detail}",
+            start as f64 / 1e6,
+            f.class.name(),
+            f.node
+        );
+        sh.log(&Event::Fault {
+            class: f.class,
+            node: f.node,
+            start,
+            end: sh.now(),
+            detail,
+        });
+        *injected.entry(f.class).or_default() += 1;
+    }
+    // Quiet: the cluster settles with the workload running, then the drivers stop and
+    // every block is read once more.
+    revive(&mut rig, &sh);
+    std::thread::sleep(Duration::from_secs(3));
+    sh.stop.store(true, Ordering::Release);
+    for d in drivers {
+        let _ = rt.block_on(d);
+    }
+    let verified = rt.block_on(async {
+        let mut all = true;
+        for t in &targets {
+            all &= workload::verify(sh.clone(), t.clone(), Duration::from_secs(60)).await;
+        }
+        all
+    });
+    sh.flush_history();
+    let history = std::fs::File::open(&cfg.history)
+        .map_err(chaos::history::HistoryError::from)
+        .and_then(|f| History::read(std::io::BufReader::new(f)))
+        .expect("read back the history");
+    let report = check(&history);
+    let missing_classes = classes
+        .iter()
+        .filter(|c| !injected.contains_key(c))
+        .map(|c| c.name().to_string())
+        .collect();
+    Summary {
+        seed: cfg.seed,
+        seconds: cfg.duration.as_secs_f64(),
+        history: cfg.history.display().to_string(),
+        missing_classes,
+        verified,
+        longest_outage_ms: sh.longest_outage_us.load(Ordering::Acquire) / 1000,
+        report,
+    }
+}
