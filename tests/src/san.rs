@@ -224,6 +224,8 @@ impl LateTarget {
             .arg(format!("flush=sync {lun}"))
             .arg("thread_model=echo parallel")
             .stdout(std::process::Stdio::null())
+            // Its scripts complain of broken pipes when the port is cut under them.
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("nbdkit eval");
         let start = std::time::Instant::now();

@@ -21,7 +21,12 @@ fn heavy_the_checker_catches_a_build_whose_fence_lets_a_paused_owner_write() {
         history: history.clone(),
         node_env: vec![("FAILPOINTS".into(), "fence.off=return".into())],
         blocks: 64,
-        depth: 4,
+        // Many operations in flight, half of them writes: about 16 writes are queued in
+        // the paused owner. Each stale one that lands is caught unless the new owner's
+        // next operation on its block is a write (one chance in two): a miss takes all of
+        // them hidden, about 2^-16.
+        depth: 32,
+        write_percent: 50,
         watchdog: false,
     });
     let kinds: Vec<&str> = s.report.violations.iter().map(|v| v.kind).collect();

@@ -32,6 +32,7 @@ impl World {
                 self.nodes[i].link = (link, until);
                 self.at(until, Ev::Heal(i, until));
             }
+            7 | 8 if self.nodes[i].alive => self.cut_path(i),
             6 if self.leader.is_some() => {
                 self.crash_leader();
                 let f = self.rng.random_range(300 * MS..8 * SEC);
@@ -48,6 +49,7 @@ impl World {
         n.inbox.clear();
         n.pending.clear();
         n.draining = None;
+        self.dp_crash(i);
     }
 
     pub(super) fn restart(&mut self, i: usize) {
@@ -97,6 +99,7 @@ impl World {
         self.calm = true;
         for i in 0..NODES {
             self.nodes[i].link = (Link::Up, 0);
+            self.nodes[i].path.ok = true;
             if self.nodes[i].paused.is_some() {
                 self.nodes[i].paused = Some(self.now);
                 self.at(self.now, Ev::Resume(i, self.now));

@@ -11,6 +11,11 @@
 //! phase then checks liveness: healthy nodes ride through a coordinator failover with
 //! their fences open, and a killed owner's VHDs are taken over within the outage budget.
 //!
+//! On top, the data path (`datapath.rs`, issue 15): client writes and reads of stamped
+//! blocks down each node's LUN path or, when a path is cut, through a peer chosen by the
+//! real `redirector::health` core, with late landings on the cut path and forwarded calls
+//! checked at the peer; the history of every seed is judged by `chaos::check`.
+//!
 //! `SIM_SEED=n` replays one seed; `SIM_SEEDS=k` runs k seeds (default 40).
 
 use lock_manager::timing::RHO_PPM;
@@ -23,8 +28,12 @@ use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
+mod datapath;
+mod dp_types;
 mod faults;
 mod node;
+
+use dp_types::{Call, DataPath, DpStats, PathSim};
 
 const MS: u64 = 1_000_000;
 const SEC: u64 = 1_000 * MS;
@@ -88,11 +97,38 @@ enum Ev {
     Commit,
     CoordTick(u64),
     Elect,
-    Land {
-        node: usize,
-        vhd: VhdId,
-        generation: Generation,
+    DpRun {
+        call: Call,
+        op: u64,
+        attempt: u32,
+        via: usize,
     },
+    DpAck {
+        op: u64,
+        attempt: u32,
+        via: usize,
+    },
+    DpTimeout {
+        op: u64,
+        attempt: u32,
+    },
+    DpAtPeer {
+        call: Call,
+        op: u64,
+        attempt: u32,
+        peer: usize,
+        sent: u64,
+    },
+    DpRefused {
+        op: u64,
+        attempt: u32,
+        stale: bool,
+    },
+    DpPeerTimeout {
+        op: u64,
+        attempt: u32,
+    },
+    PathRestore(usize),
     Fault,
     Resume(usize, u64),
     Restart(usize),
@@ -134,6 +170,8 @@ struct SimNode {
     /// A hand-off or release waiting for the drain: (vhd, request, ready at).
     draining: Option<(VhdId, lock_manager::Request, u64)>,
     register_sent: bool,
+    /// Its LUN path and where its calls go (the data path: `datapath.rs`).
+    path: PathSim,
 }
 
 struct Leader {
@@ -155,6 +193,7 @@ struct Stats {
     expiries: u64,
     calm_takeover_ms_max: u64,
     ride_through_lapses: u64,
+    dp: DpStats,
 }
 
 struct World {
@@ -178,6 +217,7 @@ struct World {
     stats: Stats,
     trace: u64,
     tracing: bool,
+    dp: DataPath,
 }
 
 type Check = Result<(), String>;
@@ -188,6 +228,8 @@ impl World {
     fn new(seed: u64) -> World {
         let mut rng = StdRng::seed_from_u64(seed);
         let timing = LeaseTiming::default();
+        let dp = DataPath::new();
+        let base = dp.base;
         let nodes = (0..NODES)
             .map(|i| SimNode {
                 id: NodeId(i as u64 + 1),
@@ -206,6 +248,7 @@ impl World {
                 landing: BTreeMap::new(),
                 draining: None,
                 register_sent: false,
+                path: PathSim::new(i as u64 + 1, base),
             })
             .collect();
         let mut w = World {
@@ -229,6 +272,7 @@ impl World {
             stats: Stats::default(),
             trace: 0xcbf2_9ce4_8422_2325,
             tracing: std::env::var("SIM_TRACE").is_ok(),
+            dp,
         };
         w.at(0, Ev::Elect);
         for i in 0..NODES {
@@ -350,25 +394,29 @@ impl World {
             Ev::Commit => self.commit()?,
             Ev::CoordTick(term) => self.coord_tick(term),
             Ev::Elect => self.elect(),
-            Ev::Land {
-                node,
-                vhd,
-                generation,
-            } => {
-                let last = self.landed_gen.entry(vhd).or_insert(Generation(0));
-                if generation < *last {
-                    return Err(format!(
-                        "write of node {} at {generation} to {vhd} landed after a write at {last}",
-                        node + 1
-                    ));
-                }
-                *last = generation;
-                self.stats.writes_landed += 1;
-            }
+            Ev::DpRun {
+                call,
+                op,
+                attempt,
+                via,
+            } => self.dp_run(call, op, attempt, via)?,
+            Ev::DpAck { op, attempt, via } => self.dp_ack(op, attempt, via),
+            Ev::DpTimeout { op, attempt } => self.dp_timeout(op, attempt),
+            Ev::DpAtPeer {
+                call,
+                op,
+                attempt,
+                peer,
+                sent,
+            } => self.dp_at_peer(call, op, attempt, peer, sent),
+            Ev::DpRefused { op, attempt, stale } => self.dp_refused(op, attempt, stale),
+            Ev::DpPeerTimeout { op, attempt } => self.dp_peer_timeout(op, attempt),
+            Ev::PathRestore(i) => self.nodes[i].path.ok = true,
             Ev::Fault => self.fault(),
             Ev::Resume(i, until) => {
                 if self.nodes[i].paused == Some(until) {
                     self.resume(i)?;
+                    self.dp_resume(i);
                 }
             }
             Ev::Restart(i) => self.restart(i),
@@ -396,8 +444,25 @@ impl World {
                 self.at(self.now + 2500 * MS, Ev::Elect);
             }
             Ev::KillOwner => self.kill_owner()?,
-            Ev::End => self.end_checks()?,
+            Ev::End => {
+                self.dp_end()?;
+                self.end_checks()?;
+            }
         }
+        Ok(())
+    }
+
+    /// A write lands on the LUN: never one of an older generation after a newer one.
+    fn landed(&mut self, node: usize, vhd: VhdId, generation: Generation) -> Check {
+        let last = self.landed_gen.entry(vhd).or_insert(Generation(0));
+        if generation < *last {
+            return Err(format!(
+                "write of node {} at {generation} to {vhd} landed after a write at {last}",
+                node + 1
+            ));
+        }
+        *last = generation;
+        self.stats.writes_landed += 1;
         Ok(())
     }
 
@@ -494,7 +559,12 @@ impl World {
 }
 
 fn run_seed(seed: u64) -> Result<(Stats, u64), String> {
+    run_seed_with(seed, false)
+}
+
+fn run_seed_with(seed: u64, skip_quiesce: bool) -> Result<(Stats, u64), String> {
     let mut w = World::new(seed);
+    w.dp.skip_quiesce = skip_quiesce;
     let stats = w.run()?;
     let _ = w.seed;
     Ok((stats, w.trace))
@@ -531,6 +601,7 @@ fn no_two_open_write_fences_and_takeover_within_budget() {
         total.ownership_lost += s.ownership_lost;
         total.resumed_after_takeover += s.resumed_after_takeover;
         total.expiries += s.expiries;
+        total.dp.add(&s.dp);
     }
     eprintln!("total: {total:?}; slowest takeover after kill: {worst} ms");
     if std::env::var("SIM_SEED").is_err() {
@@ -545,6 +616,12 @@ fn no_two_open_write_fences_and_takeover_within_budget() {
             ("ownership lost", total.ownership_lost),
             ("resumed after takeover", total.resumed_after_takeover),
             ("expiries", total.expiries),
+            ("data-path operations acknowledged", total.dp.acked),
+            ("path cuts", total.dp.path_cuts),
+            ("redirected calls", total.dp.redirected),
+            ("reissued calls", total.dp.reissued),
+            ("late landings on a cut path", total.dp.late_landed),
+            ("stale forwarded writes refused", total.dp.refused_stale),
         ] {
             assert!(n > 0, "no {what} in any seed: {total:?}");
         }
@@ -557,4 +634,14 @@ fn a_seed_replays_identically() {
     let b = run_seed(7).expect("seed 7 passes");
     assert_eq!(a.1, b.1, "same seed, same event trace");
     assert_ne!(run_seed(8).expect("seed 8 passes").1, a.1);
+}
+
+/// The data path's checks have teeth: with the quiesce skipped (a call reissued through a
+/// peer while its first attempt may still land on the cut path), some seed's history
+/// shows a late write over a newer one.
+#[test]
+fn a_data_path_that_reissues_before_the_cut_path_is_quiet_is_caught() {
+    let caught = (1..=60).find_map(|seed| run_seed_with(seed, true).err());
+    let e = caught.expect("no seed caught the reissue before quiet");
+    assert!(e.contains("data path") || e.contains("landed after"), "{e}");
 }

@@ -33,6 +33,7 @@ impl World {
             self.send_req(i, None, req);
         }
         self.try_writes(i, now_l);
+        self.dp_tick(i);
         self.progress_drain(i);
         self.decide(i);
         Ok(())
@@ -50,24 +51,10 @@ impl World {
                 continue;
             }
             if self.nodes[i].guard.may_write(vhd, h.generation, now_l) {
-                // A3: a checked write lands within io_timeout (real), mostly at once.
-                let io = u64::try_from(self.timing.io_timeout.as_nanos()).expect("fits") - MS;
-                let lat = if self.rng.random_bool(0.02) {
-                    self.rng.random_range(0..io)
-                } else {
-                    self.rng.random_range(0..2 * MS)
-                };
-                let land = self.now + lat;
-                let e = self.nodes[i].landing.entry(vhd).or_insert(0);
-                *e = (*e).max(land);
-                self.at(
-                    land,
-                    Ev::Land {
-                        node: i,
-                        vhd,
-                        generation: h.generation,
-                    },
-                );
+                // A client's write or read, down the node's data path (`datapath.rs`): a
+                // checked write lands within io_timeout on a working path (A3), late or
+                // never on a cut one, or through a peer.
+                self.client_op(i, vhd, h.generation);
             }
         }
     }

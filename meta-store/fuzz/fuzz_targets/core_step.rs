@@ -18,7 +18,13 @@ fuzz_target!(|data: &[u8]| {
     let mut cfg = Config::new(1, "fuzz");
     cfg.initial_voters = vec![1];
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let Ok(mut core) = Core::new(cfg, Arc::new(MemEngine::new()), KvStateMachine::new(), 1, &logger) else {
+    let Ok(mut core) = Core::new(
+        cfg,
+        Arc::new(MemEngine::new()),
+        KvStateMachine::new(),
+        1,
+        &logger,
+    ) else {
         return;
     };
     for _ in 0..25 {
@@ -26,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
         core.process_ready();
     }
     for chunk in data.split(|b| *b == 0xff) {
-        let Ok(mut env) = Envelope::decode(chunk) else { continue };
+        let Ok(mut env) = Envelope::decode(chunk) else {
+            continue;
+        };
         env.to = 1;
         if let Some(Body::Raft(bytes)) = &env.body {
             let mut m = raft::prelude::Message::default();

@@ -13,17 +13,20 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((frames, used)) = split_frames(data, 1 << 16) {
         assert!(used <= data.len());
         for f in frames {
-            let Ok(env) = Envelope::decode(f) else { continue };
+            let Ok(env) = Envelope::decode(f) else {
+                continue;
+            };
             match env.body {
                 Some(Body::Raft(bytes)) => {
                     let mut m = raft::prelude::Message::default();
                     let _ = protobuf::Message::merge_from_bytes(&mut m, &bytes);
                 }
-                Some(Body::Forward(fw)) => {
-                    if ForwardKind::try_from(fw.kind) == Ok(ForwardKind::Membership) {
-                        let _ = MembershipRequest::decode(fw.data.as_slice());
-                    }
+                Some(Body::Forward(fw))
+                    if ForwardKind::try_from(fw.kind) == Ok(ForwardKind::Membership) =>
+                {
+                    let _ = MembershipRequest::decode(fw.data.as_slice());
                 }
+                Some(Body::Forward(_)) => {}
                 Some(Body::Reply(r)) => {
                     if let Some(Outcome::Error(w)) = r.outcome {
                         let e = meta_store::Error::from(&w);

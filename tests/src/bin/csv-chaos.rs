@@ -108,8 +108,8 @@ fn print_summary(s: &Summary, json: bool) {
     );
     print_report(&s.report);
     println!(
-        "every block read back: {}; longest outage {} ms; classes not injected: {:?}",
-        s.verified, s.longest_outage_ms, s.missing_classes
+        "every block read back: {}; longest outage {} ms; nodes restarted after their watchdog: {}; classes not injected: {:?}",
+        s.verified, s.longest_outage_ms, s.watchdog_restarts, s.missing_classes
     );
     println!("{}", if s.ok() { "PASS" } else { "FAIL" });
 }
@@ -191,6 +191,7 @@ fn main() -> ExitCode {
                 node_env,
                 blocks,
                 depth: 4,
+                write_percent: 55,
                 watchdog: !no_watchdog,
             };
             let s = run(&cfg);

@@ -46,6 +46,9 @@ pub struct Config {
     pub blocks: u64,
     /// Operations in flight per VHD.
     pub depth: usize,
+    /// Writes among the operations, in percent (55 by default; the rest reads and 5 %
+    /// flushes).
+    pub write_percent: u64,
     /// Run each node's lease watchdog (`[lease] watchdog`): it SIGKILLs a paused or
     /// cut-off owner before its VHDs can be taken over. Without it, a write that passed
     /// the fence right before a SIGSTOP lands when the node resumes, after the takeover
@@ -68,6 +71,8 @@ pub struct Summary {
     pub verified: bool,
     /// Longest time a VHD's client had no route (ms).
     pub longest_outage_ms: u64,
+    /// Nodes restarted after their lease watchdog killed them (paused or cut-off owners).
+    pub watchdog_restarts: u64,
     /// The checker's counts and violations.
     #[serde(flatten)]
     pub report: Report,
@@ -81,23 +86,19 @@ impl Summary {
 }
 
 /// Restarts nodes whose process ended (their lease watchdog killed a paused or cut-off
-/// owner), as the node's supervisor (systemd) would.
-fn revive(rig: &mut Rig, sh: &Shared) {
+/// owner), as the node's supervisor (systemd) would; how many. (The checker counts a
+/// stop or a partition as a possible crash from its start, so no event is needed.)
+fn revive(rig: &mut Rig) -> u64 {
     let ids: Vec<u64> = rig.vc.c.nodes.keys().copied().collect();
+    let mut n = 0;
     for id in ids {
         if let Some(st) = rig.vc.c.try_exit(id) {
             eprintln!("chaos: node {id} ended ({st}), restarted as its supervisor would");
-            let t = sh.now();
             rig.vc.c.start(id);
-            sh.log(&Event::Fault {
-                class: FaultClass::Kill,
-                node: id,
-                start: t,
-                end: sh.now(),
-                detail: format!("ended by itself ({st}), restarted"),
-            });
+            n += 1;
         }
     }
+    n
 }
 
 /// Runs a chaos run; its summary (the history is in `cfg.history`).
@@ -153,6 +154,7 @@ pub fn run(cfg: &Config) -> Summary {
         stop: AtomicBool::new(false),
         blocks: cfg.blocks,
         depth: cfg.depth,
+        write_percent: cfg.write_percent,
         op_timeout: Duration::from_secs(3),
         longest_outage_us: AtomicU64::new(0),
         node_failpoints: cfg
@@ -180,11 +182,12 @@ pub fn run(cfg: &Config) -> Summary {
     };
     let deadline = Instant::now() + cfg.duration;
     let mut injected: BTreeMap<FaultClass, u64> = BTreeMap::new();
+    let mut restarts = 0;
     for f in plan.faults(cfg.seed) {
         if Instant::now() >= deadline {
             break;
         }
-        revive(&mut rig, &sh);
+        restarts += revive(&mut rig);
         std::thread::sleep(Duration::from_millis(f.gap_ms));
         let (start, detail) = (sh.now(), faults::inject(&mut rig, &sh, &targets, &f));
         eprintln!(
@@ -204,7 +207,7 @@ pub fn run(cfg: &Config) -> Summary {
     }
     // Quiet: the cluster settles with the workload running, then the drivers stop and
     // every block is read once more.
-    revive(&mut rig, &sh);
+    restarts += revive(&mut rig);
     std::thread::sleep(Duration::from_secs(3));
     sh.stop.store(true, Ordering::Release);
     for d in drivers {
@@ -235,6 +238,7 @@ pub fn run(cfg: &Config) -> Summary {
         missing_classes,
         verified,
         longest_outage_ms: sh.longest_outage_us.load(Ordering::Acquire) / 1000,
+        watchdog_restarts: restarts,
         report,
     }
 }

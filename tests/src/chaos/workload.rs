@@ -39,6 +39,9 @@ pub struct Shared {
     pub blocks: u64,
     /// Operations in flight per VHD.
     pub depth: usize,
+    /// Share of writes among the operations, in percent (reads make the rest but for
+    /// 5 % flushes).
+    pub write_percent: u64,
     /// A request without an answer in this time is `unknown`.
     pub op_timeout: Duration,
     /// Longest time any VHD had no route (µs).
@@ -241,7 +244,7 @@ async fn worker(w: Worker, mut rng: Rng) {
                 }
                 tokio::task::yield_now().await;
             };
-            let o = if kind < 55 {
+            let o = if kind < sh.write_percent.min(95) {
                 write(sh, t, route, block).await
             } else {
                 read(sh, t, route, block).await
