@@ -46,11 +46,13 @@ pub enum FaultClass {
     SlowFsync,
     /// A VHD's attachment moved to another node cooperatively.
     Move,
+    /// The VM whose disk is one of the workload's VHDs migrated live to another node.
+    Migrate,
 }
 
 impl FaultClass {
     /// Every class.
-    pub const ALL: [FaultClass; 7] = [
+    pub const ALL: [FaultClass; 8] = [
         FaultClass::Kill,
         FaultClass::Stop,
         FaultClass::Partition,
@@ -58,6 +60,7 @@ impl FaultClass {
         FaultClass::Late,
         FaultClass::SlowFsync,
         FaultClass::Move,
+        FaultClass::Migrate,
     ];
 
     /// The class's name in histories and summaries.
@@ -70,6 +73,7 @@ impl FaultClass {
             FaultClass::Late => "late",
             FaultClass::SlowFsync => "slow_fsync",
             FaultClass::Move => "move",
+            FaultClass::Migrate => "migrate",
         }
     }
 

@@ -59,7 +59,7 @@ impl Plan {
                 FaultClass::Partition => rng.range(1_000, self.lease_ms + 3_000),
                 FaultClass::Path | FaultClass::Late => rng.range(2_000, 5_000),
                 FaultClass::SlowFsync => rng.range(3_000, 6_000),
-                FaultClass::Move => 0,
+                FaultClass::Move | FaultClass::Migrate => 0,
             };
             Some(Planned {
                 gap_ms: rng.range(1_500, 4_000),
@@ -88,7 +88,8 @@ mod tests {
         let b: Vec<Planned> = p.faults(42).take(20).collect();
         assert_eq!(a, b);
         assert_ne!(a, p.faults(43).take(20).collect::<Vec<_>>());
-        let mut first: Vec<FaultClass> = a[..7].iter().map(|f| f.class).collect();
+        let n = FaultClass::ALL.len();
+        let mut first: Vec<FaultClass> = a[..n].iter().map(|f| f.class).collect();
         first.sort();
         assert_eq!(first, FaultClass::ALL.to_vec());
         assert!(a.iter().all(|f| (1..=3).contains(&f.node) && f.vhd < 3));

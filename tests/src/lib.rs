@@ -595,3 +595,23 @@ fn wait_stopped(pid: i32) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// QEMU processes whose command line names `dir` (a cluster fixture's directory): they
+/// run in their own process groups, so killing the nodes leaves them.
+pub fn qemus_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}

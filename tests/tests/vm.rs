@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use csv_tests::qemus_under;
 use csv_tests::volume::{VolumeCluster, need, volume_cluster_with};
 use serde_json::Value;
 
@@ -27,24 +28,6 @@ impl Drop for Reaper {
             let _ = csv_tests::send_signal(pid, "KILL");
         }
     }
-}
-
-fn qemus_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 fn vm_dir(vc: &VolumeCluster, node: u64) -> PathBuf {

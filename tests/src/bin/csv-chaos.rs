@@ -46,7 +46,8 @@ enum Cmd {
         #[arg(long)]
         history: Option<PathBuf>,
         /// Fault classes (default: all): kill, stop, partition, path, late, slow_fsync,
-        /// move.
+        /// move, migrate (a VM on the first VHD, live-migrated; needs the guest of
+        /// scripts/guest-image, `$CSV_GUEST_DIR` or target/guest).
         #[arg(long, value_delimiter = ',')]
         classes: Vec<String>,
         /// Environment of every node (KEY=VALUE), e.g. a test build's FAILPOINTS.
@@ -111,6 +112,9 @@ fn print_summary(s: &Summary, json: bool) {
         "every block read back: {}; longest outage {} ms; nodes restarted after their watchdog: {}; classes not injected: {:?}",
         s.verified, s.longest_outage_ms, s.watchdog_restarts, s.missing_classes
     );
+    if let Some(p) = &s.vm_problem {
+        println!("VM: {p}");
+    }
     println!("{}", if s.ok() { "PASS" } else { "FAIL" });
 }
 

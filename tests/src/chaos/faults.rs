@@ -63,7 +63,16 @@ pub fn inject(rig: &mut Rig, sh: &Shared, targets: &[Target], f: &Planned) -> St
             c.start(n);
             format!("restarted with metadata fsyncs 300 ms slow for {hold:?}, restarted")
         }
-        FaultClass::Move => move_vhd(sh, &targets[f.vhd.min(targets.len() - 1)], n),
+        FaultClass::Move => {
+            // Never the VM's disk: taking it from the VM's node is the VM's death, not a
+            // move (migrations move it).
+            let movable: Vec<&Target> = targets.iter().filter(|t| !t.vm).collect();
+            match movable.get(f.vhd % movable.len().max(1)) {
+                Some(t) => move_vhd(sh, t, n),
+                None => "no VHD to move".into(),
+            }
+        }
+        FaultClass::Migrate => migrate(rig, n),
     }
 }
 
@@ -114,5 +123,40 @@ fn move_vhd(sh: &Shared, t: &Target, to: u64) -> String {
             "{} move from node {owner} to node {to} refused: {e}",
             t.name
         ),
+    }
+}
+
+/// Live-migrates the chaos VM to `to` (or the next node when it runs there), under the
+/// workload's load on its disk.
+fn migrate(rig: &Rig, to: u64) -> String {
+    let vm = super::rig::VM;
+    let ids: Vec<u64> = rig.vc.c.nodes.keys().copied().collect();
+    let at = ids.iter().find_map(|id| {
+        let o = rig.vc.csvadm(*id, &["vm", "show", vm, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v["node"].as_u64()
+    });
+    let Some(at) = at else {
+        return format!("{vm}: no node answers");
+    };
+    let to = if to == at {
+        ids[(ids.iter().position(|n| *n == to).unwrap_or(0) + 1) % ids.len()]
+    } else {
+        to
+    };
+    let o = rig
+        .vc
+        .csvadm(at, &["vm", "migrate", vm, "--to", &to.to_string()]);
+    let text = String::from_utf8_lossy(if o.status.success() {
+        &o.stdout
+    } else {
+        &o.stderr
+    })
+    .trim()
+    .replace('\n', "; ");
+    if o.status.success() {
+        format!("{vm} migrated live from node {at} to node {to}: {text}")
+    } else {
+        format!("{vm} migration from node {at} to node {to} refused: {text}")
     }
 }

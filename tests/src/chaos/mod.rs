@@ -26,7 +26,7 @@ use chaos::history::{Event, FaultClass, Header, History};
 use chaos::schedule::Plan;
 use serde::Serialize;
 
-pub use rig::{LEASE, Rig};
+pub use rig::{LEASE, Rig, VM};
 use workload::{Shared, Target};
 
 /// What to run.
@@ -73,6 +73,9 @@ pub struct Summary {
     pub longest_outage_ms: u64,
     /// Nodes restarted after their lease watchdog killed them (paused or cut-off owners).
     pub watchdog_restarts: u64,
+    /// What is wrong with the chaos VM at the end (not running on exactly one node, or
+    /// its guest saw bad data), when there is one.
+    pub vm_problem: Option<String>,
     /// The checker's counts and violations.
     #[serde(flatten)]
     pub report: Report,
@@ -81,7 +84,10 @@ pub struct Summary {
 impl Summary {
     /// The run passed: no violation, every class injected, every block read back.
     pub fn ok(&self) -> bool {
-        self.report.ok() && self.missing_classes.is_empty() && self.verified
+        self.report.ok()
+            && self.missing_classes.is_empty()
+            && self.verified
+            && self.vm_problem.is_none()
     }
 }
 
@@ -101,6 +107,84 @@ fn revive(rig: &mut Rig) -> u64 {
     n
 }
 
+/// Creates the VM on `disk` (an idle-verifying guest: a round of writes and reads of its
+/// own regions every second) and starts it on node 1.
+fn start_vm(rig: &Rig, guest: &std::path::Path, disk: &str) {
+    let kernel = guest.join("vmlinuz").display().to_string();
+    let initrd = guest.join("initrd.img").display().to_string();
+    rig.vc.ok(
+        1,
+        &[
+            "vm",
+            "create",
+            VM,
+            "--memory",
+            "256M",
+            "--disk",
+            disk,
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--append",
+            "console=ttyS0 panic=-1 quiet csv_rounds=0",
+            "--no-nic",
+        ],
+    );
+    rig.vc
+        .ok(1, &["vm", "start", VM, "--node", "1", "--timeout", "90"]);
+}
+
+/// At the end: the VM runs, on exactly one node, one QEMU, and no guest saw bad data.
+fn vm_problem(rig: &Rig) -> Option<String> {
+    let start = Instant::now();
+    loop {
+        let shown = rig
+            .vc
+            .c
+            .nodes
+            .keys()
+            .find_map(|id| {
+                let o = rig.vc.csvadm(*id, &["vm", "show", VM, "--json"]);
+                o.status.success().then(|| {
+                    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()
+                })
+            })
+            .unwrap_or_default();
+        let qemus = crate::qemus_under(rig.vc.c.dir()).len();
+        let bad: Vec<String> = rig
+            .vc
+            .c
+            .nodes
+            .values()
+            .filter_map(|n| {
+                let log = n.data_dir().join("vms").join(VM).join("console.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.contains("FAIL").then(|| {
+                    format!(
+                        "{}: {}",
+                        log.display(),
+                        text.lines()
+                            .filter(|l| l.contains("FAIL"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                })
+            })
+            .collect();
+        if !bad.is_empty() {
+            return Some(format!("the guest saw bad data: {}", bad.join(" | ")));
+        }
+        if shown["state"] == "running" && qemus == 1 {
+            return None;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Some(format!("VM {VM} is {} with {qemus} QEMU processes", shown));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Runs a chaos run; its summary (the history is in `cfg.history`).
 pub fn run(cfg: &Config) -> Summary {
     let nodes = 3;
@@ -110,6 +194,16 @@ pub fn run(cfg: &Config) -> Summary {
         eprintln!("chaos: not root, no network namespaces: partitions left out");
         classes.retain(|c| *c != FaultClass::Partition);
     }
+    let guest = if classes.contains(&FaultClass::Migrate) {
+        let g = rig::guest_dir();
+        if g.is_none() {
+            eprintln!("chaos: no guest image (scripts/guest-image): migrations left out");
+            classes.retain(|c| *c != FaultClass::Migrate);
+        }
+        g
+    } else {
+        None
+    };
     let mut targets = Vec::new();
     for i in 1..=nodes {
         let name = format!("chaos{i}");
@@ -120,11 +214,19 @@ pub fn run(cfg: &Config) -> Summary {
         let info: serde_json::Value =
             serde_json::from_str(&rig.vc.ok(1, &["vhd", "info", &name, "--json"])).expect("json");
         let vhd = info["id"].as_u64().expect("vhd id");
-        rig.vc.ok(i, &["vhd", "attach", &name]);
+        // The first VHD is the disk of a VM when migrations are asked for: its guest
+        // writes and verifies 1–3 MiB and 9–11 MiB, the client blocks 0–63.
+        let vm = i == 1 && guest.is_some();
+        if let (true, Some(g)) = (vm, &guest) {
+            start_vm(&rig, g, &name);
+        } else {
+            rig.vc.ok(i, &["vhd", "attach", &name]);
+        }
         targets.push(Target {
             name,
             vhd,
             client: i,
+            vm,
         });
     }
     let file = std::fs::File::create(&cfg.history).expect("create the history file");
@@ -213,6 +315,7 @@ pub fn run(cfg: &Config) -> Summary {
     for d in drivers {
         let _ = rt.block_on(d);
     }
+    let vm_problem = guest.as_ref().and_then(|_| vm_problem(&rig));
     let verified = rt.block_on(async {
         let mut all = true;
         for t in &targets {
@@ -239,6 +342,7 @@ pub fn run(cfg: &Config) -> Summary {
         verified,
         longest_outage_ms: sh.longest_outage_us.load(Ordering::Acquire) / 1000,
         watchdog_restarts: restarts,
+        vm_problem,
         report,
     }
 }

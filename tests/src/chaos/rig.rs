@@ -9,6 +9,9 @@ use crate::san::{Listen, San};
 use crate::volume::VolumeCluster;
 use crate::{Cluster, Options};
 
+/// The chaos VM's name.
+pub const VM: &str = "chaosvm";
+
 /// Lease outage budget of the chaos cluster.
 pub const LEASE: Duration = Duration::from_secs(6);
 
@@ -16,7 +19,9 @@ fn lun_toml(dir: &Path, watchdog: bool) -> String {
     format!(
         "[lease]\noutage_budget = \"{}s\"\nwatchdog = {watchdog}\n\
          [redirect]\nprobe_interval = \"200ms\"\nsettle_time = \"1s\"\n\
-         [volume]\nlun = \"nbd+unix:///?socket={}/san-{{id}}.sock\"\nfence_wait = \"1s\"\n",
+         [volume]\nlun = \"nbd+unix:///?socket={}/san-{{id}}.sock\"\nfence_wait = \"1s\"\n\
+         [hypervisor]\naccel = \"tcg\"\nstop_timeout = \"3s\"\nreconnect_delay = \"10s\"\n\
+         resume_interval = \"500ms\"\n",
         LEASE.as_secs(),
         dir.display()
     )
@@ -85,4 +90,36 @@ impl Rig {
     pub fn san_sock(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("san-{id}.sock"))
     }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // The VM's QEMU runs in its own process group: it outlives its nodes.
+        for pid in crate::qemus_under(self.vc.c.dir()) {
+            let _ = crate::send_signal(pid, "KILL");
+        }
+    }
+}
+
+/// The guest the `migrate` class boots (scripts/guest-image): `$CSV_GUEST_DIR`, else
+/// `target/guest` beside the binaries, built there when the repository's script is at
+/// hand. None when there is none (the class is then left out).
+pub fn guest_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("CSV_GUEST_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let bin = crate::binary("csv-node");
+    let target = bin.parent()?.parent()?.to_path_buf();
+    let dir = target.join("guest");
+    let script = target.parent()?.join("scripts/guest-image");
+    if !dir.join("vmlinuz").exists() && script.exists() {
+        let ok = std::process::Command::new(&script)
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+    }
+    dir.join("vmlinuz").exists().then_some(dir)
 }

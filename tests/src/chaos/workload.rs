@@ -86,6 +86,10 @@ pub struct Target {
     pub vhd: u64,
     /// The client id.
     pub client: u64,
+    /// The disk of the chaos VM: the hypervisor attaches it where the VM runs; the
+    /// client only follows its owner (an attach of its own would take the disk from the
+    /// VM's failover).
+    pub vm: bool,
 }
 
 /// Where a VHD is served now.
@@ -140,7 +144,7 @@ fn attach(sh: &Shared, node: u64, name: &str) -> Result<u64, String> {
 }
 
 /// Finds (or makes) the VHD's route: blocking admin calls, run off the runtime.
-fn plan_route(sh: &Shared, name: &str, rng: &mut Rng) -> Option<(u64, u64)> {
+fn plan_route(sh: &Shared, name: &str, follow: bool, rng: &mut Rng) -> Option<(u64, u64)> {
     let (owner, live) = survey(sh, name);
     match owner {
         Some((node, generation, true)) if node != 0 && live.contains(&node) => {
@@ -148,7 +152,7 @@ fn plan_route(sh: &Shared, name: &str, rng: &mut Rng) -> Option<(u64, u64)> {
         }
         Some((node, _, true)) if node != 0 => None, // valid, but it does not answer: wait
         _ => {
-            if live.is_empty() {
+            if live.is_empty() || follow {
                 return None;
             }
             let node = live[rng.below(live.len() as u64) as usize];
@@ -158,10 +162,11 @@ fn plan_route(sh: &Shared, name: &str, rng: &mut Rng) -> Option<(u64, u64)> {
 }
 
 async fn connect(sh: &Arc<Shared>, t: &Target, rng: &mut Rng) -> Option<Route> {
-    let (sh2, name, mut r2) = (sh.clone(), t.name.clone(), rng.fork());
-    let (node, generation) = tokio::task::spawn_blocking(move || plan_route(&sh2, &name, &mut r2))
-        .await
-        .ok()??;
+    let (sh2, name, mut r2, follow) = (sh.clone(), t.name.clone(), rng.fork(), t.vm);
+    let (node, generation) =
+        tokio::task::spawn_blocking(move || plan_route(&sh2, &name, follow, &mut r2))
+            .await
+            .ok()??;
     let cfg = ClientConfig {
         export: t.name.clone(),
         request_timeout: sh.op_timeout,
@@ -172,6 +177,7 @@ async fn connect(sh: &Arc<Shared>, t: &Target, rng: &mut Rng) -> Option<Route> {
     let nbd = match tokio::time::timeout(sh.op_timeout, nbd::client::connect_unix(sock, cfg)).await
     {
         Ok(Ok(c)) => c,
+        _ if t.vm => return None,
         _ => {
             // The owner holds it but serves no export (a move, a restart): attach there.
             let (sh2, name) = (sh.clone(), t.name.clone());
