@@ -36,7 +36,8 @@ enum Cmd {
         /// commit).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Minutes of faults.
+        /// Minutes of faults (at least one fault of every class runs, however long that
+        /// takes).
         #[arg(long, default_value_t = 2.0)]
         minutes: f64,
         /// Print the summary as JSON.
