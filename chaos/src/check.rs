@@ -84,6 +84,44 @@ impl Report {
     }
 }
 
+/// The report as operators read it (`csvadm chaos check`, `csv-chaos run`): the counts,
+/// the faults, then each violation with the history lines involved.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "operations {}: writes {} acknowledged, {} errors, {} unknown; reads {} ({} failed); flushes {} ({} failed); blocks {}",
+            self.operations,
+            self.writes_acked,
+            self.writes_error,
+            self.writes_unknown,
+            self.reads_acked,
+            self.reads_failed,
+            self.flushes_acked,
+            self.flushes_failed,
+            self.blocks
+        )?;
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        writeln!(f, "faults: {}", faults.join(", "))?;
+        write!(f, "violations: {}", self.violations.len())?;
+        for v in &self.violations {
+            write!(
+                f,
+                "\n  {} (VHD {} block {}): {}",
+                v.kind, v.vhd, v.block, v.detail
+            )?;
+            for op in &v.ops {
+                write!(f, "\n      {op}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct W {
     ev: usize,

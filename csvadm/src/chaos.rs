@@ -66,26 +66,7 @@ pub fn run(cmd: ChaosCommand, json: bool) -> Result<u8> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!(
-                    "operations {}: writes {} acknowledged, {} errors, {} unknown; reads {}; flushes {}; blocks {}",
-                    r.operations,
-                    r.writes_acked,
-                    r.writes_error,
-                    r.writes_unknown,
-                    r.reads_acked,
-                    r.flushes_acked,
-                    r.blocks
-                );
-                println!("violations: {}", r.violations.len());
-                for v in &r.violations {
-                    println!(
-                        "  {} (VHD {} block {}): {}",
-                        v.kind, v.vhd, v.block, v.detail
-                    );
-                    for op in &v.ops {
-                        println!("      {op}");
-                    }
-                }
+                println!("{r}");
             }
             Ok(if r.ok() { 0 } else { 1 })
         }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chaos::check::{Report, check};
+use chaos::check::check;
 use chaos::history::{FaultClass, History};
 use clap::{Parser, Subcommand};
 use csv_tests::chaos::{Config, Summary, run};
@@ -72,33 +72,6 @@ enum Cmd {
     },
 }
 
-fn print_report(r: &Report) {
-    println!(
-        "operations {}: writes {} acknowledged, {} errors, {} unknown; reads {} ({} failed); flushes {} ({} failed); blocks {}",
-        r.operations,
-        r.writes_acked,
-        r.writes_error,
-        r.writes_unknown,
-        r.reads_acked,
-        r.reads_failed,
-        r.flushes_acked,
-        r.flushes_failed,
-        r.blocks
-    );
-    let faults: Vec<String> = r.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("faults: {}", faults.join(", "));
-    println!("violations: {}", r.violations.len());
-    for v in &r.violations {
-        println!(
-            "  {} (VHD {} block {}): {}",
-            v.kind, v.vhd, v.block, v.detail
-        );
-        for op in &v.ops {
-            println!("      {op}");
-        }
-    }
-}
-
 fn print_summary(s: &Summary, json: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
@@ -108,7 +81,7 @@ fn print_summary(s: &Summary, json: bool) {
         "seed {} for {:.0} s; history {}",
         s.seed, s.seconds, s.history
     );
-    print_report(&s.report);
+    println!("{}", s.report);
     println!(
         "every block read back: {}; longest outage {} ms; nodes restarted after their watchdog: {}; classes not injected: {:?}",
         s.verified, s.longest_outage_ms, s.watchdog_restarts, s.missing_classes
@@ -137,7 +110,7 @@ fn main() -> ExitCode {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
-                print_report(&r);
+                println!("{r}");
             }
             if r.ok() {
                 ExitCode::SUCCESS

@@ -4,11 +4,14 @@ use std::time::Duration;
 
 use chaos::history::FaultClass;
 use chaos::schedule::Planned;
-use csv_api::admin::{Client, vhd_ref};
+use csv_api::admin::vhd_ref;
 
 use super::rig::Rig;
 use super::workload::{Shared, Target};
 use crate::san::LateTarget;
+
+/// How long a fault's own admin call (a move) may take.
+const ADMIN_WAIT: Duration = Duration::from_secs(15);
 
 /// Every metadata fsync of a node this much slower (fail point `meta.fsync`).
 const SLOW_FSYNC: &str = "meta.fsync=sleep(300)";
@@ -86,18 +89,15 @@ fn fsync_env(sh: &Shared, _node: u64, slow: bool) -> String {
     }
 }
 
-fn admin(sh: &Shared, node: u64) -> Option<Client> {
-    let c = Client::connect(sh.admins.get(&node)?).ok()?;
-    c.set_timeout(Duration::from_secs(15)).ok()?;
-    Some(c)
-}
-
 /// Hands the VHD's write hold to `to` (or the next node when it is there already) and
 /// attaches it there.
 fn move_vhd(sh: &Shared, t: &Target, to: u64) -> String {
     let nodes: Vec<u64> = sh.admins.keys().copied().collect();
     let owner = nodes.iter().find_map(|n| {
-        let info = admin(sh, *n)?.owner_show(vhd_ref(&t.name)).ok()?;
+        let info = sh
+            .admin_within(*n, ADMIN_WAIT)?
+            .owner_show(vhd_ref(&t.name))
+            .ok()?;
         Some(info.owner)
     });
     let Some(owner) = owner else {
@@ -108,7 +108,8 @@ fn move_vhd(sh: &Shared, t: &Target, to: u64) -> String {
     } else {
         to
     };
-    let moved = admin(sh, owner)
+    let moved = sh
+        .admin_within(owner, ADMIN_WAIT)
         .ok_or_else(|| format!("node {owner} does not answer"))
         .and_then(|mut c| {
             c.owner_move(vhd_ref(&t.name), to)

@@ -251,7 +251,7 @@ pub fn run(cfg: &Config) -> Summary {
             .collect(),
         nbd: (1..=nodes).map(|id| (id, rig.vc.nbd_socket(id))).collect(),
         start: Instant::now(),
-        history: std::sync::Mutex::new(std::io::BufWriter::new(file)),
+        history: workload::HistoryWriter::start(file),
         next_id: AtomicU64::new(1),
         stop: AtomicBool::new(false),
         blocks: cfg.blocks,
@@ -325,7 +325,7 @@ pub fn run(cfg: &Config) -> Summary {
         }
         all
     });
-    sh.flush_history();
+    sh.history.finish();
     let history = std::fs::File::open(&cfg.history)
         .map_err(chaos::history::HistoryError::from)
         .and_then(|f| History::read(std::io::BufReader::new(f)))

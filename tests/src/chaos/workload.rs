@@ -29,8 +29,8 @@ pub struct Shared {
     pub nbd: BTreeMap<u64, PathBuf>,
     /// Time zero of the history.
     pub start: Instant,
-    /// The history file.
-    pub history: Mutex<std::io::BufWriter<std::fs::File>>,
+    /// The history file's writer thread.
+    pub history: HistoryWriter,
     /// Next write id.
     pub next_id: AtomicU64,
     /// Ends the drivers.
@@ -56,24 +56,67 @@ impl Shared {
         self.start.elapsed().as_micros() as u64
     }
 
-    /// Appends an event to the history.
+    /// Appends an event to the history (a channel send: no file I/O on the runtime).
     pub fn log(&self, e: &Event) {
-        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(err) = write_event(&mut *h, e) {
-            eprintln!("chaos: history write failed: {err}");
-        }
+        self.history.send(e.clone());
     }
 
-    /// Flushes the history to its file.
-    pub fn flush_history(&self) {
-        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = h.flush();
+    /// An admin client of `node` whose calls give up after `timeout` (a paused node
+    /// accepts the connection and never answers).
+    pub fn admin_within(&self, node: u64, timeout: Duration) -> Option<Client> {
+        let c = Client::connect(self.admins.get(&node)?).ok()?;
+        c.set_timeout(timeout).ok()?;
+        Some(c)
     }
 
     fn admin(&self, node: u64) -> Option<Client> {
-        let c = Client::connect(self.admins.get(&node)?).ok()?;
-        c.set_timeout(Duration::from_secs(2)).ok()?;
-        Some(c)
+        self.admin_within(node, Duration::from_secs(2))
+    }
+}
+
+/// The history file, written by a thread of its own: the drivers run on tokio workers,
+/// which must not block on file I/O; they hand each event over a channel.
+#[derive(Debug)]
+pub struct HistoryWriter {
+    tx: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl HistoryWriter {
+    /// Starts the writer on `file`.
+    pub fn start(file: std::fs::File) -> HistoryWriter {
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let thread = std::thread::spawn(move || {
+            let mut w = std::io::BufWriter::new(file);
+            for e in rx {
+                if let Err(err) = write_event(&mut w, &e) {
+                    eprintln!("chaos: history write failed: {err}");
+                    return;
+                }
+            }
+            if let Err(err) = w.flush() {
+                eprintln!("chaos: history flush failed: {err}");
+            }
+        });
+        HistoryWriter {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    fn send(&self, e: Event) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(e);
+        }
+    }
+
+    /// Ends the history: every event sent so far is in the file when this returns; later
+    /// ones are dropped.
+    pub fn finish(&self) {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
     }
 }
 
