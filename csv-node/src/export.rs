@@ -44,7 +44,8 @@ pub struct ExportArgs {
     /// Image format (auto detects VHD by its footer).
     #[arg(long, value_enum, default_value = "auto")]
     format: Format,
-    /// TLS mode (defaults to "on" when --tls-cert is given).
+    /// TLS mode (defaults to "on" when --tls-cert is given). TCP listeners require
+    /// TLS: without credentials, serving TCP needs an explicit `--tls off`.
     #[arg(long, value_enum)]
     tls: Option<TlsArg>,
     /// Server certificate chain (PEM).
@@ -179,6 +180,16 @@ async fn serve(args: ExportArgs) -> anyhow::Result<()> {
             Some(l) => listeners = l,
             None => bail!("nowhere to listen: give --socket PATH or --listen ADDR:PORT"),
         }
+    }
+    // NBD over TCP carries VM disks across the network: TLS unless asked otherwise.
+    let tcp = listeners
+        .iter()
+        .any(|l| matches!(l, listener::Listener::Tcp(_)));
+    if tcp && tls_policy == TlsPolicy::Off && args.tls != Some(TlsArg::Off) {
+        bail!(
+            "NBD over TCP requires TLS: give --tls-cert and --tls-key (and --tls-ca to \
+             require client certificates), or --tls off to serve plaintext"
+        );
     }
     for l in listeners {
         server.spawn_listener(l);

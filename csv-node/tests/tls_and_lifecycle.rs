@@ -180,3 +180,40 @@ except nbd.Error as e:
     assert!(!srv.socket.exists(), "socket file left behind");
     assert!(read_at(&img, 0, 4096).iter().all(|b| *b == 0x61));
 }
+
+/// NBD over TCP requires TLS: without credentials the server refuses to start unless
+/// `--tls off` asks for plaintext; a Unix socket needs neither.
+#[test]
+fn tcp_without_tls_needs_an_explicit_tls_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("d.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(MIB))
+        .expect("image");
+    let out = Command::new(bin())
+        .args(["export", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(&img)
+        .output()
+        .expect("run csv-node");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("NBD over TCP requires TLS") && err.contains("--tls off"),
+        "{err}"
+    );
+    // With --tls off it serves (checked by nbdinfo), and a Unix socket is plaintext.
+    let s = ExportServer::tcp(&[img.to_str().expect("utf-8")]);
+    let info = Command::new("nbdinfo")
+        .args(["--size", &s.uri("")])
+        .output()
+        .expect("nbdinfo");
+    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), MIB.to_string());
+    drop(s);
+    let u = ExportServer::unix(&[img.to_str().expect("utf-8")]);
+    let info = Command::new("nbdinfo")
+        .args(["--size", &u.uri("")])
+        .output()
+        .expect("nbdinfo");
+    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), MIB.to_string());
+}

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use csv_api::admin::Status;
 use serde::Serialize;
 
+use crate::certs::CertsCommand;
 use crate::client::{Failure, connect};
 use crate::output::{Output, print};
 
@@ -36,6 +37,20 @@ enum ClusterCommand {
         #[arg(long, value_name = "ID")]
         to: u64,
     },
+    /// The cluster CA: certificates for mutual TLS between nodes and for NBD over TCP
+    /// (offline, no node involved).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+impl ClusterArgs {
+    /// The `certs` command, which runs offline; otherwise the arguments back.
+    pub fn offline(self) -> Result<(CertsCommand, bool), ClusterArgs> {
+        match self.command {
+            ClusterCommand::Certs(c) => Ok((c, self.json)),
+            command => Err(ClusterArgs { command, ..self }),
+        }
+    }
 }
 
 /// Runs `csvadm cluster ...`; `json` is the top-level `--json`.
@@ -55,6 +70,9 @@ pub fn run(socket: &Path, args: ClusterArgs, json: bool) -> Result<(), Failure> 
         ClusterCommand::TransferLeader { to } => {
             c.leader_transfer(to)?;
             print(&TransferView { coordinator: to }, out)?;
+        }
+        ClusterCommand::Certs(_) => {
+            return Err(Failure::local("`cluster certs` runs offline".into()));
         }
     }
     Ok(())

@@ -7,6 +7,7 @@
 //! (`attachment.rs`, `fence.rs`).
 
 mod attachment;
+mod certs;
 mod chaos;
 mod client;
 mod cluster;
@@ -52,7 +53,7 @@ enum Command {
     /// Work on local VHD image files (offline, like qemu-img).
     #[command(subcommand)]
     Image(image::ImageCommand),
-    /// Create a cluster, show its status, move the coordinator role.
+    /// Create a cluster, show its status, move the coordinator role; its CA.
     Cluster(cluster::ClusterArgs),
     /// Add, promote and remove nodes; node liveness.
     Node(node::NodeArgs),
@@ -74,7 +75,10 @@ fn main() -> ExitCode {
     let json = cli.json;
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd),
-        Command::Cluster(args) => client::run(cli.admin, |s| cluster::run(s, args, json)),
+        Command::Cluster(args) => match args.offline() {
+            Ok((certs, j)) => certs::run(certs, json || j),
+            Err(args) => client::run(cli.admin, |s| cluster::run(s, args, json)),
+        },
         Command::Node(args) => client::run(cli.admin, |s| node::run(s, args, json)),
         Command::Owner(args) => client::run(cli.admin, |s| owner::run(s, args, json)),
         Command::Volume(args) => client::run(cli.admin, |s| volume::run(s, args, json)),

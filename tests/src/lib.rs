@@ -60,6 +60,9 @@ pub struct Options {
     /// Extra TOML appended to every node's config (e.g. a `[lease]` section); `{id}`
     /// stands for the node's id.
     pub extra_config: String,
+    /// Mutual TLS between the nodes, with a CA made for the cluster ([`Cluster::pki`]);
+    /// off, the configs say `[tls] plaintext = true` (and `nbd = "off"`).
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -69,6 +72,7 @@ impl Default for Options {
             netns: false,
             log: "info,raft=warn".into(),
             extra_config: String::new(),
+            tls: false,
         }
     }
 }
@@ -168,6 +172,9 @@ impl Cluster {
             opts,
             ns,
         };
+        if c.opts.tls {
+            csv_tls::pki::init_ca(&c.pki(), "csv test cluster", 30).expect("cluster CA");
+        }
         for id in 1..=n {
             c.write_config(id);
         }
@@ -211,6 +218,31 @@ impl Cluster {
         }
     }
 
+    /// The cluster CA's directory (`ca.pem`, `node-<id>.pem`/`.key`; with `Options::tls`).
+    pub fn pki(&self) -> PathBuf {
+        self.tmp.path().join("pki")
+    }
+
+    fn tls_config(&self, id: u64) -> String {
+        if !self.opts.tls {
+            return "[tls]\nplaintext = true\nnbd = \"off\"\n".into();
+        }
+        let dir = self.pki();
+        let files = csv_tls::pki::node_paths(&dir, id);
+        if !files.cert.exists() {
+            // Valid for the node's address and loopback too: NBD clients check the
+            // host they dial.
+            let hosts = [self.nodes[&id].addr.ip().to_string(), "127.0.0.1".into()];
+            csv_tls::pki::issue_node(&dir, id, &hosts, 30).expect("node certificate");
+        }
+        format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            csv_tls::pki::ca_cert_path(&dir).display(),
+            files.cert.display(),
+            files.key.display()
+        )
+    }
+
     fn write_config(&self, id: u64) {
         let n = &self.nodes[&id];
         let mut text = format!(
@@ -223,6 +255,7 @@ impl Cluster {
                 "[raft]\ncompact_threshold = {t}\nkeep_entries = {k}\n"
             ));
         }
+        text.push_str(&self.tls_config(id));
         // `{id}` in the extra TOML is the node's id (a per-node LUN path, say).
         text.push_str(&self.opts.extra_config.replace("{id}", &id.to_string()));
         fs::write(n.dir.join("node.toml"), text).expect("write config");

@@ -71,8 +71,14 @@ pub fn volume_cluster_on(n: u64, lun: &Path, volume_toml: &str) -> VolumeCluster
 /// `n` new nodes whose `[volume]` is `volume_toml` with `{lun}` = `lun` (not formatted
 /// here), bootstrapped, leases valid.
 pub fn cluster_on_lun(n: u64, lun: &Path, volume_toml: &str) -> Cluster {
+    cluster_on_lun_with(n, lun, volume_toml, false)
+}
+
+/// [`cluster_on_lun`], with mutual TLS between the nodes when `tls`.
+pub fn cluster_on_lun_with(n: u64, lun: &Path, volume_toml: &str, tls: bool) -> Cluster {
     let opts = Options {
         extra_config: volume_toml.replace("{lun}", &lun.display().to_string()),
+        tls,
         ..Options::default()
     };
     let mut c = Cluster::new(n, opts);

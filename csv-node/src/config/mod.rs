@@ -12,6 +12,9 @@ use lock_manager::LeaseTiming;
 use serde::{Deserialize, Deserializer};
 use volume::NbdTarget;
 
+mod tls;
+pub use tls::{LoadedTls, NbdTls, TlsSection};
+
 /// Errors of loading a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -109,6 +112,12 @@ pub struct NodeConfig {
     /// `[hypervisor]`: the VMs this node runs (issue 14).
     #[serde(default)]
     pub hypervisor: HypervisorSection,
+    /// `[tls]`: mutual TLS between nodes, TLS on NBD over TCP (issue 16).
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// What `[tls]` names, read and checked by [`NodeConfig::load`] (plaintext until then).
+    #[serde(skip)]
+    pub loaded_tls: LoadedTls,
 }
 
 /// `[hypervisor]` of the node configuration (docs/design/080).
@@ -481,6 +490,8 @@ impl NodeConfig {
             },
             other => other,
         })?;
+        let mut cfg = cfg;
+        cfg.loaded_tls = cfg.tls.load(cfg.node.id).map_err(|r| invalid("tls", r))?;
         Ok(cfg)
     }
 
@@ -539,6 +550,8 @@ impl NodeConfig {
             ));
         }
         self.redirect.validate().map_err(|(f, r)| invalid(f, r))?;
+        let nbd_tcp = self.volume.as_ref().is_some_and(|v| v.nbd_listen.is_some());
+        self.tls.validate(nbd_tcp).map_err(|(f, r)| invalid(f, r))?;
         self.hypervisor.validate().map_err(|(f, r)| invalid(f, r))?;
         if let Some(v) = &self.volume {
             v.validate().map_err(|(f, r)| invalid(f, r))?;

@@ -7,6 +7,22 @@ id = 3
 listen = "127.0.0.1:7401"
 [paths]
 data_dir = "/var/lib/csv"
+[tls]
+ca = "/etc/csv/tls/ca.pem"
+cert = "/etc/csv/tls/node-3.pem"
+key = "/etc/csv/tls/node-3.key"
+"#;
+
+/// The test-bed form: no certificates.
+const PLAIN: &str = r#"
+[node]
+id = 3
+[cluster]
+listen = "127.0.0.1:7401"
+[paths]
+data_dir = "/var/lib/csv"
+[tls]
+plaintext = true
 "#;
 
 #[test]
@@ -77,6 +93,17 @@ fn bad_values_get_typed_errors() {
             "admin.max_connections",
         ),
         (format!("{MIN}[bogus]\nx = 1\n"), "parse"),
+        (MIN.replace("cert = ", "# cert = "), "tls"),
+        (
+            MIN.replace("[tls]", "[tls]\nplaintext = true"),
+            "tls.plaintext",
+        ),
+        (MIN.replace("/etc/csv/tls/ca.pem", "ca.pem"), "tls.ca"),
+        (
+            format!("{PLAIN}[volume]\nlun = \"/dev/x\"\nnbd_listen = \"127.0.0.1:10809\"\n"),
+            "tls.nbd",
+        ),
+        (format!("{MIN}nbd = \"maybe\"\n"), "parse"),
         (
             format!("{MIN}[raft]\ncompact_threshold = 10\nkeep_entries = 10\n"),
             "raft/limits",

@@ -14,7 +14,7 @@ use std::time::Duration;
 use csv_api::admin::volume::{Attachment, VhdAttach};
 use csv_api::{ErrorCode, NodeId, VhdId};
 use lock_manager::Mode;
-use nbd::server::{ExportOptions, Server, ServerConfig, listener};
+use nbd::server::{ExportOptions, ListenerTls, Server, ServerConfig, TlsPolicy, listener};
 use volume::{Layout, LunPath, ReadAccess, WriteAccess};
 
 use super::attachments::{Attached, STATE_FILE, Saved, drop_device};
@@ -104,7 +104,21 @@ impl Data {
                             addr: a.to_string(),
                             source,
                         })?;
-                    s.spawn_listener(l);
+                    // TCP: TLS with a client certificate of the cluster CA unless
+                    // `[tls] nbd = "off"` (config validation allows nothing else).
+                    let tls = self.cfg.loaded_tls.nbd.clone();
+                    let policy = if tls.is_some() {
+                        TlsPolicy::Required
+                    } else {
+                        TlsPolicy::Off
+                    };
+                    s.spawn_listener_with_tls(
+                        l,
+                        ListenerTls {
+                            config: tls,
+                            policy,
+                        },
+                    );
                 }
                 tracing::info!(socket = %sock.display(), "NBD server listening");
                 Ok::<Server, DataError>(s)

@@ -312,7 +312,7 @@ mod tests {
     use super::*;
     use crate::config::NodeConfig;
 
-    const BASE: &str = "[node]\nid = 1\n[cluster]\nlisten = \"127.0.0.1:7000\"\n[paths]\ndata_dir = \"/var/lib/csv\"\n";
+    const BASE: &str = "[node]\nid = 1\n[cluster]\nlisten = \"127.0.0.1:7000\"\n[paths]\ndata_dir = \"/var/lib/csv\"\n[tls]\nplaintext = true\n";
 
     #[test]
     fn the_budget_is_configurable_and_bounded() {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use csv_api::ClusterId;
+use csv_tls::PeerSecurity;
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -35,6 +36,9 @@ pub enum HelloError {
     /// From another cluster than the configured one.
     #[error("hello from cluster {0}, not the configured one")]
     OtherCluster(String),
+    /// The sender's certificate is not the node its hello names.
+    #[error("{0}")]
+    NotThePeer(String),
 }
 
 /// Checks a hello frame; returns the cluster to join.
@@ -103,6 +107,7 @@ pub async fn wait_for_leader(
     listener: TcpListener,
     me: u64,
     expected: Option<ClusterId>,
+    security: PeerSecurity,
     found: mpsc::Sender<Invitation>,
 ) {
     let (tx, mut rx) = mpsc::channel::<Invitation>(1);
@@ -117,7 +122,7 @@ pub async fn wait_for_leader(
                 return;
             }
             acc = listener.accept() => {
-                let (mut s, peer): (tokio::net::TcpStream, SocketAddr) = match acc {
+                let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = match acc {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "join listener accept failed");
@@ -127,9 +132,13 @@ pub async fn wait_for_leader(
                 };
                 let Ok(permit) = sem.clone().try_acquire_owned() else { continue };
                 let tx = tx.clone();
+                let security = security.clone();
                 conns.spawn(async move {
                     let _permit = permit;
                     let r = tokio::time::timeout(HELLO_TIMEOUT, async {
+                        // Mutual TLS first: a dialler without a certificate of the
+                        // cluster CA never gets its hello read.
+                        let (mut s, who) = security.accept(tcp).await?;
                         let mut len = [0u8; 4];
                         s.read_exact(&mut len).await?;
                         let len = u32::from_be_bytes(len) as usize;
@@ -138,11 +147,13 @@ pub async fn wait_for_leader(
                         }
                         let mut buf = vec![0u8; len];
                         s.read_exact(&mut buf).await?;
-                        Ok(buf)
+                        Ok((buf, who))
                     })
                     .await;
                     match r {
-                        Ok(Ok(frame)) => match check_hello(&frame, me, expected) {
+                        Ok(Ok((frame, who))) => match check_hello(&frame, me, expected).and_then(|inv| {
+                            who.check(inv.from).map(|()| inv).map_err(|e| HelloError::NotThePeer(e.to_string()))
+                        }) {
                             Ok(inv) => {
                                 tracing::info!(%peer, cluster = %inv.cluster, leader = inv.from, leader_addr = %inv.from_addr, "contacted by a cluster leader: joining");
                                 let _ = tx.try_send(inv);

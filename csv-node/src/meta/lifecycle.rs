@@ -49,7 +49,13 @@ impl Meta {
             Some(c) => Some(c.parse::<ClusterId>().map_err(|e| anyhow::anyhow!("{e}"))?),
             None => None,
         };
-        let waiting = join::wait_for_leader(listener, self.id(), expected, invitations);
+        let waiting = join::wait_for_leader(
+            listener,
+            self.id(),
+            expected,
+            self.cfg.loaded_tls.peers.clone(),
+            invitations,
+        );
         *lock(&self.join_task) = Some(tokio::spawn(tracing::Instrument::in_current_span(waiting)));
         tracing::info!(%listen, "uninitialised: waiting for `cluster init` or to be added");
         Ok(())
@@ -101,6 +107,7 @@ impl Meta {
             mcfg.required_frame_bytes(),
         );
         tcfg.advertise = Some(self.cfg.advertise());
+        tcfg.security = self.cfg.loaded_tls.peers.clone();
         let mut attempt = 0;
         let transport = loop {
             match TcpTransport::bind(tcfg.clone()).await {

@@ -61,6 +61,10 @@ impl ExportServer {
         let port = if tcp {
             let p = free_port();
             cmd.arg("--listen").arg(format!("127.0.0.1:{p}"));
+            // TCP requires TLS unless plaintext is asked for.
+            if !args.iter().any(|a| a.starts_with("--tls")) {
+                cmd.args(["--tls", "off"]);
+            }
             Some(p)
         } else {
             cmd.arg("--socket").arg(&socket);

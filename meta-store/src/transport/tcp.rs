@@ -8,9 +8,12 @@
 //! * Every connection starts with a [`Hello`] frame: magic, protocol version, cluster id,
 //!   sender and intended receiver. The acceptor checks all of them and afterwards delivers
 //!   only envelopes whose `from` is the node that said hello, so raft messages are decoded
-//!   only from peers that passed the handshake. Mutual TLS will replace the bare handshake
-//!   as the authentication; the connection code is generic over `AsyncRead`/`AsyncWrite`
-//!   so a TLS stream slots in.
+//!   only from peers that passed the handshake.
+//! * With [`PeerSecurity::Tls`] every connection is mutual TLS under the cluster CA: the
+//!   dialler checks the acceptor's certificate names the peer it dialled, and the acceptor
+//!   checks the client certificate names the node its hello claims to be (a node holding
+//!   another CA's certificate fails the handshake and never gets a frame decoded).
+//!   [`PeerSecurity::Plaintext`] (tests) skips both.
 //! * A partition filter (`block`/`unblock`) drops traffic to and from chosen peers, for
 //!   fault tests.
 
@@ -20,9 +23,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use csv_tls::{PeerIdentity, PeerReadHalf, PeerSecurity, PeerWriteHalf};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -65,6 +68,8 @@ pub struct TcpConfig {
     pub max_inbound: usize,
     /// Address peers reach this node at, sent in every hello (`None`: not sent).
     pub advertise: Option<String>,
+    /// Mutual TLS or plaintext (tests).
+    pub security: PeerSecurity,
 }
 
 impl TcpConfig {
@@ -89,6 +94,7 @@ impl TcpConfig {
             backoff_max: Duration::from_secs(1),
             max_inbound: 256,
             advertise: None,
+            security: PeerSecurity::Plaintext,
         }
     }
 
@@ -298,14 +304,15 @@ impl Transport for TcpTransport {
 /// noticed at once instead of at the next failed write, which would lose that write.
 #[derive(Debug)]
 struct Outbound {
-    w: BufWriter<OwnedWriteHalf>,
-    r: OwnedReadHalf,
+    w: BufWriter<PeerWriteHalf>,
+    r: PeerReadHalf,
 }
 
 async fn connect(inner: &Inner, peer: u64, addr: &str) -> Result<Outbound, FrameError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (r, w) = stream.into_split();
+    let stream = inner.cfg.security.connect(stream, peer).await?;
+    let (r, w) = stream.split();
     let mut w = BufWriter::with_capacity(64 * 1024, w);
     write_hello(&mut w, &inner.cfg, peer).await?;
     Ok(Outbound { w, r })
@@ -437,7 +444,23 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         inner.inbound.fetch_add(1, Ordering::Relaxed);
         let i2 = inner.clone();
         let task = inner.rt.spawn(async move {
-            if let Err(e) = serve_inbound(&i2, BufReader::new(stream)).await {
+            let secured = tokio::time::timeout(
+                i2.cfg.handshake_timeout,
+                i2.cfg.security.accept(stream),
+            )
+            .await;
+            let res = match secured {
+                Ok(Ok((s, who))) => serve_inbound(&i2, BufReader::new(s), &who).await,
+                Ok(Err(e)) => {
+                    i2.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    Err(InboundError::Refused(format!("TLS handshake: {e}")))
+                }
+                Err(_) => {
+                    i2.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    Err(InboundError::HandshakeTimeout)
+                }
+            };
+            if let Err(e) = res {
                 tracing::debug!(node = i2.cfg.node_id, %remote, error = %e, "inbound connection closed");
             }
             i2.inbound.fetch_sub(1, Ordering::Relaxed);
@@ -489,7 +512,11 @@ pub fn check_hello(bytes: &[u8], cluster_id: &str, me: u64) -> Result<u64, Inbou
     Ok(h.from)
 }
 
-async fn serve_inbound<R: AsyncRead + Unpin>(inner: &Inner, mut r: R) -> Result<(), InboundError> {
+async fn serve_inbound<R: AsyncRead + Unpin>(
+    inner: &Inner,
+    mut r: R,
+    who: &PeerIdentity,
+) -> Result<(), InboundError> {
     let cfg = &inner.cfg;
     let hello = match tokio::time::timeout(
         cfg.handshake_timeout,
@@ -502,7 +529,12 @@ async fn serve_inbound<R: AsyncRead + Unpin>(inner: &Inner, mut r: R) -> Result<
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => return Err(InboundError::HandshakeTimeout),
     };
-    let peer = match check_hello(&hello, &cfg.cluster_id, cfg.node_id) {
+    let checked = check_hello(&hello, &cfg.cluster_id, cfg.node_id).and_then(|p| {
+        who.check(p)
+            .map(|()| p)
+            .map_err(|e| InboundError::Refused(e.to_string()))
+    });
+    let peer = match checked {
         Ok(p) => p,
         Err(e) => {
             inner.stats.rejected.fetch_add(1, Ordering::Relaxed);

@@ -194,3 +194,73 @@ async fn a_dead_peer_does_not_block_the_others() {
     a.shutdown();
     c.shutdown();
 }
+
+fn tls(dir: &std::path::Path, id: u64) -> PeerSecurity {
+    let p = csv_tls::pki::node_paths(dir, id);
+    let ca = csv_tls::pki::ca_cert_path(dir);
+    PeerSecurity::Tls(std::sync::Arc::new(
+        csv_tls::NodeTls::load(id, &ca, &p.cert, &p.key).expect("load"),
+    ))
+}
+
+async fn tls_node(sec: PeerSecurity, id: u64) -> (TcpTransport, mpsc::Receiver<Envelope>) {
+    let mut c = cfg(id);
+    c.security = sec;
+    let t = TcpTransport::bind(c).await.expect("bind");
+    let (inbox, rx) = Inbox::new(64);
+    t.attach(inbox);
+    (t, rx)
+}
+
+/// Mutual TLS: nodes of the cluster CA exchange envelopes; a node whose certificate
+/// comes from another CA, or a node of the CA sending as someone else, or a plaintext
+/// peer, never gets an envelope delivered.
+#[tokio::test]
+async fn mutual_tls_admits_the_clusters_nodes_only() {
+    let (ours, theirs) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    for d in [ours.path(), theirs.path()] {
+        csv_tls::pki::init_ca(d, "test", 30).expect("ca");
+        for id in 1..=3 {
+            csv_tls::pki::issue_node(d, id, &[], 30).expect("issue");
+        }
+    }
+    let (a, _arx) = tls_node(tls(ours.path(), 1), 1).await;
+    let (b, mut brx) = tls_node(tls(ours.path(), 2), 2).await;
+    a.set_peer(2, Some(b.local_addr().to_string()));
+    let got = send_until_received(&a, &mut brx, env(1, 2, 7)).await;
+    assert_eq!(got.from, 1);
+
+    // Node 3 of another CA.
+    let (x, _xrx) = tls_node(tls(theirs.path(), 3), 3).await;
+    // Node 3's certificate from our CA, but the transport claims to be node 1 (its
+    // hello and envelopes say 1).
+    let (y, _yrx) = tls_node(tls(ours.path(), 3), 1).await;
+    // No TLS at all.
+    let (z, _zrx) = tls_node(PeerSecurity::Plaintext, 3).await;
+    let before = b.stats().rejected.load(Ordering::Relaxed);
+    for (t, from) in [(&x, 3), (&y, 1), (&z, 3)] {
+        t.set_peer(2, Some(b.local_addr().to_string()));
+        for n in 0..20 {
+            t.send(env(from, 2, 100 + n));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok(e) = brx.try_recv() {
+        let Some(Body::Raft(v)) = &e.body else {
+            continue;
+        };
+        assert!(
+            v[0] < 100,
+            "an envelope of an intruder was delivered: {e:?}"
+        );
+    }
+    let rejected = b.stats().rejected.load(Ordering::Relaxed) - before;
+    assert!(rejected >= 3, "{rejected} connections refused");
+    for t in [a, b, x, y, z] {
+        t.shutdown();
+    }
+}

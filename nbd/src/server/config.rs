@@ -48,6 +48,24 @@ pub struct ServerConfig {
     pub tls_policy: TlsPolicy,
 }
 
+/// TLS of one listener ([`crate::server::Server::spawn_listener_with_tls`]).
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// Credentials (None: plaintext whatever the policy).
+    pub config: Option<Arc<rustls::ServerConfig>>,
+    /// Off, optional or required.
+    pub policy: TlsPolicy,
+}
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("credentials", &self.config.is_some())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
 /// Default connection limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 /// Default requests in flight per connection (the kernel queues up to 128).

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::config::{ServerConfig, ServerError, TlsPolicy};
+use super::config::{ListenerTls, ServerConfig, ServerError, TlsPolicy};
 use super::export::{Export, ExportOptions, ExportRegistry, ExportRemoval};
 use super::listener::Listener;
 use super::negotiate::{Negotiator, Session, Step};
@@ -122,15 +122,31 @@ impl Server {
         self.shared.tasks.wait().await;
     }
 
-    /// Starts accepting on `listener` (until shutdown) in a background task.
+    /// Starts accepting on `listener` (until shutdown) in a background task, with the
+    /// server's TLS settings.
     pub fn spawn_listener(&self, listener: Listener) {
+        let tls = self.server_tls();
+        self.spawn_listener_with_tls(listener, tls);
+    }
+
+    /// Starts accepting on `listener` with TLS settings of its own (a node serves its
+    /// Unix socket in plaintext and requires TLS on TCP).
+    pub fn spawn_listener_with_tls(&self, listener: Listener, tls: ListenerTls) {
         let me = self.clone();
         self.shared
             .tasks
-            .spawn(async move { me.accept_loop(listener).await });
+            .spawn(async move { me.accept_loop(listener, tls).await });
     }
 
-    async fn accept_loop(&self, listener: Listener) {
+    fn server_tls(&self) -> ListenerTls {
+        let c = &self.shared.config;
+        ListenerTls {
+            config: c.tls.clone(),
+            policy: c.tls_policy,
+        }
+    }
+
+    async fn accept_loop(&self, listener: Listener, tls: ListenerTls) {
         let what = listener.describe();
         tracing::info!("listening on {what}");
         let mut backoff = Duration::from_millis(10);
@@ -143,8 +159,8 @@ impl Server {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
                     match stream {
-                        Accepted::Tcp(s) => self.spawn_connection(s, peer),
-                        Accepted::Unix(s) => self.spawn_connection(s, peer),
+                        Accepted::Tcp(s) => self.spawn_conn(s, peer, tls.clone()),
+                        Accepted::Unix(s) => self.spawn_conn(s, peer, tls.clone()),
                     }
                 }
                 Err(e) => {
@@ -163,6 +179,14 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let tls = self.server_tls();
+        self.spawn_conn(stream, peer, tls);
+    }
+
+    fn spawn_conn<S>(&self, stream: S, peer: String, tls: ListenerTls)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Ok(permit) = self.shared.slots.clone().try_acquire_owned() else {
             tracing::warn!(peer, "connection limit reached, closing new connection");
             return;
@@ -172,16 +196,17 @@ impl Server {
         let me = self.clone();
         self.shared.tasks.spawn(
             async move {
-                me.connection(stream).await;
+                me.connection(stream, &tls).await;
                 drop(permit);
             }
             .instrument(span),
         );
     }
 
-    async fn connection<S: Io>(&self, stream: S) {
+    async fn connection<S: Io>(&self, stream: S, tls: &ListenerTls) {
         let sh = &self.shared;
-        let neg = tokio::time::timeout(sh.config.negotiation_timeout, self.negotiate(stream)).await;
+        let neg =
+            tokio::time::timeout(sh.config.negotiation_timeout, self.negotiate(stream, tls)).await;
         match neg {
             Err(_) => tracing::info!("negotiation timed out"),
             Ok(Err(e)) => tracing::debug!("negotiation ended: {e}"),
@@ -225,10 +250,10 @@ impl Server {
     async fn negotiate<S: Io>(
         &self,
         mut stream: S,
+        tls: &ListenerTls,
     ) -> io::Result<Option<(Transport<S>, Box<Session>)>> {
-        let sh = &self.shared;
-        let policy = if sh.config.tls.is_some() {
-            sh.config.tls_policy
+        let policy = if tls.config.is_some() {
+            tls.policy
         } else {
             TlsPolicy::Off
         };
@@ -245,7 +270,7 @@ impl Server {
             Outcome::Done => Ok(None),
             Outcome::Transmit(s) => Ok(Some((Transport::Plain(stream), s))),
             Outcome::StartTls => {
-                let Some(cfg) = sh.config.tls.clone() else {
+                let Some(cfg) = tls.config.clone() else {
                     return Ok(None);
                 };
                 let mut tls = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await?;

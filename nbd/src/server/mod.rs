@@ -13,8 +13,8 @@ mod outq;
 pub mod transmit;
 
 pub use config::{
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, ServerConfig, ServerError,
-    TlsPolicy,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS, ListenerTls, ServerConfig,
+    ServerError, TlsPolicy,
 };
 pub use export::{Export, ExportOptions, ExportRemoval};
 pub use handle::Server;

@@ -183,7 +183,8 @@ fn five_cuts_under_fio(sc: &mut SanCluster) {
 
 #[test]
 fn the_operator_redirects_a_node_under_load_and_back() {
-    let sc = SanCluster::start(3, FAST_PROBES);
+    // Over mutual TLS: the redirected bytes cross the TLS sessions between the nodes.
+    let sc = SanCluster::start_with(3, FAST_PROBES, true);
     let work = tempfile::tempdir().expect("work");
     sc.vc.ok(1, &["vhd", "create", "m", "--size", "256M"]);
     sc.vc.ok(2, &["vhd", "attach", "m"]);

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use csv_tests::san::{Listen, San};
-use csv_tests::volume::{VolumeCluster, cluster_on_lun};
+use csv_tests::volume::{VolumeCluster, cluster_on_lun_with};
 
 const GIB: u64 = 1 << 30;
 
@@ -36,6 +36,12 @@ impl SanCluster {
     /// `n` nodes, each with its own nbdkit (file plugin) on one sparse LUN file, the
     /// volume formatted through node 1; `redirect` is the nodes' `[redirect]` section.
     fn start(n: u64, redirect: &str) -> SanCluster {
+        Self::start_with(n, redirect, false)
+    }
+
+    /// [`SanCluster::start`] with mutual TLS between the nodes when `tls` (redirected
+    /// I/O then crosses TLS sessions).
+    fn start_with(n: u64, redirect: &str, tls: bool) -> SanCluster {
         let dir = tempfile::Builder::new()
             .prefix("csv-san-")
             .tempdir()
@@ -56,7 +62,7 @@ impl SanCluster {
             "{LEASE}{redirect}[volume]\nlun = \"nbd+unix:///?socket={}/san-{{id}}.sock\"\n",
             dir.path().display()
         );
-        let c = cluster_on_lun(n, &lun, &toml);
+        let c = cluster_on_lun_with(n, &lun, &toml, tls);
         let vc = VolumeCluster::format_on(c, lun, tempfile::tempdir().expect("dir"));
         SanCluster {
             vc,

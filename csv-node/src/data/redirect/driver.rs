@@ -130,6 +130,7 @@ pub(crate) async fn run(d: Arc<Data>) {
         r.shared.clone(),
         ttl,
         io,
+        d.cfg.loaded_tls.peers.clone(),
     ));
     d.tasks
         .spawn(serve::run(listener, serve.clone(), d.tasks.token()));
@@ -395,7 +396,15 @@ impl Driver {
             .next()
             .ok_or_else(|| format!("{addr}: no address"))?;
         self.next_session += 1;
-        Session::open(peer, addr, self.d.id(), self.next_session, OPEN_TIMEOUT).await
+        Session::open(
+            peer,
+            addr,
+            self.d.id(),
+            self.next_session,
+            OPEN_TIMEOUT,
+            &self.d.cfg.loaded_tls.peers,
+        )
+        .await
     }
 
     /// Hands the node's state to the publisher on a change, and every

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use csv_tls::PeerSecurity;
 use futures_util::StreamExt as _;
 use redirector::wire::{Call, CallOp, Failure, Msg, MsgCodec, Refusal, Reply, VERSION, Writer};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _, BufWriter};
@@ -76,6 +77,8 @@ pub(crate) struct Serve {
     own: Arc<Shared>,
     ttl: Duration,
     io_timeout: Duration,
+    /// Mutual TLS with the session's node (or plaintext on a test bed).
+    security: PeerSecurity,
     /// Calls served (the published load is its recent rate).
     pub(crate) served: AtomicU64,
     sessions: Mutex<HashMap<(u64, u64), Arc<PeerSession>>>,
@@ -120,6 +123,7 @@ impl Serve {
         own: Arc<Shared>,
         ttl: Duration,
         io_timeout: Duration,
+        security: PeerSecurity,
     ) -> Serve {
         Serve {
             node,
@@ -128,6 +132,7 @@ impl Serve {
             own,
             ttl,
             io_timeout,
+            security,
             served: AtomicU64::new(0),
             sessions: Mutex::default(),
             writers: Mutex::default(),
@@ -188,7 +193,11 @@ async fn connection(
     cancel: CancellationToken,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    let (stream, who) = tokio::time::timeout(s.ttl, s.security.accept(stream))
+        .await
+        .map_err(|_| "no TLS handshake within the session lease".to_string())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let (r, w) = stream.split();
     let mut reader = FramedRead::with_capacity(r, MsgCodec::new(), READ_BUFFER);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(BufWriter::with_capacity(256 << 10, w), rx));
@@ -205,6 +214,10 @@ async fn connection(
                 Some(format!(
                     "protocol version {version}, this node speaks {VERSION}"
                 ))
+            } else if let Err(e) = who.check(source) {
+                // Every write of the session is judged as node `source`'s: only
+                // that node may open it.
+                Some(e.to_string())
             } else if !s.can_serve() {
                 Some(format!("node {} has no direct path to the LUN", s.node))
             } else {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes};
+use csv_tls::PeerSecurity;
 use futures_util::StreamExt as _;
 use redirector::wire::{Call, CallOp, Msg, MsgCodec, Refusal, Reply, encode_parts};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _, BufWriter};
@@ -81,15 +82,20 @@ impl Session {
         source: u64,
         id: u64,
         connect_timeout: Duration,
+        security: &PeerSecurity,
     ) -> Result<Arc<Session>, String> {
-        let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+        let dial = async {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            let _ = s.set_nodelay(true);
+            security.connect(s, peer).await
+        };
+        let stream = tokio::time::timeout(connect_timeout, dial)
             .await
             .map_err(|_| {
                 format!("connect to node {peer} at {addr}: no answer in {connect_timeout:?}")
             })?
             .map_err(|e| format!("connect to node {peer} at {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        let (r, w) = stream.split();
         let mut w = BufWriter::with_capacity(256 << 10, w);
         let mut reader = FramedRead::with_capacity(r, MsgCodec::new(), READ_BUFFER);
         let open = Msg::Open {
