@@ -1,4 +1,4 @@
-//! Mutual TLS between the nodes of a cluster (docs/design/100-operations.md §TLS).
+//! Mutual TLS between the nodes of a cluster (docs/design/110-tls.md).
 //!
 //! Every node holds a certificate issued by the cluster CA for the name
 //! [`node_name`]`(id)`. A node that dials peer P verifies the server certificate against
