@@ -208,12 +208,18 @@ fn tcp_without_tls_needs_an_explicit_tls_off() {
         .args(["--size", &s.uri("")])
         .output()
         .expect("nbdinfo");
-    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), MIB.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&info.stdout).trim(),
+        MIB.to_string()
+    );
     drop(s);
     let u = ExportServer::unix(&[img.to_str().expect("utf-8")]);
     let info = Command::new("nbdinfo")
         .args(["--size", &u.uri("")])
         .output()
         .expect("nbdinfo");
-    assert_eq!(String::from_utf8_lossy(&info.stdout).trim(), MIB.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&info.stdout).trim(),
+        MIB.to_string()
+    );
 }
