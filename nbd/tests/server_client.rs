@@ -163,6 +163,7 @@ async fn read_only_export_per_export() {
             ExportOptions {
                 read_only: true,
                 description: "same device, read-only".into(),
+                observer: None,
             },
         )
         .expect("add");

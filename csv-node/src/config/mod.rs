@@ -12,6 +12,9 @@ use lock_manager::LeaseTiming;
 use serde::{Deserialize, Deserializer};
 use volume::NbdTarget;
 
+mod metrics;
+pub use metrics::MetricsSection;
+
 /// Errors of loading a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -109,6 +112,9 @@ pub struct NodeConfig {
     /// `[hypervisor]`: the VMs this node runs (issue 14).
     #[serde(default)]
     pub hypervisor: HypervisorSection,
+    /// `[metrics]`: the Prometheus endpoint (issue 16; off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 /// `[hypervisor]` of the node configuration (docs/design/080).
@@ -540,6 +546,12 @@ impl NodeConfig {
         }
         self.redirect.validate().map_err(|(f, r)| invalid(f, r))?;
         self.hypervisor.validate().map_err(|(f, r)| invalid(f, r))?;
+        self.metrics.validate().map_err(|(f, r)| invalid(f, r))?;
+        if let Some(a) = self.metrics.listen
+            && a == self.cluster.listen
+        {
+            return Err(invalid("metrics.listen", "must differ from cluster.listen"));
+        }
         if let Some(v) = &self.volume {
             v.validate().map_err(|(f, r)| invalid(f, r))?;
             // A write must land within the lease's margin of its fence check, twice over
