@@ -13,6 +13,7 @@ mod cluster;
 mod drain;
 mod fence;
 mod image;
+mod metrics;
 mod node;
 mod output;
 mod owner;

@@ -103,6 +103,7 @@ impl Node {
             data: self.data.clone(),
             ops: self.ops.clone(),
             hv: self.hv.clone(),
+            metrics: self.collector.clone(),
             tasks: self.tasks.clone(),
         }
     }
