@@ -1,7 +1,7 @@
 //! A histogram of durations on atomics: one `fetch_add` per bucket hit, the count and
 //! the sum (in nanoseconds), no lock (prometheus-client's own histogram takes a mutex
 //! per observation, which the NBD hot path must not). Encoded as an OpenMetrics
-//! histogram in seconds with cumulative buckets.
+//! histogram in seconds (the encoder makes the buckets cumulative).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,19 +79,20 @@ impl DurationHistogram {
         self.inner.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
     }
 
-    /// Cumulative `(upper bound, count)` pairs ending with +Inf. Read bucket by bucket
-    /// while observations go on, so the total is taken as the +Inf bucket: the pairs
-    /// are always non-decreasing.
-    fn cumulative(&self) -> (Vec<(f64, u64)>, u64) {
+    /// Per-bucket `(upper bound, count)` pairs ending with +Inf (the encoder makes them
+    /// cumulative) and their total. Read bucket by bucket while observations go on, so
+    /// the count encoded is that total (the `_count` always equals the +Inf bucket).
+    fn buckets(&self) -> (Vec<(f64, u64)>, u64) {
         let i = &*self.inner;
-        let mut acc = 0u64;
+        let mut total = 0u64;
         let mut out = Vec::with_capacity(i.counts.len());
         for (k, c) in i.counts.iter().enumerate() {
-            acc += c.load(Ordering::Relaxed);
+            let n = c.load(Ordering::Relaxed);
+            total += n;
             let ub = i.bounds.get(k).copied().unwrap_or(f64::INFINITY);
-            out.push((ub, acc));
+            out.push((ub, n));
         }
-        (out, acc)
+        (out, total)
     }
 }
 
@@ -101,7 +102,7 @@ impl TypedMetric for DurationHistogram {
 
 impl EncodeMetric for DurationHistogram {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let (buckets, count) = self.cumulative();
+        let (buckets, count) = self.buckets();
         encoder.encode_histogram::<NoLabelSet>(
             self.sum_seconds(),
             count,
@@ -120,15 +121,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_cumulative_and_bounds_inclusive() {
+    fn buckets_count_their_range_and_bounds_are_inclusive() {
         let h = DurationHistogram::new(&[0.001, 0.01]);
         h.observe(Duration::from_micros(500));
         h.observe(Duration::from_millis(1));
         h.observe(Duration::from_millis(5));
         h.observe(Duration::from_secs(1));
-        let (b, n) = h.cumulative();
+        let (b, n) = h.buckets();
         assert_eq!(n, 4);
-        assert_eq!(b, vec![(0.001, 2), (0.01, 3), (f64::INFINITY, 4)]);
+        assert_eq!(b, vec![(0.001, 2), (0.01, 1), (f64::INFINITY, 1)]);
         assert!((h.sum_seconds() - 1.0065).abs() < 1e-9);
         assert_eq!(h.count(), 4);
     }
