@@ -267,3 +267,98 @@ fn csvadm_says_when_metrics_are_off() {
         "{e}"
     );
 }
+
+/// Kills the QEMUs under the cluster's directory when dropped (declare it after the
+/// cluster: it drops first).
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in csv_tests::qemus_under(&self.0) {
+            let _ = csv_tests::send_signal(pid, "KILL");
+        }
+    }
+}
+
+fn node_metrics(vc: &csv_tests::volume::VolumeCluster, id: u64) -> Value {
+    serde_json::from_str(&vc.ok(id, &["node", "metrics", "--json"])).expect("metrics json")
+}
+
+/// A live migration of a booted test guest is counted on its source with its downtime,
+/// and the VM gauges follow the VM from one node to the other.
+#[test]
+fn heavy_a_live_migration_is_counted_with_its_downtime() {
+    need("qemu-system-x86_64", "qemu-system-x86");
+    need("busybox", "busybox-static");
+    need("cpio", "cpio");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guest = root.join("target/guest");
+    let st = Command::new(root.join("scripts/guest-image"))
+        .arg(&guest)
+        .status()
+        .expect("run scripts/guest-image");
+    assert!(st.success(), "scripts/guest-image failed");
+    // Each node's endpoint on its own loopback address (`{id}`), one port.
+    let port = free_port(Ipv4Addr::LOCALHOST);
+    let config = format!(
+        "[volume]\nlun = \"{{lun}}\"\n[hypervisor]\naccel = \"tcg\"\nstop_timeout = \"3s\"\n\
+         [metrics]\nlisten = \"127.0.{{id}}.9:{port}\"\n"
+    );
+    let vc = volume_cluster_with(2, 1 << 30, &config);
+    let _reaper = Reaper(vc.c.dir().to_path_buf());
+    vc.ok(1, &["vhd", "create", "d1", "--size", "64M"]);
+    let kernel = guest.join("vmlinuz").display().to_string();
+    let initrd = guest.join("initrd.img").display().to_string();
+    vc.ok(
+        1,
+        &[
+            "vm",
+            "create",
+            "g1",
+            "--memory",
+            "256M",
+            "--disk",
+            "d1",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--append",
+            "console=ttyS0 panic=-1 quiet csv_rounds=0",
+            "--no-nic",
+            "--prefer",
+            "1",
+        ],
+    );
+    vc.ok(1, &["vm", "start", "g1", "--node", "1", "--timeout", "60"]);
+    let wait = |id: u64, what: &str, f: &dyn Fn(&Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            let m = node_metrics(&vc, id);
+            if f(&m) {
+                return m;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "node {id}: {what}: {m}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait(1, "one VM running", &|m| m["vms"]["running"] == 1);
+    let m: Value = serde_json::from_str(&vc.ok(1, &["vm", "migrate", "g1", "--to", "2", "--json"]))
+        .expect("json");
+    assert_eq!(m["outcome"], "completed", "{m}");
+    let src = wait(1, "the migration counted", &|m| {
+        m["migrations"]["live_completed"] == 1
+    });
+    assert!(src["migration_downtime_mean_ms"].is_number(), "{src}");
+    assert!(src["migrations"].get("live_aborted").is_none(), "{src}");
+    wait(1, "no VM left", &|m| m["vms"].get("running").is_none());
+    let dst = wait(2, "the VM running", &|m| m["vms"]["running"] == 1);
+    assert!(
+        dst["migrations"].as_object().is_some_and(|o| o.is_empty()),
+        "{dst}"
+    );
+    vc.ok(1, &["vm", "kill", "g1"]);
+}
