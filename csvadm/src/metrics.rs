@@ -24,15 +24,35 @@ impl Sample {
     }
 }
 
+/// A sample line that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// The line (its first 120 characters).
+    pub text: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {:?} is not a sample", self.line, self.text)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
 /// Parses the sample lines of an OpenMetrics (or Prometheus) text; a line that does
 /// not parse is an error naming it.
-pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
+pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        out.push(parse_line(line).ok_or_else(|| format!("line {}: {line:?}", i + 1))?);
+        out.push(parse_line(line).ok_or_else(|| ParseError {
+            line: i + 1,
+            text: line.chars().take(120).collect(),
+        })?);
     }
     Ok(out)
 }
@@ -149,7 +169,7 @@ pub struct MetricsView {
 
 impl MetricsView {
     /// The view of a node's metrics text.
-    pub fn from_text(endpoint: &str, text: &str) -> Result<MetricsView, String> {
+    pub fn from_text(endpoint: &str, text: &str) -> Result<MetricsView, ParseError> {
         let s = parse(text)?;
         let g = |name: &str| sum(&s, name, &[]) as u64;
         let mut exports: Vec<String> = s
@@ -301,6 +321,38 @@ impl fmt::Display for MetricsView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn escape(v: &str) -> String {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    }
+
+    proptest! {
+        /// Any text: an answer, never a panic.
+        #[test]
+        fn parse_never_panics(text in "\\PC*") {
+            let _ = parse(&text);
+        }
+
+        /// A sample written the way an encoder writes it parses back to itself.
+        #[test]
+        fn samples_round_trip(
+            name in "[a-z_][a-z0-9_]{0,20}",
+            labels in proptest::collection::btree_map("[a-z_][a-z0-9_]{0,8}", "\\PC{0,12}", 0..4),
+            value in -1e12f64..1e12,
+        ) {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let line = if l.is_empty() {
+                format!("{name} {value}")
+            } else {
+                format!("{name}{{{}}} {value}", l.join(","))
+            };
+            let s = parse(&line).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(s, vec![Sample { name, labels, value }]);
+        }
+    }
 
     const TEXT: &str = r#"# HELP csv_nbd_requests NBD requests.
 # TYPE csv_nbd_requests counter
