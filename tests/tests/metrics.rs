@@ -132,7 +132,8 @@ fn endpoint_serves_openmetrics_that_count_nbd_io() {
     );
 
     let url = format!("http://127.0.0.1:{port}/metrics");
-    // Scrape until a lease renewal has been confirmed (one per node-lease period).
+    // Scrape until a lease renewal has been confirmed (one per renewal interval) and the
+    // redirection driver has settled on the direct path (it starts with the LUN).
     let start = Instant::now();
     let (families, text) = loop {
         let (code, ctype, text) = curl(&url);
@@ -142,15 +143,21 @@ fn endpoint_serves_openmetrics_that_count_nbd_io() {
             "content type"
         );
         let f = parse(&text);
-        if value(
+        let renewed = value(
             &f,
             "csv_lease_renewals",
             "csv_lease_renewals_total",
             &[("result", "confirmed")],
         )
-        .is_some_and(|v| v >= 1.0)
-            || start.elapsed() > Duration::from_secs(30)
-        {
+        .is_some_and(|v| v >= 1.0);
+        let direct = value(
+            &f,
+            "csv_path_state",
+            "csv_path_state",
+            &[("state", "direct")],
+        )
+        .is_some_and(|v| v == 1.0);
+        if (renewed && direct) || start.elapsed() > Duration::from_secs(30) {
             break (f, text);
         }
         std::thread::sleep(Duration::from_millis(500));
