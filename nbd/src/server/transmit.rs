@@ -447,6 +447,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
         }
         let cookie = req.cookie;
         let dev = self.dev;
+        // Timed from before the device is asked (a device may do work when called).
+        let started = self.observer.map(|_| Instant::now());
         let (op, bytes, kind, covered) = match cmd {
             Command::Read { offset, len, df } => {
                 if len == 0 {
@@ -513,7 +515,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
             Command::Write { .. } | Command::Disc => return,
         };
         self.inflight_bytes += bytes;
-        let seen = self.seen(kind, covered);
+        let seen = Seen {
+            kind,
+            len: covered,
+            started,
+        };
         self.inflight.push(InFlight {
             cookie,
             bytes,
