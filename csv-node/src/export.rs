@@ -150,6 +150,7 @@ async fn serve(args: ExportArgs) -> anyhow::Result<()> {
         let options = ExportOptions {
             read_only: args.read_only,
             description: format!("{} ({format:?})", path.display()),
+            observer: None,
         };
         server
             .add_export(&name, dev.clone(), options.clone())

@@ -9,6 +9,7 @@
 //! * [`ops`] — VHD operations (create, import, export, expand, compact, merge, remote
 //!   attach/detach) and their progress.
 //! * [`admin`] — the admin socket and its one dispatch.
+//! * [`metrics`] — the Prometheus families the layers update, and the endpoint.
 //! * [`node`] — composes them: `csv-node run`.
 //!
 //! The binary (`main.rs`) adds `csv-node export`. `scripts/module-graph` checks that no
@@ -23,6 +24,7 @@ pub mod error;
 pub mod hypervisor;
 pub mod lease;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod ops;
 pub mod state;

@@ -271,20 +271,7 @@ fn open_rw(file: &Path) -> Result<Image> {
     .with_context(|| format!("open image {}", file.display()))
 }
 
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+use crate::size::human;
 
 fn info(file: &Path, parent: Option<PathBuf>) -> Result<InfoView> {
     let img = Image::open(

@@ -14,6 +14,7 @@ mod cluster;
 mod drain;
 mod fence;
 mod image;
+mod metrics;
 mod node;
 mod output;
 mod owner;

@@ -1,5 +1,5 @@
-//! `csvadm node ...`: add, promote and remove nodes, node liveness, and maintenance
-//! (`drain`, `resume`: `drain.rs`), through the
+//! `csvadm node ...`: add, promote and remove nodes, node liveness, maintenance
+//! (`drain`, `resume`: `drain.rs`) and the node's metrics (`metrics.rs`), through the
 //! addressed node's daemon (exit codes in `client.rs`).
 
 use std::fmt;
@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::client::{EXIT_REFUSED, Failure, connect};
 use crate::fence::FenceView;
+use crate::metrics::MetricsView;
 use crate::output::{Output, print};
 
 #[derive(Args, Debug)]
@@ -66,6 +67,9 @@ enum NodeCommand {
         /// Node id.
         id: u64,
     },
+    /// The addressed node's key metrics (Raft, proposals, leases, path, extents, VMs,
+    /// migrations, NBD per export); needs `[metrics] listen` in its configuration.
+    Metrics,
 }
 
 /// Runs `csvadm node ...`; `json` is the top-level `--json`.
@@ -101,6 +105,15 @@ pub fn run(socket: &Path, args: NodeArgs, json: bool) -> Result<(), Failure> {
         }
         NodeCommand::Resume { id } => {
             print(&crate::drain::resume(&mut c, id)?, out)?;
+            return Ok(());
+        }
+        NodeCommand::Metrics => {
+            let r = c.metrics()?;
+            let v = MetricsView::from_text(&r.listen, &r.text).map_err(|e| Failure {
+                code: EXIT_REFUSED,
+                message: format!("the node's metrics do not parse: {e}"),
+            })?;
+            print(&v, out)?;
             return Ok(());
         }
     };

@@ -60,6 +60,7 @@ fn registry() -> &'static ExportRegistry {
                 ExportOptions {
                     read_only: ro,
                     description: name.to_owned(),
+                    observer: None,
                 },
             );
         }

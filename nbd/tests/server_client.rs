@@ -163,6 +163,7 @@ async fn read_only_export_per_export() {
             ExportOptions {
                 read_only: true,
                 description: "same device, read-only".into(),
+                observer: None,
             },
         )
         .expect("add");
@@ -400,4 +401,67 @@ async fn tls_required_optional_and_client_certificates() {
     )
     .await
     .expect("tls");
+}
+
+/// Counts what an export's observer was told, per request kind.
+#[derive(Debug, Default)]
+struct Counting {
+    requests: [std::sync::atomic::AtomicU64; 7],
+    bytes: [std::sync::atomic::AtomicU64; 7],
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl nbd::server::RequestObserver for Counting {
+    fn completed(&self, kind: nbd::server::RequestKind, bytes: u64, _: Duration, ok: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.requests[kind.index()].fetch_add(1, Relaxed);
+        self.bytes[kind.index()].fetch_add(bytes, Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The observer of an export hears of each request its device answered, once, with
+/// its kind and length; requests refused before the device (out of range) are not
+/// reported, and other exports' requests go to their own observer (none here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_observer_sees_each_answered_request() {
+    use nbd::server::RequestKind;
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = start(ServerConfig::default());
+    let seen = Arc::new(Counting::default());
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(MIB));
+    f.server
+        .add_export(
+            "watched",
+            dev.clone(),
+            ExportOptions {
+                observer: Some(seen.clone()),
+                ..ExportOptions::default()
+            },
+        )
+        .expect("add");
+    f.server
+        .add_export("plain", dev, ExportOptions::default())
+        .expect("add");
+    let c = client::connect_unix(&f.socket, cfg("watched"))
+        .await
+        .expect("connect");
+    for i in 0..8u64 {
+        c.write(i * 4096, &[7; 4096], false).await.expect("write");
+    }
+    c.flush().await.expect("flush");
+    assert_eq!(c.read(0, 8192).await.expect("read"), vec![7u8; 8192]);
+    assert!(c.read(MIB, 512).await.is_err(), "beyond the end");
+    let p = client::connect_unix(&f.socket, cfg("plain"))
+        .await
+        .expect("connect");
+    p.write(0, &[1; 512], false).await.expect("write");
+    let n = |k: RequestKind| seen.requests[k.index()].load(Relaxed);
+    let b = |k: RequestKind| seen.bytes[k.index()].load(Relaxed);
+    assert_eq!((n(RequestKind::Write), b(RequestKind::Write)), (8, 32768));
+    assert_eq!((n(RequestKind::Flush), b(RequestKind::Flush)), (1, 0));
+    assert_eq!((n(RequestKind::Read), b(RequestKind::Read)), (1, 8192));
+    assert_eq!(seen.failed.load(Relaxed), 0);
 }

@@ -120,7 +120,8 @@ pub struct Cluster {
     ns: Option<netns::Net>,
 }
 
-fn free_port(ip: Ipv4Addr) -> u16 {
+/// A TCP port that was free on `ip` a moment ago.
+pub fn free_port(ip: Ipv4Addr) -> u16 {
     let l = TcpListener::bind((ip, 0)).expect("bind a free port");
     l.local_addr().expect("addr").port()
 }

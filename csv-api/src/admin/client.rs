@@ -247,6 +247,11 @@ impl Client {
     pub fn space(&mut self) -> Result<Space, ClientError> {
         expect!(self.call(Request::SpaceGet(Empty {}))?, Space)
     }
+
+    /// The node's metrics as OpenMetrics text, and its endpoint's address.
+    pub fn metrics(&mut self) -> Result<MetricsReply, ClientError> {
+        expect!(self.call(Request::NodeMetrics(Empty {}))?, Metrics)
+    }
 }
 
 /// VM calls (the [`vm`](super::vm) messages).

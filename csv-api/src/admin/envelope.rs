@@ -11,7 +11,7 @@ pub struct AdminRequest {
     pub version: u32,
     #[prost(
         oneof = "Request",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79, 80, 81, 90"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 40, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 78, 79, 80, 81, 90, 100"
     )]
     pub request: Option<Request>,
 }
@@ -110,6 +110,10 @@ pub enum Request {
     /// VM requests (`super::vm`) → [`Response::Vm`].
     #[prost(message, tag = "90")]
     Vm(super::vm::VmRequest),
+    /// The node's metrics, as its endpoint serves them (refused with `invalid_state`
+    /// when `[metrics] listen` is not set) → [`Response::Metrics`].
+    #[prost(message, tag = "100")]
+    NodeMetrics(Empty),
 }
 
 /// A response from a node's daemon.
@@ -120,7 +124,7 @@ pub struct AdminResponse {
     pub version: u32,
     #[prost(
         oneof = "Response",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62, 69, 70, 90"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 40, 60, 61, 62, 69, 70, 90, 100"
     )]
     pub response: Option<Response>,
 }
@@ -179,4 +183,7 @@ pub enum Response {
     /// `Vm`.
     #[prost(message, tag = "90")]
     Vm(super::vm::VmReply),
+    /// `NodeMetrics`.
+    #[prost(message, tag = "100")]
+    Metrics(MetricsReply),
 }

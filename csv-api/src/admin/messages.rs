@@ -351,3 +351,14 @@ pub struct Reservation {
     #[prost(message, repeated, tag = "3")]
     pub runs: Vec<ExtentRun>,
 }
+
+/// `NodeMetrics`: the node's metrics (issue 16).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetricsReply {
+    /// The address the node's endpoint listens on (`GET /metrics` there serves the same).
+    #[prost(string, tag = "1")]
+    pub listen: String,
+    /// Every family in the OpenMetrics text format (ends with `# EOF`).
+    #[prost(string, tag = "2")]
+    pub text: String,
+}

@@ -18,6 +18,36 @@ fn vhd_reply(r: Reply) -> Result<Response, ApiError> {
     }
 }
 
+/// `node metrics`: the text the endpoint serves, when it is configured.
+async fn metrics(a: &Admin) -> Result<Response, ApiError> {
+    let Some(listen) = a.cfg.metrics.listen else {
+        return Err(ApiError::new(
+            csv_api::ErrorCode::InvalidState,
+            format!(
+                "metrics are off on node {}: set [metrics] listen in its configuration",
+                a.meta.id()
+            ),
+        ));
+    };
+    let text = crate::metrics::http::scrape(&a.metrics)
+        .await
+        .map_err(|e| ApiError::new(csv_api::ErrorCode::Internal, format!("{e:#}")))?;
+    // The reply must fit one admin frame (with room for its envelope).
+    if text.len() > csv_api::admin::frame::MAX_FRAME_BYTES - 4096 {
+        return Err(ApiError::new(
+            csv_api::ErrorCode::TooLarge,
+            format!(
+                "{} bytes of metrics do not fit an admin frame: fetch http://{listen}/metrics",
+                text.len()
+            ),
+        ));
+    }
+    Ok(Response::Metrics(api::MetricsReply {
+        listen: listen.to_string(),
+        text,
+    }))
+}
+
 fn done(r: Result<(), impl Into<ApiError>>) -> Result<Response, ApiError> {
     r.map(|()| Response::Done(api::Empty {}))
         .map_err(Into::into)
@@ -137,6 +167,7 @@ pub(super) async fn handle(a: &Admin, r: Request) -> Result<Response, ApiError> 
         Request::VhdMaintain(x) => Ok(Response::Vhd(vhd_to_api(&a.ops.vhd_maintain(x).await?))),
         Request::VhdMerge(x) => Ok(Response::Vhd(vhd_to_api(&a.ops.vhd_merge(x).await?))),
         Request::Vm(v) => vm::handle(a, v).await,
+        Request::NodeMetrics(_) => metrics(a).await,
         Request::OperationProgress(p) => Ok(Response::Progress(a.ops.progress.get(p.op_id)?)),
     }
 }

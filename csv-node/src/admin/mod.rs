@@ -19,6 +19,7 @@ use crate::data::Data;
 use crate::hypervisor::Hypervisor;
 use crate::lease::Leases;
 use crate::meta::Meta;
+use crate::metrics::collect::StateCollector;
 use crate::ops::Ops;
 use crate::task::Tasks;
 
@@ -31,6 +32,8 @@ pub struct Admin {
     pub data: Arc<Data>,
     pub ops: Arc<Ops>,
     pub hv: Arc<Hypervisor>,
+    /// The node's metrics and what refreshes their state gauges.
+    pub metrics: Arc<StateCollector>,
     pub tasks: Tasks,
 }
 

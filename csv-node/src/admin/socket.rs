@@ -155,5 +155,6 @@ fn request_name(r: &Request) -> &'static str {
         Request::VolumeRedirect(_) => "volume_redirect",
         Request::VolumeEvents(_) => "volume_events",
         Request::Vm(_) => "vm",
+        Request::NodeMetrics(_) => "node_metrics",
     }
 }

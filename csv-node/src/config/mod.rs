@@ -14,6 +14,8 @@ use volume::NbdTarget;
 
 mod tls;
 pub use tls::{LoadedTls, NbdTls, TlsSection};
+mod metrics;
+pub use metrics::MetricsSection;
 
 /// Errors of loading a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +120,9 @@ pub struct NodeConfig {
     /// What `[tls]` names, read and checked by [`NodeConfig::load`] (plaintext until then).
     #[serde(skip)]
     pub loaded_tls: LoadedTls,
+    /// `[metrics]`: the Prometheus endpoint (issue 16; off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
 
 /// `[hypervisor]` of the node configuration (docs/design/080).
@@ -553,6 +558,12 @@ impl NodeConfig {
         let nbd_tcp = self.volume.as_ref().is_some_and(|v| v.nbd_listen.is_some());
         self.tls.validate(nbd_tcp).map_err(|(f, r)| invalid(f, r))?;
         self.hypervisor.validate().map_err(|(f, r)| invalid(f, r))?;
+        self.metrics.validate().map_err(|(f, r)| invalid(f, r))?;
+        if let Some(a) = self.metrics.listen
+            && a == self.cluster.listen
+        {
+            return Err(invalid("metrics.listen", "must differ from cluster.listen"));
+        }
         if let Some(v) = &self.volume {
             v.validate().map_err(|(f, r)| invalid(f, r))?;
             // A write must land within the lease's margin of its fence check, twice over

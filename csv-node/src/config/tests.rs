@@ -121,3 +121,30 @@ fn bad_values_get_typed_errors() {
     assert_eq!("2m".parse::<Dur>(), Ok(Dur(Duration::from_secs(120))));
     assert!("x5s".parse::<Dur>().is_err());
 }
+
+#[test]
+fn metrics_section_is_optional_and_checked() {
+    let c = NodeConfig::parse(MIN).expect("valid");
+    assert!(c.metrics.listen.is_none(), "off by default");
+    let c = NodeConfig::parse(&format!("{MIN}[metrics]\nlisten = \"127.0.0.1:9464\"\n"))
+        .expect("valid");
+    assert_eq!(
+        c.metrics.listen,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+    for (bad, field) in [
+        ("listen = \"127.0.0.1:0\"", "metrics.listen"),
+        ("listen = \"127.0.0.1:7401\"", "metrics.listen"),
+    ] {
+        let e = NodeConfig::parse(&format!("{MIN}[metrics]\n{bad}\n")).expect_err(bad);
+        assert!(
+            matches!(&e, ConfigError::Invalid { field: f, .. } if *f == field),
+            "{bad}: {e}"
+        );
+    }
+    let e = NodeConfig::parse(&format!("{MIN}[metrics]\nlisten = \"nowhere\"\n"))
+        .expect_err("not an address");
+    assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+    let e = NodeConfig::parse(&format!("{MIN}[metrics]\nport = 1\n")).expect_err("unknown");
+    assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+}

@@ -147,6 +147,7 @@ impl Data {
             ExportOptions {
                 read_only: a.read_only,
                 description: format!("csv VHD {name} ({})", a.kind),
+                observer: Some(self.meta.metrics().nbd_observer(name)),
             },
         )
         .map(|_| ())

@@ -28,6 +28,7 @@ impl Data {
             nbd::server::ExportOptions {
                 read_only: false,
                 description: format!("csv VHD {name} (standby)"),
+                observer: Some(self.meta.metrics().nbd_observer(name)),
             },
         )
         .map_err(|e| DataError::Internal(e.to_string()))?;

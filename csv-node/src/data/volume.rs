@@ -263,11 +263,7 @@ impl Data {
             checkpoint_sequence: checkpoint.0,
             checkpoint_index: checkpoint.1,
             paths: self.node_paths(&m).await,
-            redirected_bytes: self.redirect().map_or(0, |r| {
-                r.shared
-                    .redirected_bytes
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            }),
+            redirected_bytes: self.redirected_bytes(),
         })
     }
 }

@@ -22,6 +22,7 @@ use super::qemu::Process;
 use super::qmp::{Qmp, QmpEvent};
 use super::runner::{Live, QMP_TIMEOUT, QUIT_WAIT, Runner};
 use crate::meta::{Limit, MetaError, Retry, now_unix_ms};
+use crate::metrics::MigrationLabels;
 use crate::state::types::{Command, Query, QueryReply};
 use crate::state::vms::{Migration, MigrationKind, MigrationStep, VmCommand, VmRecord, VmState};
 
@@ -31,6 +32,14 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(600);
 const ATTACH_RETRY: Duration = Duration::from_millis(100);
 /// Migration bandwidth cap (bytes/s): a LAN's, not QEMU's conservative default.
 const MAX_BANDWIDTH: u64 = 10 << 30;
+
+/// A migration kind as the metrics name it.
+fn kind_name(k: MigrationKind) -> &'static str {
+    match k {
+        MigrationKind::Live => "live",
+        MigrationKind::Quick => "quick",
+    }
+}
 
 fn migration_status(ev: &QmpEvent) -> Option<&str> {
     (ev.name == "MIGRATION")
@@ -112,6 +121,16 @@ impl Runner {
         match self.propose_vm(cmd).await {
             Ok(()) => {
                 tracing::warn!(vm = self.name, id = m.id, "migration aborted: {reason}");
+                self.h
+                    .meta
+                    .metrics()
+                    .vm
+                    .migrations
+                    .get_or_create(&MigrationLabels {
+                        kind: kind_name(m.kind),
+                        result: "aborted",
+                    })
+                    .inc();
                 true
             }
             Err(e) => {
@@ -609,6 +628,15 @@ impl Runner {
             took_ms = started.elapsed().as_millis() as u64,
             "migrated away"
         );
+        let vm = &self.h.meta.metrics().vm;
+        vm.migrations
+            .get_or_create(&MigrationLabels {
+                kind: kind_name(m.kind),
+                result: "completed",
+            })
+            .inc();
+        vm.migration_downtime
+            .observe(Duration::from_millis(downtime_ms));
         let cmd = VmCommand::MigrateStats {
             name: self.name.clone(),
             id: m.id,

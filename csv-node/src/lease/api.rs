@@ -103,8 +103,7 @@ pub async fn propose_lock(
     timeout: Duration,
 ) -> Result<LockResult, MetaError> {
     let r = m
-        .meta
-        .propose_with_timeout(Command::Lock { command: cmd }.encode(), timeout)
+        .propose_bytes(Command::Lock { command: cmd }.encode(), timeout)
         .await?;
     let r = decode_result::<Reply>(&r);
     match lock_result(&r) {
@@ -344,6 +343,7 @@ mod tests {
             LeaseTiming::default(),
             tokio::sync::mpsc::channel(1).1,
             crate::task::Tasks::default(),
+            Arc::default(),
         ));
         let now = boottime();
         {

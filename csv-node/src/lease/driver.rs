@@ -79,8 +79,24 @@ async fn run(l: Arc<Leases>, m: Member, mut obs: mpsc::Receiver<LockEvent>) {
             let tx = l.res_tx.clone();
             let m2 = m.clone();
             let t = l.timing.node_lease;
+            let metrics = l.metrics.clone();
             l.tasks.spawn(async move {
-                match propose_lock(&m2, req.command.clone(), t).await {
+                let sent = std::time::Instant::now();
+                let r = propose_lock(&m2, req.command.clone(), t).await;
+                let lease = &metrics.lease;
+                let result = match &r {
+                    Ok(Ok(_)) => {
+                        lease.renewal_lag.observe(sent.elapsed());
+                        "confirmed"
+                    }
+                    Ok(Err(_)) => "refused",
+                    Err(_) => "unanswered",
+                };
+                lease
+                    .renewals
+                    .get_or_create(&crate::metrics::ResultLabel { result })
+                    .inc();
+                match r {
                     Ok(r) => {
                         let _ = tx.send((req.ticket, r)).await;
                     }

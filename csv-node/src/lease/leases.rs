@@ -3,7 +3,7 @@
 //! watchdog feed.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use csv_api::{NodeId, VhdId};
@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::clock::wall_ms_of;
 use super::watchdog;
 use crate::meta::now_unix_ms;
+use crate::metrics::Metrics;
 use crate::sync::lock;
 use crate::task::Tasks;
 
@@ -96,6 +97,8 @@ pub struct Leases {
     pub(super) watchdog: Mutex<Option<watchdog::Watchdog>>,
     pub(super) lock_events: Mutex<Option<mpsc::Receiver<crate::meta::LockEvent>>>,
     pub(super) tasks: Tasks,
+    /// Renewals and fence closures are counted here.
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Leases {
@@ -115,6 +118,7 @@ impl Leases {
         timing: LeaseTiming,
         lock_events: mpsc::Receiver<crate::meta::LockEvent>,
         tasks: Tasks,
+        metrics: Arc<Metrics>,
     ) -> Leases {
         let (handoff_tx, handoff_rx) = mpsc::channel(MAX_HANDOFFS);
         let (res_tx, res_rx) = mpsc::channel(MAX_RESULTS);
@@ -134,6 +138,7 @@ impl Leases {
             watchdog: Mutex::new(None),
             lock_events: Mutex::new(Some(lock_events)),
             tasks,
+            metrics,
         }
     }
 
@@ -249,6 +254,7 @@ impl Leases {
                         closed_at_unix_ms = at,
                         "lease lapsed: every local write fence is closed until a renewal is confirmed"
                     );
+                    self.metrics.fence_closed("lease_lapse", 1);
                     let mut r = self.record();
                     r.lapses += 1;
                     r.last_lapse_unix_ms = Some(at);
@@ -269,6 +275,8 @@ impl Leases {
                         lost = ?holds.iter().map(|h| (h.vhd.0, h.generation.0)).collect::<Vec<_>>(),
                         "ownership lost with the epoch: these holds are gone and are not retaken"
                     );
+                    self.metrics
+                        .fence_closed("ownership_lost", holds.len() as u64);
                     let mut r = self.record();
                     for h in holds {
                         if r.lost.len() >= MAX_FENCE_HISTORY {
@@ -286,10 +294,12 @@ impl Leases {
                 }
                 FenceEvent::HoldDropped { vhd, generation } => {
                     tracing::info!(%vhd, %generation, "hold dropped (handed off or superseded)");
+                    self.metrics.fence_closed("hold_dropped", 1);
                 }
                 FenceEvent::HandoffFailed { vhd } => {
                     tracing::warn!(%vhd, "hand-off refused; reclaiming the hold");
                     self.record().failed_handoffs += 1;
+                    self.metrics.fence_closed("handoff_failed", 1);
                 }
                 FenceEvent::GrantRefused {
                     vhd,

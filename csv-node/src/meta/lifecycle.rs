@@ -136,6 +136,7 @@ impl Meta {
             cluster_id: st.cluster_id,
             meta,
             transport,
+            metrics: self.metrics.clone(),
         };
         *phase = Phase::Member(m.clone());
         tracing::info!("metadata store running");

@@ -20,6 +20,7 @@ use tokio::sync::{RwLock, watch};
 
 use crate::config::NodeConfig;
 use crate::error::Coded;
+use crate::metrics::Metrics;
 use crate::state::types::{Command, Query, QueryReply, Reply, decode_result};
 use crate::task::Tasks;
 pub use error::MetaError;
@@ -31,6 +32,8 @@ pub struct Member {
     pub cluster_id: ClusterId,
     pub meta: MetaHandle,
     pub transport: TcpTransport,
+    /// Proposals are counted and timed here.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Where the node stands with the metadata store.
@@ -127,9 +130,23 @@ impl Retry {
 }
 
 impl Member {
+    /// Proposes encoded command bytes (`Duration::ZERO`: the store's default deadline)
+    /// and returns the state machine's encoded answer: the one way this node proposes,
+    /// counted and timed in the metrics.
+    pub async fn propose_bytes(
+        &self,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, meta_store::Error> {
+        let start = std::time::Instant::now();
+        let r = self.meta.propose_with_timeout(bytes, timeout).await;
+        self.metrics.proposal(r.is_ok(), start.elapsed());
+        r
+    }
+
     /// Proposes `cmd` and waits for its reply.
     pub async fn propose(&self, cmd: Command) -> Result<Reply, MetaError> {
-        let r = self.meta.propose(cmd.encode()).await?;
+        let r = self.propose_bytes(cmd.encode(), Duration::ZERO).await?;
         answer(&r)
     }
 
@@ -138,7 +155,7 @@ impl Member {
         let bytes = cmd.encode();
         retry
             .run(|| async {
-                let r = self.meta.propose(bytes.clone()).await?;
+                let r = self.propose_bytes(bytes.clone(), Duration::ZERO).await?;
                 answer(&r)
             })
             .await
@@ -160,6 +177,7 @@ impl Member {
 /// The metadata layer of one node.
 pub struct Meta {
     cfg: Arc<NodeConfig>,
+    metrics: Arc<Metrics>,
     phase: RwLock<Phase>,
     events: Arc<EventHub>,
     join_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -168,9 +186,10 @@ pub struct Meta {
 }
 
 impl Meta {
-    pub fn new(cfg: Arc<NodeConfig>, tasks: Tasks) -> Meta {
+    pub fn new(cfg: Arc<NodeConfig>, metrics: Arc<Metrics>, tasks: Tasks) -> Meta {
         Meta {
             cfg,
+            metrics,
             phase: RwLock::new(Phase::Uninitialized),
             events: Arc::default(),
             join_task: Mutex::new(None),
@@ -182,6 +201,11 @@ impl Meta {
     /// This node's id.
     pub fn id(&self) -> u64 {
         self.cfg.node.id
+    }
+
+    /// The node's metrics (the layers above update theirs through it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn events(&self) -> &Arc<EventHub> {

@@ -19,6 +19,8 @@ use crate::data::Data;
 use crate::hypervisor::Hypervisor;
 use crate::lease::{self, Leases};
 use crate::meta::Meta;
+use crate::metrics::Metrics;
+use crate::metrics::collect::StateCollector;
 use crate::ops::Ops;
 use crate::task::Tasks;
 
@@ -50,6 +52,8 @@ struct Node {
     data: Arc<Data>,
     ops: Arc<Ops>,
     hv: Arc<Hypervisor>,
+    /// Sets the state gauges of the node's metrics before each encoding.
+    collector: Arc<StateCollector>,
     tasks: Tasks,
 }
 
@@ -57,7 +61,8 @@ impl Node {
     fn new(cfg: NodeConfig) -> anyhow::Result<Node> {
         let cfg = Arc::new(cfg);
         let tasks = Tasks::default();
-        let meta = Arc::new(Meta::new(cfg.clone(), tasks.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let meta = Arc::new(Meta::new(cfg.clone(), metrics.clone(), tasks.clone()));
         let lock_events = meta
             .events()
             .take_lock_events()
@@ -67,6 +72,7 @@ impl Node {
             cfg.lease.timing()?,
             lock_events,
             tasks.clone(),
+            metrics.clone(),
         ));
         let data = Arc::new(Data::new(
             cfg.clone(),
@@ -76,6 +82,7 @@ impl Node {
         ));
         let ops = Arc::new(Ops::new(data.clone(), tasks.clone()));
         let hv = Arc::new(Hypervisor::new(cfg.clone(), meta.clone(), data.clone()));
+        let collector = Arc::new(StateCollector::new(metrics, meta.clone(), data.clone()));
         Ok(Node {
             cfg,
             meta,
@@ -83,6 +90,7 @@ impl Node {
             data,
             ops,
             hv,
+            collector,
             tasks,
         })
     }
@@ -95,6 +103,7 @@ impl Node {
             data: self.data.clone(),
             ops: self.ops.clone(),
             hv: self.hv.clone(),
+            metrics: self.collector.clone(),
             tasks: self.tasks.clone(),
         }
     }
@@ -211,6 +220,17 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     node.tasks
         .spawn(admin::serve(listener, node.admin(), admin_stop.clone()));
     tracing::info!(admin = %sock.display(), "admin socket ready");
+    if let Some(addr) = node.cfg.metrics.listen {
+        let listener = crate::metrics::http::bind(addr).await?;
+        let bound = listener.local_addr().context("metrics endpoint address")?;
+        node.tasks.spawn(crate::metrics::http::serve(
+            listener,
+            node.collector.clone(),
+            node.tasks.clone(),
+            admin_stop.clone(),
+        ));
+        tracing::info!(metrics = %bound, "metrics endpoint ready: GET /metrics");
+    }
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;

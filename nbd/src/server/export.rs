@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::config::ServerError;
+use super::observe::RequestObserver;
 use crate::device::{BlockDevice, Capabilities};
 use crate::proto::*;
 
@@ -20,6 +21,8 @@ pub struct ExportOptions {
     pub read_only: bool,
     /// Shown by `nbdinfo --list` and NBD_INFO_DESCRIPTION.
     pub description: String,
+    /// Told of every request the device answered (metrics); none: nothing is timed.
+    pub observer: Option<Arc<dyn RequestObserver>>,
 }
 
 /// One export as the server sees it.
@@ -54,6 +57,11 @@ impl Export {
 
     pub fn read_only(&self) -> bool {
         self.options.read_only || self.caps.read_only
+    }
+
+    /// The export's request observer, if any.
+    pub fn observer(&self) -> Option<&dyn RequestObserver> {
+        self.options.observer.as_deref()
     }
 
     pub fn capabilities(&self) -> &Capabilities {

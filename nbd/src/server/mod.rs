@@ -9,6 +9,7 @@ pub mod export;
 mod handle;
 pub mod listener;
 pub mod negotiate;
+pub mod observe;
 mod outq;
 pub mod transmit;
 
@@ -19,4 +20,5 @@ pub use config::{
 pub use export::{Export, ExportOptions, ExportRemoval};
 pub use handle::Server;
 pub use listener::Listener;
+pub use observe::{RequestKind, RequestObserver};
 pub use transmit::{End, TransmitLimits};

@@ -364,6 +364,7 @@ mod tests {
             ExportOptions {
                 read_only: true,
                 description: "read only".into(),
+                observer: None,
             },
         )
         .expect("add");

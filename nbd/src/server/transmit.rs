@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -18,6 +18,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::command::{Command, Limits, Reject, validate};
 use super::negotiate::Session;
+use super::observe::{RequestKind, RequestObserver};
 use super::outq::OutQueue;
 use crate::codec::reply::*;
 use crate::codec::request::{Request, parse_request_header};
@@ -61,6 +62,16 @@ struct InFlight<'a> {
     cookie: u64,
     bytes: usize,
     op: Op<'a>,
+    /// What the observer is told (only timed when the export has one).
+    seen: Seen,
+}
+
+/// A request as its export's observer sees it.
+#[derive(Clone, Copy)]
+struct Seen {
+    kind: RequestKind,
+    len: u64,
+    started: Option<Instant>,
 }
 
 enum Outcome {
@@ -82,6 +93,7 @@ struct Done {
     cookie: u64,
     bytes: usize,
     outcome: Outcome,
+    seen: Seen,
 }
 
 impl Future for InFlight<'_> {
@@ -120,6 +132,7 @@ impl Future for InFlight<'_> {
             cookie: this.cookie,
             bytes: this.bytes,
             outcome,
+            seen: this.seen,
         })
     }
 }
@@ -164,6 +177,8 @@ struct Conn<'a, S> {
     end: Option<End>,
     inflight: FuturesUnordered<InFlight<'a>>,
     inflight_bytes: usize,
+    /// The export's request observer (metrics), if any.
+    observer: Option<&'a dyn RequestObserver>,
     out: OutQueue,
     stop: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
     stopping: bool,
@@ -204,6 +219,7 @@ where
         end: None,
         inflight: FuturesUnordered::new(),
         inflight_bytes: 0,
+        observer: export.observer(),
         out: OutQueue::new(),
         stop,
         stopping: false,
@@ -350,10 +366,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
                     match cmd {
                         Command::Write { offset, fua, .. } if !self.stopping => {
                             self.inflight_bytes += len;
+                            let seen = self.seen(RequestKind::Write, len as u64);
                             self.inflight.push(InFlight {
                                 cookie,
                                 bytes: len,
                                 op: Op::Unit(self.dev.write(offset, data, fua)),
+                                seen,
                             });
                         }
                         _ => self.error_reply(cookie, Errno::Shutdown, "server is shutting down"),
@@ -429,7 +447,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
         }
         let cookie = req.cookie;
         let dev = self.dev;
-        let (op, bytes) = match cmd {
+        // Timed from before the device is asked (a device may do work when called).
+        let started = self.observer.map(|_| Instant::now());
+        let (op, bytes, kind, covered) = match cmd {
             Command::Read { offset, len, df } => {
                 if len == 0 {
                     self.read_reply(cookie, offset, 0, df, ReadData::default());
@@ -443,23 +463,40 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
                         fut: dev.read(offset, len),
                     },
                     len as usize,
+                    RequestKind::Read,
+                    u64::from(len),
                 )
             }
-            Command::Flush => (Op::Unit(dev.flush()), 0),
+            Command::Flush => (Op::Unit(dev.flush()), 0, RequestKind::Flush, 0),
             Command::Trim { offset, len, fua } => {
                 if len == 0 {
                     self.ok_reply(cookie);
                     return;
                 }
-                (Op::Unit(dev.trim(offset, u64::from(len), fua)), 0)
+                (
+                    Op::Unit(dev.trim(offset, u64::from(len), fua)),
+                    0,
+                    RequestKind::Trim,
+                    u64::from(len),
+                )
             }
-            Command::Cache { offset, len } => (Op::Unit(dev.cache(offset, u64::from(len))), 0),
+            Command::Cache { offset, len } => (
+                Op::Unit(dev.cache(offset, u64::from(len))),
+                0,
+                RequestKind::Cache,
+                u64::from(len),
+            ),
             Command::WriteZeroes { offset, len, flags } => {
                 if len == 0 {
                     self.ok_reply(cookie);
                     return;
                 }
-                (Op::Unit(dev.write_zeroes(offset, u64::from(len), flags)), 0)
+                (
+                    Op::Unit(dev.write_zeroes(offset, u64::from(len), flags)),
+                    0,
+                    RequestKind::WriteZeroes,
+                    u64::from(len),
+                )
             }
             Command::BlockStatus {
                 offset,
@@ -472,11 +509,39 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
                     fut: dev.block_status(offset, u64::from(len)),
                 },
                 0,
+                RequestKind::BlockStatus,
+                0,
             ),
             Command::Write { .. } | Command::Disc => return,
         };
         self.inflight_bytes += bytes;
-        self.inflight.push(InFlight { cookie, bytes, op });
+        let seen = Seen {
+            kind,
+            len: covered,
+            started,
+        };
+        self.inflight.push(InFlight {
+            cookie,
+            bytes,
+            op,
+            seen,
+        });
+    }
+
+    /// A request as the observer will see it: timed from now when there is one.
+    fn seen(&self, kind: RequestKind, len: u64) -> Seen {
+        Seen {
+            kind,
+            len,
+            started: self.observer.map(|_| Instant::now()),
+        }
+    }
+
+    /// Tells the observer a request ended.
+    fn observe(&self, seen: Seen, ok: bool) {
+        if let (Some(o), Some(t)) = (self.observer, seen.started) {
+            o.completed(seen.kind, seen.len, t.elapsed(), ok);
+        }
     }
 
     fn ok_reply(&mut self, cookie: u64) {
@@ -508,6 +573,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + Send> Conn<'a, S> {
 
     fn complete(&mut self, done: Done) {
         let cookie = done.cookie;
+        let ok = match &done.outcome {
+            Outcome::Read { len, res, .. } => {
+                matches!(res, Ok(data) if data.len() == u64::from(*len))
+            }
+            Outcome::Unit(res) => res.is_ok(),
+            Outcome::Status { res, .. } => res.is_ok(),
+        };
+        self.observe(done.seen, ok);
         match done.outcome {
             Outcome::Read {
                 offset,

@@ -23,6 +23,15 @@ impl Data {
             .unwrap_or_default()
     }
 
+    /// Bytes of LUN calls this node sent through a peer since it started.
+    pub(crate) fn redirected_bytes(&self) -> u64 {
+        self.redirect().map_or(0, |r| {
+            r.shared
+                .redirected_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     /// Every node's published path state; this node's own from its driver (fresher).
     pub(crate) async fn node_paths(&self, m: &Member) -> Vec<NodePath> {
         let recs = match m
