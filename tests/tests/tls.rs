@@ -218,3 +218,79 @@ fn nbd_over_tcp_requires_tls_and_a_client_certificate_of_the_cluster_ca() {
         "{io:?}"
     );
 }
+
+/// `scripts/local-cluster start 3 DIR --tls`: three nodes on mutual TLS with their
+/// metrics endpoints on; each endpoint's text parses as OpenMetrics (Python's
+/// prometheus_client parser) and says the cluster has one leader.
+#[test]
+fn the_local_cluster_script_runs_three_nodes_on_tls_with_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().expect("dir");
+    let bins = csv_tests::binary("csv-node");
+    let bin_dir = bins.parent().expect("bin dir");
+    let script = root.join("scripts/local-cluster");
+    let run = |args: &[&str]| {
+        std::process::Command::new(&script)
+            .args(args)
+            .env("CSV_BIN_DIR", bin_dir)
+            .env("CSV_LUN_SIZE", "2G")
+            .env("CSV_STOP_TIMEOUT", "5s")
+            .output()
+            .expect("local-cluster")
+    };
+    let d = dir.path().to_str().expect("utf-8");
+    let out = run(&["start", "3", d, "--tls"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stopped = scopeguard(|| {
+        run(&["stop", d]);
+    });
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut leaders = 0.0;
+    for id in 1..=3 {
+        let conf =
+            std::fs::read_to_string(dir.path().join(format!("{id}/node.toml"))).expect("config");
+        assert!(
+            conf.contains("node-") && !conf.contains("plaintext = true"),
+            "{conf}"
+        );
+        let url = text
+            .lines()
+            .find(|l| l.starts_with(&format!("node {id}:")))
+            .and_then(|l| l.split("metrics: ").nth(1))
+            .map(|u| u.trim_end_matches(')').to_string())
+            .expect("metrics address printed");
+        let parse = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "curl -sf {url} | /usr/bin/python3 -c '{}'",
+                "import sys; from prometheus_client.openmetrics.parser import text_string_to_metric_families as p; \
+                 print(sum(s.value for f in p(sys.stdin.read()) if f.name == \"csv_raft_is_leader\" for s in f.samples))"
+            ))
+            .output()
+            .expect("curl | python3");
+        assert!(parse.status.success(), "{url}: {parse:?}");
+        leaders += String::from_utf8_lossy(&parse.stdout)
+            .trim()
+            .parse::<f64>()
+            .expect("a number");
+    }
+    assert_eq!(leaders, 1.0, "one leader among the three endpoints");
+    drop(stopped);
+}
+
+/// Runs `f` when dropped (the cluster is stopped even when an assertion fails).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
