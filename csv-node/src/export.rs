@@ -180,12 +180,25 @@ async fn serve(args: ExportArgs) -> anyhow::Result<()> {
             None => bail!("nowhere to listen: give --socket PATH or --listen ADDR:PORT"),
         }
     }
+    let serving = listeners
+        .iter()
+        .map(|l| l.describe())
+        .collect::<Vec<_>>()
+        .join(", ");
     for l in listeners {
         server.spawn_listener(l);
     }
+    // Under systemd (Type=notify, packaging/systemd/csv-node-export@.service): ready
+    // once every listener runs. Outside systemd, nothing is sent.
+    notify(
+        true,
+        format!("serving {} exports on {serving}", names.len()),
+    )
+    .await;
 
     wait_for_signal().await?;
     tracing::info!("shutting down");
+    notify(false, "shutting down".into()).await;
     server.shutdown();
     tokio::select! {
         _ = server.wait() => {}
@@ -208,6 +221,25 @@ async fn serve(args: ExportArgs) -> anyhow::Result<()> {
         bail!("some images could not be flushed at shutdown");
     }
     Ok(())
+}
+
+/// `READY=1` (or `STOPPING=1`) with `STATUS=` to systemd, from the blocking pool (the
+/// notification socket is a blocking datagram socket). A failure is logged.
+async fn notify(ready: bool, status: String) {
+    let sent = tokio::task::spawn_blocking(move || {
+        let state = if ready {
+            sd_notify::NotifyState::Ready
+        } else {
+            sd_notify::NotifyState::Stopping
+        };
+        sd_notify::notify(&[state, sd_notify::NotifyState::Status(&status)])
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("systemd notification failed: {e}"),
+        Err(e) => tracing::warn!("systemd notification task failed: {e}"),
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
