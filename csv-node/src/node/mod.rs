@@ -280,16 +280,16 @@ async fn serve(
         tracing::info!(watchdog = ?w, "systemd watchdog: pinging every {:?}", w / 2);
         tokio::spawn(systemd::watchdog_pings(w, node.leases.clone(), pings_stop));
     }
+    // The handlers first: systemd may send SIGTERM as soon as it has READY=1.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     systemd::notify(systemd::Notice::Ready(format!(
         "node {} serving; admin socket {}",
         node.cfg.node.id,
         sock.display()
     )))
     .await;
-
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
