@@ -292,3 +292,141 @@ fn read_only_group_members_may_only_read() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// What csv-node-export@.socket does, without systemd: `systemd-socket-activate` listens,
+/// starts `csv-node export` at the first connection with the socket in LISTEN_FDS, and the
+/// export answers on it (the NBD greeting) and reports READY=1 with its listener.
+#[test]
+fn a_socket_activated_export_serves_and_reports_ready() {
+    if Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("image");
+    let sock = dir.path().join("export.sock");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg(format!("--listen={}", sock.display()))
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+        .arg(binary("csv-node"))
+        .args(["export", "--format", "raw"])
+        .arg(format!("{}=disk", image.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("export.log")).expect("log"))
+        .spawn()
+        .expect("systemd-socket-activate");
+    let end = Instant::now() + PATIENCE;
+    let mut conn = loop {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < end => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("the activation socket never listened: {e}"),
+        }
+    };
+    conn.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut greeting = [0u8; 8];
+    std::io::Read::read_exact(&mut conn, &mut greeting).expect("NBD greeting");
+    assert_eq!(&greeting, b"NBDMAGIC");
+    let mut seen = Vec::new();
+    assert!(
+        wait_for(&notify, "READY=1", PATIENCE, &mut seen),
+        "no READY=1: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|m| m.contains("STATUS=serving 1 exports on unix")),
+        "{seen:?}"
+    );
+    drop(conn);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    assert!(
+        wait_for(&notify, "STOPPING=1", PATIENCE, &mut seen),
+        "no STOPPING=1: {seen:?}"
+    );
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+/// Count of `WATCHDOG=1` messages received on `sock` during `d`.
+fn pings_during(sock: &UnixDatagram, d: Duration) -> usize {
+    let end = Instant::now() + d;
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    while Instant::now() < end {
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        if let Ok(len) = sock.recv(&mut buf) {
+            n += String::from_utf8_lossy(&buf[..len])
+                .lines()
+                .filter(|l| *l == "WATCHDOG=1")
+                .count();
+        }
+    }
+    n
+}
+
+/// A writer cut off from the coordinator (the two other nodes paused) stops pinging
+/// systemd's watchdog once its lease kill time is near (the lease watchdog is off here,
+/// so the process lives on to be observed); an idle node would go on pinging. When the
+/// others resume, its lease is settled (renewed, or lost with the hold) and the pings
+/// resume.
+#[test]
+fn a_writer_whose_lease_runs_out_stops_the_watchdog_pings() {
+    use csv_api::admin::vhd_ref;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = csv_tests::Options {
+        extra_config: "[lease]\noutage_budget = \"6s\"\n".into(),
+        ..csv_tests::Options::default()
+    };
+    let mut c = csv_tests::Cluster::new(3, opts);
+    let mut sockets = std::collections::BTreeMap::new();
+    for id in 1..=3u64 {
+        let p = dir.path().join(format!("notify-{id}.sock"));
+        sockets.insert(id, UnixDatagram::bind(&p).expect("notify socket"));
+        c.set_env(id, "NOTIFY_SOCKET", p.to_str().expect("utf-8 path"));
+        c.set_env(id, "WATCHDOG_USEC", "1000000");
+    }
+    c.bootstrap();
+    let leader = c.wait_leader();
+    c.set_volume(leader, 64);
+    let vhd = csv_tests::create_retry(&mut c.client(leader), "w", PATIENCE).expect("VHD");
+    csv_tests::leases::wait_leases(&c, &[1, 2, 3]);
+    let owner = (1..=3).find(|i| *i != leader).expect("a follower");
+    c.client(owner)
+        .owner_acquire(vhd_ref(&vhd.to_string()), "write")
+        .expect("acquire");
+    let sock = &sockets[&owner];
+    assert!(
+        pings_during(sock, Duration::from_secs(2)) >= 3,
+        "a healthy writer pings every 500 ms"
+    );
+
+    let others: Vec<u64> = (1..=3).filter(|i| *i != owner).collect();
+    for id in &others {
+        c.signal(*id, "STOP");
+    }
+    // The lease (node-local 4.1 s at a 6 s budget) runs out within ~5 s of the last
+    // renewal; from then on no ping may come. (Pings sent meanwhile are drained.)
+    let before = pings_during(sock, Duration::from_secs(6));
+    assert!(before < 12, "{before} pings in 6 s");
+    let quiet = pings_during(sock, Duration::from_secs(3));
+    for id in &others {
+        c.signal(*id, "CONT");
+    }
+    assert_eq!(quiet, 0, "pings went on after the lease kill time");
+    let end = Instant::now() + PATIENCE;
+    while pings_during(sock, Duration::from_secs(1)) == 0 {
+        assert!(Instant::now() < end, "the pings never resumed");
+    }
+}
