@@ -1,7 +1,7 @@
 //! Stable error codes of the control plane. A code's number and name never change and are
 //! never reused: tools print them, scripts match on them, and they cross the wire.
 //!
-//! 1–14 are the metadata store's codes one to one (`meta_store::ErrorCode`), 20–31 belong
+//! 1–14 are the metadata store's codes one to one (`meta_store::ErrorCode`), 20–32 belong
 //! to the control plane, 40–52 to the lock manager (`LockError::code()` names).
 
 use std::fmt;
@@ -130,6 +130,10 @@ codes! {
     Internal = 30, "internal", false;
     /// The writer's generation does not match (a fenced or stale writer).
     Fenced = 31, "fenced", true;
+    /// The connection may not make this request: a peer of the admin socket's read-only
+    /// group asked for a change (`[admin] read_only_group`), or the peer is neither
+    /// root, the node's user, nor in that group.
+    PermissionDenied = 32, "permission_denied", true;
     /// Lock manager: the node never registered.
     LockUnknownNode = 40, "unknown_node", true;
     /// Lock manager: the command's epoch is not the node's current one.

@@ -192,17 +192,32 @@ async fn serve(args: ExportArgs) -> anyhow::Result<()> {
              require client certificates), or --tls off to serve plaintext"
         );
     }
+    let serving = listeners
+        .iter()
+        .map(|l| l.describe())
+        .collect::<Vec<_>>()
+        .join(", ");
     for l in listeners {
         server.spawn_listener(l);
     }
+    // The handlers first: a service manager may stop us as soon as we are ready.
+    let mut signals = Signals::new()?;
+    // Under systemd (Type=notify, packaging/systemd/csv-node-export@.service): ready
+    // once every listener runs. Outside systemd, nothing is sent.
+    notify(
+        true,
+        format!("serving {} exports on {serving}", names.len()),
+    )
+    .await;
 
-    wait_for_signal().await?;
+    signals.recv().await;
     tracing::info!("shutting down");
+    notify(false, "shutting down".into()).await;
     server.shutdown();
     tokio::select! {
         _ = server.wait() => {}
         _ = tokio::time::sleep(SHUTDOWN_DEADLINE) => tracing::warn!("shutdown deadline passed"),
-        _ = wait_for_signal() => tracing::warn!("second signal: exiting now"),
+        () = signals.recv() => tracing::warn!("second signal: exiting now"),
     }
     // Writes a client never flushed (and image metadata such as a VHD's BAT) are made
     // durable before the process goes.
@@ -222,15 +237,47 @@ async fn serve(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// `READY=1` (or `STOPPING=1`) with `STATUS=` to systemd, from the blocking pool (the
+/// notification socket is a blocking datagram socket). A failure is logged.
+async fn notify(ready: bool, status: String) {
+    let sent = tokio::task::spawn_blocking(move || {
+        let state = if ready {
+            sd_notify::NotifyState::Ready
+        } else {
+            sd_notify::NotifyState::Stopping
+        };
+        sd_notify::notify(&[state, sd_notify::NotifyState::Status(&status)])
+    })
+    .await;
+    match sent {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("systemd notification failed: {e}"),
+        Err(e) => tracing::warn!("systemd notification task failed: {e}"),
     }
-    Ok(())
+}
+
+/// SIGTERM and SIGINT, caught from creation on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("install SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,9 @@ enum Command {
     Export(export::ExportArgs),
     /// Run the cluster daemon (metadata store, admin socket) until SIGTERM/SIGINT.
     Run(csv_node::node::RunArgs),
+    /// Check a node configuration as `run` would: print `ok`, or what is wrong (the
+    /// field and why) and exit 1. The unit runs it as ExecStartPre=.
+    CheckConfig(csv_node::node::CheckArgs),
     /// The lease watchdog `run` starts when `[lease] watchdog = true` (not run by hand).
     #[command(hide = true)]
     Watchdog(csv_node::lease::watchdog::WatchdogArgs),
@@ -46,6 +49,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Export(args) => export::run(args),
         Command::Run(args) => csv_node::node::run(args),
+        Command::CheckConfig(args) => {
+            // One line naming the file, the field and the reason; exit 1 when invalid.
+            if let Err(e) = csv_node::node::check_config(args) {
+                eprintln!("csv-node check-config: {e}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Watchdog(args) => csv_node::lease::watchdog::run(args),
     }
 }

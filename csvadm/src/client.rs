@@ -3,7 +3,7 @@
 //! how a failure maps to an exit code.
 //!
 //! The socket comes from `--admin`, else `$CSV_ADMIN`, else the node config at
-//! `$CSV_CONFIG` or `/etc/csv/csv-node.toml` (`paths.admin_socket`, default
+//! `$CSV_CONFIG` or `/etc/csv/node.toml` (`paths.admin_socket`, default
 //! `<paths.data_dir>/admin.sock`).
 //!
 //! Exit codes: 0 success; 1 local error (usage, config); 2 the cluster refused the request;
@@ -18,7 +18,7 @@ use csv_api::admin::{Client, ClientError, Response};
 
 /// Node configuration read to find the admin socket when neither `--admin` nor
 /// `$CSV_CONFIG` says where it is.
-pub const DEFAULT_CONFIG: &str = "/etc/csv/csv-node.toml";
+pub const DEFAULT_CONFIG: &str = "/etc/csv/node.toml";
 
 /// Exit code: a local error (bad argument, unreadable config).
 pub const EXIT_LOCAL: u8 = 1;

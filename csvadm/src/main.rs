@@ -39,7 +39,7 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Admin socket of the node to talk to (default: $CSV_ADMIN, else the admin_socket of
-    /// the node config at $CSV_CONFIG or /etc/csv/csv-node.toml).
+    /// the node config at $CSV_CONFIG or /etc/csv/node.toml).
     #[arg(long, global = true, env = "CSV_ADMIN", value_name = "SOCKET")]
     admin: Option<PathBuf>,
     /// Print JSON (cluster and node commands).

@@ -4,6 +4,7 @@
 //! Messages are hand-written prost structs (no `.proto`, no `protoc`); tags never change
 //! meaning. Framing and the limits are in [`frame`], the blocking client in [`client`].
 
+mod access;
 pub mod client;
 mod envelope;
 pub mod frame;

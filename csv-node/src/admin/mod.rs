@@ -1,4 +1,6 @@
-//! The admin socket: a Unix socket (mode 0600) serving `csv_api::admin` requests, one task
+//! The admin socket: a Unix socket (mode 0600; 0660 with the group of `[admin]
+//! read_only_group`, whose members may send only the requests that read, checked by
+//! the peer's credentials) serving `csv_api::admin` requests, one task
 //! per connection, at most `admin.max_connections` at once (more get a `busy` answer),
 //! idle connections closed after `admin.idle_timeout`. The admin edge: requests are
 //! dispatched once (`dispatch.rs`) to the subsystem that owns them, and their errors
@@ -10,7 +12,7 @@ mod owner;
 mod socket;
 mod vm;
 
-pub use socket::{bind, serve};
+pub use socket::{Access, OWNER_ONLY, Peer, WITH_GROUP, bind, serve};
 
 use std::sync::Arc;
 

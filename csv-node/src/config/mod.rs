@@ -439,6 +439,10 @@ pub struct AdminSection {
     pub idle_timeout: Dur,
     /// How long `node add` / `node promote` wait for a learner to catch up.
     pub catch_up_timeout: Dur,
+    /// A group (name or number) whose members may connect to the admin socket and send
+    /// the requests that only read (status, lists, shows, events, progress). Unset: the
+    /// socket is the node's user's only (mode 0600); set: mode 0660 with this group.
+    pub read_only_group: Option<String>,
 }
 
 impl Default for AdminSection {
@@ -447,6 +451,7 @@ impl Default for AdminSection {
             max_connections: 256,
             idle_timeout: Dur(Duration::from_secs(600)),
             catch_up_timeout: Dur(Duration::from_secs(60)),
+            read_only_group: None,
         }
     }
 }
@@ -598,6 +603,21 @@ impl NodeConfig {
         }
         if self.admin.max_connections == 0 || self.admin.max_connections > 65_536 {
             return Err(invalid("admin.max_connections", "must be 1 to 65536"));
+        }
+        if let Some(g) = &self.admin.read_only_group {
+            let ok = !g.is_empty()
+                && g.len() <= 32
+                && !g.starts_with('-')
+                && g.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                return Err(invalid(
+                    "admin.read_only_group",
+                    format!(
+                        "{g:?} is not a group name or number (letters, digits, _ - .; at most 32)"
+                    ),
+                ));
+            }
         }
         for (field, d) in [
             ("admin.idle_timeout", self.admin.idle_timeout),

@@ -161,21 +161,28 @@ impl Leases {
         let Some(wd) = w.as_mut() else {
             return;
         };
-        let arm = {
-            let g = self.guard();
-            match g.deadline() {
-                Some(d) if g.holds().values().any(|h| h.mode == Mode::Write) => {
-                    Arm::At(d.saturating_add(self.timing.io_timeout / 2))
-                }
-                _ => Arm::Off,
-            }
-        };
+        let arm = self.kill_time().map_or(Arm::Off, Arm::At);
         if let Err(e) = wd.set(arm) {
             tracing::error!(
                 pid = wd.pid(),
                 "the lease watchdog is gone ({e}); this node runs unguarded"
             );
             *w = None;
+        }
+    }
+
+    /// When this node must be gone if no renewal is confirmed before (on
+    /// `CLOCK_BOOTTIME`): the local lease deadline plus half of `io_timeout` while it
+    /// holds a write hold, `None` otherwise (a lapsed node without a write hold harms
+    /// nobody). The lease watchdog is armed with it, and the systemd watchdog pings stop
+    /// early enough that systemd's kill comes no later (docs/design/100 §2).
+    pub fn kill_time(&self) -> Option<lock_manager::Time> {
+        let g = self.guard();
+        match g.deadline() {
+            Some(d) if g.holds().values().any(|h| h.mode == Mode::Write) => {
+                Some(d.saturating_add(self.timing.io_timeout / 2))
+            }
+            _ => None,
         }
     }
 

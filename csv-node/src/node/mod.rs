@@ -24,6 +24,9 @@ use crate::metrics::collect::StateCollector;
 use crate::ops::Ops;
 use crate::task::Tasks;
 
+mod systemd;
+pub use systemd::{MIN_WATCHDOG, check_watchdog, max_watchdog, may_ping};
+
 /// How long closing the exports and releasing their holds may take at shutdown (a map
 /// commit or a release needs a quorum, which a whole-cluster stop may already lack).
 const RELEASE_DEADLINE: Duration = Duration::from_secs(10);
@@ -40,6 +43,14 @@ const TASKS_DEADLINE: Duration = Duration::from_secs(1);
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The node configuration file (TOML; see csv-node/node.example.toml).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// `csv-node check-config` arguments.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The node configuration file to check.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
 }
@@ -190,19 +201,58 @@ fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
+/// Everything `csv-node run` checks before it starts: the file (syntax, every value,
+/// the cross-field rules), what it names on this host (the admin socket's read-only
+/// group), and systemd's watchdog interval (`WATCHDOG_USEC`) against the outage budget.
+/// Returns the configuration, the admin socket's group id and the watchdog interval.
+fn load_checked(
+    path: &std::path::Path,
+) -> anyhow::Result<(NodeConfig, Option<u32>, Option<Duration>)> {
+    let cfg = NodeConfig::load(path)?;
+    let group = match &cfg.admin.read_only_group {
+        Some(name) => Some(crate::sys::group_id(name).map_err(|e| {
+            anyhow::anyhow!("invalid config: admin.read_only_group: {name:?}: {e}")
+        })?),
+        None => None,
+    };
+    let watchdog = sd_notify::watchdog_enabled();
+    if let Some(w) = watchdog {
+        let timing = cfg
+            .lease
+            .timing()
+            .map_err(|e| anyhow::anyhow!("invalid config: lease.outage_budget: {e}"))?;
+        if let Some(warning) = check_watchdog(w, &timing).map_err(anyhow::Error::msg)? {
+            tracing::warn!("{warning}");
+        }
+    }
+    Ok((cfg, group, watchdog))
+}
+
+/// `csv-node check-config`: loads and checks the file as `run` would (see
+/// [`load_checked`]); prints `ok`, or returns what is wrong (field and reason).
+pub fn check_config(args: CheckArgs) -> anyhow::Result<()> {
+    load_checked(&args.config)?;
+    println!("ok");
+    Ok(())
+}
+
 /// Runs the node until SIGTERM or SIGINT.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cfg = NodeConfig::load(&args.config)?;
+    let (cfg, group, watchdog) = load_checked(&args.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("csv-node")
         .build()
         .context("start runtime")?;
     let span = tracing::info_span!("node", node = cfg.node.id);
-    rt.block_on(serve(cfg).instrument(span))
+    rt.block_on(serve(cfg, group, watchdog).instrument(span))
 }
 
-async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
+async fn serve(
+    cfg: NodeConfig,
+    group: Option<u32>,
+    watchdog: Option<Duration>,
+) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.paths.data_dir)?;
     let node = Node::new(cfg)?;
     if node.cfg.lease.watchdog {
@@ -215,11 +265,22 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let (found_tx, mut found_rx) = mpsc::channel(1);
     node.meta.start(found_tx).await?;
     let sock = node.cfg.admin_socket();
-    let listener = admin::bind(&sock)?;
+    let access = admin::Access::new(group);
+    let listener = {
+        let sock = sock.clone();
+        tokio::task::spawn_blocking(move || admin::bind(&sock, group))
+            .await
+            .context("bind the admin socket")??
+    };
+    let listener = tokio::net::UnixListener::from_std(listener).context("admin socket")?;
     let admin_stop = node.tasks.token().child_token();
-    node.tasks
-        .spawn(admin::serve(listener, node.admin(), admin_stop.clone()));
-    tracing::info!(admin = %sock.display(), "admin socket ready");
+    node.tasks.spawn(admin::serve(
+        listener,
+        node.admin(),
+        access,
+        admin_stop.clone(),
+    ));
+    tracing::info!(admin = %sock.display(), read_only_group = ?group, "admin socket ready");
     if let Some(addr) = node.cfg.metrics.listen {
         let listener = crate::metrics::http::bind(addr).await?;
         let bound = listener.local_addr().context("metrics endpoint address")?;
@@ -232,9 +293,24 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         tracing::info!(metrics = %bound, "metrics endpoint ready: GET /metrics");
     }
 
+    // The pings go on through the shutdown (systemd may still watch it) and end with
+    // the process.
+    let pings_stop = tokio_util::sync::CancellationToken::new();
+    let _pings_stop_at_return = pings_stop.clone().drop_guard();
+    if let Some(w) = watchdog {
+        tracing::info!(watchdog = ?w, "systemd watchdog: pinging every {:?}", w / 2);
+        tokio::spawn(systemd::watchdog_pings(w, node.leases.clone(), pings_stop));
+    }
+    // The handlers first: systemd may send SIGTERM as soon as it has READY=1.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    systemd::notify(systemd::Notice::Ready(format!(
+        "node {} serving; admin socket {}",
+        node.cfg.node.id,
+        sock.display()
+    )))
+    .await;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -245,10 +321,21 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
                     tracing::error!(error = %format!("{e:#}"), "joining failed");
                     bail!("join cluster {cluster}: {e:#}");
                 }
+                systemd::notify(systemd::Notice::Status(format!(
+                    "node {} serving, member of cluster {cluster}; admin socket {}",
+                    node.cfg.node.id,
+                    sock.display()
+                )))
+                .await;
             }
         }
     }
     tracing::info!("shutting down");
+    systemd::notify(systemd::Notice::Stopping(format!(
+        "node {} shutting down",
+        node.cfg.node.id
+    )))
+    .await;
     // No new admin connections from here on (requests in progress go on until the
     // tasks stop).
     admin_stop.cancel();
