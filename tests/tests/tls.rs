@@ -14,16 +14,37 @@ use csv_tls::pki;
 /// A meta-store hello frame (length-prefixed protobuf) from `from` to `to`.
 fn hello_frame(cluster: &str, from: u64, to: u64) -> Vec<u8> {
     use prost::Message as _;
-    let h = meta_store_wire_hello(cluster, from, to).encode_to_vec();
+    let h = hello(cluster, from, to).encode_to_vec();
     let mut f = (h.len() as u32).to_be_bytes().to_vec();
     f.extend_from_slice(&h);
     f
 }
 
-fn meta_store_wire_hello(cluster: &str, from: u64, to: u64) -> meta_store::wire::Hello {
-    meta_store::wire::Hello {
-        magic: meta_store::wire::HELLO_MAGIC,
-        version: meta_store::wire::PROTOCOL_VERSION,
+/// "CSVm", meta-store's `HELLO_MAGIC`.
+const HELLO_MAGIC: u32 = 0x4353_566d;
+
+/// meta-store's `Hello` (its wire fields and tags), encoded here so that the test binary
+/// does not link the metadata store.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Hello {
+    #[prost(fixed32, tag = "1")]
+    magic: u32,
+    #[prost(uint32, tag = "2")]
+    version: u32,
+    #[prost(string, tag = "3")]
+    cluster_id: String,
+    #[prost(uint64, tag = "4")]
+    from: u64,
+    #[prost(uint64, tag = "5")]
+    to: u64,
+    #[prost(string, tag = "6")]
+    from_addr: String,
+}
+
+fn hello(cluster: &str, from: u64, to: u64) -> Hello {
+    Hello {
+        magic: HELLO_MAGIC,
+        version: 1,
         cluster_id: cluster.into(),
         from,
         to,

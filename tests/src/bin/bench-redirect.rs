@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use csv_tests::san::{Listen, San};
-use csv_tests::volume::{VolumeCluster, cluster_on_lun};
+use csv_tests::volume::{VolumeCluster, cluster_on_lun_with};
 
 const GIB: u64 = 1 << 30;
 
@@ -35,18 +35,22 @@ struct Args {
     /// `[volume] io_timeout` in ms (0: derived from the lease, 0.93 s at the default
     /// budget); a write in doubt at a cut is waited out for twice that.
     io_timeout_ms: u64,
+    /// Mutual TLS between the nodes (1) or a plaintext test bed (0, the default): what
+    /// the redirected bytes cost when they cross TLS sessions.
+    tls: bool,
 }
 
 fn args() -> Args {
-    let (mut rounds, mut runtime, mut cuts, mut size_mib, mut io) = (5, 5, 20, 1024, 0);
+    let (mut rounds, mut runtime, mut cuts, mut size_mib, mut io, mut tls) = (5, 5, 20, 1024, 0, 0);
     csv_tests::bench::numeric_args(
-        "bench-redirect [--rounds N] [--runtime S] [--cuts N] [--size-mib M] [--io-timeout-ms MS]",
+        "bench-redirect [--rounds N] [--runtime S] [--cuts N] [--size-mib M] [--io-timeout-ms MS] [--tls 0|1]",
         &mut [
             ("--rounds", &mut rounds),
             ("--runtime", &mut runtime),
             ("--cuts", &mut cuts),
             ("--size-mib", &mut size_mib),
             ("--io-timeout-ms", &mut io),
+            ("--tls", &mut tls),
         ],
     );
     Args {
@@ -55,6 +59,7 @@ fn args() -> Args {
         cuts: cuts as usize,
         size_mib,
         io_timeout_ms: io,
+        tls: tls != 0,
     }
 }
 
@@ -245,7 +250,7 @@ fn main() {
     if a.io_timeout_ms > 0 {
         toml.push_str(&format!("io_timeout = \"{}ms\"\n", a.io_timeout_ms));
     }
-    let c = cluster_on_lun(3, &lun, &toml);
+    let c = cluster_on_lun_with(3, &lun, &toml, a.tls);
     let vc = VolumeCluster::format_on(c, lun.clone(), tempfile::tempdir().expect("dir"));
     let size = format!("{}M", a.size_mib);
     vc.ok(
@@ -275,7 +280,7 @@ fn main() {
     );
 
     println!(
-        "# redirected vs direct, VHD {} MiB fixed on node 2, {} rounds of {} s per cell; io_timeout {}",
+        "# redirected vs direct, VHD {} MiB fixed on node 2, {} rounds of {} s per cell; io_timeout {}; {}",
         a.size_mib,
         a.rounds,
         a.runtime,
@@ -283,6 +288,11 @@ fn main() {
             format!("{} ms", a.io_timeout_ms)
         } else {
             "from the lease".into()
+        },
+        if a.tls {
+            "mutual TLS between nodes"
+        } else {
+            "plaintext between nodes"
         }
     );
     let mut direct = vec![Vec::new(); JOBS.len()];
