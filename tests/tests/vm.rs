@@ -177,17 +177,25 @@ fn hot_plug_and_drain(vc: &VolumeCluster, on: u64) -> u64 {
     on
 }
 
-/// The VM runs on `node`, and the node writes its disk.
+/// The VM runs on `node`, and the node writes its disk (within a lease: an agent that
+/// restarted right after a migration's switch-over takes its disk's hold again, the hold
+/// of its previous incarnation having ended with it).
 fn assert_placed(vc: &VolumeCluster, node: u64) {
     let v = show(vc, 1);
     assert_eq!(v["node"], node, "{v}");
     assert_eq!(v["state"], "running", "{v}");
-    let owner = &v["owners"][0];
-    assert_eq!(
-        (owner["owner"].as_u64(), owner["owner_valid"].as_bool()),
-        (Some(node), Some(true)),
-        "{v}"
-    );
+    let mut v = v;
+    let owned = |v: &Value| {
+        let owner = &v["owners"][0];
+        (owner["owner"].as_u64(), owner["owner_valid"].as_bool()) == (Some(node), Some(true))
+    };
+    let start = Instant::now();
+    while !owned(&v) && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        v = show(vc, 1);
+    }
+    assert!(owned(&v), "the disk is not node {node}'s: {v}");
+    assert_eq!(v["node"], node, "{v}");
     let o: Value =
         serde_json::from_str(&vc.ok(1, &["owner", "show", "d1", "--json"])).expect("json");
     assert_eq!(o["owner"], node, "{o}");
