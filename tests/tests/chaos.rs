@@ -1,5 +1,6 @@
 //! The chaos checker against a deliberately broken build (issue 15): with the fail point
-//! `fence.off`, a node's writes pass its closed fence. A SIGSTOPped owner (no lease
+//! `fence.off`, a node's writes pass its closed fence, and a peer serving redirected
+//! writes does not check their writer's generation. A SIGSTOPped owner (no lease
 //! watchdog to kill it) then lands the writes it had queued when it resumes, after
 //! another node took the VHD over and wrote it at a newer generation, and the checker
 //! must say so. The correct build runs every fault class (with the watchdog, as
