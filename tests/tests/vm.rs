@@ -181,21 +181,19 @@ fn hot_plug_and_drain(vc: &VolumeCluster, on: u64) -> u64 {
 /// restarted right after a migration's switch-over takes its disk's hold again, the hold
 /// of its previous incarnation having ended with it).
 fn assert_placed(vc: &VolumeCluster, node: u64) {
-    let v = show(vc, 1);
-    assert_eq!(v["node"], node, "{v}");
-    assert_eq!(v["state"], "running", "{v}");
-    let mut v = v;
     let owned = |v: &Value| {
         let owner = &v["owners"][0];
         (owner["owner"].as_u64(), owner["owner_valid"].as_bool()) == (Some(node), Some(true))
     };
     let start = Instant::now();
-    while !owned(&v) && start.elapsed() < Duration::from_secs(20) {
+    let mut v = show(vc, 1);
+    while v["node"] == node && !owned(&v) && start.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(200));
         v = show(vc, 1);
     }
-    assert!(owned(&v), "the disk is not node {node}'s: {v}");
     assert_eq!(v["node"], node, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    assert!(owned(&v), "the disk is not node {node}'s: {v}");
     let o: Value =
         serde_json::from_str(&vc.ok(1, &["owner", "show", "d1", "--json"])).expect("json");
     assert_eq!(o["owner"], node, "{o}");
