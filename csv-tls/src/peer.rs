@@ -277,6 +277,17 @@ pub enum PeerWriteHalf {
     Tls(tokio::io::WriteHalf<TlsOverTcp>),
 }
 
+impl PeerWriteHalf {
+    /// The TCP socket of a plaintext connection, for a writer that moves data into it
+    /// with `splice(2)` (nothing to encrypt); `None` under TLS.
+    pub fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            PeerWriteHalf::Plain(w) => Some(w.as_ref()),
+            PeerWriteHalf::Tls(_) => None,
+        }
+    }
+}
+
 impl AsyncRead for PeerReadHalf {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -573,6 +573,31 @@ pub fn encode_parts(msg: &Msg) -> Result<(BytesMut, Option<Bytes>), WireError> {
     Ok((head, payload))
 }
 
+/// The first part of [`encode_parts`] for a successful [`Reply`] that carries `len`
+/// bytes, for a writer whose payload is not in memory (spliced from a pipe into the
+/// socket): this head, then exactly `len` bytes, is one frame that [`MsgCodec`] reads back
+/// as `Reply { id, result: Ok(those bytes) }`.
+pub fn encode_reply_head(id: u64, len: usize) -> Result<BytesMut, WireError> {
+    if len > MAX_CALL {
+        return Err(WireError::ReplyTooLarge { len, max: MAX_CALL });
+    }
+    // The header of a successful reply names its id only; the payload is what follows.
+    let e = Encoded::new(&Msg::Reply(Reply {
+        id,
+        result: Ok(Bytes::new()),
+    }))?;
+    let body = e.body_len + len;
+    let prefix = u32::try_from(body).map_err(|_| WireError::FrameTooLarge {
+        len: body,
+        max: MAX_FRAME,
+    })?;
+    let mut head =
+        BytesMut::with_capacity(FRAME_LEN_BYTES + HEADER_LEN_BYTES + usize::from(e.header_len));
+    head.put_u32(prefix);
+    e.put_head(&mut head)?;
+    Ok(head)
+}
+
 /// Decodes one frame body (as [`LengthDelimitedCodec`] yields it, frozen). A payload is
 /// returned as a slice of `frame`, not copied.
 pub fn decode(frame: Bytes) -> Result<Msg, WireError> {

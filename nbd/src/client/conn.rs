@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{BoxStream, ClientConfig, ClientError, ExportInfo};
@@ -25,15 +25,104 @@ enum Answer {
 }
 
 enum Kind {
-    Read {
-        offset: u64,
-        buf: BytesMut,
-        covered: u64,
-    },
-    Status {
-        extents: Option<Vec<(u32, u32)>>,
-    },
+    Read(ReadBuf),
+    Status { extents: Option<Vec<(u32, u32)>> },
     Other,
+}
+
+/// Where a READ's data lands. The buffer starts empty with room for the whole request and
+/// grows as data arrives in order (the usual case: one chunk, or a simple reply), read
+/// from the socket straight into it: no zeroing and no copy. A chunk out of order, or a
+/// hole, first zero-fills the buffer to its full size.
+struct ReadBuf {
+    /// The request's offset.
+    offset: u64,
+    /// The request's length.
+    size: usize,
+    buf: BytesMut,
+    /// Bytes the server's chunks covered so far.
+    covered: u64,
+}
+
+impl ReadBuf {
+    fn new(offset: u64, size: usize) -> Self {
+        ReadBuf {
+            offset,
+            size,
+            buf: BytesMut::with_capacity(size),
+            covered: 0,
+        }
+    }
+
+    /// Where `len` bytes of a chunk at `chunk_off` start in the buffer.
+    fn start_of(&self, chunk_off: u64, len: u64) -> Result<usize, String> {
+        chunk_start(self.offset, chunk_off, len, self.size)
+            .map(|s| s as usize)
+            .ok_or_else(|| "a READ chunk outside the request".to_string())
+    }
+
+    /// The whole buffer, zero-filled where nothing arrived yet.
+    fn full(&mut self) -> &mut [u8] {
+        if self.buf.len() < self.size {
+            self.buf.resize(self.size, 0);
+        }
+        &mut self.buf[..]
+    }
+
+    /// Puts `data` at `start` (from [`Self::start_of`]).
+    fn put(&mut self, start: usize, data: &[u8]) {
+        if start == self.buf.len() {
+            self.buf.extend_from_slice(data);
+        } else {
+            self.full()[start..start + data.len()].copy_from_slice(data);
+        }
+        self.covered += data.len() as u64;
+    }
+
+    /// Zeroes `len` bytes at `start` (from [`Self::start_of`]).
+    fn zero(&mut self, start: usize, len: usize) {
+        if start == self.buf.len() {
+            self.buf.resize(start + len, 0);
+        } else {
+            self.full()[start..start + len].fill(0);
+        }
+        self.covered += len as u64;
+    }
+
+    /// Reads `len` bytes from `rd` into the buffer at `start` (from [`Self::start_of`]).
+    async fn read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        start: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
+        if start == self.buf.len() {
+            // into the buffer's spare room, which `with_capacity(size)` made
+            let mut rest = rd.take(len as u64);
+            let end = start + len;
+            while self.buf.len() < end {
+                if rest.read_buf(&mut self.buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        } else {
+            rd.read_exact(&mut self.full()[start..start + len]).await?;
+        }
+        self.covered += len as u64;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Bytes, ClientError> {
+        if self.covered == self.size as u64 {
+            self.full();
+            Ok(self.buf.freeze())
+        } else {
+            Err(ClientError::Protocol(format!(
+                "READ covered {} of {} bytes",
+                self.covered, self.size
+            )))
+        }
+    }
 }
 
 struct Pending {
@@ -190,11 +279,7 @@ impl Client {
         if len > MAX_PAYLOAD {
             return Err(ClientError::Invalid("read longer than 32 MiB"));
         }
-        let kind = Kind::Read {
-            offset,
-            buf: BytesMut::zeroed(len as usize),
-            covered: 0,
-        };
+        let kind = Kind::Read(ReadBuf::new(offset, len as usize));
         match self
             .call(Self::req(CMD_READ, 0, offset, len), None, kind)
             .await?
@@ -372,16 +457,7 @@ fn finish(p: Pending) {
     let result = match p.error {
         Some((errno, message)) => Err(ClientError::Server { errno, message }),
         None => match p.kind {
-            Kind::Read { buf, covered, .. } => {
-                if covered == buf.len() as u64 {
-                    Ok(Answer::Data(buf.freeze()))
-                } else {
-                    Err(ClientError::Protocol(format!(
-                        "READ covered {covered} of {} bytes",
-                        buf.len()
-                    )))
-                }
-            }
+            Kind::Read(r) => r.finish().map(Answer::Data),
             Kind::Status { extents: Some(e) } => Ok(Answer::Extents(e)),
             Kind::Status { extents: None } => Err(ClientError::Protocol(
                 "BLOCK_STATUS without a status chunk".into(),
@@ -423,25 +499,43 @@ async fn reader(mut rd: ReadHalf<BoxStream>, inner: &std::sync::Weak<Inner>) -> 
             ReplyHeader::Simple { error, .. } => {
                 if error != 0 {
                     p.error = Some((Errno::from_code(error), String::new()));
-                } else if let Kind::Read { buf, covered, .. } = &mut p.kind {
-                    if let Err(e) = rd.read_exact(buf).await {
+                } else if let Kind::Read(r) = &mut p.kind {
+                    let size = r.size;
+                    if let Err(e) = r.read_from(&mut rd, 0, size).await {
                         let _ = p.tx.send(Err(ClientError::Closed));
                         return e.into();
                     }
-                    *covered = buf.len() as u64;
                 } else if let Kind::Status { .. } = p.kind {
                     return ClientError::Protocol("simple reply to BLOCK_STATUS".into());
                 }
                 finish(p);
             }
             ReplyHeader::Chunk { flags, ty, len, .. } => {
-                let mut payload = vec![0u8; len as usize];
-                if let Err(e) = rd.read_exact(&mut payload).await {
-                    return e.into();
-                }
-                if let Err(e) = apply_chunk(&mut p, ty, &payload) {
-                    let _ = p.tx.send(Err(ClientError::Protocol(e.clone())));
-                    return ClientError::Protocol(e);
+                let applied = if ty == REPLY_TYPE_OFFSET_DATA
+                    && let Kind::Read(r) = &mut p.kind
+                {
+                    read_data_chunk(&mut rd, r, len).await
+                } else if len > MAX_CHUNK {
+                    Err(ChunkError::Protocol(format!(
+                        "a reply chunk of {len} bytes (at most {MAX_CHUNK})"
+                    )))
+                } else {
+                    let mut payload = vec![0u8; len as usize];
+                    match rd.read_exact(&mut payload).await {
+                        Ok(_) => apply_chunk(&mut p, ty, &payload).map_err(ChunkError::Protocol),
+                        Err(e) => Err(ChunkError::Io(e)),
+                    }
+                };
+                match applied {
+                    Ok(()) => {}
+                    Err(ChunkError::Io(e)) => {
+                        let _ = p.tx.send(Err(ClientError::Closed));
+                        return e.into();
+                    }
+                    Err(ChunkError::Protocol(e)) => {
+                        let _ = p.tx.send(Err(ClientError::Protocol(e.clone())));
+                        return ClientError::Protocol(e);
+                    }
                 }
                 if flags & REPLY_FLAG_DONE != 0 {
                     finish(p);
@@ -453,6 +547,36 @@ async fn reader(mut rd: ReadHalf<BoxStream>, inner: &std::sync::Weak<Inner>) -> 
     }
 }
 
+/// Largest reply chunk other than READ data (a BLOCK_STATUS chunk, an error message).
+const MAX_CHUNK: u32 = MAX_PAYLOAD;
+
+enum ChunkError {
+    Io(std::io::Error),
+    Protocol(String),
+}
+
+/// An OFFSET_DATA chunk of `len` bytes (its offset, then data) read straight into the
+/// request's buffer, once the offset was checked against the request.
+async fn read_data_chunk<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    r: &mut ReadBuf,
+    len: u32,
+) -> Result<(), ChunkError> {
+    let Some(data_len) = len.checked_sub(8).filter(|n| *n > 0) else {
+        return Err(ChunkError::Protocol(format!(
+            "OFFSET_DATA chunk of {len} bytes"
+        )));
+    };
+    let mut off = [0u8; 8];
+    rd.read_exact(&mut off).await.map_err(ChunkError::Io)?;
+    let start = r
+        .start_of(u64::from_be_bytes(off), u64::from(data_len))
+        .map_err(ChunkError::Protocol)?;
+    r.read_from(rd, start, data_len as usize)
+        .await
+        .map_err(ChunkError::Io)
+}
+
 fn apply_chunk(p: &mut Pending, ty: u16, payload: &[u8]) -> Result<(), String> {
     let chunk = parse_chunk(ty, payload).map_err(|e| e.to_string())?;
     match (chunk, &mut p.kind) {
@@ -460,31 +584,13 @@ fn apply_chunk(p: &mut Pending, ty: u16, payload: &[u8]) -> Result<(), String> {
         (Chunk::Error { error, message, .. }, _) => {
             p.error = Some((Errno::from_code(error), message));
         }
-        (
-            Chunk::OffsetData(off, data),
-            Kind::Read {
-                offset,
-                buf,
-                covered,
-            },
-        ) => {
-            let start = chunk_start(*offset, off, data.len() as u64, buf.len())
-                .ok_or("OFFSET_DATA outside the request")?;
-            buf[start as usize..start as usize + data.len()].copy_from_slice(data);
-            *covered += data.len() as u64;
+        (Chunk::OffsetData(off, data), Kind::Read(r)) => {
+            let start = r.start_of(off, data.len() as u64)?;
+            r.put(start, data);
         }
-        (
-            Chunk::OffsetHole { offset: off, len },
-            Kind::Read {
-                offset,
-                buf,
-                covered,
-            },
-        ) => {
-            let start = chunk_start(*offset, off, u64::from(len), buf.len())
-                .ok_or("OFFSET_HOLE outside the request")?;
-            buf[start as usize..start as usize + len as usize].fill(0);
-            *covered += u64::from(len);
+        (Chunk::OffsetHole { offset: off, len }, Kind::Read(r)) => {
+            let start = r.start_of(off, u64::from(len))?;
+            r.zero(start, len as usize);
         }
         (Chunk::BlockStatus { extents, .. }, Kind::Status { extents: slot }) => {
             *slot = Some(extents);
@@ -510,11 +616,7 @@ mod tests {
     fn read_pending(offset: u64, len: usize) -> Pending {
         let (tx, _rx) = oneshot::channel();
         Pending {
-            kind: Kind::Read {
-                offset,
-                buf: BytesMut::zeroed(len),
-                covered: 0,
-            },
+            kind: Kind::Read(ReadBuf::new(offset, len)),
             error: None,
             tx,
         }
@@ -542,10 +644,125 @@ mod tests {
         let mut ok = 5000u64.to_be_bytes().to_vec();
         ok.extend_from_slice(&[9u8; 100]);
         apply_chunk(&mut q, REPLY_TYPE_OFFSET_DATA, &ok).expect("inside");
-        let Kind::Read { buf, covered, .. } = &q.kind else {
+        let Kind::Read(r) = &q.kind else {
             panic!("kind changed")
         };
-        assert_eq!(*covered, 100);
-        assert_eq!(&buf[904..1004], &[9u8; 100][..]);
+        assert_eq!(r.covered, 100);
+        assert_eq!(&r.buf[904..1004], &[9u8; 100][..]);
+    }
+
+    /// An OFFSET_DATA chunk as the server sends it: offset, then data.
+    fn data_chunk(off: u64, data: &[u8]) -> Vec<u8> {
+        let mut v = off.to_be_bytes().to_vec();
+        v.extend_from_slice(data);
+        v
+    }
+
+    fn read_chunks(offset: u64, size: usize, chunks: &[(u64, Vec<u8>)]) -> Result<Bytes, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut r = ReadBuf::new(offset, size);
+            for (off, data) in chunks {
+                let wire = data_chunk(*off, data);
+                let mut rd = &wire[..];
+                match read_data_chunk(&mut rd, &mut r, wire.len() as u32).await {
+                    Ok(()) => assert!(rd.is_empty(), "the chunk was read whole"),
+                    Err(ChunkError::Io(e)) => return Err(e.to_string()),
+                    Err(ChunkError::Protocol(e)) => return Err(e),
+                }
+            }
+            r.finish().map_err(|e| e.to_string())
+        })
+    }
+
+    #[test]
+    fn data_chunks_in_order_out_of_order_and_short() {
+        let a: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let b: Vec<u8> = (0..212u32).map(|i| (i * 7) as u8).collect();
+        let whole: Vec<u8> = a.iter().chain(&b).copied().collect();
+        // in order: appended
+        let got = read_chunks(1000, 512, &[(1000, a.clone()), (1300, b.clone())]).unwrap();
+        assert_eq!(&got[..], &whole[..]);
+        // out of order: placed where they say
+        let got = read_chunks(1000, 512, &[(1300, b.clone()), (1000, a.clone())]).unwrap();
+        assert_eq!(&got[..], &whole[..]);
+        // a gap is an error, not zeroes
+        let e = read_chunks(1000, 512, &[(1300, b.clone())]).unwrap_err();
+        assert!(e.contains("covered 212 of 512"), "{e}");
+        // outside the request, and an empty chunk
+        assert!(read_chunks(1000, 512, &[(1400, a.clone())]).is_err());
+        assert!(read_chunks(1000, 512, &[(1000, Vec::new())]).is_err());
+        // the connection ending inside a chunk
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut r = ReadBuf::new(0, 512);
+        let wire = data_chunk(0, &a);
+        let mut rd = &wire[..wire.len() - 1];
+        let res = rt.block_on(read_data_chunk(&mut rd, &mut r, wire.len() as u32));
+        assert!(matches!(res, Err(ChunkError::Io(_))));
+    }
+
+    proptest::proptest! {
+        /// A request cut into data and hole chunks, sent in any order, reads back as the
+        /// data with zeroes in the holes.
+        #[test]
+        fn chunks_in_any_order_reassemble(
+            cuts in proptest::collection::vec((1usize..200, proptest::bool::ANY), 1..12),
+            order in proptest::collection::vec(proptest::num::usize::ANY, 12),
+        ) {
+            let base = 1u64 << 40;
+            let size: usize = cuts.iter().map(|c| c.0).sum();
+            let mut want = Vec::with_capacity(size);
+            let mut chunks = Vec::new();
+            for (i, (len, hole)) in cuts.iter().enumerate() {
+                let off = base + want.len() as u64;
+                let data: Vec<u8> = (0..*len).map(|k| (k + i) as u8 | 1).collect();
+                want.extend_from_slice(if *hole { &[0u8; 200][..*len] } else { &data });
+                chunks.push((off, *len, *hole, data));
+            }
+            // a permutation of the chunks
+            for (i, k) in order.iter().enumerate().take(chunks.len()) {
+                let j = k % chunks.len();
+                chunks.swap(i, j);
+            }
+            let mut p = read_pending(base, size);
+            for (off, len, hole, data) in &chunks {
+                if *hole {
+                    let mut h = off.to_be_bytes().to_vec();
+                    h.extend_from_slice(&(*len as u32).to_be_bytes());
+                    apply_chunk(&mut p, REPLY_TYPE_OFFSET_HOLE, &h).unwrap();
+                } else {
+                    apply_chunk(&mut p, REPLY_TYPE_OFFSET_DATA, &data_chunk(*off, data)).unwrap();
+                }
+            }
+            let Kind::Read(r) = p.kind else { panic!("kind changed") };
+            let got = r.finish().map_err(|e| e.to_string()).unwrap();
+            proptest::prop_assert_eq!(&got[..], &want[..]);
+        }
+    }
+
+    #[test]
+    fn holes_between_data_chunks_read_as_zero() {
+        let mut p = read_pending(0, 64);
+        let mut hole = 16u64.to_be_bytes().to_vec();
+        hole.extend_from_slice(&16u32.to_be_bytes());
+        apply_chunk(&mut p, REPLY_TYPE_OFFSET_DATA, &data_chunk(0, &[5u8; 16])).unwrap();
+        apply_chunk(&mut p, REPLY_TYPE_OFFSET_HOLE, &hole).unwrap();
+        apply_chunk(&mut p, REPLY_TYPE_OFFSET_DATA, &data_chunk(48, &[6u8; 16])).unwrap();
+        // the hole at 32..48 comes last, out of order
+        let mut hole2 = 32u64.to_be_bytes().to_vec();
+        hole2.extend_from_slice(&16u32.to_be_bytes());
+        apply_chunk(&mut p, REPLY_TYPE_OFFSET_HOLE, &hole2).unwrap();
+        let Kind::Read(r) = p.kind else {
+            panic!("kind changed")
+        };
+        let got = r.finish().map_err(|e| e.to_string()).unwrap();
+        let mut want = vec![5u8; 16];
+        want.extend_from_slice(&[0u8; 32]);
+        want.extend_from_slice(&[6u8; 16]);
+        assert_eq!(&got[..], &want[..]);
     }
 }

@@ -124,7 +124,11 @@ impl ExportInfo {
 
 type BoxStream = Box<dyn Stream>;
 
-async fn send_option(s: &mut BoxStream, opt: u32, payload: &[u8]) -> Result<(), ClientError> {
+async fn send_option<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    opt: u32,
+    payload: &[u8],
+) -> Result<(), ClientError> {
     let mut b = BytesMut::with_capacity(16 + payload.len());
     encode_option(&mut b, opt, payload);
     s.write_all(&b).await?;
@@ -133,8 +137,8 @@ async fn send_option(s: &mut BoxStream, opt: u32, payload: &[u8]) -> Result<(), 
 }
 
 /// Reads one option reply (header + bounded payload).
-async fn read_option_reply(
-    s: &mut BoxStream,
+async fn read_option_reply<S: AsyncRead + Unpin>(
+    s: &mut S,
     opt: u32,
 ) -> Result<(OptionReplyHeader, Vec<u8>), ClientError> {
     let mut h = [0u8; OPTION_REPLY_HEADER_LEN];
@@ -166,6 +170,39 @@ fn refused(opt: u32, reply: u32, payload: &[u8]) -> ClientError {
 /// Negotiates on a connected stream and returns the client for the export.
 pub async fn handshake<S: Stream>(stream: S, cfg: ClientConfig) -> Result<Client, ClientError> {
     let mut s: BoxStream = Box::new(stream);
+    let no_zeroes = greet(&mut s).await?;
+    if let Some(tls) = &cfg.tls {
+        send_option(&mut s, OPT_STARTTLS, &[]).await?;
+        let (h, p) = read_option_reply(&mut s, OPT_STARTTLS).await?;
+        if h.reply != REP_ACK {
+            return Err(refused(OPT_STARTTLS, h.reply, &p));
+        }
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let t = connector.connect(tls.server_name.clone(), s).await?;
+        s = Box::new(t);
+    }
+    let info = options(&mut s, &cfg, no_zeroes).await?;
+    Ok(Client::start(s, info, &cfg))
+}
+
+/// Negotiates on a plaintext stream and hands the stream back, in transmission, for a
+/// caller that speaks the transmission phase itself (one request at a time, simple
+/// replies: `cfg.structured_replies` should be off). `cfg.tls` must be `None`.
+pub async fn negotiate_raw<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    cfg: &ClientConfig,
+) -> Result<(S, ExportInfo), ClientError> {
+    if cfg.tls.is_some() {
+        return Err(ClientError::Invalid("a raw connection is plaintext"));
+    }
+    let no_zeroes = greet(&mut s).await?;
+    let info = options(&mut s, cfg, no_zeroes).await?;
+    Ok((s, info))
+}
+
+/// The greeting and the client flags; returns whether the server omits the zeroes of
+/// an EXPORT_NAME reply.
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<bool, ClientError> {
     let mut g = [0u8; GREETING_LEN];
     s.read_exact(&mut g).await?;
     let (sflags, _) =
@@ -178,22 +215,19 @@ pub async fn handshake<S: Stream>(stream: S, cfg: ClientConfig) -> Result<Client
     let mut b = BytesMut::new();
     encode_client_flags(&mut b, cflags);
     s.write_all(&b).await?;
+    Ok(no_zeroes)
+}
 
-    if let Some(tls) = &cfg.tls {
-        send_option(&mut s, OPT_STARTTLS, &[]).await?;
-        let (h, p) = read_option_reply(&mut s, OPT_STARTTLS).await?;
-        if h.reply != REP_ACK {
-            return Err(refused(OPT_STARTTLS, h.reply, &p));
-        }
-        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        let t = connector.connect(tls.server_name.clone(), s).await?;
-        s = Box::new(t);
-    }
-
+/// Structured replies, `base:allocation`, then GO (or EXPORT_NAME): the export.
+async fn options<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    cfg: &ClientConfig,
+    no_zeroes: bool,
+) -> Result<ExportInfo, ClientError> {
     let mut structured = false;
     if cfg.structured_replies {
-        send_option(&mut s, OPT_STRUCTURED_REPLY, &[]).await?;
-        let (h, p) = read_option_reply(&mut s, OPT_STRUCTURED_REPLY).await?;
+        send_option(s, OPT_STRUCTURED_REPLY, &[]).await?;
+        let (h, p) = read_option_reply(s, OPT_STRUCTURED_REPLY).await?;
         match h.reply {
             REP_ACK => structured = true,
             REP_ERR_UNSUP => {}
@@ -211,9 +245,9 @@ pub async fn handshake<S: Stream>(stream: S, cfg: ClientConfig) -> Result<Client
                 queries: vec![META_BASE_ALLOCATION.into()],
             },
         );
-        send_option(&mut s, OPT_SET_META_CONTEXT, &p).await?;
+        send_option(s, OPT_SET_META_CONTEXT, &p).await?;
         loop {
-            let (h, p) = read_option_reply(&mut s, OPT_SET_META_CONTEXT).await?;
+            let (h, p) = read_option_reply(s, OPT_SET_META_CONTEXT).await?;
             match h.reply {
                 REP_META_CONTEXT => {
                     let (id, name) = parse_rep_meta_context(&p)?;
@@ -242,7 +276,7 @@ pub async fn handshake<S: Stream>(stream: S, cfg: ClientConfig) -> Result<Client
             requests: vec![INFO_BLOCK_SIZE, INFO_DESCRIPTION],
         },
     );
-    send_option(&mut s, OPT_GO, &p).await?;
+    send_option(s, OPT_GO, &p).await?;
     let mut info = ExportInfo {
         size: 0,
         flags: 0,
@@ -255,7 +289,7 @@ pub async fn handshake<S: Stream>(stream: S, cfg: ClientConfig) -> Result<Client
     };
     let mut have_export = false;
     loop {
-        let (h, p) = read_option_reply(&mut s, OPT_GO).await?;
+        let (h, p) = read_option_reply(s, OPT_GO).await?;
         match h.reply {
             REP_INFO => match parse_info(&p)? {
                 Info::Export { size, flags } => {
@@ -285,7 +319,7 @@ pub async fn handshake<S: Stream>(stream: S, cfg: ClientConfig) -> Result<Client
             }
             REP_ERR_UNSUP => {
                 // An old server: EXPORT_NAME ends negotiation without error replies.
-                send_option(&mut s, OPT_EXPORT_NAME, cfg.export.as_bytes()).await?;
+                send_option(s, OPT_EXPORT_NAME, cfg.export.as_bytes()).await?;
                 let need = 10 + if no_zeroes { 0 } else { EXPORT_NAME_ZEROES };
                 let mut r = vec![0u8; need];
                 s.read_exact(&mut r).await?;
@@ -299,7 +333,7 @@ pub async fn handshake<S: Stream>(stream: S, cfg: ClientConfig) -> Result<Client
             r => return Err(ClientError::Protocol(format!("unexpected GO reply {r:#x}"))),
         }
     }
-    Ok(Client::start(s, info, &cfg))
+    Ok(info)
 }
 
 /// Connects to a Unix socket and negotiates.

@@ -617,3 +617,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_reply_head_and_its_bytes_are_the_reply_frame() {
+    for (id, len) in [(1u64, 0usize), (7, 1), (u64::MAX, 4096), (3, MAX_CALL)] {
+        let data = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let msg = Msg::Reply(Reply {
+            id,
+            result: Ok(data.clone()),
+        });
+        let (want_head, _) = encode_parts(&msg).unwrap();
+        let head = encode_reply_head(id, len).unwrap();
+        assert_eq!(head, want_head, "id {id} len {len}");
+        let mut frame = BytesMut::from(&head[..]);
+        frame.extend_from_slice(&data);
+        let got = MsgCodec::new().decode(&mut frame).unwrap().unwrap();
+        assert_eq!(got, msg);
+    }
+    assert!(encode_reply_head(1, MAX_CALL + 1).is_err());
+}

@@ -7,6 +7,7 @@ mod error;
 mod file;
 mod nbd;
 mod quiet;
+pub mod splice;
 
 pub use crate::classify::classify_io;
 pub use error::{ErrorClass, Op, PathError, classify_errno};
@@ -58,6 +59,10 @@ impl WriteGate for NoGate {
         Ok(())
     }
 }
+
+/// A path call as a future (see [`LunPath::read_bytes_async`]).
+pub type PathFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, PathError>> + Send + 'a>>;
 
 /// Positional access to the shared LUN. Implementations are shared between threads;
 /// every call is bounded by the path's `io_timeout` (see each backend for how).
@@ -111,6 +116,43 @@ pub trait LunPath: Send + Sync + std::fmt::Debug {
         let mut buf = vec![0u8; len];
         self.read_at(&mut buf, offset)?;
         Ok(Bytes::from(buf))
+    }
+
+    /// [`LunPath::read_bytes`] as a future that never blocks the thread polling it, when
+    /// this path can serve the read that way now (an NBD path with a connection up): a
+    /// caller on a runtime worker (the redirect peer) then needs no blocking thread and
+    /// no hand-over between threads. `None`: call `read_bytes` on a blocking thread. The
+    /// future is bounded by the path's `io_timeout` as `read_bytes` is.
+    fn read_bytes_async(&self, offset: u64, len: usize) -> Option<PathFuture<'_, Bytes>> {
+        let _ = (offset, len);
+        None
+    }
+
+    /// [`LunPath::read_bytes_async`] with the data left in a pipe, for a caller that sends
+    /// it on to a socket ([`splice`]): when this path can splice a read of `len` bytes
+    /// (an NBD target on a Unix socket). `None`: not here; the future's `Ok(None)`: this
+    /// host cannot splice after all (and the path will not offer it again).
+    fn read_spliced(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Option<PathFuture<'_, Option<splice::PipeData>>> {
+        let _ = (offset, len);
+        None
+    }
+
+    /// [`LunPath::write_bytes_gated`] as a future that never blocks the thread polling
+    /// it, when this path can serve the write that way now (one NBD request on a
+    /// connection that is up); `gate` is asked right before the request goes out. `None`:
+    /// call `write_bytes_gated` on a blocking thread.
+    fn write_bytes_async<'a>(
+        &'a self,
+        data: Bytes,
+        offset: u64,
+        gate: &'a (dyn WriteGate + Sync),
+    ) -> Option<PathFuture<'a, ()>> {
+        let _ = (data, offset, gate);
+        None
     }
 
     /// [`LunPath::write_at_gated`] for a caller that owns the LUN outright.
@@ -245,5 +287,118 @@ impl<T: LunPath + ?Sized> LunPath for std::sync::Arc<T> {
     }
     fn may_block(&self) -> bool {
         (**self).may_block()
+    }
+    fn write_bytes_gated(
+        &self,
+        data: Bytes,
+        offset: u64,
+        gate: &dyn WriteGate,
+    ) -> Result<(), PathError> {
+        (**self).write_bytes_gated(data, offset, gate)
+    }
+    fn read_bytes(&self, offset: u64, len: usize) -> Result<Bytes, PathError> {
+        (**self).read_bytes(offset, len)
+    }
+    fn read_bytes_async(&self, offset: u64, len: usize) -> Option<PathFuture<'_, Bytes>> {
+        (**self).read_bytes_async(offset, len)
+    }
+    fn read_spliced(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Option<PathFuture<'_, Option<splice::PipeData>>> {
+        (**self).read_spliced(offset, len)
+    }
+    fn write_bytes_async<'a>(
+        &'a self,
+        data: Bytes,
+        offset: u64,
+        gate: &'a (dyn WriteGate + Sync),
+    ) -> Option<PathFuture<'a, ()>> {
+        (**self).write_bytes_async(data, offset, gate)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), PathError> {
+        (**self).write_at(buf, offset)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), PathError> {
+        (**self).write_zeroes(offset, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A path whose optional calls all answer differently from the defaults.
+    #[derive(Debug)]
+    struct Marked;
+
+    impl LunPath for Marked {
+        fn read_at(&self, _: &mut [u8], _: u64) -> Result<(), PathError> {
+            Ok(())
+        }
+        fn write_at_gated(&self, _: &[u8], _: u64, _: &dyn WriteGate) -> Result<(), PathError> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), PathError> {
+            Ok(())
+        }
+        fn write_zeroes_gated(&self, _: u64, _: u64, _: &dyn WriteGate) -> Result<(), PathError> {
+            Ok(())
+        }
+        fn size(&self) -> Result<u64, PathError> {
+            Ok(1 << 20)
+        }
+        fn describe(&self) -> String {
+            "marked".into()
+        }
+        fn write_bytes_gated(&self, _: Bytes, _: u64, _: &dyn WriteGate) -> Result<(), PathError> {
+            Err(PathError::Fenced {
+                detail: "write_bytes_gated".into(),
+            })
+        }
+        fn read_bytes(&self, _: u64, _: usize) -> Result<Bytes, PathError> {
+            Ok(Bytes::from_static(b"read_bytes"))
+        }
+        fn read_bytes_async(&self, _: u64, _: usize) -> Option<PathFuture<'_, Bytes>> {
+            Some(Box::pin(async { Ok(Bytes::from_static(b"async")) }))
+        }
+        fn read_spliced(
+            &self,
+            _: u64,
+            _: usize,
+        ) -> Option<PathFuture<'_, Option<splice::PipeData>>> {
+            Some(Box::pin(async { Ok(None) }))
+        }
+        fn write_bytes_async<'a>(
+            &'a self,
+            _: Bytes,
+            _: u64,
+            _: &'a (dyn WriteGate + Sync),
+        ) -> Option<PathFuture<'a, ()>> {
+            Some(Box::pin(async { Ok(()) }))
+        }
+        fn lost_writes(&self) -> u64 {
+            7
+        }
+        fn may_block(&self) -> bool {
+            false
+        }
+    }
+
+    /// An `Arc` of a path is that path: every call reaches it (a call left to the
+    /// default once made the redirect peer copy what it should have passed on).
+    #[test]
+    fn an_arc_passes_every_call_on() {
+        let inner: Arc<dyn LunPath> = Arc::new(Marked);
+        let outer: Arc<dyn LunPath> = Arc::new(inner);
+        assert_eq!(&outer.read_bytes(0, 4).unwrap()[..], b"read_bytes");
+        assert!(outer.write_bytes_gated(Bytes::new(), 0, &NoGate).is_err());
+        assert!(outer.read_bytes_async(0, 4).is_some());
+        assert!(outer.read_spliced(0, 4).is_some());
+        assert!(outer.write_bytes_async(Bytes::new(), 0, &NoGate).is_some());
+        assert_eq!(outer.lost_writes(), 7);
+        assert!(!outer.may_block());
     }
 }

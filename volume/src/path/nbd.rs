@@ -5,8 +5,10 @@
 //! bounded exponential backoff; requests are split at the target's maximum block size.
 //! Flush semantics across connections: docs/design/041 §1.
 
+use super::splice::{PipeData, SpliceReader};
 use super::{
-    LunPath, Op, PathError, WriteGate, check_range, validate_io_timeout, write_zeroes_by_writing,
+    LunPath, Op, PathError, PathFuture, WriteGate, check_range, validate_io_timeout,
+    write_zeroes_by_writing,
 };
 use bytes::Bytes;
 use nbd::client::{Client, ClientConfig, ClientError};
@@ -163,6 +165,9 @@ pub struct NbdPath {
     lost_writes: AtomicU64,
     /// Until when a write request that ended without an answer may still land.
     in_doubt_until: Mutex<Option<Instant>>,
+    /// Reads spliced into pipes, for a target on a Unix socket that promises consistency
+    /// across connections.
+    splice: Option<SpliceReader>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -220,6 +225,7 @@ impl NbdPath {
             },
             lost_writes: AtomicU64::new(0),
             in_doubt_until: Mutex::new(None),
+            splice: None,
         };
         let deadline = Instant::now() + p.opts.io_timeout;
         let client = p.connect_slot(0, deadline)?.0;
@@ -229,6 +235,16 @@ impl NbdPath {
             flags: info.flags,
             max_block: u64::from(info.max_block.clamp(4096, nbd::proto::MAX_PAYLOAD)),
         };
+        if let NbdTarget::Unix { socket, export } = &p.target
+            && info.has(nbd::proto::TFLAG_CAN_MULTI_CONN)
+        {
+            p.splice = Some(SpliceReader::new(
+                socket.clone(),
+                export.clone(),
+                p.desc.clone(),
+                p.opts.io_timeout,
+            ));
+        }
         Ok(p)
     }
 
@@ -366,15 +382,10 @@ impl NbdPath {
 
     /// A live connection: the next one round-robin, else any live one, else a new one.
     fn pick(&self, deadline: Instant) -> Result<(usize, Client, u64), PathError> {
-        let n = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let st = lock(&self.slots[i]);
-            if let Some(c) = &st.client {
-                return Ok((i, c.clone(), st.generation));
-            }
+        if let Some(live) = self.pick_live() {
+            return Ok(live);
         }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let (c, g) = self.connect_slot(start, deadline)?;
         Ok((start, c, g))
     }
@@ -418,7 +429,23 @@ impl NbdPath {
         Fut: Future<Output = Result<T, ClientError>> + Send + 'static,
     {
         let (i, client, generation) = self.pick(deadline)?;
-        match self.run(deadline, f(client)) {
+        let r = self.run(deadline, f(client));
+        self.settle(op, offset, deadline, (i, generation), r)
+    }
+
+    /// What a request on connection `conn` (slot, generation) that ended with `r` means
+    /// for the path: a completed write dirties the connection; a path failure drops it
+    /// (and leaves a write in doubt until the target's own bound).
+    fn settle<T>(
+        &self,
+        op: Op,
+        offset: u64,
+        deadline: Instant,
+        conn: (usize, u64),
+        r: Result<T, Failure>,
+    ) -> Result<T, PathError> {
+        let (i, generation) = conn;
+        match r {
             Ok(v) => {
                 if matches!(op, Op::Write | Op::WriteZeroes) {
                     self.mark_dirty(i, generation);
@@ -439,12 +466,27 @@ impl NbdPath {
         }
     }
 
+    /// A connection that is up now, round-robin (never connects, so never blocks).
+    fn pick_live(&self) -> Option<(usize, Client, u64)> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).find_map(|k| {
+            let i = (start + k) % n;
+            let st = lock(&self.slots[i]);
+            st.client.as_ref().map(|c| (i, c.clone(), st.generation))
+        })
+    }
+
     /// One read request of `len` (at most the target's largest block) at `off`.
     fn read_chunk(&self, off: u64, len: usize, deadline: Instant) -> Result<Bytes, PathError> {
         let n = len as u32;
         let data = self.call(Op::Read, off, deadline, move |c| async move {
             c.read(off, n).await
         })?;
+        self.check_read_len(off, len, data)
+    }
+
+    fn check_read_len(&self, off: u64, len: usize, data: Bytes) -> Result<Bytes, PathError> {
         if data.len() != len {
             return Err(PathError::media(
                 &self.desc,
@@ -465,6 +507,17 @@ impl NbdPath {
 
     fn deadline(&self) -> Instant {
         Instant::now() + self.opts.io_timeout
+    }
+}
+
+/// `fut` until `deadline`, on the caller's runtime.
+async fn bounded<T>(
+    deadline: Instant,
+    fut: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout_at(deadline.into(), fut).await {
+        Ok(r) => r.map_err(Failure::Client),
+        Err(_) => Err(Failure::Deadline),
     }
 }
 
@@ -500,6 +553,57 @@ impl LunPath for NbdPath {
         }
         check_range(self, Op::Read, offset, len as u64, self.geometry.size)?;
         self.read_chunk(offset, len, self.deadline())
+    }
+
+    /// One request on a connection that is up, polled by the caller's runtime (the
+    /// connection's socket stays driven by the path's runtime): no blocking thread and
+    /// no hand-over to the path's threads. A read that needs a connection made first, or
+    /// more than one request, takes the blocking way.
+    fn read_bytes_async(&self, offset: u64, len: usize) -> Option<PathFuture<'_, Bytes>> {
+        if len as u64 > self.geometry.max_block
+            || check_range(self, Op::Read, offset, len as u64, self.geometry.size).is_err()
+        {
+            return None;
+        }
+        let (i, client, generation) = self.pick_live()?;
+        let deadline = self.deadline();
+        Some(Box::pin(async move {
+            let r = bounded(deadline, client.read(offset, len as u32)).await;
+            let data = self.settle(Op::Read, offset, deadline, (i, generation), r)?;
+            self.check_read_len(offset, len, data)
+        }))
+    }
+
+    /// Through the path's [`SpliceReader`] (a target on a Unix socket with multi-conn
+    /// consistency), for reads of the sizes it takes.
+    fn read_spliced(&self, offset: u64, len: usize) -> Option<PathFuture<'_, Option<PipeData>>> {
+        let splice = self.splice.as_ref().filter(|s| s.fits(len))?;
+        check_range(self, Op::Read, offset, len as u64, self.geometry.size).ok()?;
+        Some(Box::pin(splice.read(offset, len)))
+    }
+
+    /// One request on a connection that is up (as [`Self::read_bytes_async`]); the gate is
+    /// asked when the future first runs, right before the request is written.
+    fn write_bytes_async<'a>(
+        &'a self,
+        data: Bytes,
+        offset: u64,
+        gate: &'a (dyn WriteGate + Sync),
+    ) -> Option<PathFuture<'a, ()>> {
+        let len = data.len() as u64;
+        if len == 0
+            || len > self.geometry.max_block
+            || check_range(self, Op::Write, offset, len, self.geometry.size).is_err()
+        {
+            return None;
+        }
+        let (i, client, generation) = self.pick_live()?;
+        Some(Box::pin(async move {
+            gate.check()?;
+            let deadline = self.deadline();
+            let r = bounded(deadline, client.write(offset, &data, false)).await;
+            self.settle(Op::Write, offset, deadline, (i, generation), r)
+        }))
     }
 
     fn write_at_gated(

@@ -11,14 +11,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use csv_tls::PeerSecurity;
+use csv_tls::PeerWriteHalf;
 use futures_util::StreamExt as _;
-use redirector::wire::{Call, CallOp, Failure, Msg, MsgCodec, Refusal, Reply, VERSION, Writer};
-use tokio::io::{AsyncWrite, AsyncWriteExt as _, BufWriter};
+use redirector::wire::{
+    Call, CallOp, Failure, Msg, MsgCodec, Refusal, Reply, VERSION, Writer, encode_reply_head,
+};
+use tokio::io::{AsyncWriteExt as _, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use volume::LunPath;
+use volume::path::splice::PipeData;
 use volume::path::{PathError, WriteGate};
 
 use super::session::{READ_BUFFER, write_msg};
@@ -170,13 +174,47 @@ pub(crate) async fn run(listener: TcpListener, s: Arc<Serve>, cancel: Cancellati
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Msg>) {
+/// What a session's writer sends.
+enum Out {
+    Msg(Msg),
+    /// A read's successful reply whose data waits in a pipe (070 §5.3).
+    Spliced {
+        id: u64,
+        data: PipeData,
+    },
+}
+
+/// What a call answers with.
+enum Answer {
+    Data(Bytes),
+    Spliced(PipeData),
+}
+
+type SessionWriter = BufWriter<PeerWriteHalf>;
+
+async fn send(w: &mut SessionWriter, out: Out) -> Result<(), String> {
+    match out {
+        Out::Msg(m) => write_msg(w, &m).await,
+        Out::Spliced { id, mut data } => {
+            let head = encode_reply_head(id, data.len()).map_err(|e| e.to_string())?;
+            w.write_all(&head).await.map_err(|e| e.to_string())?;
+            w.flush().await.map_err(|e| e.to_string())?;
+            let tcp = w
+                .get_ref()
+                .plain_tcp()
+                .ok_or("a spliced reply on a TLS connection")?;
+            data.splice_into(tcp).await.map_err(|e| e.to_string())
+        }
+    }
+}
+
+async fn write_loop(mut w: SessionWriter, mut rx: mpsc::UnboundedReceiver<Out>) {
     while let Some(m) = rx.recv().await {
-        if write_msg(&mut w, &m).await.is_err() {
+        if send(&mut w, m).await.is_err() {
             return;
         }
         while let Ok(m) = rx.try_recv() {
-            if write_msg(&mut w, &m).await.is_err() {
+            if send(&mut w, m).await.is_err() {
                 return;
             }
         }
@@ -199,6 +237,8 @@ async fn connection(
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let (r, w) = stream.split();
     let mut reader = FramedRead::with_capacity(r, MsgCodec::new(), READ_BUFFER);
+    // Data goes from a pipe straight into a plaintext connection; TLS must see it.
+    let plain = w.plain_tcp().is_some();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(BufWriter::with_capacity(256 << 10, w), rx));
     let first = tokio::time::timeout(s.ttl, reader.next())
@@ -224,9 +264,9 @@ async fn connection(
                 None
             };
             if let Some(detail) = refuse {
-                let _ = tx.send(Msg::OpenRefused {
+                let _ = tx.send(Out::Msg(Msg::OpenRefused {
                     detail: detail.clone(),
-                });
+                }));
                 return Err(detail);
             }
             (source, session)
@@ -243,13 +283,13 @@ async fn connection(
         ttl: s.ttl,
     });
     lock(&s.sessions).insert((source, id), sess.clone());
-    let _ = tx.send(Msg::Opened {
+    let _ = tx.send(Out::Msg(Msg::Opened {
         session: id,
         ttl_ms: s.ttl.as_millis() as u64,
         io_timeout_ms: s.io_timeout.as_millis() as u64,
-    });
+    }));
     tracing::info!(source, session = id, "redirect session opened");
-    let end = serve_session(&s, &sess, id, &mut reader, &tx, &cancel).await;
+    let end = serve_session(&s, &sess, (id, plain), &mut reader, &tx, &cancel).await;
     // Closed: nothing read from here on runs; calls already running finish (bounded by
     // the path's call bound) and their answers still go out.
     sess.closed.store(true, Ordering::Release);
@@ -261,9 +301,9 @@ async fn connection(
 async fn serve_session<R: tokio::io::AsyncRead + Unpin>(
     s: &Arc<Serve>,
     sess: &Arc<PeerSession>,
-    id: u64,
+    (id, plain): (u64, bool),
     reader: &mut FramedRead<R, MsgCodec>,
-    tx: &mpsc::UnboundedSender<Msg>,
+    tx: &mpsc::UnboundedSender<Out>,
     cancel: &CancellationToken,
 ) -> String {
     let mut check = tokio::time::interval(s.ttl / 4);
@@ -292,18 +332,19 @@ async fn serve_session<R: tokio::io::AsyncRead + Unpin>(
                 sess.running.fetch_add(1, Ordering::AcqRel);
                 let (s, sess, tx) = (s.clone(), sess.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let call_id = c.id;
-                    let result = handle(&s, &sess, c).await;
+                    let id = c.id;
+                    let result = handle(&s, &sess, c, plain).await;
                     sess.running.fetch_sub(1, Ordering::AcqRel);
                     s.served.fetch_add(1, Ordering::Relaxed);
-                    let _ = tx.send(Msg::Reply(Reply {
-                        id: call_id,
-                        result,
-                    }));
+                    let _ = tx.send(match result {
+                        Ok(Answer::Spliced(data)) => Out::Spliced { id, data },
+                        Ok(Answer::Data(b)) => Out::Msg(Msg::Reply(Reply { id, result: Ok(b) })),
+                        Err(f) => Out::Msg(Msg::Reply(Reply { id, result: Err(f) })),
+                    });
                 });
             }
             Msg::Ping { session } if session == id => {
-                let _ = tx.send(Msg::Pong { session });
+                let _ = tx.send(Out::Msg(Msg::Pong { session }));
             }
             Msg::CloseSession { id: rid, session } => {
                 let old = lock(&s.sessions).get(&(sess.source, session)).cloned();
@@ -319,7 +360,7 @@ async fn serve_session<R: tokio::io::AsyncRead + Unpin>(
                             return;
                         }
                     }
-                    let _ = tx.send(Msg::Closed { id: rid, session });
+                    let _ = tx.send(Out::Msg(Msg::Closed { id: rid, session }));
                 });
             }
             m => return format!("unexpected frame {m:?}"),
@@ -335,7 +376,12 @@ fn failure(refusal: Refusal, errno: i32, detail: impl Into<String>) -> Failure {
     }
 }
 
-async fn handle(s: &Arc<Serve>, sess: &Arc<PeerSession>, c: Call) -> Result<Bytes, Failure> {
+async fn handle(
+    s: &Arc<Serve>,
+    sess: &Arc<PeerSession>,
+    c: Call,
+    plain: bool,
+) -> Result<Answer, Failure> {
     if !s.can_serve() {
         return Err(failure(
             Refusal::Path,
@@ -360,10 +406,40 @@ async fn handle(s: &Arc<Serve>, sess: &Arc<PeerSession>, c: Call) -> Result<Byte
         }
         check_writer(s, w).await?;
     }
+    // On this worker when the path can (an NBD connection that is up): the call then
+    // takes no blocking thread and no hand-over between threads.
+    match c.op {
+        CallOp::Read => {
+            SessionGate(sess).check().map_err(of_path)?;
+            let len = read_len(&c)?;
+            if let Some(read) = s.direct.read_spliced(c.offset, len).filter(|_| plain) {
+                // Ok(None): this host cannot splice; the usual ways follow.
+                if let Some(data) = read.await.map_err(of_path)? {
+                    return Ok(Answer::Spliced(data));
+                }
+            }
+            if let Some(read) = s.direct.read_bytes_async(c.offset, len) {
+                return read.await.map(Answer::Data).map_err(of_path);
+            }
+        }
+        CallOp::Write => {
+            let gate = SessionGate(sess);
+            if let Some(write) = s
+                .direct
+                .write_bytes_async(c.payload.clone(), c.offset, &gate)
+            {
+                return write
+                    .await
+                    .map(|()| Answer::Data(Bytes::new()))
+                    .map_err(of_path);
+            }
+        }
+        CallOp::WriteZeroes | CallOp::Flush => {}
+    }
     let (lun, sess) = (s.direct.clone(), sess.clone());
     let r = tokio::task::spawn_blocking(move || run_call(&*lun, &sess, c)).await;
     match r {
-        Ok(r) => r,
+        Ok(r) => r.map(Answer::Data),
         Err(e) => Err(failure(
             Refusal::Media,
             libc::EIO,
@@ -378,14 +454,7 @@ fn run_call(lun: &dyn LunPath, sess: &PeerSession, c: Call) -> Result<Bytes, Fai
     let r = match c.op {
         CallOp::Read => {
             gate.check().map_err(of_path)?;
-            let len = usize::try_from(c.len).map_err(|_| {
-                failure(
-                    Refusal::BadRequest,
-                    libc::EINVAL,
-                    "read length out of range",
-                )
-            })?;
-            lun.read_bytes(c.offset, len)
+            lun.read_bytes(c.offset, read_len(&c)?)
         }
         // The payload goes on to the LUN as it was received (no copy).
         CallOp::Write => lun
@@ -400,6 +469,16 @@ fn run_call(lun: &dyn LunPath, sess: &PeerSession, c: Call) -> Result<Bytes, Fai
         }
     };
     r.map_err(of_path)
+}
+
+fn read_len(c: &Call) -> Result<usize, Failure> {
+    usize::try_from(c.len).map_err(|_| {
+        failure(
+            Refusal::BadRequest,
+            libc::EINVAL,
+            "read length out of range",
+        )
+    })
 }
 
 fn of_path(e: PathError) -> Failure {
