@@ -168,3 +168,28 @@ fn a_restarted_target_serves_the_next_read() {
         assert!(got[..] == bytes[3 * MIB as usize..3 * MIB as usize + PIPE_CAPACITY]);
     }
 }
+
+#[test]
+fn at_most_max_splicing_reads_run_at_once() {
+    use volume::path::splice::MAX_SPLICING;
+    let dir = tempfile::tempdir().unwrap();
+    let lun = lun_file(dir.path(), 8 * MIB);
+    let t = nbdkit(dir.path(), &lun, &[]);
+    let p = connect(&t.uri);
+    // Futures made and not yet run count from when they first run; these are started.
+    let rt = runtime();
+    rt.block_on(async {
+        let mut running = Vec::new();
+        for _ in 0..MAX_SPLICING {
+            let mut f = p.read_spliced(0, MIN_SPLICE).expect("offered");
+            // one poll starts the read (it then waits on the target)
+            let _ = futures_util::poll!(&mut f);
+            running.push(f);
+        }
+        assert!(p.read_spliced(0, MIN_SPLICE).is_none(), "over the limit");
+        for f in running {
+            f.await.unwrap().expect("spliced");
+        }
+        assert!(p.read_spliced(0, MIN_SPLICE).is_some(), "room again");
+    });
+}

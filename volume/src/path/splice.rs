@@ -13,7 +13,7 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -34,6 +34,9 @@ pub const MIN_SPLICE: usize = 64 << 10;
 pub const PIPE_CAPACITY: usize = 1 << 20;
 /// Idle connections and pipes kept for the next reads.
 const KEEP: usize = 16;
+/// Spliced reads at once (each holds a connection to the target and a pipe); more take
+/// the path's usual way.
+pub const MAX_SPLICING: usize = 32;
 
 /// A pipe with room for [`PIPE_CAPACITY`] bytes.
 #[derive(Debug)]
@@ -120,6 +123,17 @@ pub struct SpliceReader {
     pipes: std::sync::Arc<Mutex<Vec<Pipe>>>,
     /// Splicing failed as unsupported here (no pipes, an old kernel): never again.
     off: AtomicBool,
+    /// Spliced reads running.
+    running: std::sync::Arc<AtomicUsize>,
+}
+
+/// One running spliced read, counted until dropped.
+struct Running(std::sync::Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why a spliced read did not complete.
@@ -144,18 +158,23 @@ impl SpliceReader {
             conns: Mutex::default(),
             pipes: std::sync::Arc::default(),
             off: AtomicBool::new(false),
+            running: std::sync::Arc::default(),
         }
     }
 
-    /// Whether a read of `len` bytes may be spliced.
+    /// Whether a read of `len` bytes may be spliced now.
     pub fn fits(&self, len: usize) -> bool {
-        (MIN_SPLICE..=PIPE_CAPACITY).contains(&len) && !self.off.load(Ordering::Relaxed)
+        (MIN_SPLICE..=PIPE_CAPACITY).contains(&len)
+            && !self.off.load(Ordering::Relaxed)
+            && self.running.load(Ordering::Acquire) < MAX_SPLICING
     }
 
     /// Reads `len` bytes at `offset` into a pipe, within the path's `io_timeout`.
     /// `Ok(None)`: splicing is not possible on this host (from now on `fits` says no):
     /// read the usual way.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Option<PipeData>, PathError> {
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let _running = Running(self.running.clone());
         let deadline = Instant::now() + self.io_timeout;
         let r = tokio::time::timeout_at(deadline.into(), self.read_inner(offset, len)).await;
         match r {
