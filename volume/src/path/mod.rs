@@ -387,8 +387,9 @@ mod tests {
         }
     }
 
-    /// An `Arc` of a path is that path: every call reaches it (a call left to the
-    /// default once made the redirect peer copy what it should have passed on).
+    /// An `Arc` of a path is that path: every call reaches it. (A method called on an
+    /// `Arc<dyn LunPath>` resolves to this impl, not to the path's own: one left to its
+    /// default once kept the redirect peer off its fast paths.)
     #[test]
     fn an_arc_passes_every_call_on() {
         let inner: Arc<dyn LunPath> = Arc::new(Marked);
