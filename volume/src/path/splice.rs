@@ -1,4 +1,4 @@
-//! Reads whose data stays in the kernel (docs/design/070 §5.3): the redirect peer serves
+//! Reads whose data stays in the kernel (docs/design/070 §5.1): the redirect peer serves
 //! a forwarded read by splicing the bytes from the SAN target's Unix socket into a pipe,
 //! and from the pipe into the source's TCP connection. No copy in user space, no buffer:
 //! on a host that forwards another node's I/O that is most of the peer's cost.

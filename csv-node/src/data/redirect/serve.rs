@@ -177,7 +177,7 @@ pub(crate) async fn run(listener: TcpListener, s: Arc<Serve>, cancel: Cancellati
 /// What a session's writer sends.
 enum Out {
     Msg(Msg),
-    /// A read's successful reply whose data waits in a pipe (070 §5.3).
+    /// A read's successful reply whose data waits in a pipe (070 §5.1).
     Spliced {
         id: u64,
         data: PipeData,
