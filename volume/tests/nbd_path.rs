@@ -16,14 +16,7 @@ use volume::path::{ErrorClass, LunPath, NbdOptions, NbdPath, NbdTarget, PathErro
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn connect(uri: &str) -> NbdPath {
-    NbdPath::connect(
-        NbdTarget::parse(uri).unwrap(),
-        NbdOptions {
-            io_timeout: IO_TIMEOUT,
-            connections: 2,
-        },
-    )
-    .unwrap()
+    connect_nbd(uri, 2, IO_TIMEOUT)
 }
 
 #[test]

@@ -279,3 +279,23 @@ pub fn qemu_nbd(dir: &Path, lun: &Path) -> Target {
     let uri = format!("nbd+unix:///?socket={}", socket.display());
     Target { child, uri, socket }
 }
+
+/// An `NbdPath` to `uri` with `connections` connections and `io_timeout`.
+pub fn connect_nbd(uri: &str, connections: usize, io_timeout: Duration) -> volume::path::NbdPath {
+    volume::path::NbdPath::connect(
+        volume::path::NbdTarget::parse(uri).unwrap(),
+        volume::path::NbdOptions {
+            io_timeout,
+            connections,
+        },
+    )
+    .unwrap()
+}
+
+/// A LUN file of `size` bytes in `dir` holding `pattern(seed, 0, size)`, and those bytes.
+pub fn patterned_lun(dir: &Path, size: u64, seed: u8) -> (PathBuf, Vec<u8>) {
+    let lun = lun_file(dir, size);
+    let bytes = pattern(seed, 0, size as usize);
+    std::fs::write(&lun, &bytes).unwrap();
+    (lun, bytes)
+}
