@@ -13,19 +13,12 @@ use common::*;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt as _;
 use volume::path::splice::{MIN_SPLICE, PIPE_CAPACITY};
-use volume::path::{ErrorClass, LunPath, NbdOptions, NbdPath, NbdTarget, PathError};
+use volume::path::{ErrorClass, LunPath, NbdPath, PathError};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn connect(uri: &str) -> NbdPath {
-    NbdPath::connect(
-        NbdTarget::parse(uri).unwrap(),
-        NbdOptions {
-            io_timeout: IO_TIMEOUT,
-            connections: 1,
-        },
-    )
-    .unwrap()
+    connect_nbd(uri, 1, IO_TIMEOUT)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -67,9 +60,7 @@ async fn spliced(p: &NbdPath, off: u64, len: usize) -> Result<Vec<u8>, PathError
 fn spliced_reads_carry_the_lun_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let size = 16 * MIB;
-    let lun = lun_file(dir.path(), size);
-    let bytes = pattern(9, 0, size as usize);
-    std::fs::write(&lun, &bytes).unwrap();
+    let (lun, bytes) = patterned_lun(dir.path(), size, 9);
     let t = nbdkit(dir.path(), &lun, &[]);
     let p = connect(&t.uri);
     let rt = runtime();
@@ -149,9 +140,7 @@ fn a_dead_target_is_a_path_error_and_a_target_error_a_media_error() {
 fn a_restarted_target_serves_the_next_read() {
     let dir = tempfile::tempdir().unwrap();
     let size = 8 * MIB;
-    let lun = lun_file(dir.path(), size);
-    let bytes = pattern(4, 0, size as usize);
-    std::fs::write(&lun, &bytes).unwrap();
+    let (lun, bytes) = patterned_lun(dir.path(), size, 4);
     let socket = dir.path().join("san.sock");
     let mut t = nbdkit_at(&socket, &lun, &[]);
     let p = connect(&t.uri);
@@ -192,4 +181,21 @@ fn at_most_max_splicing_reads_run_at_once() {
         }
         assert!(p.read_spliced(0, MIN_SPLICE).is_some(), "room again");
     });
+}
+
+#[test]
+fn a_target_that_now_serves_another_size_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lun, _) = patterned_lun(dir.path(), 8 * MIB, 1);
+    let socket = dir.path().join("san.sock");
+    let mut t = nbdkit_at(&socket, &lun, &[]);
+    let p = connect(&t.uri);
+    t.kill();
+    let other = dir.path().join("other.img");
+    std::fs::write(&other, pattern(2, 0, (16 * MIB) as usize)).unwrap();
+    let _t = nbdkit_at(&socket, &other, &[]);
+    let rt = runtime();
+    let e = rt.block_on(spliced(&p, 0, MIN_SPLICE)).unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Path, "{e}");
+    assert!(e.to_string().contains("size changed"), "{e}");
 }

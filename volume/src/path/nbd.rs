@@ -241,6 +241,7 @@ impl NbdPath {
             p.splice = Some(SpliceReader::new(
                 socket.clone(),
                 export.clone(),
+                info.size,
                 p.desc.clone(),
                 p.opts.io_timeout,
             ));

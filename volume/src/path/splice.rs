@@ -117,6 +117,9 @@ impl Drop for PipeData {
 pub struct SpliceReader {
     socket: PathBuf,
     export: String,
+    /// The export's size as the path first saw it: a connection that finds another
+    /// (the target now serves something else) is not used.
+    size: u64,
     desc: String,
     io_timeout: Duration,
     conns: Mutex<Vec<UnixStream>>,
@@ -149,10 +152,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SpliceReader {
-    pub fn new(socket: PathBuf, export: String, desc: String, io_timeout: Duration) -> Self {
+    pub fn new(
+        socket: PathBuf,
+        export: String,
+        size: u64,
+        desc: String,
+        io_timeout: Duration,
+    ) -> Self {
         SpliceReader {
             socket,
             export,
+            size,
             desc,
             io_timeout,
             conns: Mutex::default(),
@@ -306,7 +316,13 @@ impl SpliceReader {
             base_allocation: false,
             ..ClientConfig::default()
         };
-        let (s, _info) = nbd::client::negotiate_raw(s, &cfg).await?;
+        let (s, info) = nbd::client::negotiate_raw(s, &cfg).await?;
+        if info.size != self.size {
+            return Err(ClientError::Protocol(format!(
+                "export size changed from {} to {}",
+                self.size, info.size
+            )));
+        }
         Ok(s)
     }
 }

@@ -412,7 +412,10 @@ async fn handle(
         CallOp::Read => {
             SessionGate(sess).check().map_err(of_path)?;
             let len = read_len(&c)?;
-            if let Some(read) = s.direct.read_spliced(c.offset, len).filter(|_| plain) {
+            if let Some(read) = plain
+                .then(|| s.direct.read_spliced(c.offset, len))
+                .flatten()
+            {
                 // Ok(None): this host cannot splice; the usual ways follow.
                 if let Some(data) = read.await.map_err(of_path)? {
                     return Ok(Answer::Spliced(data));
